@@ -1,0 +1,731 @@
+"""The risk engine: applies events to per-bot state and says what to publish.
+
+Pure and synchronous ("bring your own I/O"): every method takes the time it
+needs as an argument and returns :class:`Effects` — halt/resume events,
+decisions, and which keys are dirty — instead of publishing anything. The
+Kafka shell turns effects into records; tests and benchmarks call it directly.
+
+Replay safety lives here too. Every state holder (a symbol, a bot's portfolio)
+remembers per input partition the last offset applied to it (``Origin``), and
+symbols remember their most recent event ids, so an event replayed after a
+crash, or re-sent by a producer under a new offset, changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from worker import signing
+from worker.config import BotSettings, Config, bot_settings
+from worker.messages import (
+    AccountGateState,
+    Block,
+    ControlCommand,
+    Event,
+    Fill,
+    Gate,
+    GateDecision,
+    GateState,
+    HaltEvent,
+    HaltKind,
+    OrderIntent,
+    TradeOutcome,
+)
+from worker.risk import (
+    CircuitBreaker,
+    PortfolioRisk,
+    PortfolioRiskSnapshot,
+    Position,
+    SessionPnl,
+    utc_day,
+)
+from worker.risk.session import next_midnight_ms
+from worker.snapshot import ManualHalt, PortfolioSnapshot, SymbolSnapshot
+
+_NEVER = 1 << 62
+_SYMBOL_GATES: tuple[Gate, Gate, Gate] = ("manual_halt", "session_halt", "circuit_breaker")
+_BOT_GATES: tuple[Gate, Gate] = ("manual_halt", "portfolio_daily_loss")
+
+
+class Rejected(Exception):
+    """Bad input: the event must be dead-lettered and must change nothing.
+
+    ``reason`` is a short stable label (metrics, dead-letter headers);
+    the message says what exactly was wrong.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Origin(NamedTuple):
+    """Where an event came from: ``topic/partition`` and its offset."""
+
+    source: str
+    offset: int
+
+
+class Effects:
+    """What applying events produced; one instance can collect a whole batch."""
+
+    __slots__ = ("decisions", "dirty_bots", "dirty_symbols", "halts", "skipped")
+
+    def __init__(self) -> None:
+        self.halts: list[HaltEvent] = []
+        self.decisions: list[GateDecision] = []
+        self.dirty_symbols: set[tuple[str, str]] = set()
+        self.dirty_bots: set[str] = set()
+        self.skipped = 0
+        """Events dropped as replays (offset at or below a watermark) or duplicate ids."""
+
+
+class _Holder:
+    """Shared replay guard and event numbering of a symbol and of a bot."""
+
+    __slots__ = ("applied", "gate_seq", "halt_seq", "manual_halt")
+
+    def __init__(self) -> None:
+        self.applied: dict[str, int] = {}
+        self.manual_halt: ManualHalt | None = None
+        self.halt_seq = 0
+        self.gate_seq = 0
+
+    def fresh(self, origin: Origin | None) -> bool:
+        """False for an event at or below this holder's watermark; else record it."""
+        if origin is None:
+            return True
+        last = self.applied.get(origin.source)
+        if last is not None and origin.offset <= last:
+            return False
+        self.applied[origin.source] = origin.offset
+        return True
+
+    def next_halt_seq(self) -> int:
+        self.halt_seq += 1
+        return self.halt_seq
+
+    def next_gate_seq(self) -> int:
+        self.gate_seq += 1
+        return self.gate_seq
+
+
+class SymbolRisk(_Holder):
+    """Session PnL, breaker and position of one (bot, symbol)."""
+
+    __slots__ = ("breaker", "position", "recent_ids", "session", "symbol")
+
+    def __init__(self, symbol: str, settings: BotSettings, day: int) -> None:
+        super().__init__()
+        session_cfg, breaker_cfg = settings.risk_for(symbol)
+        self.symbol = symbol
+        self.session = SessionPnl(session_cfg)
+        self.session.last_reset_day = day
+        self.breaker = CircuitBreaker(breaker_cfg)
+        self.position = Position()
+        self.recent_ids: dict[str, None] = {}
+
+    def signature(self) -> tuple[bool, bool, bool]:
+        """Which symbol-level gates block, in ``_SYMBOL_GATES`` order."""
+        return (
+            self.manual_halt is not None,
+            self.session.halted,
+            self.breaker.tripped_at is not None,
+        )
+
+    def duplicate(self, event_id: str, keep: int) -> bool:
+        """True if ``event_id`` was seen recently; otherwise remember it."""
+        ids = self.recent_ids
+        if event_id in ids:
+            return True
+        if keep:
+            ids[event_id] = None
+            if len(ids) > keep:
+                del ids[next(iter(ids))]
+        return False
+
+    def blocks(self) -> list[Block]:
+        blocks: list[Block] = []
+        if self.manual_halt is not None:
+            blocks.append(_manual_block(self.manual_halt))
+        if self.session.halted:
+            s = self.session
+            blocks.append(
+                Block(
+                    "session_halt",
+                    f"session net PnL {s.net_pnl:.2f} reached loss limit {s.config.loss_limit:g}",
+                    (s.last_reset_day + 1) * 86_400_000,
+                )
+            )
+        until = self.breaker.until_secs
+        if until is not None:
+            cfg = self.breaker.config
+            blocks.append(
+                Block(
+                    "circuit_breaker",
+                    f"{cfg.loss_limit} losses within {cfg.window_secs}s; "
+                    f"cooling down for {cfg.cooldown_secs}s",
+                    until * 1000,
+                )
+            )
+        return blocks
+
+    def snapshot(self) -> SymbolSnapshot:
+        return SymbolSnapshot(
+            session_pnl=self.session.snapshot(),
+            circuit_breaker=self.breaker.snapshot(),
+            position=self.position.snapshot(),
+            manual_halt=self.manual_halt,
+            applied_offsets=dict(self.applied),
+            recent_event_ids=list(self.recent_ids),
+            halt_seq=self.halt_seq,
+            gate_seq=self.gate_seq,
+        )
+
+    def restore(self, snap: SymbolSnapshot) -> None:
+        self.session.restore(snap.session_pnl)
+        self.breaker.restore(snap.circuit_breaker)
+        if snap.position is not None:
+            self.position.restore(snap.position)
+        self.manual_halt = snap.manual_halt
+        self.applied = dict(snap.applied_offsets)
+        self.recent_ids = dict.fromkeys(snap.recent_event_ids)
+        self.halt_seq = snap.halt_seq
+        self.gate_seq = snap.gate_seq
+
+
+def _manual_block(halt: ManualHalt) -> Block:
+    return Block("manual_halt", f"halted by {halt.issued_by}: {halt.reason}", None)
+
+
+_RESUME_REASONS: dict[Gate, str] = {
+    "manual_halt": "manual halt lifted",
+    "session_halt": "session rolled over at 00:00 UTC",
+    "circuit_breaker": "breaker cooldown elapsed",
+    "portfolio_daily_loss": "portfolio latch cleared at 00:00 UTC",
+}
+
+
+class BotRisk(_Holder):
+    """Everything one bot owns: its symbols and its portfolio."""
+
+    __slots__ = (
+        "_deadline",
+        "bot",
+        "dedupe_keep",
+        "portfolio",
+        "reservation_ttl_ms",
+        "settings",
+        "symbols",
+    )
+
+    def __init__(self, settings: BotSettings, *, reservation_ttl_ms: int, dedupe_keep: int) -> None:
+        super().__init__()
+        self.bot = settings.bot
+        self.settings = settings
+        self.symbols: dict[str, SymbolRisk] = {}
+        self.portfolio = PortfolioRisk(settings.portfolio)
+        self.reservation_ttl_ms = reservation_ttl_ms
+        self.dedupe_keep = dedupe_keep
+        self._deadline = _NEVER
+        """Earliest wall time at which a sweep can change anything (rollover, expiry)."""
+
+    # -- queries ---------------------------------------------------------------
+
+    def symbol(self, name: str, ts_ms: int) -> SymbolRisk:
+        sym = self.symbols.get(name)
+        if sym is None:
+            sym = self.symbols[name] = SymbolRisk(name, self.settings, utc_day(ts_ms))
+            self._wake_at(next_midnight_ms(ts_ms))
+        return sym
+
+    def account_net(self, day: int) -> float:
+        """Sum of today's symbol net PnLs (sessions of another day do not count)."""
+        return sum(
+            s.session.net_pnl for s in self.symbols.values() if s.session.last_reset_day == day
+        )
+
+    def open_symbols(self) -> set[str]:
+        return {name for name, s in self.symbols.items() if not s.position.is_flat}
+
+    def gross_exposure(self) -> float:
+        return sum(s.position.notional for s in self.symbols.values())
+
+    def signature(self) -> tuple[bool, bool]:
+        return (self.manual_halt is not None, self.portfolio.halted)
+
+    def account_blocks(self, now_ms: int) -> list[Block]:
+        blocks = list(_first(self.manual_halt))
+        limit = self.portfolio.config.max_daily_loss
+        if self.portfolio.halted or self.portfolio.daily_loss_breached(
+            self.account_net(utc_day(now_ms))
+        ):
+            blocks.append(
+                Block(
+                    "portfolio_daily_loss",
+                    f"account net PnL reached max daily loss {limit:g}",
+                    next_midnight_ms(now_ms),
+                )
+            )
+        return blocks
+
+    # -- events ----------------------------------------------------------------
+
+    def apply_outcome(self, o: TradeOutcome, origin: Origin | None, out: Effects) -> None:
+        sym = self.symbol(o.symbol, o.ts)
+        if not sym.fresh(origin) or sym.duplicate(o.outcome_id, self.dedupe_keep):
+            out.skipped += 1
+            return
+        before = sym.signature()
+        net = o.gross_pnl - o.fee
+        sym.session.record_close(o.gross_pnl, o.fee, o.ts)
+        if net < 0.0:
+            self._record_loss(sym, o.ts)
+        out.dirty_symbols.add((self.bot, o.symbol))
+        self._symbol_transitions(sym, before, o.ts, out)
+        self._observe_portfolio(o.ts, out)
+
+    def apply_fill(self, f: Fill, origin: Origin | None, out: Effects) -> None:
+        if f.intent_id is not None and self.portfolio.release(f.intent_id) is not None:
+            out.dirty_bots.add(self.bot)
+        sym = self.symbol(f.symbol, f.ts)
+        if not sym.fresh(origin) or sym.duplicate(f.fill_id, self.dedupe_keep):
+            out.skipped += 1
+            return
+        before = sym.signature()
+        signed_qty = f.qty if f.side == "buy" else -f.qty
+        trip = sym.position.apply(signed_qty, f.price, f.fee, f.contract_value)
+        if self.settings.pnl_source == "fills" and (trip.fees or trip.gross):
+            session = sym.session
+            session.book(trip.gross, trip.fees, f.ts)
+            if trip.closed_net is not None:
+                session.count_trade(trip.closed_net, f.ts)
+                if trip.closed_net < 0.0:
+                    self._record_loss(sym, f.ts)
+        out.dirty_symbols.add((self.bot, f.symbol))
+        out.dirty_bots.add(self.bot)
+        self._symbol_transitions(sym, before, f.ts, out)
+        self._observe_portfolio(f.ts, out)
+
+    def decide(self, i: OrderIntent, now_ms: int, origin: Origin | None, out: Effects) -> None:
+        if not self.fresh(origin):
+            out.skipped += 1
+            return
+        sym = self.symbol(i.symbol, now_ms)
+        self._tick_symbol(sym, now_ms, out)
+        allowed, gate, reason, expires = self._evaluate(i, sym, now_ms)
+        if expires is not None and i.intent_id not in self.portfolio.reservations:
+            self.portfolio.reserve(i.intent_id, i.symbol, i.notional, expires)
+            self._wake_at(expires)
+            out.dirty_bots.add(self.bot)
+        out.decisions.append(
+            GateDecision(
+                intent_id=i.intent_id,
+                bot=self.bot,
+                symbol=i.symbol,
+                allowed=allowed,
+                gate=gate,
+                reason=reason,
+                ts=now_ms,
+                reservation_expires_ts=expires,
+            )
+        )
+
+    def _evaluate(
+        self, i: OrderIntent, sym: SymbolRisk, now_ms: int
+    ) -> tuple[bool, Gate | None, str, int | None]:
+        """Gate order of SPEC §4; the first block answers."""
+        if i.action == "close":
+            held = sym.position.qty
+            if (held > 0.0 and i.side == "sell") or (held < 0.0 and i.side == "buy"):
+                return True, None, "reduce-only exit: bypasses entry gates", None
+            if held == 0.0:
+                return False, "no_position", f"no open {i.symbol} position to close", None
+            return False, "no_position", f"a {i.side} does not reduce the open position", None
+        existing = self.portfolio.reservations.get(i.intent_id)
+        if existing is not None:
+            return True, None, "already reserved", existing.expires_ts
+        blocks = [*_first(self.manual_halt), *sym.blocks()]
+        if blocks:
+            return False, blocks[0].gate, blocks[0].reason, None
+        portfolio = self.portfolio
+        if portfolio.blocked_by_daily_loss(self.account_net(utc_day(now_ms))):
+            limit = portfolio.config.max_daily_loss
+            return False, "portfolio_daily_loss", f"account reached max daily loss {limit:g}", None
+        if portfolio.concurrency_blocks(self.open_symbols(), i.symbol):
+            cap = portfolio.config.max_concurrent_positions
+            return (
+                False,
+                "max_concurrent_positions",
+                f"{cap} positions already open or reserved",
+                None,
+            )
+        if portfolio.exposure_blocks(self.gross_exposure(), i.notional):
+            exposure_cap = portfolio.config.max_gross_exposure
+            return (
+                False,
+                "gross_exposure",
+                f"notional {i.notional:g} would exceed {exposure_cap:g}",
+                None,
+            )
+        return True, None, "entries allowed", now_ms + self.reservation_ttl_ms
+
+    def control(self, c: ControlCommand, origin: Origin | None, out: Effects) -> None:
+        if c.symbol is None:
+            self._control_bot(c, origin, out)
+            return
+        sym = self.symbol(c.symbol, c.ts)
+        if not sym.fresh(origin):
+            out.skipped += 1
+            return
+        gate = _apply_command(sym, c)
+        out.dirty_symbols.add((self.bot, sym.symbol))
+        self._emit(
+            sym,
+            sym.symbol,
+            _command_kind(c),
+            gate,
+            _command_reason(c),
+            ts_ms=c.ts,
+            out=out,
+            issued_by=c.issued_by,
+        )
+
+    def _control_bot(self, c: ControlCommand, origin: Origin | None, out: Effects) -> None:
+        if c.command in ("halt", "resume"):
+            if not self.fresh(origin):
+                out.skipped += 1
+                return
+            self.manual_halt = _halt_from(c) if c.command == "halt" else None
+            out.dirty_bots.add(self.bot)
+        else:
+            for sym in self.symbols.values():
+                if sym.fresh(origin):
+                    _apply_command(sym, c)
+                    out.dirty_symbols.add((self.bot, sym.symbol))
+            out.dirty_bots.add(self.bot)
+        gate: Gate = "manual_halt" if c.command in ("halt", "resume") else _command_gate(c)
+        self._emit(
+            self,
+            None,
+            _command_kind(c),
+            gate,
+            _command_reason(c),
+            ts_ms=c.ts,
+            out=out,
+            issued_by=c.issued_by,
+        )
+
+    # -- time --------------------------------------------------------------------
+
+    def sweep(self, now_ms: int, out: Effects) -> None:
+        """Wall-clock expiry: rollover, cooldowns, reservations. Cheap until a deadline."""
+        if now_ms < self._deadline:
+            return
+        self._deadline = next_midnight_ms(now_ms)
+        for sym in self.symbols.values():
+            self._tick_symbol(sym, now_ms, out)
+            self._wake_at_trip_end(sym)
+        before = self.signature()
+        portfolio = self.portfolio
+        rolled = portfolio.tick(now_ms)
+        portfolio.observe(self.account_net(utc_day(now_ms)), now_ms)
+        if portfolio.expire_reservations(now_ms) or rolled:
+            out.dirty_bots.add(self.bot)
+        for r in portfolio.reservations.values():
+            self._wake_at(r.expires_ts)
+        self._bot_transitions(before, now_ms, out)
+
+    def _tick_symbol(self, sym: SymbolRisk, now_ms: int, out: Effects) -> None:
+        before = sym.signature()
+        rolled = sym.session.tick(now_ms)
+        reset = sym.breaker.tick(now_ms // 1000)
+        if rolled or reset:
+            out.dirty_symbols.add((self.bot, sym.symbol))
+            self._symbol_transitions(sym, before, now_ms, out)
+
+    def _record_loss(self, sym: SymbolRisk, ts_ms: int) -> None:
+        if sym.breaker.record_loss(ts_ms // 1000):
+            self._wake_at_trip_end(sym)
+
+    def _wake_at_trip_end(self, sym: SymbolRisk) -> None:
+        until = sym.breaker.until_secs
+        if until is not None:
+            self._wake_at(until * 1000)
+
+    def _wake_at(self, ts_ms: int) -> None:
+        self._deadline = min(self._deadline, ts_ms)
+
+    def _observe_portfolio(self, ts_ms: int, out: Effects) -> None:
+        portfolio = self.portfolio
+        if portfolio.config.max_daily_loss is None and utc_day(ts_ms) <= portfolio.last_reset_day:
+            return
+        before = self.signature()
+        portfolio.observe(self.account_net(utc_day(ts_ms)), ts_ms)
+        if self.signature() != before:
+            out.dirty_bots.add(self.bot)
+            self._bot_transitions(before, ts_ms, out)
+
+    # -- transitions → halt/resume events -----------------------------------------
+
+    def _symbol_transitions(
+        self, sym: SymbolRisk, before: tuple[bool, bool, bool], ts_ms: int, out: Effects
+    ) -> None:
+        after = sym.signature()
+        if after == before:
+            return
+        blocks = {b.gate: b for b in sym.blocks()}
+        for gate, was, now in zip(_SYMBOL_GATES, before, after, strict=True):
+            if was == now:
+                continue
+            block = blocks.get(gate)
+            if now and block is not None:
+                self._emit(
+                    sym,
+                    sym.symbol,
+                    "halted",
+                    gate,
+                    block.reason,
+                    ts_ms=ts_ms,
+                    out=out,
+                    until_ts=block.until_ts,
+                )
+            else:
+                self._emit(
+                    sym, sym.symbol, "resumed", gate, _RESUME_REASONS[gate], ts_ms=ts_ms, out=out
+                )
+
+    def _bot_transitions(self, before: tuple[bool, bool], ts_ms: int, out: Effects) -> None:
+        after = self.signature()
+        if after == before:
+            return
+        blocks = {b.gate: b for b in self.account_blocks(ts_ms)}
+        for gate, was, now in zip(_BOT_GATES, before, after, strict=True):
+            if was == now:
+                continue
+            block = blocks.get(gate)
+            if now and block is not None:
+                self._emit(
+                    self,
+                    None,
+                    "halted",
+                    gate,
+                    block.reason,
+                    ts_ms=ts_ms,
+                    out=out,
+                    until_ts=block.until_ts,
+                )
+            else:
+                self._emit(self, None, "resumed", gate, _RESUME_REASONS[gate], ts_ms=ts_ms, out=out)
+
+    def _emit(
+        self,
+        holder: _Holder,
+        symbol: str | None,
+        kind: HaltKind,
+        gate: Gate,
+        reason: str,
+        *,
+        ts_ms: int,
+        out: Effects,
+        until_ts: int | None = None,
+        issued_by: str | None = None,
+    ) -> None:
+        seq = holder.next_halt_seq()
+        out.halts.append(
+            HaltEvent(
+                event_id=f"{self.bot}/{symbol or '*'}/{gate}/{seq}",
+                bot=self.bot,
+                symbol=symbol,
+                kind=kind,
+                gate=gate,
+                reason=reason,
+                ts=ts_ms,
+                until_ts=until_ts,
+                issued_by=issued_by,
+            )
+        )
+        if symbol is None:
+            out.dirty_bots.add(self.bot)
+        else:
+            out.dirty_symbols.add((self.bot, symbol))
+
+    # -- records -------------------------------------------------------------------
+
+    def gate_state(self, sym: SymbolRisk, now_ms: int) -> GateState:
+        """The symbol's own gates; the bot-wide ones are in :meth:`account_gate_state`."""
+        blocks = sym.blocks()
+        return GateState(
+            bot=self.bot,
+            symbol=sym.symbol,
+            entries_allowed=not blocks,
+            blocks=blocks,
+            net_pnl=sym.session.net_pnl,
+            trades=sym.session.trades,
+            recent_losses=len(sym.breaker.recent_losses),
+            position_qty=sym.position.qty,
+            updated_ts=now_ms,
+            seq=sym.next_gate_seq(),
+        )
+
+    def account_gate_state(self, now_ms: int) -> AccountGateState:
+        blocks = self.account_blocks(now_ms)
+        return AccountGateState(
+            bot=self.bot,
+            entries_allowed=not blocks,
+            blocks=blocks,
+            account_net_pnl=self.account_net(utc_day(now_ms)),
+            open_positions=len(self.open_symbols()),
+            gross_exposure=self.gross_exposure(),
+            updated_ts=now_ms,
+            seq=self.next_gate_seq(),
+        )
+
+    def portfolio_snapshot(self) -> PortfolioSnapshot:
+        p = self.portfolio
+        return PortfolioSnapshot(
+            halted=p.halted,
+            last_reset_day=p.last_reset_day,
+            manual_halt=self.manual_halt,
+            reservations=dict(p.reservations),
+            applied_offsets=dict(self.applied),
+            halt_seq=self.halt_seq,
+            gate_seq=self.gate_seq,
+        )
+
+    # -- restore -------------------------------------------------------------------
+
+    def restore_symbol(self, symbol: str, snap: SymbolSnapshot, now_ms: int, out: Effects) -> None:
+        """Restore, then apply the stale-snapshot policy (``tick``) at ``now_ms``."""
+        sym = self.symbol(symbol, now_ms)
+        sym.restore(snap)
+        self._tick_symbol(sym, now_ms, out)
+        self._wake_at_trip_end(sym)
+
+    def restore_portfolio(self, snap: PortfolioSnapshot, now_ms: int, out: Effects) -> None:
+        # The latch, unlike the seed's, survives restarts.
+        self.portfolio.restore(
+            PortfolioRiskSnapshot(
+                halted=snap.halted,
+                last_reset_day=snap.last_reset_day,
+                reservations=snap.reservations,
+            )
+        )
+        self.manual_halt = snap.manual_halt
+        self.applied = dict(snap.applied_offsets)
+        self.halt_seq = snap.halt_seq
+        self.gate_seq = snap.gate_seq
+        self._wake_at(now_ms)
+
+
+def _first(halt: ManualHalt | None) -> tuple[Block, ...]:
+    return (_manual_block(halt),) if halt is not None else ()
+
+
+def _halt_from(c: ControlCommand) -> ManualHalt:
+    return ManualHalt(reason=c.reason, issued_by=c.issued_by, ts=c.ts)
+
+
+def _command_gate(c: ControlCommand) -> Gate:
+    if c.command == "reset_breaker":
+        return "circuit_breaker"
+    if c.command == "reset_session":
+        return "session_halt"
+    return "manual_halt"
+
+
+def _command_kind(c: ControlCommand) -> HaltKind:
+    return "halted" if c.command == "halt" else "resumed"
+
+
+def _command_reason(c: ControlCommand) -> str:
+    return f"{c.command} by {c.issued_by}: {c.reason}"
+
+
+def _apply_command(sym: SymbolRisk, c: ControlCommand) -> Gate:
+    if c.command == "halt":
+        sym.manual_halt = _halt_from(c)
+    elif c.command == "resume":
+        sym.manual_halt = None
+    elif c.command == "reset_breaker":
+        sym.breaker.reset()
+    else:
+        sym.session.reset(c.ts)
+    return _command_gate(c)
+
+
+class RiskEngine:
+    """All bots this worker owns, with config-driven validation of every event."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.bots: dict[str, BotRisk] = {}
+        self._control_secret = config.control.resolved_secret()
+
+    def bot(self, bot_id: str) -> BotRisk:
+        """The bot's state, created on first use; Rejected if the bot is unknown."""
+        bot = self.bots.get(bot_id)
+        if bot is None:
+            settings = bot_settings(self.config, bot_id)
+            if settings is None:
+                raise Rejected("unknown_bot", f"bot {bot_id!r} is not configured")
+            worker = self.config.worker
+            bot = self.bots[bot_id] = BotRisk(
+                settings,
+                reservation_ttl_ms=worker.reservation_ttl_ms,
+                dedupe_keep=worker.dedupe_ids_per_symbol,
+            )
+        return bot
+
+    def validate(self, event: Event, now_ms: int) -> BotRisk:
+        """Every check that makes an event bad input, before anything changes."""
+        bot = self.bot(event.bot)
+        symbol = event.symbol
+        allowed = bot.settings.symbols
+        if symbol is not None and allowed is not None and symbol not in allowed:
+            raise Rejected(
+                "unknown_symbol", f"symbol {symbol!r} is not configured for bot {event.bot!r}"
+            )
+        if event.ts > now_ms + self.config.worker.max_future_skew_ms:
+            raise Rejected("future_event", f"ts {event.ts} is ahead of the clock ({now_ms})")
+        if type(event) is TradeOutcome and bot.settings.pnl_source == "fills":
+            raise Rejected(
+                "pnl_source", f"bot {event.bot!r} books PnL from fills; outcomes would double-count"
+            )
+        if type(event) is ControlCommand and self._control_secret is not None:
+            problem = signing.verify(
+                event, self._control_secret, now_ms, self.config.control.replay_window_ms
+            )
+            if problem is not None:
+                raise Rejected("bad_signature", problem)
+        return bot
+
+    def apply(
+        self, event: Event, now_ms: int, origin: Origin | None = None, out: Effects | None = None
+    ) -> Effects:
+        """Apply one event; raises Rejected (changing nothing) for bad input."""
+        if out is None:
+            out = Effects()
+        bot = self.validate(event, now_ms)
+        kind = type(event)
+        if kind is TradeOutcome:
+            bot.apply_outcome(event, origin, out)  # type: ignore[arg-type]
+        elif kind is Fill:
+            bot.apply_fill(event, origin, out)  # type: ignore[arg-type]
+        elif kind is OrderIntent:
+            bot.decide(event, now_ms, origin, out)  # type: ignore[arg-type]
+        else:
+            bot.control(event, origin, out)  # type: ignore[arg-type]
+        return out
+
+    def sweep(self, now_ms: int, out: Effects | None = None) -> Effects:
+        if out is None:
+            out = Effects()
+        for bot in self.bots.values():
+            bot.sweep(now_ms, out)
+        return out
+
+    def forget(self, bot_ids: set[str]) -> None:
+        """Drop bots whose partition this worker no longer owns."""
+        for bot_id in bot_ids:
+            self.bots.pop(bot_id, None)

@@ -1,0 +1,193 @@
+"""Wire messages (SPEC §3) as msgspec Structs.
+
+Validation lives in the types: msgspec enforces it in C while decoding, so a
+bad message costs one failed decode and never reaches the engine. Bounds on
+every float reject NaN and ±inf (JSON has no NaN literal and an overflowing
+literal such as ``1e400`` fails the range check). Unknown fields are allowed so
+producers can add fields without breaking the worker.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+# -- constrained scalars -------------------------------------------------------
+
+_MAX_MONEY = 1e15
+_MAX_QTY = 1e15
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[^/\s]+$")]
+"""Bot ids and symbols: non-empty, no ``/`` (it separates snapshot key parts)."""
+Text = Annotated[str, msgspec.Meta(max_length=1024)]
+Positive = Annotated[float, msgspec.Meta(gt=0.0, le=_MAX_QTY)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0.0, le=_MAX_MONEY)]
+Money = Annotated[float, msgspec.Meta(ge=-_MAX_MONEY, le=_MAX_MONEY)]
+EpochMs = Annotated[int, msgspec.Meta(ge=946_684_800_000, le=4_102_444_800_000)]
+"""Epoch milliseconds between 2000-01-01 and 2100-01-01; anything else is garbage."""
+
+Side = Literal["buy", "sell"]
+Action = Literal["open", "close"]
+Command = Literal["halt", "resume", "reset_breaker", "reset_session"]
+HaltKind = Literal["halted", "resumed"]
+Gate = Literal[
+    "manual_halt",
+    "session_halt",
+    "circuit_breaker",
+    "portfolio_daily_loss",
+    "max_concurrent_positions",
+    "gross_exposure",
+    "no_position",
+]
+GATES: tuple[Gate, ...] = (
+    "manual_halt",
+    "session_halt",
+    "circuit_breaker",
+    "portfolio_daily_loss",
+    "max_concurrent_positions",
+    "gross_exposure",
+    "no_position",
+)
+
+
+# -- inputs --------------------------------------------------------------------
+
+
+class Fill(msgspec.Struct, frozen=True):
+    """An execution report: moves the position, books PnL for fills-booked bots."""
+
+    fill_id: Id
+    bot: Name
+    symbol: Name
+    side: Side
+    qty: Positive
+    price: Positive
+    fee: NonNegative
+    ts: EpochMs
+    contract_value: Positive = 1.0
+    intent_id: Id | None = None
+
+
+class TradeOutcome(msgspec.Struct, frozen=True):
+    """One closed trade, as the seed's ``record_trade_outcome(symbol, gross, fee)``."""
+
+    outcome_id: Id
+    bot: Name
+    symbol: Name
+    gross_pnl: Money
+    fee: NonNegative
+    ts: EpochMs
+
+
+class OrderIntent(msgspec.Struct, frozen=True):
+    """A pre-trade check request: may this order add (or remove) risk?"""
+
+    intent_id: Id
+    bot: Name
+    symbol: Name
+    action: Action
+    side: Side
+    qty: Positive
+    price: Positive
+    ts: EpochMs
+    contract_value: Positive = 1.0
+
+    @property
+    def notional(self) -> float:
+        return self.qty * self.price * self.contract_value
+
+
+class ControlCommand(msgspec.Struct, frozen=True):
+    """An operator command; ``symbol=None`` addresses the whole bot."""
+
+    command: Command
+    bot: Name
+    symbol: Name | None
+    reason: Text
+    issued_by: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    ts: EpochMs
+    sig: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+
+
+# -- outputs -------------------------------------------------------------------
+
+
+class GateDecision(msgspec.Struct, frozen=True):
+    """The answer to an OrderIntent, published on ``risk.decisions``."""
+
+    intent_id: str
+    bot: str
+    symbol: str
+    allowed: bool
+    gate: Gate | None
+    reason: str
+    ts: int
+    reservation_expires_ts: int | None = None
+
+
+class Block(msgspec.Struct, frozen=True):
+    """One reason entries are blocked, with when it lifts by itself (if ever)."""
+
+    gate: Gate
+    reason: str
+    until_ts: int | None = None
+
+
+class GateState(msgspec.Struct, frozen=True):
+    """Per-symbol gate record, compacted under ``<bot>/gate/<symbol>``."""
+
+    bot: str
+    symbol: str
+    entries_allowed: bool
+    blocks: list[Block]
+    net_pnl: float
+    trades: int
+    recent_losses: int
+    position_qty: float
+    updated_ts: int
+    seq: int
+
+
+class AccountGateState(msgspec.Struct, frozen=True):
+    """Account-level gate record, compacted under ``<bot>/gate``."""
+
+    bot: str
+    entries_allowed: bool
+    blocks: list[Block]
+    account_net_pnl: float
+    open_positions: int
+    gross_exposure: float
+    updated_ts: int
+    seq: int
+
+
+class HaltEvent(msgspec.Struct, frozen=True):
+    """A gate starting or stopping to block; ``event_id`` is deterministic."""
+
+    event_id: str
+    bot: str
+    symbol: str | None
+    kind: HaltKind
+    gate: Gate
+    reason: str
+    ts: int
+    until_ts: int | None = None
+    issued_by: str | None = None
+    """The operator, for events caused by a control command."""
+
+
+Event = Fill | TradeOutcome | OrderIntent | ControlCommand
+"""Everything the engine consumes."""
+
+SCHEMA_TYPES: tuple[type[msgspec.Struct], ...] = (
+    Fill,
+    TradeOutcome,
+    OrderIntent,
+    ControlCommand,
+    GateDecision,
+    GateState,
+    AccountGateState,
+    HaltEvent,
+)

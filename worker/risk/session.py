@@ -1,0 +1,160 @@
+"""Per-symbol session PnL with a daily loss halt (the seed's ``SessionPnl``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from worker.config import SessionConfig
+
+MS_PER_DAY = 86_400_000
+
+Classification = Literal["win", "loss", "breakeven"]
+
+
+def utc_day(ts_ms: int) -> int:
+    """Days since the Unix epoch of a UTC timestamp: the session's identity."""
+    return ts_ms // MS_PER_DAY
+
+
+def next_midnight_ms(ts_ms: int) -> int:
+    return (utc_day(ts_ms) + 1) * MS_PER_DAY
+
+
+class SessionPnlSnapshot(msgspec.Struct):
+    """The seed's persisted shape, field for field."""
+
+    realised: float
+    fees: float
+    trades: int
+    wins: int
+    losses: int
+    breakevens: int
+    halted: bool
+    last_reset_day: int
+
+
+class SessionPnl:
+    """Realised PnL of one symbol for the current UTC day.
+
+    Trades are classified on **net** (gross - fee): a small gross win eaten by
+    fees is a loss. Once net PnL reaches ``loss_limit`` the session halts until
+    the next 00:00 UTC rollover, which resets every total.
+    """
+
+    __slots__ = (
+        "breakevens",
+        "config",
+        "fees",
+        "halted",
+        "last_reset_day",
+        "losses",
+        "realised",
+        "trades",
+        "wins",
+    )
+
+    def __init__(self, config: SessionConfig) -> None:
+        self.config = config
+        self.last_reset_day = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.realised = 0.0
+        self.fees = 0.0
+        self.trades = 0
+        self.wins = 0
+        self.losses = 0
+        self.breakevens = 0
+        self.halted = False
+
+    @property
+    def net_pnl(self) -> float:
+        return self.realised - self.fees
+
+    @property
+    def win_rate(self) -> float | None:
+        """Wins over decided trades; break-evens are excluded."""
+        decided = self.wins + self.losses
+        return self.wins / decided if decided else None
+
+    def _enter_day(self, ts_ms: int) -> bool:
+        """Move the session to the event's day; False if the event is from an earlier day."""
+        day = utc_day(ts_ms)
+        if day < self.last_reset_day:
+            return False
+        if day > self.last_reset_day:
+            self._reset()
+            self.last_reset_day = day
+        return True
+
+    def book(self, gross: float, fee: float, ts_ms: int) -> bool:
+        """Add realised PnL without counting a trade (a partial close booked from fills).
+
+        Returns False, changing nothing, when the event belongs to an earlier
+        UTC day than the session: yesterday's loss does not halt today.
+        """
+        if not self._enter_day(ts_ms):
+            return False
+        self.realised += gross
+        self.fees += fee
+        if not self.halted and self.net_pnl <= self.config.loss_limit:
+            self.halted = True
+        return True
+
+    def count_trade(self, net: float, ts_ms: int) -> Classification | None:
+        """Count one closed trade by its net result; None if from an earlier day."""
+        if not self._enter_day(ts_ms):
+            return None
+        self.trades += 1
+        if net > 0.0:
+            self.wins += 1
+            return "win"
+        if net < 0.0:
+            self.losses += 1
+            return "loss"
+        self.breakevens += 1
+        return "breakeven"
+
+    def record_close(self, gross: float, fee: float, ts_ms: int) -> Classification | None:
+        """One closed trade (the seed's ``record_close``): book it and count it."""
+        if not self.book(gross, fee, ts_ms):
+            return None
+        return self.count_trade(gross - fee, ts_ms)
+
+    def tick(self, now_ms: int) -> bool:
+        """UTC rollover against the wall clock; True if the session rolled over."""
+        day = utc_day(now_ms)
+        if day <= self.last_reset_day:
+            return False
+        self._reset()
+        self.last_reset_day = day
+        return True
+
+    def reset(self, now_ms: int) -> None:
+        """Operator reset: today's totals and halt cleared."""
+        self._reset()
+        self.last_reset_day = max(self.last_reset_day, utc_day(now_ms))
+
+    def snapshot(self) -> SessionPnlSnapshot:
+        return SessionPnlSnapshot(
+            realised=self.realised,
+            fees=self.fees,
+            trades=self.trades,
+            wins=self.wins,
+            losses=self.losses,
+            breakevens=self.breakevens,
+            halted=self.halted,
+            last_reset_day=self.last_reset_day,
+        )
+
+    def restore(self, snap: SessionPnlSnapshot) -> None:
+        self.realised = snap.realised
+        self.fees = snap.fees
+        self.trades = snap.trades
+        self.wins = snap.wins
+        self.losses = snap.losses
+        self.breakevens = snap.breakevens
+        self.halted = snap.halted
+        self.last_reset_day = snap.last_reset_day

@@ -1,0 +1,109 @@
+"""Snapshot keys and values on the compacted ``risk.snapshots`` topic.
+
+A symbol snapshot keeps the seed's JSON shape field for field (``version``,
+``session_pnl``, ``circuit_breaker``) so a Rust bot can read it; this project's
+extra fields come after and are ignored by serde. Decoding never guesses: an
+unknown version or a value that does not decode is reported, not misread.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from worker.risk import CircuitBreakerSnapshot, PositionSnapshot, Reservation, SessionPnlSnapshot
+
+SNAPSHOT_VERSION = 1
+"""Bump on any incompatible change; other versions are ignored on restore."""
+
+
+class ManualHalt(msgspec.Struct, frozen=True):
+    """An operator halt: blocks entries (never exits) until ``resume``."""
+
+    reason: str
+    issued_by: str
+    ts: int
+
+
+class SymbolSnapshot(msgspec.Struct, kw_only=True):
+    """``<bot>/risk/<symbol>``: the seed's shape plus position, halt and replay guards."""
+
+    version: int = SNAPSHOT_VERSION
+    session_pnl: SessionPnlSnapshot
+    circuit_breaker: CircuitBreakerSnapshot
+    position: PositionSnapshot | None = None
+    manual_halt: ManualHalt | None = None
+    applied_offsets: dict[str, int] = {}
+    """Per input partition (``topic/partition``): the last offset applied to this state."""
+    recent_event_ids: list[str] = []
+    """Most recent fill/outcome ids, oldest first: duplicates at new offsets are dropped."""
+    halt_seq: int = 0
+    gate_seq: int = 0
+
+
+class PortfolioSnapshot(msgspec.Struct, kw_only=True):
+    """``<bot>/portfolio``: the daily-loss latch, bot-level halt and reservations."""
+
+    version: int = SNAPSHOT_VERSION
+    halted: bool
+    last_reset_day: int
+    manual_halt: ManualHalt | None = None
+    reservations: dict[str, Reservation] = {}
+    applied_offsets: dict[str, int] = {}
+    halt_seq: int = 0
+    gate_seq: int = 0
+
+
+class SnapshotError(ValueError):
+    """A snapshot record that must be ignored (corrupt, unknown version, bad key)."""
+
+
+class _VersionProbe(msgspec.Struct):
+    version: int
+
+
+_probe = msgspec.json.Decoder(_VersionProbe)
+_symbol_decoder = msgspec.json.Decoder(SymbolSnapshot)
+_portfolio_decoder = msgspec.json.Decoder(PortfolioSnapshot)
+encode = msgspec.json.Encoder().encode
+
+
+def symbol_key(bot: str, symbol: str) -> str:
+    """The seed's ``state_key``: ``<bot>/risk/<symbol>``."""
+    return f"{bot}/risk/{symbol}"
+
+
+def portfolio_key(bot: str) -> str:
+    return f"{bot}/portfolio"
+
+
+def parse_key(key: str) -> tuple[str, str | None]:
+    """``(bot, symbol)`` for a symbol key, ``(bot, None)`` for a portfolio key."""
+    parts = key.split("/")
+    if len(parts) == 3 and parts[1] == "risk" and parts[0] and parts[2]:
+        return parts[0], parts[2]
+    if len(parts) == 2 and parts[1] == "portfolio" and parts[0]:
+        return parts[0], None
+    raise SnapshotError(f"not a snapshot key: {key!r}")
+
+
+SnapshotKind = Literal["symbol", "portfolio"]
+
+
+def decode_snapshot(
+    key: str, value: bytes
+) -> tuple[str, str | None, SymbolSnapshot | PortfolioSnapshot]:
+    """Decode one record; raises SnapshotError when it must be ignored."""
+    bot, symbol = parse_key(key)
+    try:
+        version = _probe.decode(value).version
+    except msgspec.DecodeError as exc:
+        raise SnapshotError(f"corrupt snapshot: {exc}") from exc
+    if version != SNAPSHOT_VERSION:
+        raise SnapshotError(f"unknown snapshot version {version} (expected {SNAPSHOT_VERSION})")
+    decoder = _symbol_decoder if symbol is not None else _portfolio_decoder
+    try:
+        return bot, symbol, decoder.decode(value)
+    except msgspec.DecodeError as exc:
+        raise SnapshotError(f"corrupt snapshot: {exc}") from exc
