@@ -54,6 +54,8 @@ class KafkaConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     heartbeat_interval_ms: PositiveInt = 3_000
     max_poll_interval_ms: PositiveInt = 60_000
     request_timeout_ms: PositiveInt = 15_000
+    fetch_max_wait_ms: PositiveInt = 20
+    """Low: the broker answers a fetch at once when records arrive; this bounds idle polls."""
 
     def __repr__(self) -> str:
         # Never print credentials, whoever logs the config.
@@ -195,20 +197,22 @@ class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
 
 
 def _env_value(raw: str) -> Any:
-    """Interpret an env value as a TOML value when it parses as one, else as a string."""
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
+    """Env values stay strings (msgspec converts them to the field's type), except
+    TOML arrays and inline tables, so a numeric-looking password stays a string."""
+    if raw.startswith(("[", "{")):
+        try:
+            return tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            return raw
+    return raw
 
 
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
     for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX):
+        # Only SECTION__KEY names: Kubernetes injects RISKGATE_<SERVICE>_PORT & co.
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
         path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
-        if not path:
-            continue
         node = data
         for part in path[:-1]:
             child = node.setdefault(part, {})
@@ -236,7 +240,8 @@ def load_config(
         raise ConfigError(f"cannot read config {path or '<text>'}: {exc}") from exc
     _apply_env(data, os.environ if env is None else env)
     try:
-        return msgspec.convert(data, Config)
+        # strict=False lets env strings become ints/floats/bools; bad values still fail.
+        return msgspec.convert(data, Config, strict=False)
     except (msgspec.ValidationError, ValueError) as exc:
         raise ConfigError(f"invalid config: {exc}") from exc
 

@@ -13,6 +13,7 @@ crash, or re-sent by a producer under a new offset, changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 from worker import signing
@@ -40,7 +41,13 @@ from worker.risk import (
     utc_day,
 )
 from worker.risk.session import next_midnight_ms
-from worker.snapshot import ManualHalt, PortfolioSnapshot, SymbolSnapshot
+from worker.snapshot import (
+    ManualHalt,
+    PortfolioSnapshot,
+    SnapshotError,
+    SymbolSnapshot,
+    decode_snapshot,
+)
 
 _NEVER = 1 << 62
 _SYMBOL_GATES: tuple[Gate, Gate, Gate] = ("manual_halt", "session_halt", "circuit_breaker")
@@ -295,9 +302,11 @@ class BotRisk(_Holder):
         before = sym.signature()
         signed_qty = f.qty if f.side == "buy" else -f.qty
         trip = sym.position.apply(signed_qty, f.price, f.fee, f.contract_value)
-        if self.settings.pnl_source == "fills" and (trip.fees or trip.gross):
+        if self.settings.pnl_source == "fills":
             session = sym.session
-            session.book(trip.gross, trip.fees, f.ts)
+            if trip.fees or trip.gross:
+                session.book(trip.gross, trip.fees, f.ts)
+            # A round trip ends even when its last leg realises nothing by itself.
             if trip.closed_net is not None:
                 session.count_trade(trip.closed_net, f.ts)
                 if trip.closed_net < 0.0:
@@ -392,10 +401,12 @@ class BotRisk(_Holder):
         )
 
     def _control_bot(self, c: ControlCommand, origin: Origin | None, out: Effects) -> None:
+        # The bot's watermark guards every bot-level command, so a replayed reset
+        # is skipped instead of re-emitting its HaltEvent under a new event id.
+        if not self.fresh(origin):
+            out.skipped += 1
+            return
         if c.command in ("halt", "resume"):
-            if not self.fresh(origin):
-                out.skipped += 1
-                return
             self.manual_halt = _halt_from(c) if c.command == "halt" else None
             out.dirty_bots.add(self.bot)
         else:
@@ -729,3 +740,29 @@ class RiskEngine:
         """Drop bots whose partition this worker no longer owns."""
         for bot_id in bot_ids:
             self.bots.pop(bot_id, None)
+
+    def restore(
+        self, records: Mapping[str, bytes | None], now_ms: int, out: Effects | None = None
+    ) -> list[tuple[str, str]]:
+        """Restore from the last value per snapshot key; returns ``(key, why)`` of ignored ones.
+
+        Corrupt values, unknown versions and bots no longer configured are
+        ignored (never fatal, never misread); tombstones (None) are skipped.
+        """
+        if out is None:
+            out = Effects()
+        ignored: list[tuple[str, str]] = []
+        for key, value in records.items():
+            if value is None:
+                continue
+            try:
+                bot_id, symbol, snap = decode_snapshot(key, value)
+                bot = self.bot(bot_id)
+            except (SnapshotError, Rejected) as exc:
+                ignored.append((key, str(exc)))
+                continue
+            if isinstance(snap, SymbolSnapshot) and symbol is not None:
+                bot.restore_symbol(symbol, snap, now_ms, out)
+            elif isinstance(snap, PortfolioSnapshot):
+                bot.restore_portfolio(snap, now_ms, out)
+        return ignored

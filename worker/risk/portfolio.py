@@ -44,6 +44,8 @@ class PortfolioRisk:
     def observe(self, account_net: float, ts_ms: int) -> bool:
         """Re-check the live PnL at ``ts_ms``; True if this observation latched the halt."""
         self.tick(ts_ms)
+        if utc_day(ts_ms) < self.last_reset_day:
+            return False  # a late event of an earlier day does not halt today
         if not self.halted and self.daily_loss_breached(account_net):
             self.halted = True
             return True

@@ -1,0 +1,160 @@
+"""Client library for execution services: local gate table and pre-trade checks.
+
+``GateView`` follows the compacted ``risk.gates`` topic (and ``risk.halts``)
+and answers ``entries_allowed(bot, symbol)`` from memory, with no network round
+trip. It **fails closed**: it denies until it has read the topic to the end,
+for a bot with no account record, and for a bot whose owner has published
+neither an update nor a heartbeat within ``staleness_ms``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from worker.config import KafkaConfig, TopicsConfig
+from worker.kafka.options import client_kwargs
+from worker.messages import AccountGateState, GateState, HaltEvent
+
+log = structlog.get_logger("riskgate.client")
+
+HaltCallback = Callable[[HaltEvent], None]
+
+_symbol_state = msgspec.json.Decoder(GateState)
+_account_state = msgspec.json.Decoder(AccountGateState)
+_halt = msgspec.json.Decoder(HaltEvent)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class GateView:
+    """A local, continuously updated copy of every bot's gates."""
+
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        topics: TopicsConfig | None = None,
+        *,
+        staleness_ms: int = 15_000,
+        clock: Callable[[], int] = _now_ms,
+    ) -> None:
+        self._kafka = kafka
+        self._topics = topics or TopicsConfig()
+        self.staleness_ms = staleness_ms
+        self._clock = clock
+        self.symbols: dict[tuple[str, str], GateState] = {}
+        self.accounts: dict[str, AccountGateState] = {}
+        self._callbacks: list[HaltCallback] = []
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._caught_up = asyncio.Event()
+        self._ends: dict[TopicPartition, int] = {}
+
+    # -- queries (no I/O) --------------------------------------------------------
+
+    @property
+    def caught_up(self) -> bool:
+        return self._caught_up.is_set()
+
+    def entries_allowed(self, bot: str, symbol: str) -> bool:
+        """May ``bot`` open new risk on ``symbol``? Denies on any doubt."""
+        if not self._caught_up.is_set():
+            return False
+        account = self.accounts.get(bot)
+        if account is None or not account.entries_allowed:
+            return False
+        # The owner re-publishes the account record at least every heartbeat.
+        if self._clock() - account.updated_ts > self.staleness_ms:
+            return False
+        state = self.symbols.get((bot, symbol))
+        return state is None or state.entries_allowed
+
+    def subscribe(self, callback: HaltCallback) -> None:
+        """Call ``callback`` for every halt/resume event (from the start of the topic)."""
+        self._callbacks.append(callback)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        consumer = AIOKafkaConsumer(
+            **client_kwargs(self._kafka),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=10,
+        )
+        await consumer.start()
+        topics = self._topics
+        tps = [
+            TopicPartition(topic, p)
+            for topic in (topics.gates, topics.halts)
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        self._ends = await consumer.end_offsets(tps)
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._follow())
+
+    async def wait_caught_up(self) -> None:
+        """Wait until the gate topic has been read to its end (wrap in ``asyncio.timeout``)."""
+        await self._caught_up.wait()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def __aenter__(self) -> GateView:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()
+
+    async def _follow(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        pending = {tp for tp, end in self._ends.items() if end > 0}
+        if not pending:
+            self._caught_up.set()
+        while True:
+            batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            for tp, records in batch.items():
+                for record in records:
+                    self._apply(tp.topic, record)
+            if pending:
+                for tp in list(pending):
+                    if await consumer.position(tp) >= self._ends[tp]:
+                        pending.discard(tp)
+                if not pending:
+                    self._caught_up.set()
+
+    def _apply(self, topic: str, record: Any) -> None:
+        if record.value is None:
+            return
+        try:
+            if topic == self._topics.halts:
+                event = _halt.decode(record.value)
+                for callback in self._callbacks:
+                    callback(event)
+            elif record.key is not None and record.key.count(b"/") == 1:
+                account = _account_state.decode(record.value)
+                self.accounts[account.bot] = account
+            else:
+                state = _symbol_state.decode(record.value)
+                self.symbols[(state.bot, state.symbol)] = state
+        except msgspec.DecodeError as exc:
+            log.warning(
+                "ignoring undecodable record", topic=topic, offset=record.offset, error=str(exc)
+            )

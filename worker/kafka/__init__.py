@@ -1,0 +1,1 @@
+"""Kafka plumbing: client options, topic layout and the embedded test/demo broker."""

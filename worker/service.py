@@ -1,0 +1,34 @@
+"""A running service: the worker plus its HTTP endpoints and signal handling."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import structlog
+
+from worker.app import Clock, Worker, wall_clock_ms
+from worker.config import Config
+from worker.http import HttpServer
+from worker.logs import configure_logging
+
+log = structlog.get_logger("riskgate.service")
+
+
+async def serve(
+    config: Config, *, clock: Clock = wall_clock_ms, install_signals: bool = True
+) -> None:
+    """Run until SIGTERM/SIGINT: finish the batch, persist, commit, leave the group."""
+    configure_logging(config.log.format, config.log.level)
+    worker = Worker(config, clock=clock)
+    http = HttpServer(worker, worker.metrics.registry, config.http.host, config.http.port)
+    await http.start()
+    log.info("http listening", port=http.port, paths=["/metrics", "/healthz", "/readyz"])
+    if install_signals:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+    try:
+        await worker.run()
+    finally:
+        await http.stop()
