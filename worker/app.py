@@ -154,7 +154,7 @@ class Worker:
         producer = AIOKafkaProducer(
             **self._client_kwargs,
             acks="all",
-            linger_ms=2,
+            linger_ms=0,
             max_batch_size=1024 * 1024,
             enable_idempotence=False,  # unsupported by Tansu; replay safety does not need it
         )

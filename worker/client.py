@@ -1,5 +1,8 @@
 """Client library for execution services: local gate table and pre-trade checks.
 
+``GateClient.check(intent)`` asks the worker over Kafka and awaits its
+decision; it fails closed (a denial) when no decision arrives in time.
+
 ``GateView`` follows the compacted ``risk.gates`` topic (and ``risk.halts``)
 and answers ``entries_allowed(bot, symbol)`` from memory, with no network round
 trip. It **fails closed**: it denies until it has read the topic to the end,
@@ -16,11 +19,12 @@ from typing import Any
 
 import msgspec
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from worker.config import KafkaConfig, TopicsConfig
 from worker.kafka.options import client_kwargs
-from worker.messages import AccountGateState, GateState, HaltEvent
+from worker.messages import AccountGateState, GateDecision, GateState, HaltEvent, OrderIntent
 
 log = structlog.get_logger("riskgate.client")
 
@@ -29,6 +33,8 @@ HaltCallback = Callable[[HaltEvent], None]
 _symbol_state = msgspec.json.Decoder(GateState)
 _account_state = msgspec.json.Decoder(AccountGateState)
 _halt = msgspec.json.Decoder(HaltEvent)
+_decision = msgspec.json.Decoder(GateDecision)
+_encode = msgspec.json.Encoder().encode
 
 
 def _now_ms() -> int:
@@ -158,3 +164,104 @@ class GateView:
             log.warning(
                 "ignoring undecodable record", topic=topic, offset=record.offset, error=str(exc)
             )
+
+
+class GateClient:
+    """Pre-trade checks over Kafka: publish an intent, await the worker's decision.
+
+    Many concurrent ``check`` calls share one producer and one decisions
+    consumer. A decision that does not arrive within the timeout is a denial
+    (fail closed), never an exception the caller might treat as "go".
+    """
+
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        topics: TopicsConfig | None = None,
+        *,
+        timeout_ms: int = 250,
+        clock: Callable[[], int] = _now_ms,
+    ) -> None:
+        self._kafka = kafka
+        self._topics = topics or TopicsConfig()
+        self.timeout_ms = timeout_ms
+        self._clock = clock
+        self._pending: dict[str, asyncio.Future[GateDecision]] = {}
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        kwargs = client_kwargs(self._kafka)
+        producer = AIOKafkaProducer(**kwargs, linger_ms=0, acks=1)
+        consumer = AIOKafkaConsumer(
+            **kwargs, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=1
+        )
+        await producer.start()
+        await consumer.start()
+        await consumer.topics()
+        tps = [
+            TopicPartition(self._topics.decisions, p)
+            for p in sorted(consumer.partitions_for_topic(self._topics.decisions) or ())
+        ]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve the end now, so no decision sent after start() is missed
+            await consumer.position(tp)
+        self._producer, self._consumer = producer, consumer
+        self._task = asyncio.create_task(self._follow())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for client in (self._consumer, self._producer):
+            if client is not None:
+                await client.stop()
+
+    async def __aenter__(self) -> GateClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()
+
+    async def check(self, intent: OrderIntent, timeout_ms: int | None = None) -> GateDecision:
+        """The worker's decision on ``intent``, or a denial when none arrives in time."""
+        producer = self._producer
+        assert producer is not None, "GateClient.start() first"
+        timeout = self.timeout_ms if timeout_ms is None else timeout_ms
+        future = self._pending.setdefault(
+            intent.intent_id, asyncio.get_running_loop().create_future()
+        )
+        try:
+            async with asyncio.timeout(timeout / 1000):
+                await producer.send(self._topics.intents, _encode(intent), key=intent.bot.encode())
+                return await asyncio.shield(future)
+        except (TimeoutError, KafkaError) as exc:
+            return GateDecision(
+                intent_id=intent.intent_id,
+                bot=intent.bot,
+                symbol=intent.symbol,
+                allowed=False,
+                gate=None,
+                reason=f"no decision within {timeout} ms ({type(exc).__name__}): failing closed",
+                ts=self._clock(),
+            )
+        finally:
+            self._pending.pop(intent.intent_id, None)
+
+    async def _follow(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        while True:
+            batch = await consumer.getmany(timeout_ms=100, max_records=10_000)
+            for records in batch.values():
+                for record in records:
+                    try:
+                        decision = _decision.decode(record.value)
+                    except msgspec.DecodeError:
+                        continue
+                    future = self._pending.get(decision.intent_id)
+                    if future is not None and not future.done():
+                        future.set_result(decision)

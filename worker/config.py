@@ -8,6 +8,7 @@ so a typo fails at start with the path of the bad key (``$.bots.alpha.portfolio
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import tomllib
@@ -192,8 +193,32 @@ class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     log: LogConfig = LogConfig()
 
     def __post_init__(self) -> None:
-        if math.isnan(self.defaults.session.loss_limit):
-            raise ValueError("defaults.session.loss_limit must not be NaN")
+        # TOML has ``nan``; a NaN limit would silently disable its gate (every
+        # comparison with it is false), so reject it wherever a limit can be set.
+        for path, value in self._limits():
+            if value is not None and math.isnan(value):
+                raise ValueError(f"{path} must not be NaN")
+
+    def _limits(self) -> list[tuple[str, float | None]]:
+        limits: list[tuple[str, float | None]] = [
+            ("defaults.session.loss_limit", self.defaults.session.loss_limit),
+            *_portfolio_limits("defaults.portfolio", self.defaults.portfolio),
+        ]
+        for name, bot in self.bots.items():
+            limits.append((f"bots.{name}.session.loss_limit", bot.session.loss_limit))
+            if bot.portfolio is not None:
+                limits.extend(_portfolio_limits(f"bots.{name}.portfolio", bot.portfolio))
+            for symbol, override in bot.overrides.items():
+                path = f"bots.{name}.overrides.{symbol}.session.loss_limit"
+                limits.append((path, override.session.loss_limit))
+        return limits
+
+
+def _portfolio_limits(path: str, p: PortfolioConfig) -> list[tuple[str, float | None]]:
+    return [
+        (f"{path}.max_daily_loss", p.max_daily_loss),
+        (f"{path}.max_gross_exposure", p.max_gross_exposure),
+    ]
 
 
 def _env_value(raw: str) -> Any:
@@ -242,8 +267,50 @@ def load_config(
     try:
         # strict=False lets env strings become ints/floats/bools; bad values still fail.
         return msgspec.convert(data, Config, strict=False)
-    except (msgspec.ValidationError, ValueError) as exc:
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid config: {_name_keys(data, str(exc))}") from exc
+    except ValueError as exc:
         raise ConfigError(f"invalid config: {exc}") from exc
+
+
+_AT = " - at `"
+
+
+def _name_keys(data: dict[str, Any], message: str) -> str:
+    """Replace the ``[...]`` msgspec writes for a dict key with the actual key.
+
+    ``$.bots[...].portfolio`` becomes ``$.bots.alpha.portfolio``: the offending
+    key is found by elimination, converting with one entry of that table at a
+    time until the same error comes back. Runs only on the error path.
+    """
+    head, sep, path = message.partition(_AT)
+    if not sep or "[...]" not in path:
+        return message
+    trial = copy.deepcopy(data)
+    resolved = "$"
+    rest = path.rstrip("`")[1:]
+    base: Any = trial
+    while "[...]" in rest:
+        before, _, rest = rest.partition("[...]")
+        node: Any = base
+        for part in before.split("."):
+            if part:
+                node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            return message
+        for key, value in list(node.items()):
+            node.clear()
+            node[key] = value
+            try:
+                msgspec.convert(trial, Config, strict=False)
+            except (msgspec.ValidationError, ValueError) as exc:
+                if str(exc) == message:
+                    resolved += f"{before}.{key}"
+                    base = value
+                    break
+        else:
+            return message
+    return f"{head}{_AT}{resolved}{rest}`"
 
 
 # -- resolution of effective per-bot / per-symbol settings ---------------------

@@ -176,15 +176,12 @@ def test_portfolio_snapshot_round_trips_latch_halt_and_reservations() -> None:
         max_daily_loss = -10.0
         """
     )
-    apply_all(eng, [outcome(-20.0), control("halt", symbol=None)])
-    eng.apply(intent(intent_id="r1", symbol="ETHUSDT"), T0)  # denied: nothing reserved
+    eng.apply(intent(intent_id="r1", symbol="ETHUSDT"), T0)  # allowed: reserves
+    apply_all(eng, [outcome(-20.0), control("halt", symbol=None)])  # latch + bot halt
     bot = eng.bots["alpha"]
-    bot.manual_halt = None
-    eng.apply(intent(intent_id="r2", symbol="ETHUSDT"), T0)  # still denied by the latch
-    bot.portfolio.reserve("r3", "ETHUSDT", 42.0, T0 + 30_000)
+    assert bot.portfolio.halted
     snap = bot.portfolio_snapshot()
-    eng.apply(control("halt", symbol=None), T0)
-    snap = bot.portfolio_snapshot()
+    assert set(snap.reservations) == {"r1"}
 
     key = portfolio_key("alpha")
     bot_id, symbol, back = decode_snapshot(key, encode(snap))
@@ -202,7 +199,7 @@ def test_portfolio_snapshot_round_trips_latch_halt_and_reservations() -> None:
     restored.restore_portfolio(back, T0 + 1, Effects())
     assert restored.portfolio.halted, "the latch survives a restart even with no symbol PnL"
     assert restored.manual_halt is not None
-    assert set(restored.portfolio.reservations) == {"r3"}
+    assert set(restored.portfolio.reservations) == {"r1"}
     assert restored.portfolio_snapshot() == snap
 
 

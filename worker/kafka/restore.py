@@ -25,12 +25,10 @@ class SnapshotRead(NamedTuple):
 
 
 async def read_snapshot_partitions(
-    client_kwargs: dict[str, Any], topic: str, partitions: Iterable[int]
+    client_kwargs: dict[str, Any], topic: str, partitions: Iterable[int] | None = None
 ) -> SnapshotRead:
-    """Last value per key of the given snapshot partitions, read to their captured end."""
+    """Last value per key of the given (default: all) partitions, read to their captured end."""
     started = time.perf_counter()
-    wanted = frozenset(partitions)
-    tps = [TopicPartition(topic, p) for p in sorted(wanted)]
     consumer = AIOKafkaConsumer(
         **client_kwargs,
         group_id=None,
@@ -45,6 +43,11 @@ async def read_snapshot_partitions(
     bot_partitions: dict[str, int] = {}
     read = 0
     try:
+        if partitions is None:
+            await consumer.topics()  # refreshes metadata for every topic
+            partitions = consumer.partitions_for_topic(topic) or ()
+        wanted = frozenset(partitions)
+        tps = [TopicPartition(topic, p) for p in sorted(wanted)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)

@@ -1,0 +1,455 @@
+"""Shared helpers for the real-broker worker tests (``test_worker_*.py``).
+
+Everything a test needs to drive the worker end to end: a config on unique
+topics, producing events, reading topics to their end, waiting with a deadline,
+running the worker in-process or as a real subprocess, and a reference model
+(the same input applied straight through :class:`RiskEngine`) to compare the
+persisted snapshots against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from worker.app import Clock, Worker, wall_clock_ms
+from worker.config import Config, KafkaConfig, load_config
+from worker.engine import Rejected, RiskEngine
+from worker.kafka.options import client_kwargs
+from worker.kafka.topics import ensure_topics
+from worker.messages import Event, TradeOutcome
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+MIN_MS = 60_000
+HOUR_MS = 3_600_000
+
+T = TypeVar("T")
+
+_encode = msgspec.json.Encoder().encode
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# -- configuration -----------------------------------------------------------------
+
+
+def topics_toml(prefix: str, partitions: int) -> str:
+    """A ``[topics]`` table with every topic name under ``prefix``."""
+    names = {
+        "fills": "trading.fills",
+        "outcomes": "trading.outcomes",
+        "intents": "trading.intents",
+        "control": "risk.control",
+        "snapshots": "risk.snapshots",
+        "gates": "risk.gates",
+        "halts": "risk.halts",
+        "decisions": "risk.decisions",
+        "deadletter": "risk.deadletter",
+    }
+    lines = [f'{field} = "{prefix}.{name}"' for field, name in names.items()]
+    return "[topics]\n" + "\n".join(lines) + f"\npartitions = {partitions}\n"
+
+
+def config_text(bootstrap: str, body: str, *, partitions: int = 4, prefix: str = "") -> str:
+    """A complete TOML file: unique topics and group id, quiet logs, free HTTP port.
+
+    ``body`` holds the test's own tables (``[defaults.*]``, ``[bots.*]``, ...).
+    """
+    prefix = prefix or f"t{uuid.uuid4().hex[:12]}"
+    return (
+        f'[kafka]\nbootstrap_servers = "{bootstrap}"\ngroup_id = "{prefix}.riskgate"\n'
+        f'client_id = "{prefix}"\n\n'
+        + topics_toml(prefix, partitions)
+        + '\n[http]\nhost = "127.0.0.1"\nport = 0\n'
+        + '\n[log]\nformat = "json"\nlevel = "WARNING"\n\n'
+        + body
+    )
+
+
+def make_config(bootstrap: str, body: str, *, partitions: int = 4) -> Config:
+    return load_config(text=config_text(bootstrap, body, partitions=partitions), env={})
+
+
+async def create_topics(config: Config) -> None:
+    created = await ensure_topics(config.kafka, config.topics)
+    assert created, "topics already existed: names must be unique per test"
+
+
+# -- producing ---------------------------------------------------------------------
+
+
+class Produced(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+
+
+class Raw(NamedTuple):
+    """A record given as bytes (bad input, or anything the event types cannot express)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None = None
+
+
+def outcome(
+    bot: str, symbol: str, gross: float, fee: float = 0.0, *, ts: int, outcome_id: str = ""
+) -> TradeOutcome:
+    return TradeOutcome(
+        outcome_id=outcome_id or f"o-{uuid.uuid4().hex[:16]}",
+        bot=bot,
+        symbol=symbol,
+        gross_pnl=gross,
+        fee=fee,
+        ts=ts,
+    )
+
+
+def as_raw(config: Config, event: Event) -> Raw:
+    """The record the producers of SPEC §2 would send: JSON value, key = bot id."""
+    topics = config.topics
+    topic = {
+        "Fill": topics.fills,
+        "TradeOutcome": topics.outcomes,
+        "OrderIntent": topics.intents,
+        "ControlCommand": topics.control,
+    }[type(event).__name__]
+    return Raw(topic, event.bot.encode(), _encode(event))
+
+
+async def produce(
+    kafka: KafkaConfig, records: Iterable[Raw], *, linger_ms: int = 5
+) -> list[Produced]:
+    """Send every record (in order) and return where each one landed."""
+    producer = AIOKafkaProducer(
+        **client_kwargs(kafka), acks="all", linger_ms=linger_ms, max_batch_size=1024 * 1024
+    )
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(r.topic, r.value, key=r.key, headers=r.headers) for r in records
+        ]
+        metadata = await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return [Produced(m.topic, m.partition, m.offset) for m in metadata]
+
+
+async def produce_events(config: Config, events: Iterable[Event]) -> list[Produced]:
+    return await produce(config.kafka, (as_raw(config, e) for e in events))
+
+
+# -- reading -----------------------------------------------------------------------
+
+
+class Record(NamedTuple):
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+async def read_topic(kafka: KafkaConfig, topic: str, within: float = 15.0) -> list[Record]:
+    """Every record of ``topic`` that is on the broker now, sorted by partition and offset.
+
+    "The end" is the larger of the listed end offset and the high watermark of
+    the fetches: Tansu's ListOffsets answers the *base offset of the last batch
+    + 1*, not the log end offset, so the listed end alone can stop inside the
+    last batch (the fetch high watermark is right).
+    """
+    consumer = AIOKafkaConsumer(
+        **client_kwargs(kafka),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=20,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    await consumer.start()
+    records: list[Record] = []
+    try:
+        await consumer.topics()  # a metadata round trip, so the partitions are known
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        assert tps, f"topic {topic} does not exist"
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        pending = {tp for tp in tps if ends[tp] > 0}
+        async with asyncio.timeout(within):
+            while pending:
+                # max_records=None drains whole fetched batches: never stops inside one.
+                batch = await consumer.getmany(*pending, timeout_ms=200)
+                for tp, tp_records in batch.items():
+                    records.extend(
+                        Record(tp.partition, r.offset, r.key, r.value, list(r.headers or ()))
+                        for r in tp_records
+                    )
+                for tp in list(pending):
+                    end = max(ends[tp], consumer.highwater(tp) or 0)
+                    if await consumer.position(tp) >= end:
+                        pending.discard(tp)
+    finally:
+        await consumer.stop()
+    records.sort(key=lambda r: (r.partition, r.offset))
+    return records
+
+
+def last_per_key(records: Iterable[Record]) -> dict[str, Record]:
+    """Compaction's view: the last record per key (tombstones included, as ``value=None``)."""
+    out: dict[str, Record] = {}
+    for r in records:
+        if r.key is not None:
+            out[r.key.decode()] = r
+    return out
+
+
+async def latest(kafka: KafkaConfig, topic: str) -> dict[str, Record]:
+    return last_per_key(await read_topic(kafka, topic))
+
+
+def decoded(records: dict[str, Record]) -> dict[str, Any]:
+    """Last JSON value per key (tombstones dropped)."""
+    return {k: msgspec.json.decode(r.value) for k, r in records.items() if r.value is not None}
+
+
+async def committed_offsets(
+    kafka: KafkaConfig, group_id: str, tps: Iterable[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """The group's committed offsets (0 where nothing is committed), without joining it.
+
+    A consumer with the group id that never subscribes only fetches offsets
+    (Tansu drops the admin client's OffsetFetch, so this goes the consumer way).
+    """
+    consumer = AIOKafkaConsumer(**client_kwargs(kafka), group_id=group_id, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return {tp: (await consumer.committed(tp)) or 0 for tp in tps}
+    finally:
+        await consumer.stop()
+
+
+def produced_ends(produced: Iterable[Produced]) -> dict[TopicPartition, int]:
+    """Per partition, the offset after the last record produced (exact on every broker)."""
+    ends: dict[TopicPartition, int] = {}
+    for p in produced:
+        tp = TopicPartition(p.topic, p.partition)
+        ends[tp] = max(ends.get(tp, 0), p.offset + 1)
+    return ends
+
+
+async def all_committed(config: Config, produced: Iterable[Produced]) -> bool:
+    """True when the group's committed offsets cover every produced record."""
+    ends = produced_ends(produced)
+    committed = await committed_offsets(config.kafka, config.kafka.group_id, ends)
+    return all(committed[tp] >= end for tp, end in ends.items())
+
+
+# -- waiting -----------------------------------------------------------------------
+
+
+async def wait_until(
+    probe: Callable[[], Awaitable[T]],
+    *,
+    within: float,
+    what: str,
+    interval: float = 0.05,
+    alive: Callable[[], None] | None = None,
+) -> T:
+    """Poll ``probe`` until it returns something truthy; fail after ``within`` seconds.
+
+    ``alive`` is called on every round and should raise if the thing under test
+    died (so a crashed worker fails fast with its own error instead of a timeout).
+    """
+    deadline = time.monotonic() + within
+    last: Any = None
+    while True:
+        if alive is not None:
+            alive()
+        last = await probe()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(
+                f"timed out after {within:.0f}s waiting for {what}; last={last!r}"
+            )
+        await asyncio.sleep(interval)
+
+
+# -- the worker, in-process --------------------------------------------------------
+
+
+@dataclass
+class InProcess:
+    worker: Worker
+    task: asyncio.Task[None]
+
+    def check_alive(self) -> None:
+        if self.task.done():
+            error = None if self.task.cancelled() else self.task.exception()
+            raise AssertionError(f"worker task ended unexpectedly: {error!r}")
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    config: Config, *, clock: Clock = wall_clock_ms, ready_timeout: float = 30.0, wait: bool = True
+) -> AsyncIterator[InProcess]:
+    """A Worker on this event loop; by default waits until it reports ready.
+
+    On exit the worker is stopped (finish batch, persist, commit, leave the
+    group) and its task awaited, so an exception inside the worker fails the test.
+    """
+    worker = Worker(config, clock=clock)
+    running = InProcess(worker, asyncio.create_task(worker.run(), name="riskgate-worker"))
+    try:
+        if wait:
+            await wait_ready(running, ready_timeout)
+        yield running
+    finally:
+        worker.stop()
+        try:
+            async with asyncio.timeout(30):
+                await running.task
+        finally:
+            if not running.task.done():
+                running.task.cancel()
+
+
+async def wait_ready(running: InProcess, within: float = 30.0) -> None:
+    async def ready() -> bool:
+        return running.worker.ready
+
+    await wait_until(
+        ready, within=within, what="worker ready", interval=0.02, alive=running.check_alive
+    )
+
+
+async def wait_processed(
+    config: Config,
+    produced: Iterable[Produced],
+    *,
+    alive: Callable[[], None] | None = None,
+    within: float = 20.0,
+) -> None:
+    """Until the group committed every produced record (so its outputs and snapshots are acked)."""
+    produced = list(produced)
+    await wait_until(
+        lambda: all_committed(config, produced),
+        within=within,
+        what=f"{len(produced)} produced records committed",
+        alive=alive,
+    )
+
+
+# -- the worker, as a real process -------------------------------------------------
+
+
+@dataclass
+class WorkerProcess:
+    """``riskgate run --config FILE`` in a child process, stopped by PID."""
+
+    config_path: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    runs: list[int] = field(default_factory=list)
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None
+        log = self.log_path.open("ab")
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "worker.cli", "run", "--config", str(self.config_path)],
+                cwd=PROJECT_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={k: v for k, v in os.environ.items() if not k.startswith("RISKGATE_")},
+            )
+        finally:
+            log.close()
+        self.runs.append(self.proc.pid)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(
+                f"worker process exited with {self.proc.returncode}:\n{self.log_tail()}"
+            )
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no commit, no leaving the group."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def terminate(self, grace: float = 20.0) -> int | None:
+        """SIGTERM (graceful shutdown), SIGKILL after ``grace`` seconds."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 30) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+# -- the reference model -----------------------------------------------------------
+
+
+def reference(config: Config, events: Iterable[Event], now: int) -> RiskEngine:
+    """The same input straight through the engine, in produce order, bad input skipped."""
+    engine = RiskEngine(config)
+    for event in events:
+        with contextlib.suppress(Rejected):
+            engine.apply(event, now)
+    return engine
+
+
+def comparable(snapshot: Any) -> dict[str, Any]:
+    """The state a snapshot carries, without replay guards and sequence numbers."""
+    data = msgspec.to_builtins(snapshot)
+    return {key: data.get(key) for key in ("session_pnl", "circuit_breaker", "position")}
+
+
+def expected_snapshots(engine: RiskEngine) -> dict[str, dict[str, Any]]:
+    return {
+        f"{bot_id}/risk/{symbol}": comparable(sym.snapshot())
+        for bot_id, bot in engine.bots.items()
+        for symbol, sym in bot.symbols.items()
+    }
+
+
+def persisted_snapshots(records: dict[str, Record]) -> dict[str, dict[str, Any]]:
+    """Symbol snapshots as read from the compacted topic (last value per key)."""
+    return {
+        key: comparable(msgspec.json.decode(r.value))
+        for key, r in records.items()
+        if "/risk/" in key and r.value is not None
+    }
