@@ -38,6 +38,7 @@ from worker.kafka.records import (
 )
 from worker.kafka.restore import SnapshotRead, read_snapshot_partitions
 from worker.kafka.topics import check_topics
+from worker.messages import HaltEvent
 from worker.metrics import Metrics
 
 Clock = Callable[[], int]
@@ -48,6 +49,20 @@ log = structlog.get_logger("riskgate.worker")
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _log_halts(halts: Iterable[HaltEvent], **context: object) -> None:
+    """Gate changes are rare and operator-relevant: one INFO line each, with context."""
+    for halt in halts:
+        log.info(
+            f"gate {halt.kind}",
+            bot=halt.bot,
+            symbol=halt.symbol,
+            gate=halt.gate,
+            reason=halt.reason,
+            event_id=halt.event_id,
+            **context,
+        )
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -204,6 +219,7 @@ class Worker:
             deadletters: list[OutRecord] = []
             now = self.clock()
             self._apply_restores(now, effects)
+            _log_halts(effects.halts, cause="restore")
             batch = await consumer.getmany(
                 timeout_ms=worker_cfg.poll_timeout_ms, max_records=worker_cfg.max_batch_records
             )
@@ -212,7 +228,9 @@ class Worker:
             offsets = self._apply_batch(batch, now, effects, deadletters)
             heartbeat: list[str] = []
             if now >= self._next_sweep:
+                halts_before = len(effects.halts)
                 self.engine.sweep(now, effects)
+                _log_halts(effects.halts[halts_before:], cause="sweep")
                 self._next_sweep = now + worker_cfg.sweep_interval_ms
             if now >= self._next_heartbeat:
                 heartbeat = list(self.engine.bots)
@@ -247,10 +265,18 @@ class Worker:
             for record in records:
                 try:
                     event = decode_input(kind, record.key, record.value, max_bytes)
+                    halts_before = len(effects.halts)
                     engine.apply(event, now, Origin(source, record.offset), effects)
                 except Rejected as exc:
                     deadletters.append(self._deadletter(tp, record, exc))
                     continue
+                if len(effects.halts) > halts_before:
+                    _log_halts(
+                        effects.halts[halts_before:],
+                        topic=tp.topic,
+                        partition=tp.partition,
+                        offset=record.offset,
+                    )
                 partition_of[event.bot] = tp.partition
                 applied += 1
             skipped = effects.skipped - skipped_before
@@ -299,14 +325,6 @@ class Worker:
             return True
         for halt in effects.halts:
             self.metrics.halts.labels(halt.gate, halt.kind).inc()
-            log.info(
-                "gate " + halt.kind,
-                bot=halt.bot,
-                symbol=halt.symbol,
-                gate=halt.gate,
-                reason=halt.reason,
-                event_id=halt.event_id,
-            )
         for decision in effects.decisions:
             self.metrics.decisions.labels(decision.gate or "none").inc()
         self._sends_idle.clear()

@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from worker.app import Clock, Worker, wall_clock_ms
 from worker.config import Config, KafkaConfig, load_config
-from worker.engine import Rejected, RiskEngine
+from worker.engine import Effects, Rejected, RiskEngine
 from worker.kafka.options import client_kwargs
 from worker.kafka.topics import ensure_topics
 from worker.messages import Event, TradeOutcome
@@ -106,6 +106,7 @@ class Raw(NamedTuple):
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]] | None = None
+    partition: int | None = None
 
 
 def outcome(
@@ -143,7 +144,10 @@ async def produce(
     await producer.start()
     try:
         futures = [
-            await producer.send(r.topic, r.value, key=r.key, headers=r.headers) for r in records
+            await producer.send(
+                r.topic, r.value, key=r.key, headers=r.headers, partition=r.partition
+            )
+            for r in records
         ]
         metadata = await asyncio.gather(*futures)
     finally:
@@ -286,9 +290,7 @@ async def wait_until(
         if last:
             return last
         if time.monotonic() >= deadline:
-            raise AssertionError(
-                f"timed out after {within:.0f}s waiting for {what}; last={last!r}"
-            )
+            raise AssertionError(f"timed out after {within:.0f}s waiting for {what}; last={last!r}")
         await asyncio.sleep(interval)
 
 
@@ -423,12 +425,18 @@ class WorkerProcess:
 # -- the reference model -----------------------------------------------------------
 
 
-def reference(config: Config, events: Iterable[Event], now: int) -> RiskEngine:
-    """The same input straight through the engine, in produce order, bad input skipped."""
+def reference(
+    config: Config, events: Iterable[Event], now: int, effects: Effects | None = None
+) -> RiskEngine:
+    """The same input straight through the engine, in produce order, bad input skipped.
+
+    Pass ``effects`` to collect what the engine says must be published (halts, ...).
+    """
     engine = RiskEngine(config)
+    out = effects if effects is not None else Effects()
     for event in events:
         with contextlib.suppress(Rejected):
-            engine.apply(event, now)
+            engine.apply(event, now, None, out)
     return engine
 
 

@@ -311,7 +311,6 @@ def test_breaker_never_trips_with_fewer_than_limit_losses_in_a_window(
             assert len(inside) >= cfg.loss_limit, (at, fed)
         if b.tripped_at is not None:
             assert b.until_secs == b.tripped_at + cfg.cooldown_secs
-            assert len(b.recent_losses) >= cfg.loss_limit
 
 
 @FAST
