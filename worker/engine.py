@@ -436,7 +436,7 @@ class BotRisk(_Holder):
         self._deadline = next_midnight_ms(now_ms)
         for sym in self.symbols.values():
             self._tick_symbol(sym, now_ms, out)
-            self._wake_at_trip_end(sym)
+            self._wake_for_breaker(sym)
         before = self.signature()
         portfolio = self.portfolio
         rolled = portfolio.tick(now_ms)
@@ -449,20 +449,29 @@ class BotRisk(_Holder):
 
     def _tick_symbol(self, sym: SymbolRisk, now_ms: int, out: Effects) -> None:
         before = sym.signature()
+        losses = len(sym.breaker.recent_losses)
         rolled = sym.session.tick(now_ms)
         reset = sym.breaker.tick(now_ms // 1000)
-        if rolled or reset:
+        if rolled or reset or len(sym.breaker.recent_losses) != losses:
             out.dirty_symbols.add((self.bot, sym.symbol))
             self._symbol_transitions(sym, before, now_ms, out)
 
     def _record_loss(self, sym: SymbolRisk, ts_ms: int) -> None:
-        if sym.breaker.record_loss(ts_ms // 1000):
-            self._wake_at_trip_end(sym)
+        sym.breaker.record_loss(ts_ms // 1000)
+        self._wake_for_breaker(sym)
 
-    def _wake_at_trip_end(self, sym: SymbolRisk) -> None:
-        until = sym.breaker.until_secs
+    def _wake_for_breaker(self, sym: SymbolRisk) -> None:
+        """Sweep when the trip ends and when the oldest loss leaves the window.
+
+        Evicting on time (not only on the next loss) keeps ``recent_losses`` in
+        the gate record current and makes state independent of restart timing.
+        """
+        breaker = sym.breaker
+        until = breaker.until_secs
         if until is not None:
             self._wake_at(until * 1000)
+        if breaker.recent_losses:
+            self._wake_at((breaker.recent_losses[0] + breaker.config.window_secs) * 1000)
 
     def _wake_at(self, ts_ms: int) -> None:
         self._deadline = min(self._deadline, ts_ms)
@@ -611,7 +620,7 @@ class BotRisk(_Holder):
         sym = self.symbol(symbol, now_ms)
         sym.restore(snap)
         self._tick_symbol(sym, now_ms, out)
-        self._wake_at_trip_end(sym)
+        self._wake_for_breaker(sym)
 
     def restore_portfolio(self, snap: PortfolioSnapshot, now_ms: int, out: Effects) -> None:
         # The latch, unlike the seed's, survives restarts.

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 
 from worker.app import Clock, Worker, wall_clock_ms
 from worker.config import Config, KafkaConfig, load_config
@@ -107,6 +108,12 @@ class Raw(NamedTuple):
     value: bytes | None
     headers: list[tuple[str, bytes]] | None = None
     partition: int | None = None
+
+
+def default_partition(key: bytes, partitions: int) -> int:
+    """Where the Java/aiokafka default partitioner (murmur2) puts ``key``."""
+    every = list(range(partitions))
+    return int(DefaultPartitioner()(key, every, every))
 
 
 def outcome(

@@ -36,7 +36,7 @@ KNOWN_METRICS = {
     "riskgate_batch_seconds",
     "riskgate_commit_seconds",
     "riskgate_restore_seconds",
-    "riskgate_loop_last_iteration_timestamp_seconds",
+    "riskgate_loop_last_progress_timestamp_seconds",
     "riskgate_ready",
     "riskgate_symbols",
     "riskgate_reservations",
@@ -498,3 +498,18 @@ def test_alert_rules_use_known_metrics() -> None:
             used.add(re.sub(r"_(bucket|sum|count)$", "", name))
     assert used <= KNOWN_METRICS, used - KNOWN_METRICS
     assert used == KNOWN_METRICS, f"no alert for {KNOWN_METRICS - used}"
+
+
+def test_alert_rules_name_metrics_the_worker_exports() -> None:
+    """The alert file must not drift from worker/metrics.py."""
+    from worker.metrics import Metrics
+
+    exported = {
+        family.name + suffix
+        for family in Metrics().registry.collect()
+        for suffix in ("", "_total", "_bucket", "_sum", "_count")
+    }
+    (rules_doc,) = _load_all(DEPLOY / "prometheus" / "riskgate-alerts.yaml")
+    exprs = " ".join(str(r["expr"]) for g in rules_doc["groups"] for r in g["rules"])
+    used = set(re.findall(r"\briskgate_[a-z_]+", exprs))
+    assert used <= exported, used - exported
