@@ -8,6 +8,11 @@ and answers ``entries_allowed(bot, symbol)`` from memory, with no network round
 trip. It **fails closed**: it denies until it has read the topic to the end,
 for a bot with no account record, and for a bot whose owner has published
 neither an update nor a heartbeat within ``staleness_ms``.
+
+Both follow their topics with ``[kafka] fetch_max_wait_ms`` of the config they
+are given: Kafka answers a fetch as soon as records arrive, so it only paces
+idle polls; on a broker that does not wake waiting fetches (the embedded
+Tansu) it adds up to that much per hop, so lower it there.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from aiokafka.errors import KafkaError
 
 from worker.config import KafkaConfig, TopicsConfig
 from worker.kafka.options import client_kwargs
+from worker.kafka.topics import TopicLayoutError
 from worker.messages import AccountGateState, GateDecision, GateState, HaltEvent, OrderIntent
 
 log = structlog.get_logger("riskgate.client")
@@ -39,6 +45,21 @@ _encode = msgspec.json.Encoder().encode
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _partitions(consumer: AIOKafkaConsumer, *topics: str) -> list[TopicPartition]:
+    """Every partition of ``topics``; TopicLayoutError if one does not exist.
+
+    Following a missing topic would look like an empty, caught-up one: a view
+    that denies forever, a client whose every check times out.
+    """
+    tps: list[TopicPartition] = []
+    for topic in topics:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            raise TopicLayoutError(f"topic {topic} does not exist (run `riskgate topics`)")
+        tps.extend(TopicPartition(topic, p) for p in sorted(partitions))
+    return tps
 
 
 class GateView:
@@ -95,15 +116,17 @@ class GateView:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=10,
+            fetch_max_wait_ms=self._kafka.fetch_max_wait_ms,
         )
         await consumer.start()
         topics = self._topics
-        tps = [
-            TopicPartition(topic, p)
-            for topic in (topics.gates, topics.halts)
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
+        try:
+            # A metadata round trip: the bootstrap metadata need not list any topic.
+            await consumer.topics()
+            tps = _partitions(consumer, topics.gates, topics.halts)
+        except BaseException:
+            await consumer.stop()
+            raise
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         self._ends = await consumer.end_offsets(tps)
@@ -141,7 +164,10 @@ class GateView:
                     self._apply(tp.topic, record)
             if pending:
                 for tp in list(pending):
-                    if await consumer.position(tp) >= self._ends[tp]:
+                    # Some brokers (Tansu) list the end as the last batch's base offset
+                    # + 1; the fetch high watermark is exact, so no batch is cut short.
+                    end = max(self._ends[tp], consumer.highwater(tp) or 0)
+                    if await consumer.position(tp) >= end:
                         pending.discard(tp)
                 if not pending:
                     self._caught_up.set()
@@ -153,7 +179,11 @@ class GateView:
             if topic == self._topics.halts:
                 event = _halt.decode(record.value)
                 for callback in self._callbacks:
-                    callback(event)
+                    try:
+                        callback(event)
+                    except Exception:
+                        # A subscriber's bug must not stop the gate table from updating.
+                        log.exception("halt callback failed", event_id=event.event_id)
             elif record.key is not None and record.key.count(b"/") == 1:
                 account = _account_state.decode(record.value)
                 self.accounts[account.bot] = account
@@ -195,15 +225,20 @@ class GateClient:
         kwargs = client_kwargs(self._kafka)
         producer = AIOKafkaProducer(**kwargs, linger_ms=0, acks=1)
         consumer = AIOKafkaConsumer(
-            **kwargs, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=1
+            **kwargs,
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=self._kafka.fetch_max_wait_ms,
         )
         await producer.start()
         await consumer.start()
-        await consumer.topics()
-        tps = [
-            TopicPartition(self._topics.decisions, p)
-            for p in sorted(consumer.partitions_for_topic(self._topics.decisions) or ())
-        ]
+        try:
+            await consumer.topics()
+            tps = _partitions(consumer, self._topics.decisions)
+        except BaseException:
+            await consumer.stop()
+            await producer.stop()
+            raise
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)
         for tp in tps:  # resolve the end now, so no decision sent after start() is missed
@@ -258,6 +293,8 @@ class GateClient:
             batch = await consumer.getmany(timeout_ms=100, max_records=10_000)
             for records in batch.values():
                 for record in records:
+                    if record.value is None:
+                        continue  # a tombstone: would kill this loop (TypeError)
                     try:
                         decision = _decision.decode(record.value)
                     except msgspec.DecodeError:

@@ -40,7 +40,7 @@ from worker.risk import (
     SessionPnl,
     utc_day,
 )
-from worker.risk.session import next_midnight_ms
+from worker.risk.session import MS_PER_DAY, next_midnight_ms
 from worker.snapshot import (
     ManualHalt,
     PortfolioSnapshot,
@@ -50,6 +50,8 @@ from worker.snapshot import (
 )
 
 _NEVER = 1 << 62
+_NET_RESYNC = 256
+"""Deltas folded into a bot's running account net before it is summed afresh."""
 _SYMBOL_GATES: tuple[Gate, Gate, Gate] = ("manual_halt", "session_halt", "circuit_breaker")
 _BOT_GATES: tuple[Gate, Gate] = ("manual_halt", "portfolio_daily_loss")
 
@@ -120,12 +122,14 @@ class _Holder:
 class SymbolRisk(_Holder):
     """Session PnL, breaker and position of one (bot, symbol)."""
 
-    __slots__ = ("breaker", "position", "recent_ids", "session", "symbol")
+    __slots__ = ("breaker", "key", "position", "recent_ids", "session", "symbol")
 
     def __init__(self, symbol: str, settings: BotSettings, day: int) -> None:
         super().__init__()
         session_cfg, breaker_cfg = settings.risk_for(symbol)
         self.symbol = symbol
+        self.key = (settings.bot, symbol)
+        """``(bot, symbol)``, as it goes into ``Effects.dirty_symbols``."""
         self.session = SessionPnl(session_cfg)
         self.session.last_reset_day = day
         self.breaker = CircuitBreaker(breaker_cfg)
@@ -218,6 +222,9 @@ class BotRisk(_Holder):
 
     __slots__ = (
         "_deadline",
+        "_net_day",
+        "_net_sum",
+        "_net_updates",
         "bot",
         "dedupe_keep",
         "portfolio",
@@ -236,6 +243,10 @@ class BotRisk(_Holder):
         self.dedupe_keep = dedupe_keep
         self._deadline = _NEVER
         """Earliest wall time at which a sweep can change anything (rollover, expiry)."""
+        self._net_day = -1
+        """UTC day of the running account net in ``_net_sum``; -1 when it must be recomputed."""
+        self._net_sum = 0.0
+        self._net_updates = 0
 
     # -- queries ---------------------------------------------------------------
 
@@ -251,6 +262,19 @@ class BotRisk(_Holder):
         return sum(
             s.session.net_pnl for s in self.symbols.values() if s.session.last_reset_day == day
         )
+
+    def _running_account_net(self, day: int) -> float:
+        """``account_net(day)`` kept up to date by deltas: O(1) per event, not O(symbols).
+
+        Recomputed from scratch when the day changes, after ``_NET_RESYNC`` deltas
+        (bounding float drift), and whenever a session changed outside the event
+        paths (rollover, operator reset, restore), which reset ``_net_day``.
+        """
+        if self._net_day != day or self._net_updates >= _NET_RESYNC:
+            self._net_sum = self.account_net(day)
+            self._net_day = day
+            self._net_updates = 0
+        return self._net_sum
 
     def open_symbols(self) -> set[str]:
         return {name for name, s in self.symbols.items() if not s.position.is_flat}
@@ -279,42 +303,92 @@ class BotRisk(_Holder):
     # -- events ----------------------------------------------------------------
 
     def apply_outcome(self, o: TradeOutcome, origin: Origin | None, out: Effects) -> None:
-        sym = self.symbol(o.symbol, o.ts)
-        if not sym.fresh(origin) or sym.duplicate(o.outcome_id, self.dedupe_keep):
+        # Hot path (one call per outcome): small helpers are inlined.
+        ts = o.ts
+        sym = self.symbols.get(o.symbol) or self.symbol(o.symbol, ts)
+        if not self._admit(sym, o.outcome_id, origin):
             out.skipped += 1
             return
-        before = sym.signature()
-        net = o.gross_pnl - o.fee
-        sym.session.record_close(o.gross_pnl, o.fee, o.ts)
-        if net < 0.0:
-            self._record_loss(sym, o.ts)
-        out.dirty_symbols.add((self.bot, o.symbol))
-        self._symbol_transitions(sym, before, o.ts, out)
-        self._observe_portfolio(o.ts, out)
+        session = sym.session
+        breaker = sym.breaker
+        was_halted = session.halted
+        tripped_before = breaker.tripped_at
+        day_before = session.last_reset_day
+        gross, fee = o.gross_pnl, o.fee
+        if session.record_close(gross, fee, ts) is not None:
+            if session.last_reset_day != day_before:
+                self._net_day = -1  # the session rolled to a new day
+            elif day_before == self._net_day:
+                self._net_sum += gross - fee
+                self._net_updates += 1
+        if gross - fee < 0.0:
+            self._record_loss(sym, ts, tripped_before)
+        out.dirty_symbols.add(sym.key)
+        if session.halted is not was_halted or breaker.tripped_at != tripped_before:
+            before = (sym.manual_halt is not None, was_halted, tripped_before is not None)
+            self._symbol_transitions(sym, before, ts, out)
+        self._observe_portfolio(ts, out)
 
     def apply_fill(self, f: Fill, origin: Origin | None, out: Effects) -> None:
         if f.intent_id is not None and self.portfolio.release(f.intent_id) is not None:
             out.dirty_bots.add(self.bot)
-        sym = self.symbol(f.symbol, f.ts)
-        if not sym.fresh(origin) or sym.duplicate(f.fill_id, self.dedupe_keep):
+        ts = f.ts
+        sym = self.symbols.get(f.symbol) or self.symbol(f.symbol, ts)
+        if not self._admit(sym, f.fill_id, origin):
             out.skipped += 1
             return
-        before = sym.signature()
         signed_qty = f.qty if f.side == "buy" else -f.qty
         trip = sym.position.apply(signed_qty, f.price, f.fee, f.contract_value)
-        if self.settings.pnl_source == "fills":
-            session = sym.session
-            if trip.fees or trip.gross:
-                session.book(trip.gross, trip.fees, f.ts)
-            # A round trip ends even when its last leg realises nothing by itself.
-            if trip.closed_net is not None:
-                session.count_trade(trip.closed_net, f.ts)
-                if trip.closed_net < 0.0:
-                    self._record_loss(sym, f.ts)
-        out.dirty_symbols.add((self.bot, f.symbol))
+        out.dirty_symbols.add(sym.key)
         out.dirty_bots.add(self.bot)
-        self._symbol_transitions(sym, before, f.ts, out)
-        self._observe_portfolio(f.ts, out)
+        closed_net = trip.closed_net
+        booked = trip.fees or trip.gross
+        if self.settings.pnl_source != "fills" or (closed_net is None and not booked):
+            # Nothing booked: no gate can change, but a new UTC day may still roll the latch.
+            self._observe_portfolio(ts, out)
+            return
+        session = sym.session
+        breaker = sym.breaker
+        was_halted = session.halted
+        tripped_before = breaker.tripped_at
+        day_before = session.last_reset_day
+        moved = booked and session.book(trip.gross, trip.fees, ts)
+        # A round trip ends even when its last leg realises nothing by itself.
+        if closed_net is not None:
+            session.count_trade(closed_net, ts)
+            if closed_net < 0.0:
+                self._record_loss(sym, ts, tripped_before)
+        if session.last_reset_day != day_before:
+            self._net_day = -1  # the session rolled to a new day
+        elif moved and day_before == self._net_day:
+            self._net_sum += trip.gross - trip.fees
+            self._net_updates += 1
+        if session.halted is not was_halted or breaker.tripped_at != tripped_before:
+            before = (sym.manual_halt is not None, was_halted, tripped_before is not None)
+            self._symbol_transitions(sym, before, ts, out)
+        self._observe_portfolio(ts, out)
+
+    def _admit(self, sym: SymbolRisk, event_id: str, origin: Origin | None) -> bool:
+        """Replay guards of a fill/outcome: offset watermark, then recent event ids.
+
+        ``sym.fresh(origin) and not sym.duplicate(event_id, keep)``, inlined.
+        """
+        if origin is not None:
+            applied = sym.applied
+            source, offset = origin
+            last = applied.get(source)
+            if last is not None and offset <= last:
+                return False
+            applied[source] = offset
+        ids = sym.recent_ids
+        if event_id in ids:
+            return False
+        keep = self.dedupe_keep
+        if keep:
+            ids[event_id] = None
+            if len(ids) > keep:
+                del ids[next(iter(ids))]
+        return True
 
     def decide(self, i: OrderIntent, now_ms: int, origin: Origin | None, out: Effects) -> None:
         if not self.fresh(origin):
@@ -388,6 +462,7 @@ class BotRisk(_Holder):
             out.skipped += 1
             return
         gate = _apply_command(sym, c)
+        self._net_day = -1
         out.dirty_symbols.add((self.bot, sym.symbol))
         self._emit(
             sym,
@@ -410,6 +485,7 @@ class BotRisk(_Holder):
             self.manual_halt = _halt_from(c) if c.command == "halt" else None
             out.dirty_bots.add(self.bot)
         else:
+            self._net_day = -1
             for sym in self.symbols.values():
                 if sym.fresh(origin):
                     _apply_command(sym, c)
@@ -452,13 +528,18 @@ class BotRisk(_Holder):
         losses = len(sym.breaker.recent_losses)
         rolled = sym.session.tick(now_ms)
         reset = sym.breaker.tick(now_ms // 1000)
+        if rolled:
+            self._net_day = -1
         if rolled or reset or len(sym.breaker.recent_losses) != losses:
             out.dirty_symbols.add((self.bot, sym.symbol))
             self._symbol_transitions(sym, before, now_ms, out)
 
-    def _record_loss(self, sym: SymbolRisk, ts_ms: int) -> None:
-        sym.breaker.record_loss(ts_ms // 1000)
-        self._wake_for_breaker(sym)
+    def _record_loss(self, sym: SymbolRisk, ts_ms: int, tripped_before: int | None) -> None:
+        breaker = sym.breaker
+        tripped = breaker.record_loss(ts_ms // 1000)
+        if tripped or tripped_before is None or breaker.tripped_at != tripped_before:
+            # Unless the loss was dropped by a trip that is still on, a deadline moved.
+            self._wake_for_breaker(sym)
 
     def _wake_for_breaker(self, sym: SymbolRisk) -> None:
         """Sweep when the trip ends and when the oldest loss leaves the window.
@@ -467,21 +548,41 @@ class BotRisk(_Holder):
         the gate record current and makes state independent of restart timing.
         """
         breaker = sym.breaker
-        until = breaker.until_secs
-        if until is not None:
-            self._wake_at(until * 1000)
+        config = breaker.config
+        deadline = self._deadline
+        if breaker.tripped_at is not None:
+            deadline = min(deadline, (breaker.tripped_at + config.cooldown_secs) * 1000)
         if breaker.recent_losses:
-            self._wake_at((breaker.recent_losses[0] + breaker.config.window_secs) * 1000)
+            deadline = min(deadline, (breaker.recent_losses[0] + config.window_secs) * 1000)
+        self._deadline = deadline
 
     def _wake_at(self, ts_ms: int) -> None:
         self._deadline = min(self._deadline, ts_ms)
 
     def _observe_portfolio(self, ts_ms: int, out: Effects) -> None:
+        """Re-check the daily-loss latch after an event at ``ts_ms`` (hot path)."""
         portfolio = self.portfolio
-        if portfolio.config.max_daily_loss is None and utc_day(ts_ms) <= portfolio.last_reset_day:
-            return
+        limit = portfolio.config.max_daily_loss
+        day = ts_ms // MS_PER_DAY
+        last = portfolio.last_reset_day
+        if day < last:
+            return  # a late event of an earlier day neither rolls nor latches today
+        net = 0.0
+        if day == last:
+            if limit is None or portfolio.halted:
+                return
+            if self._net_day == day and self._net_updates < _NET_RESYNC:
+                net = self._net_sum  # ``_running_account_net``, inlined
+            else:
+                net = self._running_account_net(day)
+            if net - limit > 1e-6 * (1.0 + abs(limit) + abs(net)):  # ``_edge``, inlined
+                return  # clearly above the limit: nothing to latch
+        elif limit is not None:
+            net = self._running_account_net(day)
+        if limit is not None and abs(net - limit) <= _edge(limit, net):
+            net = self.account_net(day)  # on the edge: decide on the exact sum
         before = self.signature()
-        portfolio.observe(self.account_net(utc_day(ts_ms)), ts_ms)
+        portfolio.observe(net, ts_ms)
         if self.signature() != before:
             out.dirty_bots.add(self.bot)
             self._bot_transitions(before, ts_ms, out)
@@ -619,6 +720,7 @@ class BotRisk(_Holder):
         """Restore, then apply the stale-snapshot policy (``tick``) at ``now_ms``."""
         sym = self.symbol(symbol, now_ms)
         sym.restore(snap)
+        self._net_day = -1
         self._tick_symbol(sym, now_ms, out)
         self._wake_for_breaker(sym)
 
@@ -636,6 +738,14 @@ class BotRisk(_Holder):
         self.halt_seq = snap.halt_seq
         self.gate_seq = snap.gate_seq
         self._wake_at(now_ms)
+
+
+def _edge(limit: float, net: float) -> float:
+    """How close to the limit the running account net must be to recompute it exactly.
+
+    Far above the float drift of ``_NET_RESYNC`` deltas, far below any real money.
+    """
+    return 1e-6 * (1.0 + abs(limit) + abs(net))
 
 
 def _first(halt: ManualHalt | None) -> tuple[Block, ...]:
@@ -681,6 +791,7 @@ class RiskEngine:
         self.config = config
         self.bots: dict[str, BotRisk] = {}
         self._control_secret = config.control.resolved_secret()
+        self._max_skew_ms = config.worker.max_future_skew_ms
 
     def bot(self, bot_id: str) -> BotRisk:
         """The bot's state, created on first use; Rejected if the bot is unknown."""
@@ -699,20 +810,23 @@ class RiskEngine:
 
     def validate(self, event: Event, now_ms: int) -> BotRisk:
         """Every check that makes an event bad input, before anything changes."""
-        bot = self.bot(event.bot)
+        bot = self.bots.get(event.bot) or self.bot(event.bot)
+        settings = bot.settings
         symbol = event.symbol
-        allowed = bot.settings.symbols
+        allowed = settings.symbols
         if symbol is not None and allowed is not None and symbol not in allowed:
             raise Rejected(
                 "unknown_symbol", f"symbol {symbol!r} is not configured for bot {event.bot!r}"
             )
-        if event.ts > now_ms + self.config.worker.max_future_skew_ms:
+        if event.ts > now_ms + self._max_skew_ms:
             raise Rejected("future_event", f"ts {event.ts} is ahead of the clock ({now_ms})")
-        if type(event) is TradeOutcome and bot.settings.pnl_source == "fills":
-            raise Rejected(
-                "pnl_source", f"bot {event.bot!r} books PnL from fills; outcomes would double-count"
-            )
-        if type(event) is ControlCommand and self._control_secret is not None:
+        if type(event) is TradeOutcome:
+            if settings.pnl_source == "fills":
+                raise Rejected(
+                    "pnl_source",
+                    f"bot {event.bot!r} books PnL from fills; outcomes would double-count",
+                )
+        elif type(event) is ControlCommand and self._control_secret is not None:
             problem = signing.verify(
                 event, self._control_secret, now_ms, self.config.control.replay_window_ms
             )

@@ -22,9 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+import aiohttp
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.partitioner import DefaultPartitioner
+from prometheus_client.parser import text_string_to_metric_families
 
 from worker.app import Clock, Worker, wall_clock_ms
 from worker.config import Config, KafkaConfig, load_config
@@ -36,6 +39,7 @@ from worker.messages import Event, TradeOutcome
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MIN_MS = 60_000
 HOUR_MS = 3_600_000
+SESSION_TIMEOUT_MS = 1_000
 
 T = TypeVar("T")
 
@@ -66,18 +70,35 @@ def topics_toml(prefix: str, partitions: int) -> str:
     return "[topics]\n" + "\n".join(lines) + f"\npartitions = {partitions}\n"
 
 
-def config_text(bootstrap: str, body: str, *, partitions: int = 4, prefix: str = "") -> str:
-    """A complete TOML file: unique topics and group id, quiet logs, free HTTP port.
+def config_text(
+    bootstrap: str,
+    body: str,
+    *,
+    partitions: int = 4,
+    prefix: str = "",
+    session_timeout_ms: int = SESSION_TIMEOUT_MS,
+    log_level: str = "INFO",
+    kafka_extra: str = "",
+) -> str:
+    """A complete TOML file: unique topics and group id, JSON logs, a free HTTP port.
 
-    ``body`` holds the test's own tables (``[defaults.*]``, ``[bots.*]``, ...).
+    ``body`` holds the test's own tables (``[defaults.*]``, ``[bots.*]``, ...);
+    ``kafka_extra`` more ``key = value`` lines for ``[kafka]``. INFO logs let
+    :class:`WorkerProcess` find the metrics port of a subprocess.
+
+    The session timeout is short on purpose: Tansu makes a join wait about half
+    the session timeout, and a member that left (or was SIGKILLed) holds up the
+    next join for about two session timeouts - 5 s and 18 s with the default
+    10 s, 1 s and 1 s with 1 s. A slow loop costs a rebalance, never correctness.
     """
     prefix = prefix or f"t{uuid.uuid4().hex[:12]}"
     return (
         f'[kafka]\nbootstrap_servers = "{bootstrap}"\ngroup_id = "{prefix}.riskgate"\n'
-        f'client_id = "{prefix}"\n\n'
+        f'client_id = "{prefix}"\nsession_timeout_ms = {session_timeout_ms}\n'
+        f"heartbeat_interval_ms = {session_timeout_ms // 4}\n{kafka_extra}\n"
         + topics_toml(prefix, partitions)
         + '\n[http]\nhost = "127.0.0.1"\nport = 0\n'
-        + '\n[log]\nformat = "json"\nlevel = "WARNING"\n\n'
+        + f'\n[log]\nformat = "json"\nlevel = "{log_level}"\n\n'
         + body
     )
 
@@ -141,15 +162,24 @@ def as_raw(config: Config, event: Event) -> Raw:
     return Raw(topic, event.bot.encode(), _encode(event))
 
 
-async def produce(
-    kafka: KafkaConfig, records: Iterable[Raw], *, linger_ms: int = 5
-) -> list[Produced]:
-    """Send every record (in order) and return where each one landed."""
-    producer = AIOKafkaProducer(
-        **client_kwargs(kafka), acks="all", linger_ms=linger_ms, max_batch_size=1024 * 1024
-    )
-    await producer.start()
-    try:
+class Feed:
+    """One producer for many sends (``async with Feed(kafka) as feed``)."""
+
+    def __init__(self, kafka: KafkaConfig, *, linger_ms: int = 5) -> None:
+        self._producer = AIOKafkaProducer(
+            **client_kwargs(kafka), acks="all", linger_ms=linger_ms, max_batch_size=1024 * 1024
+        )
+
+    async def __aenter__(self) -> Feed:
+        await self._producer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._producer.stop()
+
+    async def send(self, records: Iterable[Raw]) -> list[Produced]:
+        """Send every record (in order), wait for the acks, return where each one landed."""
+        producer = self._producer
         futures = [
             await producer.send(
                 r.topic, r.value, key=r.key, headers=r.headers, partition=r.partition
@@ -157,9 +187,12 @@ async def produce(
             for r in records
         ]
         metadata = await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-    return [Produced(m.topic, m.partition, m.offset) for m in metadata]
+        return [Produced(m.topic, m.partition, m.offset) for m in metadata]
+
+
+async def produce(kafka: KafkaConfig, records: Iterable[Raw]) -> list[Produced]:
+    async with Feed(kafka) as feed:
+        return await feed.send(records)
 
 
 async def produce_events(config: Config, events: Iterable[Event]) -> list[Produced]:
@@ -252,6 +285,32 @@ async def committed_offsets(
     await consumer.start()
     try:
         return {tp: (await consumer.committed(tp)) or 0 for tp in tps}
+    finally:
+        await consumer.stop()
+
+
+async def rewind_commits(config: Config, offsets: dict[TopicPartition, int]) -> None:
+    """Commit ``offsets`` for the worker's group, as a lost or failed commit would leave them.
+
+    Tansu refuses commits from a non-member, so this briefly joins the group
+    (with the worker's range assignor) and leaves again; no worker may be running.
+    """
+    kafka = config.kafka
+    consumer = AIOKafkaConsumer(
+        *config.topics.inputs(),
+        **client_kwargs(kafka),
+        group_id=kafka.group_id,
+        enable_auto_commit=False,
+        session_timeout_ms=kafka.session_timeout_ms,
+        heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+        partition_assignment_strategy=(RangePartitionAssignor,),
+    )
+    await consumer.start()
+    try:
+        async with asyncio.timeout(30):
+            while not consumer.assignment():
+                await consumer.getmany(timeout_ms=50)
+        await consumer.commit(offsets)
     finally:
         await consumer.stop()
 
@@ -422,6 +481,25 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
         return self.proc.returncode
+
+    def http_port(self) -> int:
+        """The metrics port of the current run (from its "http listening" log line)."""
+        for line in reversed(self.log_path.read_text().splitlines()):
+            if '"http listening"' in line:
+                return int(msgspec.json.decode(line)["port"])
+        raise AssertionError(f"no http listening line in the worker log:\n{self.log_tail()}")
+
+    async def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Scrape ``/metrics``: (sample name, sorted labels) → value."""
+        url = f"http://127.0.0.1:{self.http_port()}/metrics"
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            assert response.status == 200
+            text = await response.text()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
 
     def log_tail(self, lines: int = 30) -> str:
         if not self.log_path.exists():

@@ -52,6 +52,8 @@ symbols = ["BTCUSDT", "ETHUSDT"]
 symbols = ["BTCUSDT", "ETHUSDT"]
 """
 
+FILLER_SYMBOLS = 30_000
+
 SEED_SESSION_FIELDS = {
     "realised",
     "fees",
@@ -147,21 +149,40 @@ async def test_outcomes_halt_flip_gates_and_persist_seed_shaped_snapshots(
     assert eth["session_pnl"]["halted"] is True and eth["session_pnl"]["realised"] == -60.0
 
 
+READY_BODY = """
+[defaults.breaker]
+loss_limit = 3
+cooldown_secs = 7200
+
+[bots.alpha]
+"""
+
+
 async def test_ready_only_after_restore_and_events_counted_in_metrics(
     kafka_bootstrap: str,
 ) -> None:
-    config = make_config(kafka_bootstrap, BODY)
+    config = make_config(kafka_bootstrap, READY_BODY)
     await create_topics(config)
     t = now_ms() - 10 * MIN_MS
-    # A tripped breaker for alpha/BTCUSDT already on the snapshot topic, co-partitioned.
+    # A tripped breaker for alpha/BTCUSDT already on the snapshot topic, co-partitioned,
+    # behind enough other symbols that the restore spans several poll-loop iterations.
     seeded = RiskEngine(config)
     for i in range(3):
         seeded.apply(outcome("alpha", "BTCUSDT", -5.0, ts=t + i * MIN_MS), now_ms())
-    snapshot = seeded.bots["alpha"].symbols["BTCUSDT"].snapshot()
+    tripped = encode(seeded.bots["alpha"].symbols["BTCUSDT"].snapshot())
+    seeded.apply(outcome("alpha", "XRPUSDT", 1.0, ts=t), now_ms())
+    filler = encode(seeded.bots["alpha"].symbols["XRPUSDT"].snapshot())
     partition = default_partition(b"alpha", config.topics.partitions)
+    snapshots = config.topics.snapshots
     await produce(
         config.kafka,
-        [Raw(config.topics.snapshots, b"alpha/risk/BTCUSDT", encode(snapshot), None, partition)],
+        [
+            *(
+                Raw(snapshots, f"alpha/risk/F{i:05d}".encode(), filler, None, partition)
+                for i in range(FILLER_SYMBOLS)
+            ),
+            Raw(snapshots, b"alpha/risk/BTCUSDT", tripped, None, partition),
+        ],
     )
 
     samples: list[tuple[bool, bool]] = []
@@ -207,4 +228,4 @@ async def test_ready_only_after_restore_and_events_counted_in_metrics(
         for s in families["riskgate_restore_records"].samples
         if s.name == "riskgate_restore_records_total"
     }
-    assert restored_records == {"restored": 1.0, "ignored": 0.0}
+    assert restored_records == {"restored": FILLER_SYMBOLS + 1.0, "ignored": 0.0}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from corekit import DAY_MS, HOUR_MS, T0, apply_all, engine, outcome
+from corekit import DAY_MS, HOUR_MS, T0, apply_all, engine, intent, outcome
+
 from worker.config import BreakerConfig
 from worker.engine import Effects
 from worker.risk import CircuitBreaker
@@ -237,3 +238,21 @@ def test_restore_then_tick_rolls_an_old_day_session_over() -> None:
     assert session.trades == 0
     assert session.net_pnl == 0.0
     assert ("resumed", "session_halt") in [(h.kind, h.gate) for h in out.halts]
+
+
+def test_loss_limit_zero_disables_the_breaker_in_the_engine() -> None:
+    eng = engine(
+        """
+        [defaults]
+        accept_unknown_bots = true
+        [defaults.session]
+        loss_limit = -1e9
+        [defaults.breaker]
+        loss_limit = 0
+        """
+    )
+    out = apply_all(eng, [outcome(-5.0, ts=T0 + i) for i in range(50)])
+    sym = eng.bots["alpha"].symbols["BTCUSDT"]
+    assert not sym.breaker.is_tripped
+    assert out.halts == []
+    assert eng.apply(intent(), T0 + 100).decisions[0].allowed

@@ -51,7 +51,9 @@ def test_spec_example_parses_exactly_as_written() -> None:
     assert cfg.topics.fills == "trading.fills"
     assert cfg.topics.outcomes == "trading.outcomes"
     assert cfg.defaults.session.loss_limit == -50.0
-    assert cfg.defaults.breaker == BreakerConfig(loss_limit=4, window_secs=14400, cooldown_secs=3600)
+    assert cfg.defaults.breaker == BreakerConfig(
+        loss_limit=4, window_secs=14400, cooldown_secs=3600
+    )
 
     alpha = bot_settings(cfg, "alpha")
     assert alpha is not None
@@ -77,7 +79,9 @@ def test_spec_example_loads_from_a_file(tmp_path: Path) -> None:
 def test_empty_config_has_the_documented_defaults() -> None:
     cfg = load_config(text="", env={})
     assert cfg.defaults.session.loss_limit == -50.0
-    assert cfg.defaults.breaker == BreakerConfig(loss_limit=4, window_secs=14400, cooldown_secs=3600)
+    assert cfg.defaults.breaker == BreakerConfig(
+        loss_limit=4, window_secs=14400, cooldown_secs=3600
+    )
     assert cfg.defaults.pnl_source == "outcomes"
     assert cfg.worker.reservation_ttl_ms == 30_000
     p = cfg.defaults.portfolio
@@ -235,9 +239,7 @@ def test_overrides_merge_field_by_field_over_bot_and_defaults() -> None:
 
 
 def test_unknown_bots_use_defaults_when_accepted() -> None:
-    cfg = load_config(
-        text="[defaults]\naccept_unknown_bots = true\npnl_source = 'fills'\n", env={}
-    )
+    cfg = load_config(text="[defaults]\naccept_unknown_bots = true\npnl_source = 'fills'\n", env={})
     s = bot_settings(cfg, "anyone")
     assert s is not None
     assert s.symbols is None

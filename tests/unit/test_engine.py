@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import msgspec
 import pytest
-
 from corekit import (
     DAY_MS,
     MIDNIGHT,
@@ -20,8 +20,10 @@ from corekit import (
     origin,
     outcome,
 )
+
 from worker import signing
 from worker.engine import Effects, Origin, Rejected, RiskEngine
+from worker.messages import ControlCommand, Event
 
 ALL_GATES = """
 [defaults.session]
@@ -322,7 +324,9 @@ def test_signed_control_is_applied() -> None:
     ],
     ids=["unsigned", "garbage-sig", "wrong-secret", "stale-ts"],
 )
-def test_bad_control_signature_is_rejected_and_changes_nothing(make, message) -> None:  # type: ignore[no-untyped-def]
+def test_bad_control_signature_is_rejected_and_changes_nothing(
+    make: Callable[[], ControlCommand], message: str
+) -> None:
     eng = engine(SIGNED)
     apply_all(eng, [outcome(-1.0)])
     before = eng.bots["alpha"].symbols["BTCUSDT"].snapshot()
@@ -372,9 +376,17 @@ pnl_source = "fills"
         (outcome(-1.0, bot="fills"), "pnl_source"),
         (outcome(-1.0, ts=T0 + 5 * 60_000 + 1), "future_event"),
     ],
-    ids=["bot", "symbol-outcome", "symbol-fill", "symbol-intent", "symbol-control", "pnl", "future"],
+    ids=[
+        "bot",
+        "symbol-outcome",
+        "symbol-fill",
+        "symbol-intent",
+        "symbol-control",
+        "pnl",
+        "future",
+    ],
 )
-def test_bad_input_is_rejected_with_a_reason_and_changes_nothing(event, reason) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_is_rejected_with_a_reason_and_changes_nothing(event: Event, reason: str) -> None:
     eng = engine(STRICT)
     eng.apply(outcome(-1.0, symbol="BTCUSDT"), T0)
     before = {name: bot.symbols["BTCUSDT"].snapshot() for name, bot in eng.bots.items()}
@@ -383,7 +395,9 @@ def test_bad_input_is_rejected_with_a_reason_and_changes_nothing(event, reason) 
     assert info.value.reason == reason
     assert str(info.value)
     assert set(eng.bots) <= {"alpha", "fills"}
-    assert {n: b.symbols["BTCUSDT"].snapshot() for n, b in eng.bots.items() if "BTCUSDT" in b.symbols} == before
+    assert {
+        n: b.symbols["BTCUSDT"].snapshot() for n, b in eng.bots.items() if "BTCUSDT" in b.symbols
+    } == before
     assert "DOGEUSDT" not in eng.bots["alpha"].symbols
 
 
@@ -586,3 +600,49 @@ def test_forget_drops_bots() -> None:
     apply_all(eng, [outcome(-1.0, bot="a"), outcome(-1.0, bot="b")])
     eng.forget({"a", "zzz"})
     assert set(eng.bots) == {"b"}
+
+
+def test_sweep_evicts_aged_out_losses_and_marks_the_symbol() -> None:
+    eng = engine(
+        """
+        [defaults]
+        accept_unknown_bots = true
+        [defaults.breaker]
+        loss_limit = 3
+        window_secs = 3600
+        """
+    )
+    apply_all(eng, [outcome(-1.0)])
+    sym = eng.bots["alpha"].symbols["BTCUSDT"]
+    assert eng.sweep(T0 + 3_599_999).dirty_symbols == set()
+    assert sym.breaker.recent_losses == [T0 // 1000]
+    out = eng.sweep(T0 + 3_600_000)
+    assert sym.breaker.recent_losses == []
+    assert out.dirty_symbols == {("alpha", "BTCUSDT")}
+    assert out.halts == []
+    assert eng.bots["alpha"].gate_state(sym, T0 + 3_600_000).recent_losses == 0
+
+
+def test_restart_does_not_change_what_later_sweeps_do() -> None:
+    toml = """
+        [defaults]
+        accept_unknown_bots = true
+        [defaults.breaker]
+        loss_limit = 3
+        window_secs = 3600
+        """
+    live = engine(toml)
+    apply_all(live, [outcome(-1.0)])
+    live.sweep(T0 + 1)
+    restarted = engine(toml)
+    bot = live.bots["alpha"]
+    restarted.bot("alpha").restore_symbol(
+        "BTCUSDT", bot.symbols["BTCUSDT"].snapshot(), T0 + 1, Effects()
+    )
+    restarted.bot("alpha").restore_portfolio(bot.portfolio_snapshot(), T0 + 1, Effects())
+    for eng in (live, restarted):
+        eng.sweep(T0 + 2 * 3_600_000)
+    assert (
+        live.bots["alpha"].symbols["BTCUSDT"].snapshot()
+        == restarted.bots["alpha"].symbols["BTCUSDT"].snapshot()
+    )

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from corekit import DAY_MS, MIDNIGHT, T0, apply_all, control, engine, fill, intent, outcome
 
-from corekit import DAY_MS, MIDNIGHT, T0, apply_all, engine, fill, intent, outcome
 from worker.config import PortfolioConfig
 from worker.engine import Effects
 from worker.risk import PortfolioRisk
@@ -161,7 +161,9 @@ def test_engine_max_concurrent_counts_only_new_symbols() -> None:
         max_concurrent_positions = 2
         """
     )
-    apply_all(eng, [fill("buy", 1.0, 10.0, symbol="BTCUSDT"), fill("sell", 1.0, 10.0, symbol="ETHUSDT")])
+    apply_all(
+        eng, [fill("buy", 1.0, 10.0, symbol="BTCUSDT"), fill("sell", 1.0, 10.0, symbol="ETHUSDT")]
+    )
     same = eng.apply(intent("open", "buy", symbol="BTCUSDT"), T0).decisions[0]
     assert same.allowed
     new = eng.apply(intent("open", "buy", symbol="SOLUSDT"), T0).decisions[0]
@@ -211,3 +213,57 @@ def test_engine_sweep_without_changes_is_quiet() -> None:
     assert out.halts == []
     assert out.dirty_bots == set()
     assert out.dirty_symbols == set()
+
+
+# -- the account net behind the latch stays exact through every way a session changes -----
+
+ACCOUNT = """
+[defaults.session]
+loss_limit = -1e9
+[bots.alpha.portfolio]
+max_daily_loss = -100.0
+"""
+
+
+def test_latch_sees_an_operator_session_reset() -> None:
+    eng = engine(ACCOUNT)
+    apply_all(eng, [outcome(-40.0, symbol="A"), outcome(-40.0, symbol="B")])
+    eng.apply(control("reset_session", symbol="A"), T0)  # account back to -40
+    apply_all(eng, [outcome(-50.0, symbol="C", ts=T0 + 1)])  # -90: above the limit
+    bot = eng.bots["alpha"]
+    assert bot.account_net(utc_day(T0)) == pytest.approx(-90.0)
+    assert not bot.portfolio.halted
+
+
+def test_latch_sees_a_restored_session() -> None:
+    eng = engine(ACCOUNT)
+    apply_all(eng, [outcome(-90.0, symbol="A")])
+    snap = eng.bots["alpha"].symbols["A"].snapshot()
+
+    fresh = engine(ACCOUNT)
+    apply_all(fresh, [outcome(5.0, symbol="B")])  # the account net is being tracked
+    fresh.bot("alpha").restore_symbol("A", snap, T0 + 1, Effects())
+    apply_all(fresh, [outcome(-20.0, symbol="C", ts=T0 + 2)])  # -90 + 5 - 20 = -105
+    assert fresh.bots["alpha"].portfolio.halted
+
+
+def test_latch_sees_a_rollover_by_the_sweep() -> None:
+    eng = engine(ACCOUNT)
+    apply_all(eng, [outcome(-80.0, symbol="A")])
+    tomorrow = MIDNIGHT + DAY_MS
+    eng.sweep(tomorrow)
+    apply_all(eng, [outcome(-50.0, symbol="B", ts=tomorrow + 1)])
+    assert not eng.bots["alpha"].portfolio.halted
+    apply_all(eng, [outcome(-50.0, symbol="A", ts=tomorrow + 2)])
+    assert eng.bots["alpha"].portfolio.halted
+
+
+def test_latch_is_exact_at_the_limit_over_many_small_losses() -> None:
+    eng = engine(ACCOUNT)
+    # 0.1 is not exact in binary: a running sum drifts, the latch must not.
+    events = [outcome(-0.1, symbol=f"S{i % 7}", ts=T0 + i) for i in range(999)]
+    apply_all(eng, events)
+    bot = eng.bots["alpha"]
+    assert bot.portfolio.halted == (bot.account_net(utc_day(T0)) <= -100.0)
+    apply_all(eng, [outcome(-0.1, symbol="S0", ts=T0 + 1000), outcome(-0.1, ts=T0 + 1001)])
+    assert bot.portfolio.halted

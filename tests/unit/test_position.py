@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from corekit import T0, apply_all, engine, fill
+
 from worker.engine import Effects, RiskEngine
 from worker.risk import Position
 
@@ -189,9 +189,7 @@ def test_zero_fee_round_trip_at_entry_is_a_breakeven_trade() -> None:
 
 def test_outcomes_bot_fills_move_the_position_but_book_nothing() -> None:
     eng = fills_engine()
-    apply_all(
-        eng, [fill("buy", 1.0, 100.0, bot="beta"), fill("sell", 1.0, 10.0, 5.0, bot="beta")]
-    )
+    apply_all(eng, [fill("buy", 1.0, 100.0, bot="beta"), fill("sell", 1.0, 10.0, 5.0, bot="beta")])
     sym = eng.bots["beta"].symbols["BTCUSDT"]
     assert sym.position.is_flat
     assert sym.session.trades == 0

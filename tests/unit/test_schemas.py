@@ -43,7 +43,16 @@ def test_generated_files_are_stable_and_pretty(tmp_path: Path) -> None:
 def test_schema_describes_the_constraints() -> None:
     doc = json.loads((SCHEMA_DIR / "Fill.json").read_text())
     fill = doc["$defs"]["Fill"]
-    assert set(fill["required"]) == {"fill_id", "bot", "symbol", "side", "qty", "price", "fee", "ts"}
+    assert set(fill["required"]) == {
+        "fill_id",
+        "bot",
+        "symbol",
+        "side",
+        "qty",
+        "price",
+        "fee",
+        "ts",
+    }
     assert fill["properties"]["qty"]["exclusiveMinimum"] == 0.0
     assert fill["properties"]["fee"]["minimum"] == 0.0
     assert fill["properties"]["side"]["enum"] == ["buy", "sell"]

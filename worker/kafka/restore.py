@@ -3,6 +3,13 @@
 "The end" is the end offset captured when the read starts, and "reached" means
 the consumer's position got there — not "no record for a while" — so
 compaction gaps, deleted segments and transaction markers cannot hang it.
+
+Every fetched batch is consumed whole (``getmany`` without ``max_records``), so
+the position only ever stops on a batch boundary. That matters on Tansu, the
+embedded broker: its ListOffsets answers the *base offset of the last batch + 1*
+rather than the log end offset, so a read capped by a record count could reach
+that "end" in the middle of the last batch and silently drop the snapshots
+after it.
 """
 
 from __future__ import annotations
@@ -53,7 +60,8 @@ async def read_snapshot_partitions(
         ends = await consumer.end_offsets(tps)
         pending = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
         while pending:
-            batch = await consumer.getmany(*pending, timeout_ms=200, max_records=50_000)
+            # No max_records: never stop inside a batch (see the module docstring).
+            batch = await consumer.getmany(*pending, timeout_ms=200)
             for tp, tp_records in batch.items():
                 read += len(tp_records)
                 for record in tp_records:

@@ -45,15 +45,26 @@ class CircuitBreaker:
 
     def record_loss(self, ts_secs: int) -> bool:
         """Record a loss at its event time; True if this loss tripped the breaker."""
-        self._expire(ts_secs)
-        if self.tripped_at is not None or self.config.loss_limit == 0:
+        config = self.config
+        tripped_at = self.tripped_at
+        if tripped_at is not None:
+            if ts_secs < tripped_at + config.cooldown_secs:
+                return False  # still cooling down: the loss is not recorded
+            self.reset()  # the cooldown ended by this loss's time (``_expire``)
+        limit = config.loss_limit
+        if limit == 0:
             return False
         losses = self.recent_losses
-        insort(losses, ts_secs)
-        self._evict(losses[-1])
-        if len(losses) >= self.config.loss_limit:
+        if not losses or ts_secs >= losses[-1]:
+            losses.append(ts_secs)
+        else:
+            insort(losses, ts_secs)
+        newest = losses[-1]
+        if losses[0] <= newest - config.window_secs:
+            self._evict(newest)
+        if len(losses) >= limit:
             # After eviction every kept loss lies within one window of the newest.
-            self.tripped_at = losses[-1]
+            self.tripped_at = newest
             return True
         return False
 

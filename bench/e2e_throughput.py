@@ -1,0 +1,200 @@
+"""End-to-end throughput: a pre-loaded backlog of outcomes through one worker process.
+
+Pre-loads N outcomes (8 bots x 50 symbols) into the outcomes topic of a fresh
+embedded broker, starts one worker (``python -m worker.cli run``) and times
+until the group's committed offset reached the end of every input partition -
+which, by the commit protocol, also means every snapshot and output of those
+events was acknowledged. Then checks the persisted snapshots add up to N trades.
+
+    .venv/bin/python bench/e2e_throughput.py [--events 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+from aiokafka import TopicPartition
+
+from e2e_common import (
+    bench_config,
+    committed_offsets,
+    create_topics,
+    fast_produce,
+    latest,
+    log_event_time,
+    now_ms,
+    peak_rss_mb,
+    worker_process,
+    workdir,
+)
+from worker.kafka.broker import EmbeddedBroker
+from worker.messages import TradeOutcome
+
+TARGET_EVENTS_PER_SEC = 100_000
+
+
+def body(bots: list[str], symbols: list[str]) -> str:
+    listed = ", ".join(f'"{s}"' for s in symbols)
+    return "".join(f"[bots.{bot}]\nsymbols = [{listed}]\n" for bot in bots)
+
+
+def outcomes(n: int, bots: list[str], symbols: list[str], topic: str):
+    """(topic, key, value, None) records; timestamps spread over the last minute."""
+    rng = random.Random(1)
+    encode = msgspec.json.Encoder().encode
+    start = now_ms() - 60_000
+    for i in range(n):
+        bot = bots[i % len(bots)]
+        symbol = symbols[rng.randrange(len(symbols))]
+        gross = round(rng.uniform(-10.0, 10.0), 2)
+        value = encode(TradeOutcome(f"{bot}-{i}", bot, symbol, gross, 0.1, start + i * 60_000 // n))
+        yield topic, bot.encode(), value, None
+
+
+async def main(args: argparse.Namespace) -> None:
+    bots = [f"bot{i}" for i in range(args.bots)]
+    symbols = [f"SYM{i:03d}USDT" for i in range(args.symbols)]
+    async with EmbeddedBroker() as broker:
+        with workdir() as tmp:
+            config_path, config = bench_config(
+                broker.bootstrap_servers,
+                body(bots, symbols),
+                partitions=args.partitions,
+                workdir=tmp,
+                kafka_extra=args.kafka_extra,
+            )
+            await create_topics(config)
+            topic = config.topics.outcomes
+            sent, seconds = await asyncio.to_thread(
+                fast_produce,
+                broker.bootstrap_servers,
+                outcomes(args.events, bots, symbols, topic),
+            )
+            print(f"pre-loaded {sent:,} outcomes in {seconds:.1f}s ({sent / seconds:,.0f}/s)")
+            # Exact ends from the data itself (Tansu's ListOffsets answers the last batch's
+            # base offset + 1): count the records per partition once.
+            tps = [TopicPartition(topic, p) for p in range(args.partitions)]
+            ends = await exact_ends(config, tps)
+            assert sum(ends.values()) == sent, (ends, sent)
+
+            with worker_process(config_path) as worker:
+                started = time.time()
+                worker.start()
+                profiler = start_profiler(args.py_spy, worker.pid)
+                first_commit = None
+                while True:
+                    worker.check_alive()
+                    committed = await committed_offsets(config.kafka, config.kafka.group_id, tps)
+                    done = sum(min(committed[tp], ends[tp]) for tp in tps)
+                    if done and first_commit is None:
+                        first_commit = time.time()
+                    if done >= sent:
+                        finished = time.time()
+                        break
+                    if time.time() - started > args.timeout:
+                        raise TimeoutError(f"only {done:,} of {sent:,} committed")
+                    await asyncio.sleep(0.1)
+                stop_profiler(profiler)
+                assigned = log_event_time(worker, "partitions assigned; restoring") or started
+                rss = peak_rss_mb(worker.pid)
+                metrics = await worker.metrics()
+
+            snapshots = await latest(config.kafka, config.topics.snapshots)
+            trades = sum(
+                msgspec.json.decode(r.value)["session_pnl"]["trades"]
+                for k, r in snapshots.items()
+                if "/risk/" in k and r.value is not None
+            )
+            symbol_keys = sum(1 for k in snapshots if "/risk/" in k)
+
+    processing = finished - assigned
+    rate = sent / processing
+    batches = metrics.get(("riskgate_batch_records_count", ()), 0.0)
+    writes = metrics.get(("riskgate_snapshot_writes_total", ()), 0.0)
+    print(f"worker start -> partitions assigned (group join): {assigned - started:.2f}s")
+    print(f"assigned -> every offset committed: {processing:.2f}s")
+    print(f"throughput: {rate:,.0f} events/s (target >= {TARGET_EVENTS_PER_SEC:,})")
+    print(f"start -> all committed, including the join: {sent / (finished - started):,.0f} events/s")
+    print(f"batches: {batches:,.0f} (avg {sent / max(batches, 1):,.0f} records), snapshot writes: {writes:,.0f}")
+    phases = {
+        name: metrics.get((f"riskgate_{name}_seconds_sum", ()), 0.0)
+        for name in ("batch", "output_send", "snapshot_send", "commit")
+    }
+    print(
+        "time in batches {batch:.2f}s, of which waiting for output acks {output_send:.2f}s, "
+        "snapshot acks {snapshot_send:.2f}s, commits {commit:.2f}s".format(**phases)
+    )
+    print(f"worker peak RSS: {rss:.0f} MiB")
+    print(f"snapshots: {symbol_keys} symbol keys, {trades:,} trades (expected {sent:,})")
+    if symbol_keys != len(bots) * len(symbols) or trades != sent:
+        raise SystemExit("persisted snapshots do not add up")
+    print("PASS" if rate >= TARGET_EVENTS_PER_SEC else "BELOW TARGET")
+
+
+def start_profiler(out: str | None, pid: int) -> subprocess.Popen[bytes] | None:
+    """``py-spy record`` on the worker (optional; py-spy must be installed)."""
+    if not out:
+        return None
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return subprocess.Popen(
+        [spy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "-o", out],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop_profiler(profiler: subprocess.Popen[bytes] | None) -> None:
+    if profiler is not None:
+        profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        profiler.wait(30)
+
+
+async def exact_ends(config, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    from aiokafka import AIOKafkaConsumer
+
+    from worker.kafka.options import client_kwargs
+
+    consumer = AIOKafkaConsumer(**client_kwargs(config.kafka), group_id=None)
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        listed = {tp: await consumer.position(tp) for tp in tps}
+        ends = {}
+        for tp in tps:
+            # The last batch starts below the listed end: fetch from there to learn its end.
+            if listed[tp] == 0:
+                ends[tp] = 0
+                continue
+            consumer.seek(tp, listed[tp] - 1)
+            while True:
+                batch = await consumer.getmany(tp, timeout_ms=500)
+                if not batch.get(tp):
+                    break
+            ends[tp] = await consumer.position(tp)
+        return ends
+    finally:
+        await consumer.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--bots", type=int, default=8)
+    parser.add_argument("--symbols", type=int, default=50)
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--py-spy", metavar="OUT", help="profile the worker into OUT (raw)")
+    parser.add_argument(
+        "--kafka-extra", default="", help='extra [kafka] lines, e.g. "fetch_max_wait_ms = 5"'
+    )
+    asyncio.run(main(parser.parse_args()))

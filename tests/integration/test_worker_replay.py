@@ -1,0 +1,83 @@
+"""Replay in event time: a backlog consumed at once is judged by its own timestamps.
+
+Losses hours apart (no 4-hour window ever holds 4 of them) must not trip the
+breaker even though the worker reads them within milliseconds; the same number
+of losses minutes apart must.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from harness import (
+    HOUR_MS,
+    MIN_MS,
+    create_topics,
+    decoded,
+    latest,
+    make_config,
+    now_ms,
+    outcome,
+    produce_events,
+    read_topic,
+    running_worker,
+    wait_processed,
+)
+
+from worker.messages import HaltEvent
+
+pytestmark = pytest.mark.broker
+
+BODY = """
+[defaults.session]
+loss_limit = -1000.0
+[defaults.breaker]
+loss_limit = 4
+window_secs = 14400
+cooldown_secs = 3600
+
+[bots.alpha]
+symbols = ["HOURS", "MINUTES"]
+"""
+
+
+async def test_backlog_of_losses_hours_apart_does_not_trip_but_minutes_apart_does(
+    kafka_bootstrap: str,
+) -> None:
+    config = make_config(kafka_bootstrap, BODY)
+    await create_topics(config)
+    now = now_ms()
+    # Five losses each: 2 h apart (a 4 h window holds at most 2), and 2 min apart.
+    hours = [now - (10 - 2 * i) * HOUR_MS for i in range(5)]
+    minutes = [now - (10 - 2 * i) * MIN_MS for i in range(5)]
+    backlog = [outcome("alpha", "HOURS", -1.0, ts=ts) for ts in hours] + [
+        outcome("alpha", "MINUTES", -1.0, ts=ts) for ts in minutes
+    ]
+    produced = await produce_events(config, backlog)  # all of it waiting before the worker starts
+
+    async with running_worker(config) as running:
+        await wait_processed(config, produced, alive=running.check_alive)
+        engine = running.worker.engine
+        assert not engine.bots["alpha"].symbols["HOURS"].breaker.is_tripped
+        assert engine.bots["alpha"].symbols["MINUTES"].breaker.is_tripped
+
+    halts = [
+        msgspec.json.decode(r.value, type=HaltEvent)
+        for r in await read_topic(config.kafka, config.topics.halts)
+    ]
+    assert [(h.symbol, h.kind, h.gate, h.ts) for h in halts] == [
+        ("MINUTES", "halted", "circuit_breaker", minutes[3])  # tripped at the 4th loss's time
+    ]
+    assert halts[0].until_ts == (minutes[3] // 1000 + 3600) * 1000
+
+    snapshots = decoded(await latest(config.kafka, config.topics.snapshots))
+    hours_breaker = snapshots["alpha/risk/HOURS"]["circuit_breaker"]
+    assert hours_breaker["tripped_at_unix_secs"] is None
+    assert 1 <= len(hours_breaker["recent_losses"]) <= 2
+    minutes_breaker = snapshots["alpha/risk/MINUTES"]["circuit_breaker"]
+    assert minutes_breaker["tripped_at_unix_secs"] == minutes[3] // 1000
+    assert minutes_breaker["recent_losses"] == [ts // 1000 for ts in minutes[:4]]
+
+    gates = decoded(await latest(config.kafka, config.topics.gates))
+    assert gates["alpha/gate/HOURS"]["entries_allowed"] is True
+    assert gates["alpha/gate/MINUTES"]["entries_allowed"] is False
