@@ -13,6 +13,7 @@ crash, or re-sent by a producer under a new offset, changes nothing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -784,6 +785,15 @@ def _apply_command(sym: SymbolRisk, c: ControlCommand) -> Gate:
     return _command_gate(c)
 
 
+_UNSAFE_NAME = re.compile(r"[/\s]")
+
+
+def _check_name(kind: str, name: str) -> None:
+    """Names become parts of ``/``-separated keys: reject before they create state."""
+    if _UNSAFE_NAME.search(name):
+        raise Rejected("invalid_name", f"{kind} {name!r} contains '/' or whitespace")
+
+
 class RiskEngine:
     """All bots this worker owns, with config-driven validation of every event."""
 
@@ -797,6 +807,7 @@ class RiskEngine:
         """The bot's state, created on first use; Rejected if the bot is unknown."""
         bot = self.bots.get(bot_id)
         if bot is None:
+            _check_name("bot", bot_id)
             settings = bot_settings(self.config, bot_id)
             if settings is None:
                 raise Rejected("unknown_bot", f"bot {bot_id!r} is not configured")
@@ -814,10 +825,12 @@ class RiskEngine:
         settings = bot.settings
         symbol = event.symbol
         allowed = settings.symbols
-        if symbol is not None and allowed is not None and symbol not in allowed:
-            raise Rejected(
-                "unknown_symbol", f"symbol {symbol!r} is not configured for bot {event.bot!r}"
-            )
+        if symbol is not None and symbol not in bot.symbols:
+            if allowed is not None and symbol not in allowed:
+                raise Rejected(
+                    "unknown_symbol", f"symbol {symbol!r} is not configured for bot {event.bot!r}"
+                )
+            _check_name("symbol", symbol)
         if event.ts > now_ms + self._max_skew_ms:
             raise Rejected("future_event", f"ts {event.ts} is ahead of the clock ({now_ms})")
         if type(event) is TradeOutcome:

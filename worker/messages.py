@@ -19,8 +19,17 @@ _MAX_MONEY = 1e15
 _MAX_QTY = 1e15
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[^/\s]+$")]
-"""Bot ids and symbols: non-empty, no ``/`` (it separates snapshot key parts)."""
+Name = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=128,
+        description="Bot id or symbol; must not contain '/' or whitespace.",
+    ),
+]
+"""Bot ids and symbols. ``/`` separates snapshot key parts, so the engine rejects
+names containing it (or whitespace) when it first creates their state — a check
+paid once per name rather than a regex on every message."""
 Text = Annotated[str, msgspec.Meta(max_length=1024)]
 Positive = Annotated[float, msgspec.Meta(gt=0.0, le=_MAX_QTY)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0.0, le=_MAX_MONEY)]

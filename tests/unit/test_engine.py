@@ -22,8 +22,9 @@ from corekit import (
 )
 
 from worker import signing
+from worker.config import load_config
 from worker.engine import Effects, Origin, Rejected, RiskEngine
-from worker.messages import ControlCommand, Event
+from worker.messages import ControlCommand, Event, TradeOutcome
 
 ALL_GATES = """
 [defaults.session]
@@ -646,3 +647,20 @@ def test_restart_does_not_change_what_later_sweeps_do() -> None:
         live.bots["alpha"].symbols["BTCUSDT"].snapshot()
         == restarted.bots["alpha"].symbols["BTCUSDT"].snapshot()
     )
+
+
+@pytest.mark.parametrize(
+    ("bot", "symbol"),
+    [("a/b", "BTCUSDT"), ("alpha", "BTC/USDT"), ("alpha", "BTC USDT"), ("alpha\n", "BTCUSDT")],
+)
+def test_names_that_would_break_keys_are_rejected_before_creating_state(
+    bot: str, symbol: str
+) -> None:
+    engine = RiskEngine(load_config(text="[defaults]\naccept_unknown_bots = true\n", env={}))
+    outcome = TradeOutcome(
+        outcome_id="o1", bot=bot, symbol=symbol, gross_pnl=-1.0, fee=0.0, ts=1_764_000_000_000
+    )
+    with pytest.raises(Rejected) as excinfo:
+        engine.apply(outcome, 1_764_000_000_000)
+    assert excinfo.value.reason == "invalid_name"
+    assert all(not b.symbols for b in engine.bots.values())
