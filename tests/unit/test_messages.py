@@ -215,7 +215,7 @@ def test_bot_and_symbol_name_lengths_are_constrained(value: str) -> None:
 
 
 def test_key_unsafe_names_decode_and_are_left_to_the_engine() -> None:
-    """'/' and whitespace are rejected once per name by the engine (test_engine), not per message."""
+    """'/' and whitespace are rejected once per name by the engine, not per message."""
     assert msgspec.json.decode(raw(FILL, bot="a/b"), type=Fill).bot == "a/b"
 
 
