@@ -317,18 +317,11 @@ class BotRisk(_Holder):
         day_before = session.last_reset_day
         gross, fee = o.gross_pnl, o.fee
         if session.record_close(gross, fee, ts) is not None:
-            if session.last_reset_day != day_before:
-                self._net_day = -1  # the session rolled to a new day
-            elif day_before == self._net_day:
-                self._net_sum += gross - fee
-                self._net_updates += 1
+            self._fold_net(day_before, session.last_reset_day, gross - fee)
         if gross - fee < 0.0:
             self._record_loss(sym, ts, tripped_before)
         out.dirty_symbols.add(sym.key)
-        if session.halted is not was_halted or breaker.tripped_at != tripped_before:
-            before = (sym.manual_halt is not None, was_halted, tripped_before is not None)
-            self._symbol_transitions(sym, before, ts, out)
-        self._observe_portfolio(ts, out)
+        self._after_change(sym, was_halted, tripped_before, ts, out)
 
     def apply_fill(self, f: Fill, origin: Origin | None, out: Effects) -> None:
         if f.intent_id is not None and self.portfolio.release(f.intent_id) is not None:
@@ -359,37 +352,35 @@ class BotRisk(_Holder):
             session.count_trade(closed_net, ts)
             if closed_net < 0.0:
                 self._record_loss(sym, ts, tripped_before)
-        if session.last_reset_day != day_before:
-            self._net_day = -1  # the session rolled to a new day
-        elif moved and day_before == self._net_day:
-            self._net_sum += trip.gross - trip.fees
+        if moved or session.last_reset_day != day_before:
+            self._fold_net(day_before, session.last_reset_day, trip.gross - trip.fees)
+        self._after_change(sym, was_halted, tripped_before, ts, out)
+
+    def _fold_net(self, day_before: int, day_after: int, delta: float) -> None:
+        """Keep the running account net in step with one session change."""
+        if day_after != day_before:
+            self._net_day = -1  # the session rolled to a new day: re-sum
+        elif day_before == self._net_day:
+            self._net_sum += delta
             self._net_updates += 1
-        if session.halted is not was_halted or breaker.tripped_at != tripped_before:
+
+    def _after_change(
+        self,
+        sym: SymbolRisk,
+        was_halted: bool,
+        tripped_before: int | None,
+        ts_ms: int,
+        out: Effects,
+    ) -> None:
+        """Halt/resume events for what an event flipped, then the portfolio latch."""
+        if sym.session.halted is not was_halted or sym.breaker.tripped_at != tripped_before:
             before = (sym.manual_halt is not None, was_halted, tripped_before is not None)
-            self._symbol_transitions(sym, before, ts, out)
-        self._observe_portfolio(ts, out)
+            self._symbol_transitions(sym, before, ts_ms, out)
+        self._observe_portfolio(ts_ms, out)
 
     def _admit(self, sym: SymbolRisk, event_id: str, origin: Origin | None) -> bool:
-        """Replay guards of a fill/outcome: offset watermark, then recent event ids.
-
-        ``sym.fresh(origin) and not sym.duplicate(event_id, keep)``, inlined.
-        """
-        if origin is not None:
-            applied = sym.applied
-            source, offset = origin
-            last = applied.get(source)
-            if last is not None and offset <= last:
-                return False
-            applied[source] = offset
-        ids = sym.recent_ids
-        if event_id in ids:
-            return False
-        keep = self.dedupe_keep
-        if keep:
-            ids[event_id] = None
-            if len(ids) > keep:
-                del ids[next(iter(ids))]
-        return True
+        """Replay guards of a fill/outcome: offset watermark, then recent event ids."""
+        return sym.fresh(origin) and not sym.duplicate(event_id, self.dedupe_keep)
 
     def decide(self, i: OrderIntent, now_ms: int, origin: Origin | None, out: Effects) -> None:
         if not self.fresh(origin):

@@ -29,7 +29,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client.parser import text_string_to_metric_families
 
-from worker.app import Clock, Worker, wall_clock_ms
+from worker.app import Clock, Worker
 from worker.config import Config, KafkaConfig, load_config
 from worker.engine import Effects, Rejected, RiskEngine
 from worker.kafka.options import client_kwargs
@@ -46,8 +46,35 @@ T = TypeVar("T")
 _encode = msgspec.json.Encoder().encode
 
 
+DAY_MS = 86_400_000
+ANCHOR_MS = 20_254 * DAY_MS + 12 * HOUR_MS
+"""12:00 UTC on 2025-06-15: what :func:`clock` reads when this module is imported."""
+_CLOCK_OFFSET_MS = ANCHOR_MS - time.time_ns() // 1_000_000
+
+
 def now_ms() -> int:
+    """The real wall clock (for workers in a subprocess, which cannot be given a clock)."""
     return time.time_ns() // 1_000_000
+
+
+def clock() -> int:
+    """The in-process tests' clock: real pace, but starting at noon UTC of a fixed day.
+
+    The worker expires cooldowns and rolls sessions over at 00:00 UTC against
+    its clock (a periodic sweep), so events stamped "now" on the real clock make
+    a test depend on when it runs. Injected into the worker and used for every
+    event timestamp, this one keeps each test hours away from a UTC midnight.
+    """
+    return time.time_ns() // 1_000_000 + _CLOCK_OFFSET_MS
+
+
+def same_day_window(span_ms: int) -> tuple[int, int]:
+    """``(start, now)`` on the real clock, at most ``span_ms`` long, never before 00:00 UTC today.
+
+    For subprocess workers: events in this window all belong to today's session.
+    """
+    now = now_ms()
+    return max(now - span_ms, now - now % DAY_MS), now
 
 
 # -- configuration -----------------------------------------------------------------
@@ -376,9 +403,9 @@ class InProcess:
 
 @contextlib.asynccontextmanager
 async def running_worker(
-    config: Config, *, clock: Clock = wall_clock_ms, ready_timeout: float = 30.0, wait: bool = True
+    config: Config, *, clock: Clock = clock, ready_timeout: float = 30.0, wait: bool = True
 ) -> AsyncIterator[InProcess]:
-    """A Worker on this event loop; by default waits until it reports ready.
+    """A Worker on this event loop (on :func:`clock`); by default waits until it is ready.
 
     On exit the worker is stopped (finish batch, persist, commit, leave the
     group) and its task awaited, so an exception inside the worker fails the test.
