@@ -12,6 +12,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +45,7 @@ __all__ = [
     "WorkerProcess",
     "bench_config",
     "committed_offsets",
+    "cpu_seconds",
     "create_topics",
     "fast_produce",
     "latest",
@@ -49,9 +54,11 @@ __all__ = [
     "peak_rss_mb",
     "percentile",
     "read_topic",
+    "start_profiler",
+    "stop_profiler",
     "wait_http_ok",
-    "worker_process",
     "workdir",
+    "worker_process",
 ]
 
 
@@ -181,6 +188,30 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM in /proc status")
+
+
+def start_profiler(out: str | None, pid: int) -> subprocess.Popen[bytes] | None:
+    """``py-spy record`` on the worker (optional; py-spy must be installed)."""
+    if not out:
+        return None
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return subprocess.Popen(
+        [spy, "record", "--idle", "--pid", str(pid), "--rate", "250", "--format", "raw", "-o", out],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop_profiler(profiler: subprocess.Popen[bytes] | None) -> None:
+    if profiler is not None:
+        profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        profiler.wait(30)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

@@ -21,21 +21,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import time
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
 from e2e_common import (
     bench_config,
+    cpu_seconds,
     create_topics,
     now_ms,
     peak_rss_mb,
     percentile,
+    start_profiler,
+    stop_profiler,
     wait_http_ok,
-    worker_process,
     workdir,
+    worker_process,
 )
+
 from worker.kafka.broker import EmbeddedBroker
 from worker.kafka.options import client_kwargs
 from worker.messages import HaltEvent, TradeOutcome
@@ -85,10 +90,17 @@ async def feed(
 
 
 async def subscribe(
-    consumer: AIOKafkaConsumer, got: dict[str, tuple[float, float]], stop: asyncio.Event
+    consumer: AIOKafkaConsumer,
+    got: dict[str, tuple[float, float]],
+    sent_at: dict[str, float],
+    fed: asyncio.Event,
+    all_in: asyncio.Event,
 ) -> None:
-    """(received at, record CreateTime) of every halted event, by ``bot/symbol``."""
-    while not stop.is_set():
+    """(received at, record CreateTime) of every halted event, by ``bot/symbol``.
+
+    Sets ``all_in`` once feeding is over (``fed``) and every probe's halt arrived.
+    """
+    while not all_in.is_set():
         batch = await consumer.getmany(timeout_ms=100)
         received = time.time()
         for records in batch.values():
@@ -96,6 +108,8 @@ async def subscribe(
                 halt = _halt.decode(record.value)
                 if halt.kind == "halted":
                     got[f"{halt.bot}/{halt.symbol}"] = (received, record.timestamp / 1000)
+        if fed.is_set() and len(got) >= len(sent_at):
+            all_in.set()
 
 
 def histogram_line(metrics: dict, name: str) -> str:
@@ -148,18 +162,28 @@ async def main(args: argparse.Namespace) -> None:
                 with worker_process(config_path) as worker:
                     worker.start()
                     await wait_http_ok(worker, "/readyz", within=60)
+                    profiler = start_profiler(args.py_spy, worker.pid)
+                    cpu_before = (
+                        cpu_seconds(broker.pid),
+                        cpu_seconds(worker.pid),
+                        time.monotonic(),
+                    )
                     sent_at: dict[str, float] = {}
                     got: dict[str, tuple[float, float]] = {}
-                    stop = asyncio.Event()
-                    listener = asyncio.create_task(subscribe(consumer, got, stop))
+                    fed, all_in = asyncio.Event(), asyncio.Event()
+                    listener = asyncio.create_task(subscribe(consumer, got, sent_at, fed, all_in))
                     sent = await feed(
                         producer, config.topics.outcomes, args.rate, args.seconds, sent_at
                     )
-                    deadline = time.monotonic() + 10
-                    while len(got) < len(sent_at) and time.monotonic() < deadline:
-                        await asyncio.sleep(0.05)
-                    stop.set()
+                    fed.set()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(all_in.wait(), 10)
+                    all_in.set()
                     await listener
+                    stop_profiler(profiler)
+                    elapsed = time.monotonic() - cpu_before[2]
+                    broker_cpu = (cpu_seconds(broker.pid) - cpu_before[0]) / elapsed
+                    worker_cpu = (cpu_seconds(worker.pid) - cpu_before[1]) / elapsed
                     rss = peak_rss_mb(worker.pid)
                     metrics = await worker.metrics()
             finally:
@@ -176,6 +200,10 @@ async def main(args: argparse.Namespace) -> None:
     )
     print(summary("probe sent -> halted received (end to end)", end_to_end))
     print(summary("probe sent -> halted record stamped by the worker", in_worker))
+    print(
+        f"CPU while feeding: broker {broker_cpu:.0%} of a core, worker {worker_cpu:.0%}; "
+        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+    )
     print(f"worker peak RSS: {rss:.0f} MiB")
     for name in ("batch", "output_send", "snapshot_send", "commit"):
         print(histogram_line(metrics, f"riskgate_{name}_seconds"))
@@ -191,4 +219,5 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=int, default=1_000, help="outcomes per second")
     parser.add_argument("--worker-fetch-max-wait-ms", type=int, default=20)
     parser.add_argument("--subscriber-fetch-max-wait-ms", type=int, default=2)
+    parser.add_argument("--py-spy", metavar="OUT", help="profile the worker into OUT (raw)")
     asyncio.run(main(parser.parse_args()))

@@ -29,9 +29,10 @@ from e2e_common import (
     now_ms,
     peak_rss_mb,
     wait_http_ok,
-    worker_process,
     workdir,
+    worker_process,
 )
+
 from worker.config import Config
 from worker.engine import RiskEngine
 from worker.kafka.broker import EmbeddedBroker
@@ -80,9 +81,16 @@ async def main(args: argparse.Namespace) -> None:
                     key = symbol_key(bot, f"S{i:06d}").encode()
                     yield topic, key, symbol_values[bot], partition_of[bot]
                 for bot in BOTS:
-                    yield topic, portfolio_key(bot).encode(), portfolio_values[bot], partition_of[bot]
+                    yield (
+                        topic,
+                        portfolio_key(bot).encode(),
+                        portfolio_values[bot],
+                        partition_of[bot],
+                    )
 
-            sent, seconds = await asyncio.to_thread(fast_produce, broker.bootstrap_servers, records())
+            sent, seconds = await asyncio.to_thread(
+                fast_produce, broker.bootstrap_servers, records()
+            )
             size = sum(len(v) for v in symbol_values.values()) / len(symbol_values)
             print(
                 f"wrote {sent:,} snapshots (~{size:.0f} bytes each, "
@@ -112,12 +120,13 @@ async def main(args: argparse.Namespace) -> None:
     print(
         f"assigned -> ready: {ready - assigned:.2f}s "
         f"(reading the partitions: {read_seconds:.2f}s, "
-        f"read -> applied: {(restored_log or ready) - assigned - read_seconds:.2f}s)"
+        f"decoding + applying: {(restored_log or ready) - assigned - read_seconds:.2f}s)"
     )
     print(f"worker start -> ready: {ready - started:.2f}s")
     print(f"restored records: {restored:,.0f}; symbols in state: {symbols:,.0f}")
     print(
-        f"worker RSS with {symbols:,.0f} symbols: peak {rss:.0f} MiB, after restore {rss_now:.0f} MiB"
+        f"worker RSS with {symbols:,.0f} symbols: peak {rss:.0f} MiB, "
+        f"after restore {rss_now:.0f} MiB"
     )
     if symbols != args.symbols:
         raise SystemExit(f"expected {args.symbols:,} symbols in state, found {symbols:,.0f}")
@@ -140,7 +149,10 @@ def partition_for(key: bytes, partitions: int) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--symbols", type=int, default=100_000)
-    parser.add_argument("--recent-ids", type=int, default=16, help="event ids per snapshot")
+    parser.add_argument("--recent-ids", type=int, default=16, help="event ids per snapshot (1..64)")
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=300.0)
-    asyncio.run(main(parser.parse_args()))
+    arguments = parser.parse_args()
+    if not 1 <= arguments.recent_ids <= 64:
+        parser.error("--recent-ids must be between 1 and 64 (dedupe_ids_per_symbol)")
+    asyncio.run(main(arguments))

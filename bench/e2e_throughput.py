@@ -14,16 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import shutil
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import msgspec
 from aiokafka import TopicPartition
-
 from e2e_common import (
     bench_config,
     committed_offsets,
@@ -33,9 +27,12 @@ from e2e_common import (
     log_event_time,
     now_ms,
     peak_rss_mb,
-    worker_process,
+    start_profiler,
+    stop_profiler,
     workdir,
+    worker_process,
 )
+
 from worker.kafka.broker import EmbeddedBroker
 from worker.messages import TradeOutcome
 
@@ -123,8 +120,11 @@ async def main(args: argparse.Namespace) -> None:
     print(f"worker start -> partitions assigned (group join): {assigned - started:.2f}s")
     print(f"assigned -> every offset committed: {processing:.2f}s")
     print(f"throughput: {rate:,.0f} events/s (target >= {TARGET_EVENTS_PER_SEC:,})")
-    print(f"start -> all committed, including the join: {sent / (finished - started):,.0f} events/s")
-    print(f"batches: {batches:,.0f} (avg {sent / max(batches, 1):,.0f} records), snapshot writes: {writes:,.0f}")
+    print(
+        f"start -> all committed, including the join: {sent / (finished - started):,.0f} events/s"
+    )
+    average = sent / max(batches, 1)
+    print(f"batches: {batches:,.0f} (avg {average:,.0f} records), snapshot writes: {writes:,.0f}")
     phases = {
         name: metrics.get((f"riskgate_{name}_seconds_sum", ()), 0.0)
         for name in ("batch", "output_send", "snapshot_send", "commit")
@@ -138,24 +138,6 @@ async def main(args: argparse.Namespace) -> None:
     if symbol_keys != len(bots) * len(symbols) or trades != sent:
         raise SystemExit("persisted snapshots do not add up")
     print("PASS" if rate >= TARGET_EVENTS_PER_SEC else "BELOW TARGET")
-
-
-def start_profiler(out: str | None, pid: int) -> subprocess.Popen[bytes] | None:
-    """``py-spy record`` on the worker (optional; py-spy must be installed)."""
-    if not out:
-        return None
-    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    return subprocess.Popen(
-        [spy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "-o", out],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def stop_profiler(profiler: subprocess.Popen[bytes] | None) -> None:
-    if profiler is not None:
-        profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-        profiler.wait(30)
 
 
 async def exact_ends(config, tps: list[TopicPartition]) -> dict[TopicPartition, int]:

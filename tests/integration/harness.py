@@ -39,14 +39,13 @@ from worker.messages import Event, TradeOutcome
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MIN_MS = 60_000
 HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
 SESSION_TIMEOUT_MS = 1_000
 
 T = TypeVar("T")
 
 _encode = msgspec.json.Encoder().encode
 
-
-DAY_MS = 86_400_000
 ANCHOR_MS = 20_254 * DAY_MS + 12 * HOUR_MS
 """12:00 UTC on 2025-06-15: what :func:`clock` reads when this module is imported."""
 _CLOCK_OFFSET_MS = ANCHOR_MS - time.time_ns() // 1_000_000

@@ -8,11 +8,11 @@ from harness import (
     MIN_MS,
     Raw,
     as_raw,
+    clock,
     create_topics,
     decoded,
     latest,
     make_config,
-    now_ms,
     outcome,
     produce,
     produce_events,
@@ -163,7 +163,7 @@ async def test_each_kind_of_bad_input_is_dead_lettered_and_changes_nothing(
     config = make_config(kafka_bootstrap, BODY)
     topics = config.topics
     await create_topics(config)
-    ts = now_ms() - MIN_MS
+    ts = clock() - MIN_MS
     bad = bad_records(topics.outcomes, topics.fills, topics.control, ts)
 
     async with running_worker(config) as running:

@@ -33,6 +33,7 @@ from harness import (
     read_topic,
     reference,
     rewind_commits,
+    same_day_window,
     wait_processed,
     wait_until,
 )
@@ -59,10 +60,14 @@ cooldown_secs = 7200
 
 
 def stream_with_duplicates(seed: int) -> list[TradeOutcome]:
-    """Outcomes over the last 40 minutes; ~10% re-sent 1-20 records later."""
+    """Outcomes over the last 40 minutes of today (UTC); ~10% re-sent 1-20 records later.
+
+    All of today: the worker process runs on the real clock, and its sweep would
+    roll yesterday's sessions over at once (the reference never sweeps).
+    """
     rng = random.Random(seed)
-    start = now_ms() - 40 * MIN_MS
-    step = 40 * MIN_MS // UNIQUE_EVENTS
+    start, now = same_day_window(40 * MIN_MS)
+    step = (now - start) / UNIQUE_EVENTS
     stream: list[TradeOutcome] = []
     resend: dict[int, list[TradeOutcome]] = {}
     for i in range(UNIQUE_EVENTS):
@@ -72,7 +77,7 @@ def stream_with_duplicates(seed: int) -> list[TradeOutcome]:
             symbol,
             round(rng.uniform(-10.0, 8.0), 2),
             round(rng.uniform(0.0, 0.5), 2),
-            ts=start + i * step,
+            ts=start + int(i * step),
             outcome_id=f"{bot}-{symbol}-{i}",
         )
         stream.append(event)

@@ -13,13 +13,13 @@ import pytest
 from harness import (
     MIN_MS,
     Raw,
+    clock,
     create_topics,
     decoded,
     default_partition,
     expected_snapshots,
     latest,
     make_config,
-    now_ms,
     outcome,
     persisted_snapshots,
     produce,
@@ -72,7 +72,7 @@ async def test_outcomes_halt_flip_gates_and_persist_seed_shaped_snapshots(
 ) -> None:
     config = make_config(kafka_bootstrap, BODY)
     await create_topics(config)
-    t = now_ms() - 10 * MIN_MS
+    t = clock() - 10 * MIN_MS
     events = [
         # alpha/BTCUSDT: three losses inside the window trip the breaker (limit 3).
         outcome("alpha", "BTCUSDT", -5.0, 0.1, ts=t),
@@ -87,7 +87,7 @@ async def test_outcomes_halt_flip_gates_and_persist_seed_shaped_snapshots(
         outcome("delta", "ETHUSDT", 2.5, 0.0, ts=t + MIN_MS),
     ]
     expected_effects = Effects()
-    expected = reference(config, events, now_ms(), expected_effects)
+    expected = reference(config, events, clock(), expected_effects)
     assert {h.gate for h in expected_effects.halts} == {"circuit_breaker", "session_halt"}
 
     async with running_worker(config) as running:
@@ -163,14 +163,14 @@ async def test_ready_only_after_restore_and_events_counted_in_metrics(
 ) -> None:
     config = make_config(kafka_bootstrap, READY_BODY)
     await create_topics(config)
-    t = now_ms() - 10 * MIN_MS
+    t = clock() - 10 * MIN_MS
     # A tripped breaker for alpha/BTCUSDT already on the snapshot topic, co-partitioned,
     # behind enough other symbols that the restore spans several poll-loop iterations.
     seeded = RiskEngine(config)
     for i in range(3):
-        seeded.apply(outcome("alpha", "BTCUSDT", -5.0, ts=t + i * MIN_MS), now_ms())
+        seeded.apply(outcome("alpha", "BTCUSDT", -5.0, ts=t + i * MIN_MS), clock())
     tripped = encode(seeded.bots["alpha"].symbols["BTCUSDT"].snapshot())
-    seeded.apply(outcome("alpha", "XRPUSDT", 1.0, ts=t), now_ms())
+    seeded.apply(outcome("alpha", "XRPUSDT", 1.0, ts=t), clock())
     filler = encode(seeded.bots["alpha"].symbols["XRPUSDT"].snapshot())
     partition = default_partition(b"alpha", config.topics.partitions)
     snapshots = config.topics.snapshots

@@ -12,11 +12,11 @@ import pytest
 from harness import (
     HOUR_MS,
     MIN_MS,
+    clock,
     create_topics,
     decoded,
     latest,
     make_config,
-    now_ms,
     outcome,
     produce_events,
     read_topic,
@@ -46,7 +46,7 @@ async def test_backlog_of_losses_hours_apart_does_not_trip_but_minutes_apart_doe
 ) -> None:
     config = make_config(kafka_bootstrap, BODY)
     await create_topics(config)
-    now = now_ms()
+    now = clock()
     # Five losses each: 2 h apart (a 4 h window holds at most 2), and 2 min apart.
     hours = [now - (10 - 2 * i) * HOUR_MS for i in range(5)]
     minutes = [now - (10 - 2 * i) * MIN_MS for i in range(5)]

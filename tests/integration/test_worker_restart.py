@@ -14,13 +14,13 @@ from harness import (
     MIN_MS,
     Feed,
     Raw,
+    clock,
     create_topics,
     decoded,
     default_partition,
     expected_snapshots,
     latest,
     make_config,
-    now_ms,
     outcome,
     persisted_snapshots,
     produce,
@@ -81,7 +81,7 @@ async def test_restart_restores_trip_and_pnl_and_ignores_bad_snapshots(
 ) -> None:
     config = make_config(kafka_bootstrap, BODY)
     await create_topics(config)
-    t = now_ms() - 10 * MIN_MS
+    t = clock() - 10 * MIN_MS
     first = [
         outcome("alpha", "BTCUSDT", -30.0, 1.0, ts=t),  # net -31, as in the seed
         outcome("alpha", "BTCUSDT", -10.0, 0.0, ts=t + MIN_MS),  # second loss trips (limit 2)
@@ -135,7 +135,7 @@ async def test_restart_restores_trip_and_pnl_and_ignores_bad_snapshots(
 
     stored = await latest(config.kafka, snapshots)
     assert persisted_snapshots(stored) == expected_snapshots(
-        reference(config, first + second, now_ms())
+        reference(config, first + second, clock())
     )
     values = decoded(stored)
     assert (
