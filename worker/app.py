@@ -1,15 +1,18 @@
 """The worker: wiring and lifecycle around the pure engine.
 
 One poll loop owns the engine. Each iteration: apply finished restores, fetch
-a batch, apply it, sweep on cadence, then publish in two acknowledged phases —
-outputs (halts, decisions, gate states, dead letters), then snapshots — and
-only then commit the batch's input offsets. A crash anywhere replays from the
-last commit; per-key offset watermarks in the snapshots make the replay exact.
+a batch, apply it, sweep on cadence, and publish the batch's outputs (halts,
+decisions, gate states, dead letters), waiting for their acks. Every
+``commit_interval_ms`` the keys changed since the last time are snapshotted,
+acknowledged, and only then are the input offsets committed. A crash anywhere
+replays from the last commit; per-key offset watermarks in the snapshots make
+the replay exact, and outputs are always acknowledged before the state that
+produced them is persisted, so none is lost.
 
-Rebalances never wait on the loop: a revoke waits (bounded) only until the
-in-flight sends are acknowledged, so a new owner restoring after us sees every
-snapshot we wrote; an assignment pauses just the new partitions while their
-snapshot partitions are read in the background.
+Rebalances never wait on a lock: a revoke asks the loop to persist at the end
+of its iteration and waits (bounded) for that, so a new owner restoring after
+us sees every snapshot we wrote; an assignment pauses just the new partitions
+while their snapshot partitions are read in the background.
 """
 
 from __future__ import annotations
@@ -97,8 +100,12 @@ class Worker:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._stopping = asyncio.Event()
-        self._sends_idle = asyncio.Event()
-        self._sends_idle.set()
+        self._unpersisted = Effects()
+        """Keys changed since the last persist (their outputs are already acknowledged)."""
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._next_persist = 0
+        self._flush_requested = asyncio.Event()
+        self._flushed = asyncio.Event()
         self._partition_of: dict[str, int] = {}
         """Bot → input partition number, which is also its snapshot partition."""
         self._assigned: set[TopicPartition] = set()
@@ -235,15 +242,32 @@ class Worker:
             if now >= self._next_heartbeat:
                 heartbeat = list(self.engine.bots)
                 self._next_heartbeat = now + worker_cfg.heartbeat_interval_ms
-            if not await self._publish(effects, deadletters, heartbeat, now):
-                break
-            if offsets:
-                await self._commit(offsets)
+            if not await self._publish_outputs(effects, deadletters, heartbeat, now):
+                return
+            self._unpersisted.dirty_symbols |= effects.dirty_symbols
+            self._unpersisted.dirty_bots |= effects.dirty_bots
+            self._uncommitted.update(offsets)
+            if self._persist_due(now) and not await self._persist(now):
+                return
+            if self._flush_requested.is_set():
+                self._flushed.set()
+            if batch:
                 self.metrics.batch_size.observe(sum(len(r) for r in batch.values()))
                 self.metrics.batch_seconds.observe(time.perf_counter() - started)
             elif now - self._last_commit_ms >= worker_cfg.sweep_interval_ms:
                 await self._probe_broker()
             self._update_gauges(batch)
+        await self._persist(self.clock())  # shutdown: everything applied is persisted
+
+    def _persist_due(self, now: int) -> bool:
+        pending = self._unpersisted
+        if not (pending.dirty_symbols or pending.dirty_bots or self._uncommitted):
+            return False
+        return (
+            now >= self._next_persist
+            or self._flush_requested.is_set()
+            or len(pending.dirty_symbols) >= self.config.worker.max_unpersisted_keys
+        )
 
     def _apply_batch(
         self,
@@ -312,30 +336,41 @@ class Worker:
 
     # -- publishing ----------------------------------------------------------------
 
-    async def _publish(
+    async def _publish_outputs(
         self, effects: Effects, deadletters: list[OutRecord], heartbeat: list[str], now: int
     ) -> bool:
-        """Two acknowledged phases; False if stopping before the broker took them."""
+        """Phase 1, every batch: halts, decisions, gate states, dead letters — acknowledged.
+
+        False if the worker is stopping before the broker took them.
+        """
         topics = self.config.topics
         outputs = output_records(self.engine, effects, topics, now)
         outputs.extend(deadletters)
         outputs.extend(heartbeat_records(self.engine, heartbeat, topics, now))
-        snapshots = snapshot_records(self.engine, effects, topics, self._partition_of)
-        if not outputs and not snapshots:
-            return True
         for halt in effects.halts:
             self.metrics.halts.labels(halt.gate, halt.kind).inc()
         for decision in effects.decisions:
             self.metrics.decisions.labels(decision.gate or "none").inc()
-        self._sends_idle.clear()
-        try:
-            if not await self._send_acked(outputs, self.metrics.output_seconds):
-                return False
-            if not await self._send_acked(snapshots, self.metrics.snapshot_seconds):
-                return False
-            self.metrics.snapshot_writes.inc(len(snapshots))
-        finally:
-            self._sends_idle.set()
+        return await self._send_acked(outputs, self.metrics.output_seconds)
+
+    async def _persist(self, now: int) -> bool:
+        """Phase 2, every ``commit_interval_ms``: snapshots of changed keys, then commit.
+
+        Every output reflecting the persisted state went out in an earlier,
+        acknowledged phase 1, so a crash after this point never loses one.
+        """
+        snapshots = snapshot_records(
+            self.engine, self._unpersisted, self.config.topics, self._partition_of
+        )
+        offsets = self._uncommitted
+        self._unpersisted = Effects()
+        self._uncommitted = {}
+        self._next_persist = now + self.config.worker.commit_interval_ms
+        if not await self._send_acked(snapshots, self.metrics.snapshot_seconds):
+            return False
+        self.metrics.snapshot_writes.inc(len(snapshots))
+        if offsets:
+            await self._commit(offsets)
         return True
 
     async def _send_acked(self, records: list[OutRecord], timer: Any) -> bool:
@@ -438,12 +473,19 @@ class Worker:
 
     async def _on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         revoked = set(revoked)
-        try:
-            # Our last snapshots must be on the topic before a new owner reads it.
-            async with asyncio.timeout(self.config.kafka.max_poll_interval_ms / 2000):
-                await self._sends_idle.wait()
-        except TimeoutError:
-            log.warning("revoke: in-flight sends still pending; the new owner will replay")
+        if revoked and self.started.is_set():
+            # Our last snapshots must be on the topic before a new owner reads it:
+            # ask the loop to persist at the end of its iteration. Bounded, and the
+            # loop never waits on us, so this cannot deadlock.
+            self._flushed.clear()
+            self._flush_requested.set()
+            try:
+                async with asyncio.timeout(self.config.kafka.max_poll_interval_ms / 2000):
+                    await self._flushed.wait()
+            except TimeoutError:
+                log.warning("revoke: persist still pending; the new owner will replay")
+            finally:
+                self._flush_requested.clear()
         self._assigned -= revoked
         partitions = {tp.partition for tp in revoked}
         for key, task in list(self._restoring.items()):

@@ -143,6 +143,11 @@ class BotConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True)
 
 class WorkerConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     sweep_interval_ms: PositiveInt = 1_000
+    commit_interval_ms: PositiveInt = 100
+    """Snapshots and offsets are persisted at most this often (outputs go out every batch);
+    a crash replays at most this much, and watermarks make the replay exact."""
+    max_unpersisted_keys: PositiveInt = 50_000
+    """Persist early when this many keys changed since the last persist."""
     reservation_ttl_ms: PositiveInt = 30_000
     max_batch_records: PositiveInt = 5_000
     poll_timeout_ms: PositiveInt = 100
