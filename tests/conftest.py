@@ -18,7 +18,7 @@ from worker.kafka.broker import EmbeddedBroker
 def _docker_answers() -> bool:
     """A quick ping; no engine on the dev machines, so this must fail fast."""
     try:
-        import docker  # noqa: PLC0415 - optional, only for this probe
+        import docker
 
         client = docker.from_env(timeout=2)
         try:
@@ -38,9 +38,9 @@ def kafka_bootstrap() -> Iterator[str]:
         return
     if _docker_answers():
         try:
-            from testcontainers.community.kafka import KafkaContainer  # noqa: PLC0415
+            from testcontainers.community.kafka import KafkaContainer
         except ImportError:  # testcontainers < 4.9
-            from testcontainers.kafka import KafkaContainer  # noqa: PLC0415
+            from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer() as container:
             yield container.get_bootstrap_server()

@@ -18,6 +18,7 @@ while their snapshot partitions are read in the background.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -41,7 +42,7 @@ from worker.kafka.records import (
 )
 from worker.kafka.restore import SnapshotRead, read_snapshot_partitions
 from worker.kafka.topics import check_topics
-from worker.messages import HaltEvent
+from worker.messages import Event, HaltEvent
 from worker.metrics import Metrics
 
 Clock = Callable[[], int]
@@ -52,6 +53,10 @@ log = structlog.get_logger("riskgate.worker")
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _printable(key: bytes | None, limit: int = 64) -> str | None:
+    return None if key is None else key[:limit].decode("utf-8", "replace")
 
 
 def _log_halts(halts: Iterable[HaltEvent], **context: object) -> None:
@@ -167,7 +172,11 @@ class Worker:
                 await check_topics(kafka, self.config.topics)
                 await self._start_clients()
         log.info(
-            "worker started", bootstrap_servers=kafka.bootstrap_servers, group_id=kafka.group_id
+            "worker started",
+            bootstrap_servers=kafka.bootstrap_servers,
+            group_id=kafka.group_id,
+            security_protocol=kafka.security_protocol,
+            sasl_mechanism=kafka.sasl_mechanism,  # never the credentials
         )
         return True
 
@@ -287,12 +296,13 @@ class Worker:
             applied = 0
             skipped_before = effects.skipped
             for record in records:
+                event: Event | None = None
                 try:
                     event = decode_input(kind, record.key, record.value, max_bytes)
                     halts_before = len(effects.halts)
                     engine.apply(event, now, Origin(source, record.offset), effects)
                 except Rejected as exc:
-                    deadletters.append(self._deadletter(tp, record, exc))
+                    deadletters.append(self._deadletter(tp, record, exc, event))
                     continue
                 if len(effects.halts) > halts_before:
                     _log_halts(
@@ -312,10 +322,17 @@ class Worker:
             offsets[tp] = records[-1].offset + 1
         return offsets
 
-    def _deadletter(self, tp: TopicPartition, record: Any, exc: Rejected) -> OutRecord:
+    def _deadletter(
+        self, tp: TopicPartition, record: Any, exc: Rejected, event: Event | None
+    ) -> OutRecord:
         self.metrics.deadletters.labels(exc.reason).inc()
+        key: bytes | None = record.key
         log.warning(
             "dead-lettered input",
+            # What is known of the event: decoded fields, else the key (the bot id
+            # by contract), shortened - it is untrusted input.
+            bot=event.bot if event is not None else _printable(key),
+            symbol=event.symbol if event is not None else None,
             topic=tp.topic,
             partition=tp.partition,
             offset=record.offset,
@@ -487,6 +504,11 @@ class Worker:
             finally:
                 self._flush_requested.clear()
         self._assigned -= revoked
+        for tp in revoked:
+            # Its new owner reports this lag now: a series left here would be stale,
+            # counted twice in a sum, and could keep a lag alert firing forever.
+            with contextlib.suppress(KeyError):
+                self.metrics.lag.remove(tp.topic, str(tp.partition))
         partitions = {tp.partition for tp in revoked}
         for key, task in list(self._restoring.items()):
             if key & partitions:

@@ -40,10 +40,14 @@ def main() -> None:
 @config_option
 def run(config_path: Path) -> None:
     """Run the worker until SIGTERM/SIGINT."""
+    from worker.kafka.topics import TopicLayoutError
     from worker.service import serve
 
     config = _load(config_path)
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except (ConfigError, TopicLayoutError) as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.command()

@@ -798,25 +798,39 @@ class RiskEngine:
         """The bot's state, created on first use; Rejected if the bot is unknown."""
         bot = self.bots.get(bot_id)
         if bot is None:
-            _check_name("bot", bot_id)
-            settings = bot_settings(self.config, bot_id)
-            if settings is None:
-                raise Rejected("unknown_bot", f"bot {bot_id!r} is not configured")
-            worker = self.config.worker
-            bot = self.bots[bot_id] = BotRisk(
-                settings,
-                reservation_ttl_ms=worker.reservation_ttl_ms,
-                dedupe_keep=worker.dedupe_ids_per_symbol,
-            )
+            bot = self._create(self._settings(bot_id))
+        return bot
+
+    def _settings(self, bot_id: str) -> BotSettings:
+        """A bot's effective settings; Rejected if the bot is unknown. Creates nothing."""
+        _check_name("bot", bot_id)
+        settings = bot_settings(self.config, bot_id)
+        if settings is None:
+            raise Rejected("unknown_bot", f"bot {bot_id!r} is not configured")
+        return settings
+
+    def _create(self, settings: BotSettings) -> BotRisk:
+        worker = self.config.worker
+        bot = self.bots[settings.bot] = BotRisk(
+            settings,
+            reservation_ttl_ms=worker.reservation_ttl_ms,
+            dedupe_keep=worker.dedupe_ids_per_symbol,
+        )
         return bot
 
     def validate(self, event: Event, now_ms: int) -> BotRisk:
-        """Every check that makes an event bad input, before anything changes."""
-        bot = self.bots.get(event.bot) or self.bot(event.bot)
-        settings = bot.settings
+        """Every check that makes an event bad input, before anything changes.
+
+        A bot seen for the first time is created only once its event passed every
+        check: rejected input must not leave state behind (an unknown-bot flood
+        under ``accept_unknown_bots`` would otherwise grow memory and the heartbeat
+        gate records without bound).
+        """
+        bot = self.bots.get(event.bot)
+        settings = bot.settings if bot is not None else self._settings(event.bot)
         symbol = event.symbol
         allowed = settings.symbols
-        if symbol is not None and symbol not in bot.symbols:
+        if symbol is not None and (bot is None or symbol not in bot.symbols):
             if allowed is not None and symbol not in allowed:
                 raise Rejected(
                     "unknown_symbol", f"symbol {symbol!r} is not configured for bot {event.bot!r}"
@@ -836,7 +850,7 @@ class RiskEngine:
             )
             if problem is not None:
                 raise Rejected("bad_signature", problem)
-        return bot
+        return bot if bot is not None else self._create(settings)
 
     def apply(
         self, event: Event, now_ms: int, origin: Origin | None = None, out: Effects | None = None

@@ -36,6 +36,12 @@ def decode_input(kind: InputKind, key: bytes | None, value: bytes | None, max_by
         raise Rejected("invalid_message", f"invalid {kind}: {exc}") from None
     except msgspec.DecodeError as exc:
         raise Rejected("malformed_json", f"{kind} is not valid JSON: {exc}") from None
+    except (UnicodeDecodeError, RecursionError) as exc:
+        # msgspec raises these, not DecodeError, for invalid UTF-8 inside a string
+        # and for nesting deeper than the interpreter's recursion limit (~1000
+        # levels: a 2 KB record). Uncaught, they would stop the worker on the same
+        # uncommitted record after every restart.
+        raise Rejected("malformed_json", f"{kind} is not valid JSON: {exc}") from None
     if key is None:
         raise Rejected("key_mismatch", "record has no key (the key must be the bot id)")
     if key != event.bot.encode():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 
 import structlog
 
@@ -16,14 +17,25 @@ log = structlog.get_logger("riskgate.service")
 
 
 async def serve(
-    config: Config, *, clock: Clock = wall_clock_ms, install_signals: bool = True
+    config: Config,
+    *,
+    clock: Clock = wall_clock_ms,
+    install_signals: bool = True,
+    on_start: Callable[[Worker, HttpServer], object] | None = None,
 ) -> None:
-    """Run until SIGTERM/SIGINT: finish the batch, persist, commit, leave the group."""
+    """Run until SIGTERM/SIGINT: finish the batch, persist, commit, leave the group.
+
+    ``on_start`` is called once the HTTP endpoints listen, before the worker
+    connects: embedders and tests learn the bound port (``[http] port = 0``)
+    and get the worker to ``stop()`` it when they do not install signals.
+    """
     configure_logging(config.log.format, config.log.level)
     worker = Worker(config, clock=clock)
     http = HttpServer(worker, worker.metrics.registry, config.http.host, config.http.port)
     await http.start()
     log.info("http listening", port=http.port, paths=["/metrics", "/healthz", "/readyz"])
+    if on_start is not None:
+        on_start(worker, http)
     if install_signals:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -36,7 +36,9 @@ def verify(
     """None when the command is authentic and fresh, else why it is not."""
     if not command.sig:
         return "unsigned control command"
-    if not hmac.compare_digest(command.sig, sign(command, secret)):
+    # Compared as bytes: compare_digest raises TypeError for a str with any
+    # non-ASCII character, and ``sig`` is untrusted input (a poison record).
+    if not hmac.compare_digest(command.sig.encode(), sign(command, secret).encode()):
         return "control command signature does not match"
     if abs(now_ms - command.ts) > replay_window_ms:
         return f"control command ts is outside the {replay_window_ms} ms replay window"

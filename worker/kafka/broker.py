@@ -134,9 +134,13 @@ class EmbeddedBroker:
         startup_timeout: float = 15.0,
         stop_grace: float = 5.0,
         log_dir: str | Path | None = None,
+        advertised_port: int | None = None,
     ) -> None:
+        """``advertised_port``: the port put in metadata instead of the listener's own,
+        for a proxy in front of the broker (tests terminate TLS/SASL in one)."""
         self.host = host
         self._requested_port = port
+        self.advertised_port = advertised_port
         self.port = port or 0
         self.startup_timeout = startup_timeout
         self.stop_grace = stop_grace
@@ -286,6 +290,7 @@ class EmbeddedBroker:
         self.log_path = self._log_dir / f"tansu-{self.port}.log"
         self._log = self.log_path.open("ab")
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.host}:{self.advertised_port or self.port}"
         self._proc = subprocess.Popen(
             [
                 binary,
@@ -293,7 +298,7 @@ class EmbeddedBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                advertised,
                 "--storage-engine",
                 "memory://tansu/",
             ],

@@ -7,6 +7,7 @@ pass it to a client constructor, never to a logger.
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 from aiokafka.helpers import create_ssl_context
@@ -26,11 +27,18 @@ def client_kwargs(kafka: KafkaConfig) -> dict[str, Any]:
         "request_timeout_ms": kafka.request_timeout_ms,
     }
     if kafka.security_protocol in _TLS:
-        context = create_ssl_context(
-            cafile=kafka.ssl_cafile,
-            certfile=kafka.ssl_certfile,
-            keyfile=kafka.ssl_keyfile,
-        )
+        if kafka.ssl_keyfile and not kafka.ssl_certfile:
+            raise ConfigError("kafka.ssl_keyfile is set without kafka.ssl_certfile")
+        try:
+            context = create_ssl_context(
+                cafile=kafka.ssl_cafile,
+                certfile=kafka.ssl_certfile,
+                keyfile=kafka.ssl_keyfile,
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"cannot load kafka.ssl_cafile / ssl_certfile / ssl_keyfile: {exc}"
+            ) from exc
         context.check_hostname = kafka.ssl_check_hostname
         kwargs["ssl_context"] = context
     if kafka.security_protocol in _SASL:
@@ -42,7 +50,7 @@ def client_kwargs(kafka: KafkaConfig) -> dict[str, Any]:
             password = kafka.password()
         except OSError as exc:
             raise ConfigError(f"cannot read kafka.sasl_password_file: {exc}") from exc
-        if not kafka.sasl_username or password is None:
+        if not kafka.sasl_username or not password:  # an empty secret file is a mistake
             # Name the keys, never the values.
             raise ConfigError(
                 f"kafka.sasl_username and kafka.sasl_password (or sasl_password_file) "

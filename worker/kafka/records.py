@@ -22,7 +22,8 @@ _encode = msgspec.json.Encoder().encode
 
 class OutRecord(NamedTuple):
     topic: str
-    key: bytes
+    key: bytes | None
+    """None only for a dead letter whose original record had no key."""
     value: bytes | None
     partition: int | None = None
     headers: Headers | None = None
@@ -121,7 +122,7 @@ def deadletter_record(
     """KIP-1034 style: original key, value and headers untouched, plus error headers."""
     return OutRecord(
         topics.deadletter,
-        key if key is not None else b"",
+        key,  # untouched: a null key stays null (b"" would be a different key)
         value,
         None,
         [

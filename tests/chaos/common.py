@@ -1,0 +1,674 @@
+"""Shared pieces of the reliability suite: worker process, logs, RSS, lag, workloads, verdicts.
+
+Everything here drives the real thing: ``riskgate run --config FILE`` as a
+child process (stopped by PID), the broker through aiokafka, and the reference
+through :class:`worker.engine.RiskEngine` (via the harness), so the scripts in
+this package and the short tests in ``tests/integration`` check the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from harness import (
+    DAY_MS,
+    MIN_MS,
+    PROJECT_ROOT,
+    Produced,
+    Record,
+    WorkerProcess,
+    same_day_window,
+)
+
+from worker.config import Config, KafkaConfig
+from worker.engine import Effects, RiskEngine
+from worker.kafka.options import client_kwargs
+from worker.messages import ControlCommand, Event, Fill, HaltEvent, OrderIntent, TradeOutcome
+
+# -- the worker process ----------------------------------------------------------------
+
+
+def riskgate_command() -> list[str]:
+    """``.venv/bin/riskgate`` next to this interpreter (the installed entry point)."""
+    script = Path(sys.executable).with_name("riskgate")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "worker.cli"]  # pragma: no cover - not installed
+
+
+@dataclass
+class RiskgateProcess(WorkerProcess):
+    """The harness's worker process, started as ``riskgate run --config FILE``."""
+
+    def start(self) -> None:
+        import os
+        import subprocess
+
+        assert self.proc is None or self.proc.poll() is not None
+        log = self.log_path.open("ab")
+        try:
+            self.proc = subprocess.Popen(
+                [*riskgate_command(), "run", "--config", str(self.config_path)],
+                cwd=PROJECT_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={k: v for k, v in os.environ.items() if not k.startswith("RISKGATE_")},
+            )
+        finally:
+            log.close()
+        self.runs.append(self.proc.pid)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def rss_mib(self) -> float | None:
+        """Resident set size (VmRSS) of the running worker, None if it is not running."""
+        if not self.alive:
+            return None
+        return _proc_status_mib(self.pid, "VmRSS:")
+
+
+def _proc_status_mib(pid: int, field_name: str) -> float | None:
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith(field_name):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+def pid_rss_mib(pid: int) -> float | None:
+    return _proc_status_mib(pid, "VmRSS:")
+
+
+# -- logs ----------------------------------------------------------------------------
+
+_ERROR_LEVELS = frozenset({"error", "critical", "exception", "fatal"})
+
+
+def error_lines(log_path: Path) -> list[str]:
+    """Error-level lines of a worker log (JSON lines; plain-text tracebacks count too)."""
+    if not log_path.exists():
+        return []
+    errors: list[str] = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("{"):
+            try:
+                entry = msgspec.json.decode(text)
+            except msgspec.DecodeError:
+                errors.append(text)  # a broken line in a JSON log is itself a defect
+                continue
+            if str(entry.get("level", "")).lower() in _ERROR_LEVELS:
+                errors.append(text)
+        elif text.startswith(("Traceback", "ERROR", "CRITICAL")):
+            errors.append(text)
+    return errors
+
+
+def warning_count(log_path: Path) -> int:
+    if not log_path.exists():
+        return 0
+    return sum('"level": "warning"' in line for line in log_path.read_text().splitlines())
+
+
+# -- offsets -------------------------------------------------------------------------
+
+
+class OffsetWatcher:
+    """Committed offsets of a group and end offsets of topics, through one long-lived client.
+
+    It never joins the group (a consumer with the group id that does not
+    subscribe only fetches offsets), so it can be asked while the worker runs.
+    """
+
+    def __init__(self, kafka: KafkaConfig, group_id: str, topics: Sequence[str]) -> None:
+        self._consumer = AIOKafkaConsumer(
+            **client_kwargs(kafka), group_id=group_id, enable_auto_commit=False
+        )
+        self._topics = list(topics)
+        self.partitions: list[TopicPartition] = []
+
+    async def __aenter__(self) -> OffsetWatcher:
+        await self._consumer.start()
+        await self._consumer.topics()
+        self.partitions = [
+            TopicPartition(topic, p)
+            for topic in self._topics
+            for p in sorted(self._consumer.partitions_for_topic(topic) or ())
+        ]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._consumer.stop()
+
+    async def committed(self) -> dict[TopicPartition, int]:
+        return {tp: (await self._consumer.committed(tp)) or 0 for tp in self.partitions}
+
+    async def committed_total(self) -> int:
+        return sum((await self.committed()).values())
+
+    async def end_offsets(self) -> dict[TopicPartition, int]:
+        ends: dict[TopicPartition, int] = await self._consumer.end_offsets(self.partitions)
+        return ends
+
+    async def lag(self) -> int:
+        """Records produced but not yet committed by the group (all input partitions)."""
+        ends = await self.end_offsets()
+        committed = await self.committed()
+        return sum(max(0, ends[tp] - committed[tp]) for tp in self.partitions)
+
+
+# -- time ----------------------------------------------------------------------------
+
+
+def seconds_to_utc_midnight(now_ms: int | None = None) -> float:
+    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    return (DAY_MS - now % DAY_MS) / 1000
+
+
+async def avoid_utc_midnight(needed_s: float, *, say: Any = None) -> None:
+    """Sleep past 00:00 UTC if a run of ``needed_s`` seconds would cross it.
+
+    The worker rolls sessions over at 00:00 UTC by its wall clock (as it must);
+    a state comparison against a reference that never sweeps is only
+    meaningful within one UTC day.
+    """
+    left = seconds_to_utc_midnight()
+    if left < needed_s:
+        if say is not None:
+            say(f"waiting {left + 5:.0f}s for 00:00 UTC to pass (a run must not straddle it)")
+        await asyncio.sleep(left + 5)
+
+
+# -- the crash-loop workload ----------------------------------------------------------
+
+SYMBOL_POOL = (
+    "BTCUSDT",
+    "ETHUSDT",
+    "SOLUSDT",
+    "XRPUSDT",
+    "ADAUSDT",
+    "DOGEUSDT",
+    "AVAXUSDT",
+    "LINKUSDT",
+)
+BREAKER_LIMITS = (3, 5, 8, 25, 100, 1000)
+"""Per-symbol breaker overrides: small ones trip early, large ones keep recording losses."""
+
+
+@dataclass(frozen=True)
+class BotSpec:
+    name: str
+    source: str  # "outcomes" | "fills"
+    symbols: tuple[str, ...]
+    session_limit: float
+    breaker_overrides: dict[str, int]
+    portfolio: bool
+
+
+@dataclass
+class Workload:
+    """A seeded stream of fills, outcomes, intents and operator commands, and its config."""
+
+    seed: int
+    bots: list[BotSpec]
+    stream: list[Event]
+    invalid: set[int] = field(default_factory=set)
+    """Indices of events the engine must reject (dead-lettered, never applied)."""
+    duplicates: int = 0
+
+    def body(self) -> str:
+        """The ``[defaults.*]`` and ``[bots.*]`` tables of the worker's config."""
+        lines = [
+            "[defaults.session]",
+            "loss_limit = -150.0",
+            "[defaults.breaker]",
+            "loss_limit = 8",
+            # Window and cooldown far longer than any run: nothing may expire by the
+            # wall clock mid-run, or the state would depend on when sweeps happened.
+            "window_secs = 14400",
+            "cooldown_secs = 21600",
+            "",
+        ]
+        for bot in self.bots:
+            symbols = ", ".join(f'"{s}"' for s in bot.symbols)
+            lines += [
+                f"[bots.{bot.name}]",
+                f"symbols = [{symbols}]",
+                f'pnl_source = "{bot.source}"',
+                f"[bots.{bot.name}.session]",
+                f"loss_limit = {bot.session_limit}",
+            ]
+            if bot.portfolio:
+                lines += [
+                    f"[bots.{bot.name}.portfolio]",
+                    "max_daily_loss = -300.0",
+                    "max_concurrent_positions = 3",
+                    "max_gross_exposure = 5000.0",
+                ]
+            for symbol, limit in sorted(bot.breaker_overrides.items()):
+                lines += [f"[bots.{bot.name}.overrides.{symbol}.breaker]", f"loss_limit = {limit}"]
+            lines.append("")
+        return "\n".join(lines)
+
+    @property
+    def valid(self) -> list[Event]:
+        return [e for i, e in enumerate(self.stream) if i not in self.invalid]
+
+    def unique_ids(self) -> int:
+        return len({event_id(e) for e in self.valid})
+
+
+def event_id(event: Event) -> str:
+    if isinstance(event, TradeOutcome):
+        return event.outcome_id
+    if isinstance(event, Fill):
+        return event.fill_id
+    if isinstance(event, OrderIntent):
+        return event.intent_id
+    return f"control:{event.bot}:{event.symbol}:{event.command}:{event.ts}"
+
+
+def generate_workload(
+    seed: int, events: int, *, bots: int = 16, symbols_per_bot: int = 4, span_ms: int = 60 * MIN_MS
+) -> Workload:
+    """``events`` records for ``bots`` bots, stamped over the last ``span_ms`` of today (UTC).
+
+    Half of the bots book PnL from outcomes (fills move only their positions),
+    half from fills (round trips). About 4% of fills and outcomes are re-sent
+    1-15 records later (a producer retry: same id, new offset), 0.5% are bad
+    input the worker must dead-letter, 0.3% are operator halt/resume commands.
+    Intents only name symbols that already traded, so every symbol the
+    reference knows is one the worker persists.
+
+    All of it keeps the state independent of how the worker interleaves its
+    input topics (it reads fills, outcomes, intents and control from separate
+    partitions): per symbol, PnL comes from exactly one topic; positions only
+    from fills; manual halts only from control; intents change no symbol state.
+    """
+    rng = random.Random(seed)
+    specs: list[BotSpec] = []
+    for i in range(bots):
+        symbols = tuple(sorted(rng.sample(SYMBOL_POOL, symbols_per_bot)))
+        specs.append(
+            BotSpec(
+                name=f"cb{i:02d}",
+                source="fills" if i % 2 else "outcomes",
+                symbols=symbols,
+                session_limit=float(rng.choice((-80, -150, -400, -2000))),
+                breaker_overrides={
+                    s: rng.choice(BREAKER_LIMITS) for s in symbols if rng.random() < 0.75
+                },
+                portfolio=i % 3 == 0,
+            )
+        )
+    start, end = same_day_window(span_ms)
+    stream: list[Event] = []
+    invalid: set[int] = set()
+    traded: set[tuple[str, str]] = set()
+    position: dict[tuple[str, str], int] = {}
+    price: dict[tuple[str, str], float] = {}
+    open_intents: dict[tuple[str, str], list[str]] = {}
+    resend: dict[int, list[Event]] = {}
+    duplicates = 0
+    for i in range(events):
+        ts = start + (end - start) * i // max(1, events)
+        bot = rng.choice(specs)
+        symbol = rng.choice(bot.symbols)
+        key = (bot.name, symbol)
+        roll = rng.random()
+        event: Event
+        if roll < 0.003:
+            command = rng.choice(("halt", "resume"))
+            event = ControlCommand(
+                command=command,  # type: ignore[arg-type]
+                bot=bot.name,
+                symbol=symbol if rng.random() < 0.5 else None,
+                reason=f"chaos {i}",
+                issued_by="chaos",
+                ts=ts,
+            )
+        elif roll < 0.008:
+            invalid.add(len(stream))
+            stream.append(_bad_event(rng, bot, i, ts))
+            continue
+        elif roll < 0.18 and key in traded:
+            event = _intent(
+                rng, bot.name, symbol, i, ts, position.get(key, 0), price.get(key, 100.0)
+            )
+            if event.action == "open" and rng.random() < 0.5:
+                open_intents.setdefault(key, []).append(event.intent_id)
+        elif bot.source == "outcomes" and roll < 0.6:
+            event = TradeOutcome(
+                outcome_id=f"o-{seed}-{i}",
+                bot=bot.name,
+                symbol=symbol,
+                gross_pnl=round(rng.uniform(-22.0, 16.0), 2),
+                fee=round(rng.uniform(0.0, 0.8), 2),
+                ts=ts,
+            )
+            traded.add(key)
+        else:
+            event = _fill(rng, bot.name, symbol, i, ts, position, price, open_intents, seed)
+            traded.add(key)
+        stream.append(event)
+        if isinstance(event, (Fill, TradeOutcome)) and rng.random() < 0.04:
+            resend.setdefault(i + rng.randint(1, 15), []).append(event)
+        for again in resend.pop(i, ()):
+            stream.append(again)
+            duplicates += 1
+    for late in resend.values():
+        stream.extend(late)
+        duplicates += len(late)
+    return Workload(seed, specs, stream, invalid, duplicates)
+
+
+def _bad_event(rng: random.Random, bot: BotSpec, i: int, ts: int) -> Event:
+    """A well-formed event the engine must reject (so the reference skips it too)."""
+    kind = rng.randrange(3)
+    if kind == 0:  # a symbol outside the bot's list
+        return TradeOutcome(f"bad-{i}", bot.name, "ZZZUSDT", -999.0, 0.0, ts)
+    if kind == 1:  # a bot nobody configured
+        return Fill(f"bad-{i}", "ghost", "BTCUSDT", "buy", 1.0, 100.0, 0.0, ts)
+    # an outcome for a fills-booked bot, or a fill for a symbol outside the list
+    if bot.source == "fills":
+        return TradeOutcome(f"bad-{i}", bot.name, bot.symbols[0], -999.0, 0.0, ts)
+    return Fill(f"bad-{i}", bot.name, "ZZZUSDT", "sell", 1.0, 100.0, 0.0, ts)
+
+
+def _intent(
+    rng: random.Random, bot: str, symbol: str, i: int, ts: int, held: int, last: float
+) -> OrderIntent:
+    close = held != 0 and rng.random() < 0.25
+    side = ("sell" if held > 0 else "buy") if close else rng.choice(("buy", "sell"))
+    return OrderIntent(
+        intent_id=f"i-{bot}-{i}",
+        bot=bot,
+        symbol=symbol,
+        action="close" if close else "open",
+        side=side,  # type: ignore[arg-type]
+        qty=float(rng.randint(1, 5)),
+        price=last,
+        ts=ts,
+    )
+
+
+def _fill(
+    rng: random.Random,
+    bot: str,
+    symbol: str,
+    i: int,
+    ts: int,
+    position: dict[tuple[str, str], int],
+    price: dict[tuple[str, str], float],
+    open_intents: dict[tuple[str, str], list[str]],
+    seed: int,
+) -> Fill:
+    key = (bot, symbol)
+    last = price.get(key, round(rng.uniform(20.0, 200.0), 2))
+    last = max(1.0, round(last * (1.0 + rng.gauss(0.0, 0.03)), 2))
+    price[key] = last
+    held = position.get(key, 0)
+    if held == 0 or rng.random() < 0.45:
+        side = rng.choice(("buy", "sell")) if held == 0 else ("buy" if held > 0 else "sell")
+        qty = rng.randint(1, 8)
+    else:
+        side = "sell" if held > 0 else "buy"
+        choice = rng.random()
+        qty = abs(held) if choice < 0.5 else (abs(held) + rng.randint(1, 4))
+        if choice > 0.8:
+            qty = rng.randint(1, abs(held))
+    position[key] = held + (qty if side == "buy" else -qty)
+    waiting = open_intents.get(key)
+    intent_id = waiting.pop(0) if waiting and rng.random() < 0.6 else None
+    return Fill(
+        fill_id=f"f-{seed}-{i}",
+        bot=bot,
+        symbol=symbol,
+        side=side,  # type: ignore[arg-type]
+        qty=float(qty),
+        price=last,
+        fee=round(last * qty * 0.0004, 4),
+        ts=ts,
+        intent_id=intent_id,
+    )
+
+
+# -- verdict -------------------------------------------------------------------------
+
+
+def symbol_state(snapshot: Any) -> dict[str, Any]:
+    """What is compared for ``<bot>/risk/<symbol>``.
+
+    Session PnL, breaker, position and the manual halt: everything that gates
+    an order. Not compared: replay guards (``applied_offsets``,
+    ``recent_event_ids``) and sequence numbers, which legitimately depend on
+    which partition offsets a worker saw and how often it restarted.
+    """
+    data = msgspec.to_builtins(snapshot)
+    return {k: data.get(k) for k in ("session_pnl", "circuit_breaker", "position", "manual_halt")}
+
+
+def portfolio_state(snapshot: Any) -> dict[str, Any]:
+    """What is compared for ``<bot>/portfolio``: the daily-loss latch and the bot halt.
+
+    Not compared: reservations. An allowed intent reserves until a fill with
+    its id arrives or a TTL passes *on the wall clock*; the worker sweeps them
+    out as they expire and, after a crash, may decide a replayed intent again
+    at a later time (new expiry), and it may see a fill before its intent (they
+    are on different topics). The reference decides every intent at one
+    instant and never sweeps. Reservations gate only later intents' decisions
+    (also wall-clock dependent, so decisions are checked for presence only).
+    """
+    if snapshot is None:
+        return {"halted": False, "manual_halt": None}
+    data = msgspec.to_builtins(snapshot)
+    return {"halted": data.get("halted"), "manual_halt": data.get("manual_halt")}
+
+
+HaltKey = tuple[str, str | None, str, str, int, int | None]
+
+
+def halt_key(h: HaltEvent) -> HaltKey:
+    """A halt's identity for comparison: who, which gate, which way, at which event time.
+
+    Not the ``event_id``: its sequence number counts a holder's transitions in
+    the order the worker applied them, and a symbol's manual halts (control
+    topic) interleave with its PnL halts (outcomes/fills topic) differently on
+    every run, so the reference's numbering is not the worker's.
+    """
+    return (h.bot, h.symbol, h.gate, h.kind, h.ts, h.until_ts)
+
+
+@dataclass
+class Verdict:
+    symbols_compared: int = 0
+    portfolios_compared: int = 0
+    state_mismatches: list[str] = field(default_factory=list)
+    halts_expected: int = 0
+    halts_published: int = 0
+    halts_missing: list[str] = field(default_factory=list)
+    halts_unexpected: list[str] = field(default_factory=list)
+    halt_id_conflicts: list[str] = field(default_factory=list)
+    intents: int = 0
+    decisions_missing: list[str] = field(default_factory=list)
+    deadletters_expected: int = 0
+    deadletters_missing: list[str] = field(default_factory=list)
+
+    @property
+    def mismatches(self) -> int:
+        return (
+            len(self.state_mismatches)
+            + len(self.halts_missing)
+            + len(self.halts_unexpected)
+            + len(self.halt_id_conflicts)
+            + len(self.decisions_missing)
+            + len(self.deadletters_missing)
+        )
+
+    def lines(self) -> list[str]:
+        out = [
+            f"symbol states compared:   {self.symbols_compared}",
+            f"portfolio states compared: {self.portfolios_compared}",
+            f"state mismatches:         {len(self.state_mismatches)}",
+            f"halts expected/published: {self.halts_expected}/{self.halts_published}"
+            f" (missing {len(self.halts_missing)}, unexpected {len(self.halts_unexpected)},"
+            f" event_id conflicts {len(self.halt_id_conflicts)})",
+            f"intents answered:         {self.intents - len(self.decisions_missing)}"
+            f"/{self.intents}",
+            f"dead letters:             {self.deadletters_expected - len(self.deadletters_missing)}"
+            f"/{self.deadletters_expected}",
+        ]
+        for title, items in (
+            ("state", self.state_mismatches),
+            ("missing halt", self.halts_missing),
+            ("unexpected halt", self.halts_unexpected),
+            ("event_id conflict", self.halt_id_conflicts),
+            ("unanswered intent", self.decisions_missing),
+            ("missing dead letter", self.deadletters_missing),
+        ):
+            out.extend(f"  {title}: {item}" for item in items[:10])
+        return out
+
+
+def reference_run(config: Config, events: Iterable[Event], now: int) -> tuple[RiskEngine, Effects]:
+    """The input straight through the engine (the harness's reference), with its effects."""
+    from harness import reference
+
+    effects = Effects()
+    return reference(config, events, now, effects), effects
+
+
+def judge(
+    expected: RiskEngine,
+    effects: Effects,
+    snapshots: dict[str, Record],
+    halts: Sequence[Record],
+    decisions: Sequence[Record],
+    deadletters: Sequence[Record],
+    *,
+    intents: Iterable[str],
+    rejected_at: Iterable[Produced],
+) -> Verdict:
+    """Compare what the worker left on the topics with the reference.
+
+    ``snapshots`` is the last value per key of the snapshot topic; ``intents``
+    the ids of the valid intents produced; ``rejected_at`` where each record
+    the reference rejected was produced.
+    """
+    v = Verdict()
+    # Symbol state: every key either side knows.
+    want = {
+        f"{b}/risk/{s}": symbol_state(sym.snapshot())
+        for b, bot in expected.bots.items()
+        for s, sym in bot.symbols.items()
+    }
+    have = {
+        k: symbol_state(msgspec.json.decode(r.value))
+        for k, r in snapshots.items()
+        if "/risk/" in k and r.value is not None
+    }
+    v.symbols_compared = len(want.keys() | have.keys())
+    for key in sorted(want.keys() | have.keys()):
+        if key not in have:
+            v.state_mismatches.append(f"{key}: never persisted")
+        elif key not in want:
+            v.state_mismatches.append(f"{key}: persisted, unknown to the reference")
+        elif want[key] != have[key]:
+            v.state_mismatches.append(f"{key}: {_diff(want[key], have[key])}")
+    # Portfolio: the latch and the bot-level manual halt (a missing record = defaults).
+    bots = set(expected.bots) | {
+        k.split("/")[0] for k in snapshots if k.endswith("/portfolio") and snapshots[k].value
+    }
+    v.portfolios_compared = len(bots)
+    for bot_id in sorted(bots):
+        bot = expected.bots.get(bot_id)
+        w = portfolio_state(bot.portfolio_snapshot() if bot is not None else None)
+        record = snapshots.get(f"{bot_id}/portfolio")
+        h = portfolio_state(
+            msgspec.json.decode(record.value) if record is not None and record.value else None
+        )
+        if w != h:
+            v.state_mismatches.append(f"{bot_id}/portfolio: {_diff(w, h)}")
+    # Halts: each of the reference's at least as often as it happened (at-least-once).
+    published = [msgspec.json.decode(r.value, type=HaltEvent) for r in halts if r.value]
+    wanted = Counter(halt_key(h) for h in effects.halts)
+    got = Counter(halt_key(h) for h in published)
+    v.halts_expected, v.halts_published = sum(wanted.values()), len(published)
+    v.halts_missing = [f"{k} x{n - got[k]}" for k, n in wanted.items() if got[k] < n]
+    v.halts_unexpected = [str(k) for k in got if k not in wanted]
+    by_id: dict[str, HaltKey] = {}
+    for h in published:
+        seen = by_id.setdefault(h.event_id, halt_key(h))
+        if seen != halt_key(h):
+            v.halt_id_conflicts.append(f"{h.event_id}: {seen} vs {halt_key(h)}")
+    # Decisions: every intent answered at least once.
+    answered = {msgspec.json.decode(r.value)["intent_id"] for r in decisions if r.value}
+    intent_ids = list(intents)
+    v.intents = len(set(intent_ids))
+    v.decisions_missing = sorted(set(intent_ids) - answered)
+    # Dead letters: every rejected record, by its origin headers.
+    dead = set()
+    for r in deadletters:
+        headers = dict(r.headers)
+        with contextlib.suppress(KeyError, ValueError):
+            dead.add(
+                (
+                    headers["riskgate.errors.topic"].decode(),
+                    int(headers["riskgate.errors.partition"]),
+                    int(headers["riskgate.errors.offset"]),
+                )
+            )
+    rejected = list(rejected_at)
+    v.deadletters_expected = len(rejected)
+    v.deadletters_missing = [
+        f"{p.topic}/{p.partition}@{p.offset}"
+        for p in rejected
+        if (p.topic, p.partition, p.offset) not in dead
+    ]
+    return v
+
+
+def _diff(want: dict[str, Any], have: dict[str, Any]) -> str:
+    parts = [
+        f"{k}: want {want.get(k)!r} have {have.get(k)!r}"
+        for k in sorted(want.keys() | have.keys())
+        if want.get(k) != have.get(k)
+    ]
+    return "; ".join(parts)
+
+
+# -- small helpers ---------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def stopping(worker: WorkerProcess) -> AsyncIterator[WorkerProcess]:
+    """Yield the worker; whatever happens, it is not left running (SIGTERM, then SIGKILL)."""
+    try:
+        yield worker
+    finally:
+        with contextlib.suppress(Exception):
+            worker.terminate(grace=15)
+        worker.kill()
+
+
+def fmt_ints(values: Iterable[float]) -> str:
+    return ", ".join(f"{v:.0f}" for v in values)
