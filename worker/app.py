@@ -121,6 +121,7 @@ class Worker:
         self._last_progress_ms = clock()
         self.started = asyncio.Event()
         """Set once the clients are connected and the loop is running."""
+        self._register_state_gauges()
 
     # -- health ------------------------------------------------------------------
 
@@ -458,19 +459,25 @@ class Worker:
         self.metrics.last_progress.set(now / 1000)
 
     def _update_gauges(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        m = self.metrics
         consumer = self._consumer
         assert consumer is not None
         for tp, records in batch.items():
             highwater = consumer.highwater(tp)
             if highwater is not None:
-                m.lag.labels(tp.topic, str(tp.partition)).set(highwater - records[-1].offset - 1)
+                lag = highwater - records[-1].offset - 1
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+    def _register_state_gauges(self) -> None:
+        """State gauges are computed when scraped, so they are never a loop iteration stale."""
+        m = self.metrics
         bots = self.engine.bots
-        m.bots.set(len(bots))
-        m.symbols.set(sum(len(b.symbols) for b in bots.values()))
-        m.reservations.set(sum(len(b.portfolio.reservations) for b in bots.values()))
-        m.assigned_partitions.set(len({tp.partition for tp in self._assigned}))
-        m.ready.set(1 if self.ready else 0)
+        m.bots.set_function(lambda: len(bots))
+        m.symbols.set_function(lambda: sum(len(b.symbols) for b in bots.values()))
+        m.reservations.set_function(
+            lambda: sum(len(b.portfolio.reservations) for b in bots.values())
+        )
+        m.assigned_partitions.set_function(lambda: len({tp.partition for tp in self._assigned}))
+        m.ready.set_function(lambda: 1 if self.ready else 0)
 
     # -- rebalance ---------------------------------------------------------------
 
