@@ -105,7 +105,11 @@ class GateView:
         return state is None or state.entries_allowed
 
     def subscribe(self, callback: HaltCallback) -> None:
-        """Call ``callback`` for every halt/resume event (from the start of the topic)."""
+        """Call ``callback`` for every halt/resume event the view reads.
+
+        Subscribe before :meth:`start` to get the topic's history as well; a
+        callback added later sees only the events read after it was added.
+        """
         self._callbacks.append(callback)
 
     # -- lifecycle ---------------------------------------------------------------

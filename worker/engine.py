@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from worker import signing
 from worker.config import BotSettings, Config, bot_settings
@@ -93,12 +93,18 @@ class Effects:
 class _Holder:
     """Shared replay guard and event numbering of a symbol and of a bot."""
 
-    __slots__ = ("applied", "gate_seq", "halt_seq", "manual_halt")
+    __slots__ = ("applied", "gate_seq", "halt_seq", "halt_seqs", "manual_halt", "seq_base")
 
     def __init__(self) -> None:
         self.applied: dict[str, int] = {}
         self.manual_halt: ManualHalt | None = None
         self.halt_seq = 0
+        """Halt/resume events emitted in all (what snapshots of older versions numbered by)."""
+        self.halt_seqs: dict[str, int] = {}
+        """Per gate, the sequence number in the ``event_id`` of its last halt/resume event."""
+        self.seq_base = 0
+        """Where every gate's numbering starts: after the holder-wide ``halt_seq`` of a
+        snapshot written before numbering was per gate, so no id is ever reused."""
         self.gate_seq = 0
 
     def fresh(self, origin: Origin | None) -> bool:
@@ -111,9 +117,39 @@ class _Holder:
         self.applied[origin.source] = origin.offset
         return True
 
-    def next_halt_seq(self) -> int:
+    def next_halt_seq(self, gate: Gate) -> int:
+        """The next ``event_id`` number, counted per gate.
+
+        Each gate's events come from one ordered source (a symbol's manual halts
+        from the control topic, its PnL gates from the bot's fills or outcomes and
+        the clock), so a replay after a crash numbers them as the first run did,
+        however it interleaves the input topics. A holder-wide count did not: a
+        replay could give ``.../manual_halt/2`` to a ``halted`` that the first run
+        had published as a ``resumed``, and a consumer dropping duplicate ids
+        (SPEC §3) would keep the wrong one.
+        """
         self.halt_seq += 1
-        return self.halt_seq
+        seq = self.halt_seqs.get(gate, self.seq_base) + 1
+        self.halt_seqs[gate] = seq
+        return seq
+
+    def seqs_snapshot(self) -> dict[str, Any]:
+        return {
+            "halt_seq": self.halt_seq,
+            "halt_seqs": dict(self.halt_seqs),
+            "halt_seq_base": self.seq_base,
+            "gate_seq": self.gate_seq,
+        }
+
+    def restore_seqs(self, snap: SymbolSnapshot | PortfolioSnapshot) -> None:
+        self.halt_seq = snap.halt_seq
+        self.gate_seq = snap.gate_seq
+        if snap.halt_seqs is None:  # written before numbering was per gate
+            self.halt_seqs = {}
+            self.seq_base = snap.halt_seq
+        else:
+            self.halt_seqs = dict(snap.halt_seqs)
+            self.seq_base = snap.halt_seq_base
 
     def next_gate_seq(self) -> int:
         self.gate_seq += 1
@@ -190,8 +226,7 @@ class SymbolRisk(_Holder):
             manual_halt=self.manual_halt,
             applied_offsets=dict(self.applied),
             recent_event_ids=list(self.recent_ids),
-            halt_seq=self.halt_seq,
-            gate_seq=self.gate_seq,
+            **self.seqs_snapshot(),
         )
 
     def restore(self, snap: SymbolSnapshot) -> None:
@@ -202,8 +237,7 @@ class SymbolRisk(_Holder):
         self.manual_halt = snap.manual_halt
         self.applied = dict(snap.applied_offsets)
         self.recent_ids = dict.fromkeys(snap.recent_event_ids)
-        self.halt_seq = snap.halt_seq
-        self.gate_seq = snap.gate_seq
+        self.restore_seqs(snap)
 
 
 def _manual_block(halt: ManualHalt) -> Block:
@@ -644,7 +678,7 @@ class BotRisk(_Holder):
         until_ts: int | None = None,
         issued_by: str | None = None,
     ) -> None:
-        seq = holder.next_halt_seq()
+        seq = holder.next_halt_seq(gate)
         out.halts.append(
             HaltEvent(
                 event_id=f"{self.bot}/{symbol or '*'}/{gate}/{seq}",
@@ -702,8 +736,7 @@ class BotRisk(_Holder):
             manual_halt=self.manual_halt,
             reservations=dict(p.reservations),
             applied_offsets=dict(self.applied),
-            halt_seq=self.halt_seq,
-            gate_seq=self.gate_seq,
+            **self.seqs_snapshot(),
         )
 
     # -- restore -------------------------------------------------------------------
@@ -727,8 +760,7 @@ class BotRisk(_Holder):
         )
         self.manual_halt = snap.manual_halt
         self.applied = dict(snap.applied_offsets)
-        self.halt_seq = snap.halt_seq
-        self.gate_seq = snap.gate_seq
+        self.restore_seqs(snap)
         self._wake_at(now_ms)
 
 

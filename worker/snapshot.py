@@ -39,7 +39,13 @@ class SymbolSnapshot(msgspec.Struct, kw_only=True):
     recent_event_ids: list[str] = []
     """Most recent fill/outcome ids, oldest first: duplicates at new offsets are dropped."""
     halt_seq: int = 0
+    """Halt/resume events emitted in all."""
     gate_seq: int = 0
+    halt_seqs: dict[str, int] | None = None
+    """Per gate, the number of its last halt/resume event (the end of its ``event_id``).
+    Absent (None) in snapshots written before numbering was per gate."""
+    halt_seq_base: int = 0
+    """Where the numbering of a gate not in ``halt_seqs`` continues from."""
 
 
 class PortfolioSnapshot(msgspec.Struct, kw_only=True):
@@ -53,6 +59,9 @@ class PortfolioSnapshot(msgspec.Struct, kw_only=True):
     applied_offsets: dict[str, int] = {}
     halt_seq: int = 0
     gate_seq: int = 0
+    halt_seqs: dict[str, int] | None = None
+    """As in :class:`SymbolSnapshot`."""
+    halt_seq_base: int = 0
 
 
 class SnapshotError(ValueError):

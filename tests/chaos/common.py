@@ -288,9 +288,18 @@ def event_id(event: Event) -> str:
 
 
 def generate_workload(
-    seed: int, events: int, *, bots: int = 16, symbols_per_bot: int = 4, span_ms: int = 60 * MIN_MS
+    seed: int,
+    events: int,
+    *,
+    bots: int = 16,
+    symbols_per_bot: int = 4,
+    span_ms: int = 60 * MIN_MS,
+    window: tuple[int, int] | None = None,
 ) -> Workload:
     """``events`` records for ``bots`` bots, stamped over the last ``span_ms`` of today (UTC).
+
+    ``window`` (start, end) overrides the timestamps: for an in-process worker
+    on the harness's clock rather than the real one.
 
     Half of the bots book PnL from outcomes (fills move only their positions),
     half from fills (round trips). About 4% of fills and outcomes are re-sent
@@ -320,7 +329,7 @@ def generate_workload(
                 portfolio=i % 3 == 0,
             )
         )
-    start, end = same_day_window(span_ms)
+    start, end = window or same_day_window(span_ms)
     stream: list[Event] = []
     invalid: set[int] = set()
     traded: set[tuple[str, str]] = set()

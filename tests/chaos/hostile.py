@@ -360,8 +360,8 @@ def corpus(now_ms: int, *, max_bytes: int = MAX_BYTES) -> list[Case]:
     # -- time ----------------------------------------------------------------------------
     add("ts one day ahead", _enc(outcome(ts, ts=now_ms + DAY_MS)), frozenset({"future_event"}))
     add(
-        "ts just beyond the allowed skew",
-        _enc(outcome(ts, ts=now_ms + MAX_SKEW_MS + 1)),
+        "ts a minute beyond the allowed skew",
+        _enc(outcome(ts, ts=now_ms + MAX_SKEW_MS + 60_000)),
         frozenset({"future_event"}),
     )
     add("ts in 2200", _enc(outcome(ts, ts=7_258_118_400_000)), INVALID)

@@ -48,7 +48,7 @@ from hypothesis import strategies as st
 from worker.config import TopicsConfig, load_config
 from worker.engine import Effects, Origin, Rejected, RiskEngine
 from worker.inbound import InputKind, decode_input
-from worker.kafka.records import deadletter_record
+from worker.kafka.records import DEADLETTER_MAX_BYTES, deadletter_record
 
 NOW = T0 + 3 * HOUR_MS
 """12:00 UTC: the engine's wall clock in every test here."""
@@ -313,6 +313,63 @@ def test_regression_non_ascii_signature_is_rejected_not_a_type_error() -> None:
         value = _enc(msgspec.structs.replace(command(TS, secret=None), sig=sig))
         result = seeded().feed("control", b"alpha", value)
         assert isinstance(result, Rejected) and result.reason == "bad_signature"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "headers", "dropped"),
+    [
+        (b"alpha", b"v" * (2 << 20), [("h", b"x")], {"value"}),
+        (b"alpha", b"v" * 10, [("h", b"x" * (2 << 20))], {"headers"}),
+        (b"k" * (2 << 20), b"v", [("h", b"x")], {"key"}),
+        (b"alpha", b"v" * 999_000, [("h", b"x" * 999_000)], {"headers"}),
+        (b"k" * 600_000, b"v" * 700_000, [("h", b"x" * 800_000)], {"headers", "value"}),
+    ],
+)
+def test_regression_a_dead_letter_never_exceeds_what_a_producer_sends(
+    key: bytes, value: bytes, headers: list[tuple[str, bytes]], dropped: set[str]
+) -> None:
+    # A bad record bigger than 1 MiB (brokers accept them when configured to) used
+    # to be copied whole into its dead letter; the worker's producer refused it
+    # (MessageSizeTooLargeError) and the send was retried forever: stuck for good.
+    record = deadletter_record(
+        TopicsConfig(),
+        source_topic="trading.outcomes",
+        partition=0,
+        offset=7,
+        key=key,
+        value=value,
+        headers=headers,
+        error_class="oversize",
+        message="too big",
+    )
+    size = len(record.key or b"") + len(record.value or b"")
+    size += sum(len(k) + len(v) for k, v in record.headers or ())
+    assert size <= DEADLETTER_MAX_BYTES
+    marks = {k.split(".")[2]: int(v) for k, v in record.headers or () if k.endswith(".dropped")}
+    assert set(marks) == dropped
+    sizes = {
+        "value": len(value),
+        "key": len(key),
+        "headers": sum(len(k) + len(v) for k, v in headers),
+    }
+    assert marks == {part: sizes[part] for part in dropped}
+    assert dict(record.headers or ())["riskgate.errors.offset"] == b"7"
+
+
+def test_a_dead_letter_under_the_bound_is_untouched() -> None:
+    record = deadletter_record(
+        TopicsConfig(),
+        source_topic="trading.outcomes",
+        partition=0,
+        offset=7,
+        key=b"alpha",
+        value=b"v" * 900_000,
+        headers=[("trace", b"1")],
+        error_class="oversize",
+        message="too big",
+    )
+    assert (record.key, record.value) == (b"alpha", b"v" * 900_000)
+    assert (record.headers or [])[0] == ("trace", b"1")
 
 
 def test_regression_dead_letter_keeps_a_null_key_null() -> None:

@@ -107,6 +107,19 @@ def snapshot_records(
     return records
 
 
+DEADLETTER_MAX_BYTES = 1_000_000
+"""Largest dead letter written: key + value + headers, below the 1 MiB every client and
+broker allows by default (aiokafka's ``max_request_size``, Kafka's ``message.max.bytes``).
+
+A bigger one would be refused by the worker's own producer, and a refused send is
+retried like any broker error: one oversized bad record (brokers accept bigger ones
+on the input topics when configured to) would stop the worker for good. What does
+not fit is dropped instead, biggest part first (value, original headers or key),
+and a ``riskgate.errors.<part>.dropped`` header gives the dropped size; the error
+headers still say where the original record is.
+"""
+
+
 def deadletter_record(
     topics: TopicsConfig,
     *,
@@ -119,18 +132,36 @@ def deadletter_record(
     error_class: str,
     message: str,
 ) -> OutRecord:
-    """KIP-1034 style: original key, value and headers untouched, plus error headers."""
-    return OutRecord(
-        topics.deadletter,
-        key,  # untouched: a null key stays null (b"" would be a different key)
-        value,
-        None,
-        [
-            *headers,
-            ("riskgate.errors.topic", source_topic.encode()),
-            ("riskgate.errors.partition", str(partition).encode()),
-            ("riskgate.errors.offset", str(offset).encode()),
-            ("riskgate.errors.exception", error_class.encode()),
-            ("riskgate.errors.message", message.encode()[:4096]),
-        ],
+    """KIP-1034 style: original key, value and headers untouched, plus error headers.
+
+    Untouched unless together bigger than ``DEADLETTER_MAX_BYTES`` (see there).
+    """
+    original = list(headers)
+    errors: Headers = [
+        ("riskgate.errors.topic", source_topic.encode()),
+        ("riskgate.errors.partition", str(partition).encode()),
+        ("riskgate.errors.offset", str(offset).encode()),
+        ("riskgate.errors.exception", error_class.encode()),
+        ("riskgate.errors.message", message.encode()[:4096]),
+    ]
+    parts = {"value": len(value or b""), "headers": _size(None, None, original)}
+    parts["key"] = len(key or b"")
+    while _size(key, value, original) + _size(None, None, errors) > DEADLETTER_MAX_BYTES:
+        part = max(parts, key=parts.__getitem__)  # the biggest left, value first on a tie
+        errors.append((f"riskgate.errors.{part}.dropped", str(parts.pop(part)).encode()))
+        if part == "value":
+            value = None
+        elif part == "headers":
+            original = []
+        else:
+            key = None
+    # A null key stays null (b"" would be a different key).
+    return OutRecord(topics.deadletter, key, value, None, [*original, *errors])
+
+
+def _size(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> int:
+    return (
+        len(key or b"")
+        + len(value or b"")
+        + sum(len(name.encode()) + len(data) for name, data in headers)
     )
