@@ -149,6 +149,9 @@ class WorkerConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     max_unpersisted_keys: PositiveInt = 50_000
     """Persist early when this many keys changed since the last persist."""
     reservation_ttl_ms: PositiveInt = 30_000
+    max_reservations_per_bot: PositiveInt = 1_000
+    """Opens are denied while this many reservations are outstanding: a runaway bot
+    must not grow its portfolio snapshot past the broker's record size."""
     max_batch_records: PositiveInt = 5_000
     poll_timeout_ms: PositiveInt = 100
     dedupe_ids_per_symbol: NonNegativeInt = 64

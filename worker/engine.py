@@ -262,19 +262,28 @@ class BotRisk(_Holder):
         "_net_updates",
         "bot",
         "dedupe_keep",
+        "max_reservations",
         "portfolio",
         "reservation_ttl_ms",
         "settings",
         "symbols",
     )
 
-    def __init__(self, settings: BotSettings, *, reservation_ttl_ms: int, dedupe_keep: int) -> None:
+    def __init__(
+        self,
+        settings: BotSettings,
+        *,
+        reservation_ttl_ms: int,
+        dedupe_keep: int,
+        max_reservations: int = 1_000,
+    ) -> None:
         super().__init__()
         self.bot = settings.bot
         self.settings = settings
         self.symbols: dict[str, SymbolRisk] = {}
         self.portfolio = PortfolioRisk(settings.portfolio)
         self.reservation_ttl_ms = reservation_ttl_ms
+        self.max_reservations = max_reservations
         self.dedupe_keep = dedupe_keep
         self._deadline = _NEVER
         """Earliest wall time at which a sweep can change anything (rollover, expiry)."""
@@ -475,6 +484,14 @@ class BotRisk(_Holder):
                 False,
                 "gross_exposure",
                 f"notional {i.notional:g} would exceed {exposure_cap:g}",
+                None,
+            )
+        if len(portfolio.reservations) >= self.max_reservations:
+            return (
+                False,
+                "max_concurrent_positions",
+                f"{len(portfolio.reservations)} reservations outstanding; "
+                "report fills with their intent_id",
                 None,
             )
         return True, None, "entries allowed", now_ms + self.reservation_ttl_ms
@@ -847,6 +864,7 @@ class RiskEngine:
             settings,
             reservation_ttl_ms=worker.reservation_ttl_ms,
             dedupe_keep=worker.dedupe_ids_per_symbol,
+            max_reservations=worker.max_reservations_per_bot,
         )
         return bot
 

@@ -664,3 +664,24 @@ def test_names_that_would_break_keys_are_rejected_before_creating_state(
         engine.apply(outcome, 1_764_000_000_000)
     assert excinfo.value.reason == "invalid_name"
     assert all(not b.symbols for b in engine.bots.values())
+
+
+def test_opens_are_denied_once_the_reservation_cap_is_reached() -> None:
+    eng = engine(OPEN_RESERVATION_CAP)
+    answers = [
+        eng.apply(intent(intent_id=f"i{n}", symbol="BTCUSDT"), T0).decisions[0] for n in range(3)
+    ]
+    assert [d.allowed for d in answers] == [True, True, False]
+    assert answers[2].gate == "max_concurrent_positions"
+    assert "2 reservations outstanding" in answers[2].reason
+    # A fill releases one: the next open fits again.
+    eng.apply(fill("buy", 1.0, 100.0, intent_id="i0"), T0)
+    assert eng.apply(intent(intent_id="i3"), T0).decisions[0].allowed
+
+
+OPEN_RESERVATION_CAP = """
+[defaults]
+accept_unknown_bots = true
+[worker]
+max_reservations_per_bot = 2
+"""

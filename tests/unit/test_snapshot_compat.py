@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 import msgspec
 import pytest
-from corekit import DAY0, MIDNIGHT, T0, engine, fill, intent, outcome
+from corekit import DAY0, MIDNIGHT, T0, control, engine, fill, intent, outcome
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -246,7 +246,7 @@ def test_our_symbol_fixture_restores_and_re_encodes_identically() -> None:
     assert out.halts == []
     # The watermarks still guard: a replay of the last applied offset is skipped.
     replay = outcome(-100.0, outcome_id="new-id", ts=T0 + 1)
-    skipped = eng.apply(replay, T0 + 5 * 60_000, Origin("trading.outcomes/3", 101))
+    skipped = eng.apply(replay, T0 + 5 * 60_000, Origin("trading.outcomes/3", 102))
     assert skipped.skipped == 1
     # And the dedupe ids: a known id at a new offset is dropped.
     dup = eng.apply(outcome(-100.0, outcome_id="o-1"), T0, Origin("trading.outcomes/3", 500))
@@ -265,6 +265,35 @@ def test_our_portfolio_fixture_restores_and_re_encodes_identically() -> None:
     assert encode(bot.portfolio_snapshot()) == value
     assert bot.portfolio.halted and bot.manual_halt is not None
     assert bot.portfolio.reservations["i-1"].notional == 50.0
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "holder"),
+    [
+        ("riskgate-v1-symbol-holder-seq.json", "alpha/risk/BTCUSDT", ("alpha", "BTCUSDT")),
+        ("riskgate-v1-portfolio-holder-seq.json", "alpha/portfolio", ("alpha", None)),
+    ],
+)
+def test_snapshots_from_before_per_gate_numbering_never_reuse_an_event_id(
+    name: str, key: str, holder: tuple[str, str | None]
+) -> None:
+    # Written when halt/resume events were numbered per holder (halt_seq 2: ids
+    # .../1 and .../2 of any gate may be out there). Restored, every gate must
+    # continue after 2, whichever gate the earlier ids belonged to.
+    value = fixture(name)
+    assert b"halt_seqs" not in value
+    eng = engine("[bots.alpha]\n[bots.alpha.breaker]\nloss_limit = 2\n")
+    assert eng.restore({key: value}, T0 + 5 * 60_000) == []
+    bot_id, symbol = holder
+    out = eng.apply(control("resume", symbol=symbol, ts=T0 + 400_000), T0 + 400_000)
+    assert [h.event_id for h in out.halts] == [f"{bot_id}/{symbol or '*'}/manual_halt/3"]
+    bot = eng.bots[bot_id]
+    snap = bot.symbols[symbol].snapshot() if symbol else bot.portfolio_snapshot()
+    doc = msgspec.json.decode(encode(snap))
+    assert (doc["halt_seq"], doc["halt_seqs"], doc["halt_seq_base"]) == (3, {"manual_halt": 3}, 2)
+    old = msgspec.json.decode(value)
+    for field in old.keys() - {"halt_seq", "applied_offsets", "manual_halt"}:
+        assert doc[field] == old[field], field
 
 
 def test_our_symbol_fixture_reads_as_the_seed_shape() -> None:
