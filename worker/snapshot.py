@@ -8,8 +8,6 @@ unknown version or a value that does not decode is reported, not misread.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import msgspec
 
 from worker.risk import CircuitBreakerSnapshot, PositionSnapshot, Reservation, SessionPnlSnapshot
@@ -97,22 +95,31 @@ def parse_key(key: str) -> tuple[str, str | None]:
     raise SnapshotError(f"not a snapshot key: {key!r}")
 
 
-SnapshotKind = Literal["symbol", "portfolio"]
-
-
 def decode_snapshot(
     key: str, value: bytes
 ) -> tuple[str, str | None, SymbolSnapshot | PortfolioSnapshot]:
-    """Decode one record; raises SnapshotError when it must be ignored."""
+    """Decode one record; raises SnapshotError when it must be ignored.
+
+    One full decode in the common case; the version is checked before the value
+    is used, and a record of another version that does not even decode as ours
+    is still reported as that version, not as corrupt.
+    """
     bot, symbol = parse_key(key)
-    try:
-        version = _probe.decode(value).version
-    except msgspec.DecodeError as exc:
-        raise SnapshotError(f"corrupt snapshot: {exc}") from exc
-    if version != SNAPSHOT_VERSION:
-        raise SnapshotError(f"unknown snapshot version {version} (expected {SNAPSHOT_VERSION})")
     decoder = _symbol_decoder if symbol is not None else _portfolio_decoder
     try:
-        return bot, symbol, decoder.decode(value)
+        snap = decoder.decode(value)
     except msgspec.DecodeError as exc:
-        raise SnapshotError(f"corrupt snapshot: {exc}") from exc
+        try:
+            version = _probe.decode(value).version
+        except msgspec.DecodeError:
+            raise SnapshotError(f"corrupt snapshot: {exc}") from exc
+        if version == SNAPSHOT_VERSION:
+            raise SnapshotError(f"corrupt snapshot: {exc}") from exc
+        raise _unknown_version(version) from exc
+    if snap.version != SNAPSHOT_VERSION:
+        raise _unknown_version(snap.version)
+    return bot, symbol, snap
+
+
+def _unknown_version(version: int) -> SnapshotError:
+    return SnapshotError(f"unknown snapshot version {version} (expected {SNAPSHOT_VERSION})")
