@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -52,9 +54,6 @@ class RiskgateProcess(WorkerProcess):
     """The harness's worker process, started as ``riskgate run --config FILE``."""
 
     def start(self) -> None:
-        import os
-        import subprocess
-
         assert self.proc is None or self.proc.poll() is not None
         log = self.log_path.open("ab")
         try:

@@ -129,8 +129,8 @@ async def test_a_broker_stall_longer_than_the_session_timeout_loses_nothing(
         intents=[e.intent_id for e in workload.valid if isinstance(e, OrderIntent)],
         rejected_at=[produced[i] for i in sorted(workload.invalid)],
     )
-    retries = metrics.send_retries._value.get()
-    failures = metrics.commit_failures._value.get()
+    retries = metrics.registry.get_sample_value("riskgate_send_retries_total") or 0.0
+    failures = metrics.registry.get_sample_value("riskgate_commit_failures_total") or 0.0
     print(
         f"\nstall of {STALL_SECONDS:.0f}s (session timeout {SESSION_TIMEOUT_MS} ms):"
         f" {len(records)} records, send retries {retries:.0f}, commit failures {failures:.0f}\n"

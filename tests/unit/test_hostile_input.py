@@ -391,7 +391,7 @@ def test_regression_dead_letter_keeps_a_null_key_null() -> None:
 
 KINDS: tuple[InputKind, ...] = ("fill", "outcome", "intent", "control")
 FUZZ = settings(
-    max_examples=300,
+    max_examples=500,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
