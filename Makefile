@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck schemas bench clean
+.PHONY: demo test lint schemas bench bench-e2e chaos soak hostile clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,26 @@ lint: $(STAMP)
 schemas: $(STAMP)
 	$(BIN)/python -m worker.schemas
 
+# Benchmarks print numbers; they are not tests. Each starts its own embedded broker.
 bench: $(STAMP)
 	$(BIN)/python bench/core.py
+	$(BIN)/python bench/gateview_cost.py
+
+bench-e2e: $(STAMP)
+	$(BIN)/python bench/e2e_throughput.py
+	$(BIN)/python bench/e2e_latency.py --seconds 30 --worker-fetch-max-wait-ms 5
+	$(BIN)/python bench/e2e_restore.py
+	$(BIN)/python bench/check_latency.py
+
+# Reliability suite, long variants (short variants run in `make test`).
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos.crash_loop --kills 50 --events 100000 --seed 7
+
+soak: $(STAMP)
+	$(BIN)/python -m tests.chaos.soak --minutes 10 --rate 5000 --symbols 10000
+
+hostile: $(STAMP)
+	$(BIN)/python -m pytest -q -s tests/unit/test_hostile_input.py tests/integration/test_reliability_hostile.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
