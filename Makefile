@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint schemas bench bench-e2e chaos soak hostile clean
+.PHONY: demo test lint schemas bench bench-e2e reliability chaos soak hostile stall clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,12 +37,19 @@ bench-e2e: $(STAMP)
 	$(BIN)/python bench/e2e_restore.py
 	$(BIN)/python bench/check_latency.py
 
-# Reliability suite, long variants (short variants run in `make test`).
-chaos: $(STAMP)
-	$(BIN)/python -m tests.chaos.crash_loop --kills 50 --events 100000 --seed 7
+# Reliability suite (tests/chaos/README.md). `reliability` is its default-run part;
+# the others are the long variants.
+reliability: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit/test_hostile_input.py tests/unit/test_snapshot_compat.py tests/unit/test_reliability_event_ids.py tests/integration/test_reliability_crashloop.py tests/integration/test_reliability_stall.py tests/integration/test_reliability_hostile.py tests/integration/test_reliability_soak.py
 
-soak: $(STAMP)
-	$(BIN)/python -m tests.chaos.soak --minutes 10 --rate 5000 --symbols 10000
+chaos: $(STAMP)  ## KILLS=50 EVENTS=100000 SEED=7
+	$(BIN)/python -m tests.chaos.crash_loop --kills $${KILLS:-50} --events $${EVENTS:-100000} --seed $${SEED:-7}
+
+soak: $(STAMP)  ## MINUTES=10 RATE=5000 SYMBOLS=10000
+	$(BIN)/python -m tests.chaos.soak --minutes $${MINUTES:-10} --rate $${RATE:-5000} --symbols $${SYMBOLS:-10000}
+
+stall: $(STAMP)
+	$(BIN)/python -m pytest -q -s tests/integration/test_reliability_stall.py
 
 hostile: $(STAMP)
 	$(BIN)/python -m pytest -q -s tests/unit/test_hostile_input.py tests/integration/test_reliability_hostile.py

@@ -512,6 +512,10 @@ class Worker:
                 self._flush_requested.clear()
         self._assigned -= revoked
         for tp in revoked:
+            # If the persist above timed out, the state behind these offsets is about
+            # to be forgotten unpersisted: never commit them, even if the partition
+            # comes back to us in the next assignment.
+            self._uncommitted.pop(tp, None)
             # Its new owner reports this lag now: a series left here would be stale,
             # counted twice in a sum, and could keep a lag alert firing forever.
             with contextlib.suppress(KeyError):
