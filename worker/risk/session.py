@@ -107,33 +107,16 @@ class SessionPnl:
         """Count one closed trade by its net result; None if from an earlier day."""
         if not self._enter_day(ts_ms):
             return None
-        self.trades += 1
-        if net > 0.0:
-            self.wins += 1
-            return "win"
-        if net < 0.0:
-            self.losses += 1
-            return "loss"
-        self.breakevens += 1
-        return "breakeven"
+        return self._classify(net)
 
     def record_close(self, gross: float, fee: float, ts_ms: int) -> Classification | None:
-        """One closed trade (the seed's ``record_close``): book it and count it.
+        """One closed trade (the seed's ``record_close``): book it and count it."""
+        if not self.book(gross, fee, ts_ms):
+            return None
+        return self._classify(gross - fee)
 
-        The same as ``book`` then ``count_trade``, with the day checked once (hot path).
-        """
-        day = ts_ms // MS_PER_DAY
-        if day != self.last_reset_day:  # ``_enter_day``, inlined
-            if day < self.last_reset_day:
-                return None
-            self._reset()
-            self.last_reset_day = day
-        self.realised += gross
-        self.fees += fee
-        if not self.halted and self.realised - self.fees <= self.config.loss_limit:
-            self.halted = True
+    def _classify(self, net: float) -> Classification:
         self.trades += 1
-        net = gross - fee
         if net > 0.0:
             self.wins += 1
             return "win"
