@@ -159,7 +159,15 @@ class _Holder:
 class SymbolRisk(_Holder):
     """Session PnL, breaker and position of one (bot, symbol)."""
 
-    __slots__ = ("breaker", "key", "position", "recent_ids", "session", "symbol")
+    __slots__ = (
+        "breaker",
+        "key",
+        "position",
+        "recent_fill_ids",
+        "recent_outcome_ids",
+        "session",
+        "symbol",
+    )
 
     def __init__(self, symbol: str, settings: BotSettings, day: int) -> None:
         super().__init__()
@@ -171,7 +179,12 @@ class SymbolRisk(_Holder):
         self.session.last_reset_day = day
         self.breaker = CircuitBreaker(breaker_cfg)
         self.position = Position()
-        self.recent_ids: dict[str, None] = {}
+        # One window per input topic: each is filled in that topic's offset order,
+        # which replays reproduce exactly. A shared window would depend on how the
+        # two topics happened to interleave, so a replay could judge the same
+        # re-sent event differently than the first pass did.
+        self.recent_outcome_ids: dict[str, None] = {}
+        self.recent_fill_ids: dict[str, None] = {}
 
     def signature(self) -> tuple[bool, bool, bool]:
         """Which symbol-level gates block, in ``_SYMBOL_GATES`` order."""
@@ -181,9 +194,9 @@ class SymbolRisk(_Holder):
             self.breaker.tripped_at is not None,
         )
 
-    def duplicate(self, event_id: str, keep: int) -> bool:
-        """True if ``event_id`` was seen recently; otherwise remember it."""
-        ids = self.recent_ids
+    @staticmethod
+    def duplicate(ids: dict[str, None], event_id: str, keep: int) -> bool:
+        """True if ``event_id`` is in the window ``ids``; otherwise remember it there."""
         if event_id in ids:
             return True
         if keep:
@@ -225,7 +238,8 @@ class SymbolRisk(_Holder):
             position=self.position.snapshot(),
             manual_halt=self.manual_halt,
             applied_offsets=dict(self.applied),
-            recent_event_ids=list(self.recent_ids),
+            recent_outcome_ids=list(self.recent_outcome_ids),
+            recent_fill_ids=list(self.recent_fill_ids),
             **self.seqs_snapshot(),
         )
 
@@ -236,7 +250,8 @@ class SymbolRisk(_Holder):
             self.position.restore(snap.position)
         self.manual_halt = snap.manual_halt
         self.applied = dict(snap.applied_offsets)
-        self.recent_ids = dict.fromkeys(snap.recent_event_ids)
+        self.recent_outcome_ids = dict.fromkeys(snap.recent_outcome_ids)
+        self.recent_fill_ids = dict.fromkeys(snap.recent_fill_ids)
         self.restore_seqs(snap)
 
 
@@ -350,7 +365,7 @@ class BotRisk(_Holder):
         # Hot path (one call per outcome): small helpers are inlined.
         ts = o.ts
         sym = self.symbols.get(o.symbol) or self.symbol(o.symbol, ts)
-        if not self._admit(sym, o.outcome_id, origin):
+        if not self._admit(sym, sym.recent_outcome_ids, o.outcome_id, origin):
             out.skipped += 1
             return
         session = sym.session
@@ -371,7 +386,7 @@ class BotRisk(_Holder):
             out.dirty_bots.add(self.bot)
         ts = f.ts
         sym = self.symbols.get(f.symbol) or self.symbol(f.symbol, ts)
-        if not self._admit(sym, f.fill_id, origin):
+        if not self._admit(sym, sym.recent_fill_ids, f.fill_id, origin):
             out.skipped += 1
             return
         signed_qty = f.qty if f.side == "buy" else -f.qty
@@ -421,9 +436,11 @@ class BotRisk(_Holder):
             self._symbol_transitions(sym, before, ts_ms, out)
         self._observe_portfolio(ts_ms, out)
 
-    def _admit(self, sym: SymbolRisk, event_id: str, origin: Origin | None) -> bool:
-        """Replay guards of a fill/outcome: offset watermark, then recent event ids."""
-        return sym.fresh(origin) and not sym.duplicate(event_id, self.dedupe_keep)
+    def _admit(
+        self, sym: SymbolRisk, ids: dict[str, None], event_id: str, origin: Origin | None
+    ) -> bool:
+        """Replay guards of a fill/outcome: offset watermark, then its topic's recent ids."""
+        return sym.fresh(origin) and not sym.duplicate(ids, event_id, self.dedupe_keep)
 
     def decide(self, i: OrderIntent, now_ms: int, origin: Origin | None, out: Effects) -> None:
         if not self.fresh(origin):

@@ -34,8 +34,10 @@ class SymbolSnapshot(msgspec.Struct, kw_only=True):
     manual_halt: ManualHalt | None = None
     applied_offsets: dict[str, int] = {}
     """Per input partition (``topic/partition``): the last offset applied to this state."""
-    recent_event_ids: list[str] = []
-    """Most recent fill/outcome ids, oldest first: duplicates at new offsets are dropped."""
+    recent_outcome_ids: list[str] = []
+    """Most recent outcome ids, oldest first: re-sent duplicates at new offsets are dropped."""
+    recent_fill_ids: list[str] = []
+    """The same for fill ids (a window per input topic, so replays judge alike)."""
     halt_seq: int = 0
     """Halt/resume events emitted in all."""
     gate_seq: int = 0

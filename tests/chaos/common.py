@@ -468,7 +468,7 @@ def symbol_state(snapshot: Any) -> dict[str, Any]:
 
     Session PnL, breaker, position and the manual halt: everything that gates
     an order. Not compared: replay guards (``applied_offsets``,
-    ``recent_event_ids``) and sequence numbers, which legitimately depend on
+    ``recent_outcome_ids``/``recent_fill_ids``) and sequence numbers, which legitimately depend on
     which partition offsets a worker saw and how often it restarted.
     """
     data = msgspec.to_builtins(snapshot)

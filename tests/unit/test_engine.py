@@ -685,3 +685,24 @@ accept_unknown_bots = true
 [worker]
 max_reservations_per_bot = 2
 """
+
+
+def test_dedupe_windows_are_per_topic_so_interleaving_cannot_change_the_verdict() -> None:
+    """A re-sent outcome is judged against recent *outcome* ids only: how many fills
+    happened to be interleaved before it (which differs between a first pass and a
+    replay after a crash) must not evict the original from the window."""
+    eng = engine(SMALL_DEDUPE_WINDOW)
+    first = outcome(-5.0, outcome_id="o-1")
+    eng.apply(first, T0)
+    for n in range(5):
+        eng.apply(fill("buy", 1.0, 100.0, fill_id=f"f-{n}"), T0)
+    eng.apply(first, T0)  # the producer's retry, at a new offset
+    assert eng.bots["alpha"].symbols["BTCUSDT"].session.trades == 1
+
+
+SMALL_DEDUPE_WINDOW = """
+[defaults]
+accept_unknown_bots = true
+[worker]
+dedupe_ids_per_symbol = 2
+"""

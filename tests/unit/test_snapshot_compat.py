@@ -138,7 +138,7 @@ def test_seed_fixture_restores_with_every_value_preserved(name: str) -> None:
     assert type(restored["session_pnl"]["realised"]) is float  # even from a JSON integer
     assert restored["position"]["qty"] == 0.0
     assert restored["manual_halt"] is None
-    assert restored["applied_offsets"] == {} and restored["recent_event_ids"] == []
+    assert restored["applied_offsets"] == {} and restored["recent_outcome_ids"] == []
 
 
 def test_seed_trip_still_gates_after_restore() -> None:
