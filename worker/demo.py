@@ -70,14 +70,14 @@ async def _feed(config: Config, bots: list[str], stop: asyncio.Event) -> None:
             now = time.time_ns() // 1_000_000
             for bot in bots:
                 symbol = rng.choice(SYMBOLS)
-                streak = bot == bots[0] and symbol == "ETHUSDT"
-                gross = (
-                    -rng.uniform(8, 20)
-                    if streak
-                    else rng.uniform(1, 14) * rng.choice((1,) * 9 + (-1,))
-                )
-                outcome = TradeOutcome(f"{bot}-o{n}", bot, symbol, round(gross, 2), 0.5, now)
-                await producer.send(topics.outcomes, _encode(outcome), key=bot.encode())
+                win_or_loss = rng.uniform(1, 14) * rng.choice((1,) * 9 + (-1,))
+                trades = [(symbol, win_or_loss)]
+                if bot == bots[0] and n % 2 == 0:
+                    # A losing streak: trips ETHUSDT's breaker and session halt in seconds.
+                    trades.append(("ETHUSDT", -rng.uniform(8, 20)))
+                for k, (sym, gross) in enumerate(trades):
+                    outcome = TradeOutcome(f"{bot}-o{n}-{k}", bot, sym, round(gross, 2), 0.5, now)
+                    await producer.send(topics.outcomes, _encode(outcome), key=bot.encode())
                 side: Side = rng.choice(("buy", "sell"))
                 fill = Fill(f"{bot}-f{n}", bot, symbol, side, 0.1, 100 + rng.random(), 0.01, now)
                 await producer.send(topics.fills, _encode(fill), key=bot.encode())
