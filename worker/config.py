@@ -9,7 +9,6 @@ so a typo fails at start with the path of the bad key (``$.bots.alpha.portfolio
 from __future__ import annotations
 
 import copy
-import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -22,6 +21,13 @@ ENV_PREFIX = "RISKGATE_"
 
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+_MAX_CAP = 1e15
+LossLimit = Annotated[float, msgspec.Meta(lt=0.0)]
+"""A loss threshold: negative; ``-inf`` disables it. NaN, 0, positive and ``+inf``
+fail the bound (a NaN limit would silently disable its gate: every comparison
+with it is false; a positive one would halt on a winning day)."""
+Cap = Annotated[float, msgspec.Meta(gt=0.0, le=_MAX_CAP)]
+"""A positive, finite cap (NaN and ``inf`` fail the bounds)."""
 PnlSource = Literal["outcomes", "fills"]
 
 
@@ -89,7 +95,7 @@ class TopicsConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 
 
 class SessionConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    loss_limit: float = -50.0
+    loss_limit: LossLimit = -50.0
     """Net PnL at or below which the symbol halts for the UTC day; ``-inf`` disables."""
 
 
@@ -101,7 +107,7 @@ class BreakerConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
 
 
 class SessionOverride(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    loss_limit: float | None = None
+    loss_limit: LossLimit | None = None
 
 
 class BreakerOverride(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -118,9 +124,21 @@ class SymbolOverride(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
 class PortfolioConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Account-wide limits; each is off unless set."""
 
-    max_daily_loss: float | None = None
+    max_daily_loss: LossLimit | None = None
+    """Negative; ``-inf`` disables it (also to lift a default for one bot)."""
     max_concurrent_positions: NonNegativeInt = 0
-    max_gross_exposure: float | None = None
+    """0 = unlimited."""
+    max_gross_exposure: Cap | None = None
+
+
+class PortfolioOverride(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A bot's ``[bots.X.portfolio]``: each key set here replaces the default's, the
+    rest are inherited (a bot that sets only a concurrency cap keeps the default
+    daily-loss limit)."""
+
+    max_daily_loss: LossLimit | None = None
+    max_concurrent_positions: NonNegativeInt | None = None
+    max_gross_exposure: Cap | None = None
 
 
 class DefaultsConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -137,7 +155,7 @@ class BotConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True)
     pnl_source: PnlSource | None = None
     session: SessionOverride = SessionOverride()
     breaker: BreakerOverride = BreakerOverride()
-    portfolio: PortfolioConfig | None = None
+    portfolio: PortfolioOverride = PortfolioOverride()
     overrides: dict[str, SymbolOverride] = {}
 
 
@@ -169,17 +187,32 @@ class WorkerConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 
 
 class ControlConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    secret: str | None = None
+    secret: Annotated[str, msgspec.Meta(pattern=r"\S")] | None = None
+    """A blank secret is an error, not "unsigned": an empty HMAC key is one anybody can use."""
     secret_file: str | None = None
+    """Wins over ``secret``. Read when the worker starts (``resolved_secret``), not when
+    the config loads, so operator tools work on a machine without the secret mount."""
     replay_window_ms: PositiveInt = 300_000
 
     def __repr__(self) -> str:
-        return f"ControlConfig(signed={self.resolved_secret() is not None})"
+        return f"ControlConfig(signed={self.secret is not None or self.secret_file is not None})"
 
     def resolved_secret(self) -> bytes | None:
-        if self.secret_file:
-            return Path(self.secret_file).read_bytes().strip()
-        return self.secret.encode() if self.secret else None
+        """The HMAC key, or None when commands are unsigned.
+
+        An empty or blank key is a ConfigError, never "no key": an empty HMAC key
+        is one anybody can sign with, and a blank ``secret_file`` is a deployment
+        mistake (an unpopulated secret mount) that must stop the start.
+        """
+        if self.secret_file is not None:
+            try:
+                key = Path(self.secret_file).read_bytes().strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read control.secret_file: {exc}") from exc
+            if not key:
+                raise ConfigError(f"control.secret_file {self.secret_file!r} is empty")
+            return key
+        return self.secret.encode() if self.secret is not None else None
 
 
 class HttpConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -203,34 +236,6 @@ class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     http: HttpConfig = HttpConfig()
     log: LogConfig = LogConfig()
 
-    def __post_init__(self) -> None:
-        # TOML has ``nan``; a NaN limit would silently disable its gate (every
-        # comparison with it is false), so reject it wherever a limit can be set.
-        for path, value in self._limits():
-            if value is not None and math.isnan(value):
-                raise ValueError(f"{path} must not be NaN")
-
-    def _limits(self) -> list[tuple[str, float | None]]:
-        limits: list[tuple[str, float | None]] = [
-            ("defaults.session.loss_limit", self.defaults.session.loss_limit),
-            *_portfolio_limits("defaults.portfolio", self.defaults.portfolio),
-        ]
-        for name, bot in self.bots.items():
-            limits.append((f"bots.{name}.session.loss_limit", bot.session.loss_limit))
-            if bot.portfolio is not None:
-                limits.extend(_portfolio_limits(f"bots.{name}.portfolio", bot.portfolio))
-            for symbol, override in bot.overrides.items():
-                path = f"bots.{name}.overrides.{symbol}.session.loss_limit"
-                limits.append((path, override.session.loss_limit))
-        return limits
-
-
-def _portfolio_limits(path: str, p: PortfolioConfig) -> list[tuple[str, float | None]]:
-    return [
-        (f"{path}.max_daily_loss", p.max_daily_loss),
-        (f"{path}.max_gross_exposure", p.max_gross_exposure),
-    ]
-
 
 def _env_value(raw: str) -> Any:
     """Env values stay strings (msgspec converts them to the field's type), except
@@ -243,19 +248,71 @@ def _env_value(raw: str) -> Any:
     return raw
 
 
+def _env_path(name: str) -> list[str]:
+    """The config path an override names, with the case of every part restored.
+
+    Section and key names are matched case-insensitively (they are all lower
+    case); table keys the user chose - bot ids and symbols - keep their case,
+    because ``DeskBot`` and ``deskbot`` are different bots. The walk follows the
+    Config types, so a new table of user-chosen keys needs no change here.
+    """
+    parts = name[len(ENV_PREFIX) :].split("__")
+    if any(not part for part in parts):
+        raise ConfigError(
+            f"{name}: malformed override name; use {ENV_PREFIX}<SECTION>__<KEY>, e.g. "
+            f"{ENV_PREFIX}KAFKA__BOOTSTRAP_SERVERS (an empty part between '__')"
+        )
+    path: list[str] = []
+    info: msgspec.inspect.Type | None = msgspec.inspect.type_info(Config)
+    for part in parts:
+        info = _unwrap(info)
+        if isinstance(info, msgspec.inspect.DictType):
+            path.append(part)
+            info = info.value_type
+        elif isinstance(info, msgspec.inspect.StructType):
+            key = part.lower()
+            path.append(key)
+            info = next((f.type for f in info.fields if f.name == key), None)
+        else:  # a scalar or an unknown key: conversion names the bad path
+            path.append(part.lower())
+            info = None
+    return path
+
+
+def _unwrap(info: msgspec.inspect.Type | None) -> msgspec.inspect.Type | None:
+    """``X | None`` → ``X`` (optional tables are still tables)."""
+    if isinstance(info, msgspec.inspect.UnionType):
+        types = [t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)]
+        return types[0] if len(types) == 1 else None
+    return info
+
+
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
     for name, raw in env.items():
         # Only SECTION__KEY names: Kubernetes injects RISKGATE_<SERVICE>_PORT & co.
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
-        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
+        path = _env_path(name)
         node = data
         for part in path[:-1]:
+            _check_case(name, node, part)
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
                 raise ConfigError(f"{name}: `{part}` is not a table")
             node = child
         node[path[-1]] = _env_value(raw)
+
+
+def _check_case(name: str, node: dict[str, Any], part: str) -> None:
+    """An override for ``DESKBOT`` when the file has ``DeskBot`` is a typo, not a new bot."""
+    if part in node:
+        return
+    near = [key for key in node if isinstance(key, str) and key.lower() == part.lower()]
+    if near:
+        raise ConfigError(
+            f"{name}: `{part}` is not in the config, but `{near[0]}` is; "
+            "bot and symbol names are case-sensitive in overrides"
+        )
 
 
 def load_config(
@@ -280,8 +337,6 @@ def load_config(
         return msgspec.convert(data, Config, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid config: {_name_keys(data, str(exc))}") from exc
-    except ValueError as exc:
-        raise ConfigError(f"invalid config: {exc}") from exc
 
 
 _AT = " - at `"
@@ -369,6 +424,6 @@ def bot_settings(config: Config, bot: str) -> BotSettings | None:
         pnl_source=spec.pnl_source or defaults.pnl_source,
         session=_merge(defaults.session, spec.session),
         breaker=_merge(defaults.breaker, spec.breaker),
-        portfolio=spec.portfolio or defaults.portfolio,
+        portfolio=_merge(defaults.portfolio, spec.portfolio),
         overrides=spec.overrides,
     )

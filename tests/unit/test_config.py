@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from worker.config import (
+    BotConfig,
     BreakerConfig,
     Config,
     ConfigError,
+    DefaultsConfig,
     SessionConfig,
+    SymbolOverride,
     bot_settings,
     load_config,
 )
@@ -111,7 +116,7 @@ def test_env_override_reaches_nested_bot_tables() -> None:
     cfg = load_config(
         text=SPEC_EXAMPLE,
         env={
-            "RISKGATE_BOTS__ALPHA__PORTFOLIO__MAX_DAILY_LOSS": "-250.5",
+            "RISKGATE_BOTS__alpha__PORTFOLIO__MAX_DAILY_LOSS": "-250.5",
             "RISKGATE_DEFAULTS__SESSION__LOSS_LIMIT": "-10",
         },
     )
@@ -180,18 +185,78 @@ def test_invalid_values_name_their_key(text: str, path: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text",
+    ("text", "path"),
     [
-        "[defaults.session]\nloss_limit = nan\n",
-        "[bots.alpha.session]\nloss_limit = nan\n",
-        "[bots.alpha.portfolio]\nmax_daily_loss = nan\n",
-        "[bots.alpha.portfolio]\nmax_gross_exposure = nan\n",
-        "[bots.alpha.overrides.BTCUSDT.session]\nloss_limit = nan\n",
+        ("[defaults.session]\nloss_limit = nan\n", "defaults.session.loss_limit"),
+        ("[bots.alpha.session]\nloss_limit = nan\n", "bots.alpha.session.loss_limit"),
+        ("[bots.alpha.portfolio]\nmax_daily_loss = nan\n", "bots.alpha.portfolio.max_daily_loss"),
+        (
+            "[bots.alpha.portfolio]\nmax_gross_exposure = nan\n",
+            "bots.alpha.portfolio.max_gross_exposure",
+        ),
+        (
+            "[bots.alpha.overrides.BTCUSDT.session]\nloss_limit = nan\n",
+            "bots.alpha.overrides.BTCUSDT.session.loss_limit",
+        ),
     ],
 )
-def test_nan_limits_are_rejected(text: str) -> None:
-    with pytest.raises(ConfigError, match="NaN"):
+def test_nan_limits_are_rejected(text: str, path: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(path)):
         load_config(text=text, env={})
+
+
+# Every limit a config can set, with the key path, a valid value and its invalid ones.
+_LIMIT_CASES = [
+    ("defaults.session.loss_limit", "-1.0", ["0.0", "5.0", "inf", "nan"]),
+    ("bots.alpha.session.loss_limit", "-1.0", ["0.0", "5.0", "inf", "nan"]),
+    ("bots.alpha.overrides.BTCUSDT.session.loss_limit", "-1.0", ["0.0", "1.0", "inf", "nan"]),
+    ("defaults.portfolio.max_daily_loss", "-1.0", ["0.0", "500.0", "inf", "nan"]),
+    ("bots.alpha.portfolio.max_daily_loss", "-1.0", ["0.0", "500.0", "inf", "nan"]),
+    ("defaults.portfolio.max_gross_exposure", "1.0", ["0.0", "-1.0", "inf", "-inf", "nan"]),
+    ("bots.alpha.portfolio.max_gross_exposure", "1.0", ["0.0", "-1.0", "inf", "-inf", "nan"]),
+    ("defaults.portfolio.max_concurrent_positions", "1", ["-1", "1.5"]),
+    ("bots.alpha.portfolio.max_concurrent_positions", "1", ["-1", "1.5"]),
+    ("defaults.breaker.loss_limit", "1", ["-1", "1.5"]),
+    ("bots.alpha.breaker.window_secs", "1", ["0", "-1"]),
+    ("bots.alpha.overrides.BTCUSDT.breaker.cooldown_secs", "0", ["-1"]),
+]
+
+
+def _set(path: str, literal: str) -> str:
+    table, _, key = path.rpartition(".")
+    return f"[{table}]\n{key} = {literal}\n"
+
+
+@pytest.mark.parametrize(("path", "valid", "invalid"), _LIMIT_CASES)
+def test_config_validates_signs_and_finiteness_of_every_limit(
+    path: str, valid: str, invalid: list[str]
+) -> None:
+    """Issue 9 (suspected): a positive loss limit or an infinite cap was accepted."""
+    load_config(text=_set(path, valid), env={})
+    for literal in invalid:
+        with pytest.raises(ConfigError, match=re.escape(path)):
+            load_config(text=_set(path, literal), env={})
+        env = {_env_name(path): literal}
+        with pytest.raises(ConfigError, match=re.escape(path)):
+            load_config(text="[bots.alpha]\n", env=env)
+
+
+def _env_name(path: str) -> str:
+    """The override variable for ``path``; bot and symbol names keep their case."""
+    names = {"alpha", "BTCUSDT"}
+    return "RISKGATE_" + "__".join(p if p in names else p.upper() for p in path.split("."))
+
+
+def test_minus_infinity_disables_loss_limits() -> None:
+    cfg = load_config(
+        text="[defaults.portfolio]\nmax_daily_loss = -inf\n"
+        "[bots.alpha.session]\nloss_limit = -inf\n",
+        env={},
+    )
+    alpha = bot_settings(cfg, "alpha")
+    assert alpha is not None
+    assert alpha.portfolio.max_daily_loss == -math.inf
+    assert alpha.session.loss_limit == -math.inf
 
 
 def test_minus_infinity_disables_the_session_halt() -> None:
@@ -268,3 +333,190 @@ def test_config_is_frozen() -> None:
     cfg = Config()
     with pytest.raises(AttributeError):
         cfg.kafka = cfg.kafka  # type: ignore[misc]
+
+
+# -- field-by-field merge of every section (issue 9 item 7) --------------------
+
+# Per section of [defaults] a bot can override: field -> (default's value, bot's value).
+_SECTION_VALUES: dict[str, dict[str, tuple[str, str]]] = {
+    "session": {"loss_limit": ("-11.0", "-22.0")},
+    "breaker": {
+        "loss_limit": ("7", "9"),
+        "window_secs": ("111", "222"),
+        "cooldown_secs": ("33", "44"),
+    },
+    "portfolio": {
+        "max_daily_loss": ("-500.0", "-250.0"),
+        "max_concurrent_positions": ("5", "2"),
+        "max_gross_exposure": ("1000.0", "2000.0"),
+    },
+}
+_DEFAULT_TABLES = "".join(
+    f"[defaults.{section}]\n" + "".join(f"{k} = {v[0]}\n" for k, v in fields.items())
+    for section, fields in _SECTION_VALUES.items()
+)
+_EVERY_FIELD = [(s, f) for s, fields in _SECTION_VALUES.items() for f in fields]
+
+
+def _struct_sections(cls: type[msgspec.Struct]) -> set[str]:
+    return {
+        f.name
+        for f in msgspec.inspect.type_info(cls).fields  # type: ignore[attr-defined]
+        if isinstance(f.type, msgspec.inspect.StructType)
+    }
+
+
+def test_the_merge_walk_covers_every_section_and_field() -> None:
+    """The walk below must grow with the config: a new section or field fails here."""
+    assert _struct_sections(DefaultsConfig) == set(_SECTION_VALUES)
+    assert _struct_sections(BotConfig) == set(_SECTION_VALUES)
+    for section, fields in _SECTION_VALUES.items():
+        cls = type(getattr(DefaultsConfig(), section))
+        assert set(cls.__struct_fields__) == set(fields), section
+
+
+def _expected(section: str, field: str, value: str) -> dict[str, object]:
+    """Every section as the defaults set it, with ``section.field`` replaced."""
+    cfg = load_config(text=_DEFAULT_TABLES, env={})
+    sections: dict[str, object] = {s: getattr(cfg.defaults, s) for s in _SECTION_VALUES}
+    sections[section] = msgspec.structs.replace(
+        sections[section],  # type: ignore[type-var]
+        **{field: tomllib_value(value)},
+    )
+    return sections
+
+
+def tomllib_value(literal: str) -> object:
+    import tomllib
+
+    return tomllib.loads(f"v = {literal}")["v"]
+
+
+@pytest.mark.parametrize(("section", "field"), _EVERY_FIELD)
+@pytest.mark.parametrize("source", ["file", "env creates the table", "env, bot only in env"])
+def test_bot_sections_merge_field_by_field_over_defaults(
+    section: str, field: str, source: str
+) -> None:
+    """Issue 9 item 7: `[bots.X.portfolio]` replaced the defaults instead of merging."""
+    value = _SECTION_VALUES[section][field][1]
+    if source == "file":
+        text, env = _DEFAULT_TABLES + f"[bots.alpha.{section}]\n{field} = {value}\n", {}
+    else:
+        text = _DEFAULT_TABLES + ("[bots.alpha]\n" if source == "env creates the table" else "")
+        env = {f"RISKGATE_BOTS__alpha__{section.upper()}__{field.upper()}": value}
+    alpha = bot_settings(load_config(text=text, env=env), "alpha")
+    assert alpha is not None
+    got = {s: getattr(alpha, s) for s in _SECTION_VALUES}
+    assert got == _expected(section, field, value)
+
+
+@pytest.mark.parametrize(
+    ("section", "field"), [(s, f) for s, f in _EVERY_FIELD if s in _struct_sections(SymbolOverride)]
+)
+@pytest.mark.parametrize("source", ["file", "env"])
+def test_symbol_overrides_merge_field_by_field_over_defaults(
+    section: str, field: str, source: str
+) -> None:
+    """Issue 9 item 7, per symbol: one overridden key keeps every other inherited one."""
+    value = _SECTION_VALUES[section][field][1]
+    if source == "file":
+        text = _DEFAULT_TABLES + f"[bots.alpha.overrides.BTCUSDT.{section}]\n{field} = {value}\n"
+        env: dict[str, str] = {}
+    else:
+        text = _DEFAULT_TABLES + "[bots.alpha]\n"
+        env = {
+            f"RISKGATE_BOTS__alpha__OVERRIDES__BTCUSDT__{section.upper()}__{field.upper()}": value
+        }
+    alpha = bot_settings(load_config(text=text, env=env), "alpha")
+    assert alpha is not None
+    session, breaker = alpha.risk_for("BTCUSDT")
+    expected = _expected(section, field, value)
+    assert (session, breaker) == (expected["session"], expected["breaker"])
+    assert alpha.risk_for("ETHUSDT") == (alpha.session, alpha.breaker)
+
+
+# -- env override names (issue 15 item 6) ----------------------------------------
+
+
+def test_env_overrides_preserve_case_of_bot_and_symbol_names() -> None:
+    text = '[bots.DeskBot]\nsymbols = ["BtcUsdt"]\n'
+    cfg = load_config(
+        text=text,
+        env={
+            "RISKGATE_BOTS__DeskBot__PORTFOLIO__MAX_DAILY_LOSS": "-250",
+            "RISKGATE_BOTS__DeskBot__OVERRIDES__BtcUsdt__BREAKER__LOSS_LIMIT": "2",
+        },
+    )
+    assert set(cfg.bots) == {"DeskBot"}
+    desk = bot_settings(cfg, "DeskBot")
+    assert desk is not None
+    assert desk.portfolio.max_daily_loss == -250.0
+    assert desk.risk_for("BtcUsdt")[1].loss_limit == 2
+    assert set(desk.overrides) == {"BtcUsdt"}
+
+
+def test_env_override_with_the_wrong_case_of_a_configured_bot_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"RISKGATE_BOTS__DESKBOT__.*`DeskBot`"):
+        load_config(
+            text="[bots.DeskBot]\n",
+            env={"RISKGATE_BOTS__DESKBOT__PORTFOLIO__MAX_DAILY_LOSS": "-250"},
+        )
+
+
+@pytest.mark.parametrize("name", ["RISKGATE___", "RISKGATE_KAFKA__", "RISKGATE_BOTS____X"])
+def test_malformed_env_override_names_are_config_errors(name: str) -> None:
+    with pytest.raises(ConfigError, match=f"{re.escape(name)}: malformed override name"):
+        load_config(text="", env={name: "x"})
+
+
+def test_env_values_are_strings_except_arrays_and_inline_tables() -> None:
+    """What deploy/riskgate.toml says about env values (test_deploy checks the comment)."""
+    cfg = load_config(
+        text="",
+        env={
+            "RISKGATE_CONTROL__SECRET": "123",
+            "RISKGATE_WORKER__SWEEP_INTERVAL_MS": "250",
+            "RISKGATE_BOTS__alpha__SYMBOLS": '["BTCUSDT", "ETHUSDT"]',
+        },
+    )
+    assert cfg.control.secret == "123"
+    assert cfg.worker.sweep_interval_ms == 250
+    assert cfg.bots["alpha"].symbols == ["BTCUSDT", "ETHUSDT"]
+
+
+# -- empty control secrets (issue 9 minor) ----------------------------------------
+
+
+@pytest.mark.parametrize("content", ["", "  \n\t\n"])
+def test_empty_or_blank_control_secret_file_is_a_config_error(tmp_path: Path, content: str) -> None:
+    """Issue 9 minor: a blank secret file gave an empty HMAC key anybody could sign with."""
+    from worker.engine import RiskEngine
+
+    secret = tmp_path / "control-secret"
+    secret.write_text(content)
+    cfg = load_config(text=f"[control]\nsecret_file = '{secret}'\n", env={})
+    with pytest.raises(ConfigError, match=r"control\.secret_file .* is empty"):
+        cfg.control.resolved_secret()
+    with pytest.raises(ConfigError, match=r"control\.secret_file .* is empty"):
+        RiskEngine(cfg)  # the worker's start
+
+
+def test_unreadable_control_secret_file_is_a_config_error(tmp_path: Path) -> None:
+    cfg = load_config(text=f"[control]\nsecret_file = '{tmp_path / 'missing'}'\n", env={})
+    with pytest.raises(ConfigError, match=r"cannot read control\.secret_file"):
+        cfg.control.resolved_secret()
+
+
+@pytest.mark.parametrize("secret", ["", "   "])
+def test_empty_or_blank_control_secret_is_a_config_error(secret: str) -> None:
+    with pytest.raises(ConfigError, match=r"\$\.control\.secret"):
+        load_config(text="", env={"RISKGATE_CONTROL__SECRET": secret})
+    with pytest.raises(ConfigError, match=r"\$\.control\.secret"):
+        load_config(text=f"[control]\nsecret = '{secret}'\n", env={})
+
+
+def test_control_secret_file_is_stripped_and_wins(tmp_path: Path) -> None:
+    secret = tmp_path / "control-secret"
+    secret.write_text("s3cret\n")
+    cfg = load_config(text=f"[control]\nsecret = 'other'\nsecret_file = '{secret}'\n", env={})
+    assert cfg.control.resolved_secret() == b"s3cret"
