@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint schemas bench bench-e2e reliability chaos soak hostile stall clean
+.PHONY: demo test lint schemas bench bench-e2e reliability chaos soak hostile stall fuzz mutate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,5 +54,27 @@ stall: $(STAMP)
 hostile: $(STAMP)
 	$(BIN)/python -m pytest -q -s tests/unit/test_hostile_input.py tests/integration/test_reliability_hostile.py
 
+# Both adversarial state machines (engine, worker shell), pass after pass with
+# fresh random seeds, until FUZZ_MINUTES are up; any failure stops it (exit 1)
+# and hypothesis prints the minimal failing sequence (also kept in .hypothesis/).
+fuzz: $(STAMP)  ## FUZZ_MINUTES=10 FUZZ_EXAMPLES=300
+	@end=$$(( $$(date +%s) + 60 * $${FUZZ_MINUTES:-10} )); passes=0; \
+	while [ $$(date +%s) -lt $$end ]; do \
+	  RISKGATE_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-300} $(BIN)/python -m pytest -q -p no:cacheprovider \
+	    --timeout=0 --hypothesis-show-statistics tests/adversarial || exit 1; \
+	  passes=$$((passes + 1)); \
+	done; \
+	echo "fuzz: $$passes passes x $${FUZZ_EXAMPLES:-300} examples per state machine, no failure"
+
+# Mutation score of the core (worker/engine.py, worker/risk/) against the unit
+# suite; config in pyproject.toml [tool.mutmut]. Survivors: `mutmut results`,
+# one diff: `mutmut show <name>`.
+mutate: $(STAMP)
+	$(BIN)/mutmut run --max-children $${JOBS:-2}
+	$(BIN)/mutmut export-cicd-stats
+	$(BIN)/python -c 'import json; s = json.load(open("mutants/mutmut-cicd-stats.json")); \
+	  k, v = s["killed"] + s["timeout"], s["total"] - s["no_tests"] - s["skipped"]; \
+	  print(f"mutation score {k}/{v} = {100 * k / max(v, 1):.1f}% (survived {s[\"survived\"]}, no tests {s[\"no_tests\"]})")'
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache mutants
