@@ -10,25 +10,113 @@ embedded broker: its ListOffsets answers the *base offset of the last batch + 1*
 rather than the log end offset, so a read capped by a record count could reach
 that "end" in the middle of the last batch and silently drop the snapshots
 after it.
+
+Zombie fencing. Every snapshot record carries its writer's *owner epoch* in the
+``riskgate.epoch`` header: one more than the highest epoch its owner found on the
+partition when it restored it. A worker expelled from the group but still alive
+(a long pause, a partition) keeps writing with its old epoch; once the new owner
+has written anything, a record of an older epoch later on the same partition can
+only come from such a zombie, and the fold ignores it. (A zombie record written
+before the new owner's first write is harmless: the new owner replays from the
+group's committed offset — commits of an old generation are refused by the
+coordinator — and rewrites every key whose state moves.)
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+
+EPOCH_HEADER = "riskgate.epoch"
 
 
 class SnapshotRead(NamedTuple):
     partitions: frozenset[int]
     records: dict[str, bytes | None]
-    """Last value per key (None is a tombstone)."""
+    """Last value per key (None is a tombstone), zombie records left out."""
     bot_partitions: dict[str, int]
     """Bot id (the key's first part) → the partition its snapshots live on."""
     read: int
     seconds: float
+    epochs: dict[int, int]
+    """Per partition, the highest owner epoch found (0: none, or written before epochs)."""
+    fenced: int = 0
+    """Records ignored as written by a zombie (an older epoch after a newer one)."""
+
+
+class _Record(Protocol):
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+def epoch_headers(epoch: int) -> list[tuple[str, bytes]]:
+    return [(EPOCH_HEADER, str(epoch).encode())]
+
+
+def record_epoch(headers: Sequence[tuple[str, bytes]] | None) -> int:
+    """The owner epoch of a snapshot record; 0 when absent or unreadable (older writers)."""
+    for name, value in headers or ():
+        if name == EPOCH_HEADER:
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+class _Fold:
+    """Last value per key, in offset order per partition, with the zombie fence."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, bytes | None] = {}
+        self.bot_partitions: dict[str, int] = {}
+        self.epochs: dict[int, int] = {}
+        self.read = 0
+        self.fenced = 0
+
+    def add(self, partition: int, records: Iterable[_Record]) -> None:
+        top = self.epochs.get(partition, 0)
+        for record in records:
+            self.read += 1
+            if record.key is None:
+                continue
+            epoch = record_epoch(record.headers)
+            if epoch < top:
+                self.fenced += 1
+                continue
+            top = epoch
+            key = record.key.decode("utf-8", "replace")
+            self.records[key] = record.value
+            self.bot_partitions[key.partition("/")[0]] = partition
+        self.epochs[partition] = top
+
+    def result(self, partitions: frozenset[int], seconds: float) -> SnapshotRead:
+        return SnapshotRead(
+            partitions,
+            self.records,
+            self.bot_partitions,
+            self.read,
+            seconds,
+            {p: self.epochs.get(p, 0) for p in partitions},
+            self.fenced,
+        )
+
+
+def fold_snapshot_records(
+    partitions: frozenset[int], logs: Mapping[int, Iterable[_Record]], seconds: float = 0.0
+) -> SnapshotRead:
+    """The restore fold over already-read partitions (each in offset order)."""
+    fold = _Fold()
+    for partition, records in logs.items():
+        fold.add(partition, records)
+    return fold.result(partitions, seconds)
 
 
 async def read_snapshot_partitions(
@@ -46,9 +134,7 @@ async def read_snapshot_partitions(
         fetch_max_wait_ms=20,
     )
     await consumer.start()
-    records: dict[str, bytes | None] = {}
-    bot_partitions: dict[str, int] = {}
-    read = 0
+    fold = _Fold()
     try:
         if partitions is None:
             await consumer.topics()  # refreshes metadata for every topic
@@ -63,15 +149,10 @@ async def read_snapshot_partitions(
             # No max_records: never stop inside a batch (see the module docstring).
             batch = await consumer.getmany(*pending, timeout_ms=200)
             for tp, tp_records in batch.items():
-                read += len(tp_records)
-                for record in tp_records:
-                    if record.key is not None:
-                        key = record.key.decode("utf-8", "replace")
-                        records[key] = record.value
-                        bot_partitions[key.partition("/")[0]] = tp.partition
+                fold.add(tp.partition, tp_records)
             for tp in list(pending):
                 if await consumer.position(tp) >= ends[tp]:
                     pending.discard(tp)
     finally:
         await consumer.stop()
-    return SnapshotRead(wanted, records, bot_partitions, read, time.perf_counter() - started)
+    return fold.result(wanted, time.perf_counter() - started)
