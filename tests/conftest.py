@@ -3,18 +3,33 @@
 Order: ``KAFKA_BOOTSTRAP_SERVERS`` if set; else a testcontainers Kafka when a
 Docker engine answers; else the embedded Tansu broker. Fault tests that must
 freeze or kill the broker use ``embedded_broker``, a private one per test.
+
+The run says what it used: the header names the broker the session will start,
+the summary the one it did start. In CI (``CI=true``) a skipped test marked
+``security`` fails: a missing ``openssl`` must not turn TLS/SASL coverage off
+without anyone noticing.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from typing import Any
 
 import pytest
 
 from worker.kafka.broker import EmbeddedBroker
 
+_used: list[str] = []
+"""The session broker once started (header and summary report it)."""
 
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+@functools.cache
 def _docker_answers() -> bool:
     """A quick ping; no engine on the dev machines, so this must fail fast."""
     try:
@@ -34,6 +49,7 @@ def kafka_bootstrap() -> Iterator[str]:
     """Bootstrap servers of the session's broker, whichever kind is available."""
     configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if configured:
+        _used.append(_broker_plan())
         yield configured
         return
     if _docker_answers():
@@ -43,10 +59,48 @@ def kafka_bootstrap() -> Iterator[str]:
             from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer() as container:
+            _used.append(f"testcontainers Kafka at {container.get_bootstrap_server()}")
             yield container.get_bootstrap_server()
         return
     with EmbeddedBroker() as broker:
+        _used.append(f"embedded Tansu at {broker.bootstrap_servers}")
         yield broker.bootstrap_servers
+
+
+def _broker_plan() -> str:
+    """Which broker ``kafka_bootstrap`` starts, in the order it tries them."""
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        return f"Kafka via KAFKA_BOOTSTRAP_SERVERS={configured}"
+    if _docker_answers():
+        return "testcontainers Kafka (a Docker engine answers)"
+    return "embedded Tansu (no KAFKA_BOOTSTRAP_SERVERS, no Docker engine)"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "security: TLS/SASL/signing coverage; a skip of it fails the run in CI"
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    ci = " (CI: skipped security tests fail)" if _in_ci() else ""
+    return f"riskgate broker: {_broker_plan()}{ci}"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    used = _used[0] if _used else "none started (no test needed the session broker)"
+    terminalreporter.write_line(f"riskgate broker used: {used}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[Any]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and _in_ci() and item.get_closest_marker("security") is not None:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"security test skipped in CI: {reason}"
 
 
 @pytest.fixture

@@ -46,6 +46,7 @@ from worker.operator import load_bot, make_command, send_command
 
 pytestmark = [
     pytest.mark.broker,
+    pytest.mark.security,
     pytest.mark.skipif(not openssl_available(), reason="needs the openssl CLI for certificates"),
 ]
 
