@@ -513,3 +513,56 @@ def test_alert_rules_name_metrics_the_worker_exports() -> None:
     exprs = " ".join(str(r["expr"]) for g in rules_doc["groups"] for r in g["rules"])
     used = set(re.findall(r"\briskgate_[a-z_]+", exprs))
     assert used <= exported, used - exported
+
+
+# -- what the shipped files say about the code ---------------------------------------
+
+
+def _header_comment(path: Path) -> str:
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# "))
+    return " ".join(lines)
+
+
+def test_deploy_env_override_comment_matches_the_code() -> None:
+    """Issue 15 item 6: the comment said env values parse as TOML literals; they do not."""
+    from worker.config import load_config
+
+    comment = _header_comment(EXAMPLE_TOML)
+    assert "TOML literals" not in comment
+    assert "numeric-looking password stays a string" in comment
+    assert "RISKGATE_BOTS__DeskBot__PORTFOLIO__MAX_DAILY_LOSS=-250" in comment
+    cfg = load_config(
+        EXAMPLE_TOML,
+        env={
+            "RISKGATE_KAFKA__SASL_PASSWORD": "123",
+            "RISKGATE_BOTS__DeskBot__PORTFOLIO__MAX_DAILY_LOSS": "-250",
+            "RISKGATE_BOTS__alpha__SYMBOLS": '["BTCUSDT"]',
+        },
+    )
+    assert cfg.kafka.sasl_password == "123"
+    assert cfg.bots["DeskBot"].portfolio.max_daily_loss == -250.0
+    assert cfg.bots["alpha"].symbols == ["BTCUSDT"]
+
+
+def test_compose_control_secret_variable_is_the_one_the_cli_reads() -> None:
+    """Issue 15 item 5: compose told operators to export a variable the CLI never read."""
+    from worker.operator import SECRET_ENV
+
+    worker = _compose()["services"]["worker"]
+    assert worker["environment"]["RISKGATE_CONTROL__SECRET"].startswith(f"${{{SECRET_ENV}:-")
+    assert f"export {SECRET_ENV}" in (DEPLOY / "compose.yaml").read_text()
+
+
+@pytest.mark.parametrize("source", ["riskgate.toml", "configmap"])
+def test_shipped_kafka_request_timeout_exceeds_session_timeout(source: str) -> None:
+    """Issue 15 item 12: 30 s sessions with 15 s requests never join (see
+    tests/integration/test_shipped_configs.py for the join itself)."""
+    data = (
+        tomllib.loads(EXAMPLE_TOML.read_text()) if source == "riskgate.toml" else _configmap_toml()
+    )
+    kafka = data["kafka"]
+    assert kafka["request_timeout_ms"] > kafka["session_timeout_ms"]
