@@ -1,24 +1,36 @@
 """Client library for execution services: local gate table and pre-trade checks.
 
 ``GateClient.check(intent)`` asks the worker over Kafka and awaits its
-decision; it fails closed (a denial) when no decision arrives in time.
+decision; it fails closed (a denial) when no decision *matching the intent*
+arrives in time.
 
 ``GateView`` follows the compacted ``risk.gates`` topic (and ``risk.halts``)
 and answers ``entries_allowed(bot, symbol)`` from memory, with no network round
 trip. It **fails closed**: it denies until it has read the topic to the end,
-for a bot with no account record, and for a bot whose owner has published
-neither an update nor a heartbeat within ``staleness_ms``.
+for a bot with no account record, for a bot whose owner has not been heard
+from within ``staleness_ms`` (judged by this process's monotonic clock, never
+the worker's), and for everything once its reader has stopped.
+
+Both read in a background task that survives any record: one that does not
+decode (bad UTF-8, nesting deep enough for a RecursionError, wrong types) is
+skipped, counted in ``.ignored`` and logged once per kind. Should the task
+end anyway, ``.failure`` says why and everything fails closed.
 
 Both follow their topics with ``[kafka] fetch_max_wait_ms`` of the config they
 are given: Kafka answers a fetch as soon as records arrive, so it only paces
 idle polls; on a broker that does not wake waiting fetches (the embedded
 Tansu) it adds up to that much per hop, so lower it there.
+
+Who may write the topics these classes trust is an ACL matter: see "Topic ACLs"
+in deploy/README.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -30,11 +42,19 @@ from aiokafka.errors import KafkaError
 from worker.config import KafkaConfig, TopicsConfig
 from worker.kafka.options import client_kwargs
 from worker.kafka.topics import TopicLayoutError
-from worker.messages import AccountGateState, GateDecision, GateState, HaltEvent, OrderIntent
+from worker.messages import (
+    AccountGateState,
+    Block,
+    Gate,
+    GateDecision,
+    GateState,
+    HaltEvent,
+    OrderIntent,
+)
 
 log = structlog.get_logger("riskgate.client")
 
-HaltCallback = Callable[[HaltEvent], None]
+HaltCallback = Callable[[HaltEvent], object]
 
 _symbol_state = msgspec.json.Decoder(GateState)
 _account_state = msgspec.json.Decoder(AccountGateState)
@@ -45,6 +65,14 @@ _encode = msgspec.json.Encoder().encode
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+class FollowerFailed(RuntimeError):
+    """The background reader of a GateView or GateClient stopped: it now fails closed."""
 
 
 def _partitions(consumer: AIOKafkaConsumer, *topics: str) -> list[TopicPartition]:
@@ -62,8 +90,190 @@ def _partitions(consumer: AIOKafkaConsumer, *topics: str) -> list[TopicPartition
     return tps
 
 
-class GateView:
-    """A local, continuously updated copy of every bot's gates."""
+class _Follower:
+    """A background task reading assigned partitions that no single record can stop.
+
+    Subclasses apply one record in :meth:`_record`; whatever it raises skips
+    that record (counted in :attr:`ignored`, logged once per kind). A reader
+    that stops anyway (the client's fetch raising, say) sets :attr:`failure`,
+    and every answer from then on is a denial that quotes it.
+    """
+
+    _poll_ms = 100
+
+    def __init__(self, kafka: KafkaConfig, topics: TopicsConfig | None) -> None:
+        self._kafka = kafka
+        self._topics = topics or TopicsConfig()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.failure: str | None = None
+        """Why this object fails closed for good (None while its reader runs)."""
+        self.ignored: Counter[str] = Counter()
+        """Records and callbacks skipped, by kind (e.g. ``UnicodeDecodeError``)."""
+
+    async def _open(self, topics: tuple[str, ...], *, from_end: bool) -> AIOKafkaConsumer:
+        consumer = AIOKafkaConsumer(
+            **client_kwargs(self._kafka),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self._kafka.fetch_max_wait_ms,
+        )
+        await consumer.start()
+        try:
+            # A metadata round trip: the bootstrap metadata need not list any topic.
+            await consumer.topics()
+            tps = _partitions(consumer, *topics)
+            consumer.assign(tps)
+            if from_end:
+                await consumer.seek_to_end(*tps)
+                for tp in tps:  # resolve the end now, so nothing sent after start is missed
+                    await consumer.position(tp)
+            else:
+                await consumer.seek_to_beginning(*tps)
+        except BaseException:
+            await consumer.stop()
+            raise
+        return consumer
+
+    def _launch(self, consumer: AIOKafkaConsumer) -> None:
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._follow(consumer), name=type(self).__name__)
+        self._task.add_done_callback(self._ended)
+
+    async def _stop_following(self) -> None:
+        if self.failure is None:
+            self.failure = f"{type(self).__name__} stopped: failing closed"
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if self.failure is not None:  # stopped on purpose
+            return
+        exc = None if task.cancelled() else task.exception()
+        cause = "cancelled" if exc is None else f"{type(exc).__name__}: {exc}"
+        self.failure = f"{type(self).__name__} reader stopped ({cause}): failing closed"
+        log.error("reader stopped; failing closed", component=type(self).__name__, cause=cause)
+        self._failed()
+
+    def _failed(self) -> None:
+        """Hook: the reader has just stopped for good."""
+
+    def _note(self, kind: str, level: str = "warning", **context: Any) -> None:
+        """Count a skipped record or callback; log the first of each kind only.
+
+        A producer repeating one bad record must not flood the log; the counts
+        stay in :attr:`ignored` for whoever wants the totals.
+        """
+        self.ignored[kind] += 1
+        if self.ignored[kind] == 1:
+            getattr(log, level)(
+                "ignoring (logged once per kind; see .ignored)",
+                component=type(self).__name__,
+                kind=kind,
+                **context,
+            )
+
+    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            batch = await consumer.getmany(timeout_ms=self._poll_ms, max_records=10_000)
+            for tp, records in batch.items():
+                for record in records:
+                    try:
+                        self._record(tp, record)
+                    except Exception as exc:  # any decode failure: RecursionError included
+                        self._note(
+                            type(exc).__name__,
+                            topic=tp.topic,
+                            partition=tp.partition,
+                            offset=record.offset,
+                            error=str(exc)[:200],
+                        )
+            await self._batch_done(consumer)
+
+    def _record(self, tp: TopicPartition, record: Any) -> None:
+        raise NotImplementedError
+
+    async def _batch_done(self, consumer: AIOKafkaConsumer) -> None:
+        """Hook: called after every fetch (empty or not)."""
+
+
+class _HaltRelay:
+    """Holds each halt event until the gate table shows it, then calls the subscribers.
+
+    ``risk.halts`` and ``risk.gates`` are separate topics read in no fixed order,
+    so a callback that asked the view right away could be told the opposite of
+    the event it was handed. Events wait per (bot, symbol, gate) and are all
+    delivered, in topic order, once the gate record of their (bot, symbol) —
+    the account record for ``symbol=None`` — agrees with the latest of them
+    (blocked by that gate after ``halted``, not after ``resumed``). Earlier
+    events of the group are delivered then too: the worker may never publish
+    a record showing a state it left within one batch.
+    """
+
+    def __init__(
+        self,
+        blocks: Callable[[str, str | None], list[Block] | None],
+        note: Callable[..., None],
+    ) -> None:
+        self._blocks = blocks
+        self._note = note
+        self.callbacks: list[HaltCallback] = []
+        self._held: dict[tuple[str, str | None], dict[Gate, list[HaltEvent]]] = {}
+
+    def add(self, event: HaltEvent) -> None:
+        key = (event.bot, event.symbol)
+        self._held.setdefault(key, {}).setdefault(event.gate, []).append(event)
+        self.table_changed(*key)
+
+    def table_changed(self, bot: str, symbol: str | None) -> None:
+        held = self._held.get((bot, symbol))
+        if held is None:
+            return
+        blocks = self._blocks(bot, symbol)
+        if blocks is None:
+            return
+        for gate, events in list(held.items()):
+            if any(b.gate == gate for b in blocks) == (events[-1].kind == "halted"):
+                del held[gate]
+                for event in events:
+                    self._deliver(event)
+        if not held:
+            del self._held[(bot, symbol)]
+
+    def _deliver(self, event: HaltEvent) -> None:
+        for callback in self.callbacks:
+            try:
+                result = callback(event)
+            except (Exception, asyncio.CancelledError) as exc:
+                # A subscriber's bug must not stop the gate table from updating.
+                self._note("callback_error", event_id=event.event_id, error=repr(exc))
+                continue
+            if inspect.iscoroutine(result):  # e.g. a lambda calling an async def
+                result.close()
+                self._note("callback_returned_coroutine", event_id=event.event_id)
+
+
+def _is_async(callback: object) -> bool:
+    call = getattr(callback, "__call__", None)  # noqa: B004 - async __call__ methods too
+    return inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(call)
+
+
+class GateView(_Follower):
+    """A local, continuously updated copy of every bot's gates.
+
+    ``clock`` returns *monotonic* milliseconds (only differences are used);
+    inject one in tests. A bot is fresh while an account record of it was
+    received within ``staleness_ms`` on this clock. Records read while
+    replaying the topic's history prove nothing about the worker being alive
+    now, so a bot stays denied after :meth:`wait_caught_up` until its owner's
+    next heartbeat (``[worker] heartbeat_interval_ms``) arrives.
+    """
+
+    _poll_ms = 200
 
     def __init__(
         self,
@@ -71,19 +281,19 @@ class GateView:
         topics: TopicsConfig | None = None,
         *,
         staleness_ms: int = 15_000,
-        clock: Callable[[], int] = _now_ms,
+        clock: Callable[[], int] = _monotonic_ms,
     ) -> None:
-        self._kafka = kafka
-        self._topics = topics or TopicsConfig()
+        super().__init__(kafka, topics)
         self.staleness_ms = staleness_ms
         self._clock = clock
         self.symbols: dict[tuple[str, str], GateState] = {}
         self.accounts: dict[str, AccountGateState] = {}
-        self._callbacks: list[HaltCallback] = []
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._heard: dict[str, int] = {}
+        """Bot -> local monotonic ms its account record was last received live."""
+        self._relay = _HaltRelay(self._blocks, self._note)
         self._caught_up = asyncio.Event()
-        self._ends: dict[TopicPartition, int] = {}
+        self._replaying: dict[TopicPartition, int] = {}
+        """Partitions not yet read to their end at start, with that end."""
 
     # -- queries (no I/O) --------------------------------------------------------
 
@@ -93,60 +303,64 @@ class GateView:
 
     def entries_allowed(self, bot: str, symbol: str) -> bool:
         """May ``bot`` open new risk on ``symbol``? Denies on any doubt."""
-        if not self._caught_up.is_set():
+        if self.failure is not None or not self._caught_up.is_set():
             return False
         account = self.accounts.get(bot)
         if account is None or not account.entries_allowed:
             return False
         # The owner re-publishes the account record at least every heartbeat.
-        if self._clock() - account.updated_ts > self.staleness_ms:
+        heard = self._heard.get(bot)
+        if heard is None or self._clock() - heard > self.staleness_ms:
             return False
         state = self.symbols.get((bot, symbol))
         return state is None or state.entries_allowed
 
     def subscribe(self, callback: HaltCallback) -> None:
-        """Call ``callback`` for every halt/resume event the view reads.
+        """Call ``callback(event)`` for every halt/resume event, once the table shows it.
 
-        Subscribe before :meth:`start` to get the topic's history as well; a
-        callback added later sees only the events read after it was added.
+        When it runs, :meth:`entries_allowed` already answers as of that event
+        (see :class:`_HaltRelay`); events of one (bot, symbol, gate) arrive in
+        topic order. Subscribe before :meth:`start` to get the topic's history
+        as well. Callbacks run synchronously in the reader task, so ``async
+        def`` callbacks are refused with TypeError (awaiting them there would
+        stall the gate table); schedule your coroutine from a plain function
+        instead: ``view.subscribe(lambda e: loop.create_task(on_halt(e)))``.
+        A callback that raises is counted in ``.ignored["callback_error"]``.
         """
-        self._callbacks.append(callback)
+        if _is_async(callback):
+            raise TypeError(
+                f"{callback!r} is a coroutine function: GateView calls halt callbacks "
+                "synchronously; subscribe `lambda e: loop.create_task(callback(e))` instead"
+            )
+        self._relay.callbacks.append(callback)
 
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
-        consumer = AIOKafkaConsumer(
-            **client_kwargs(self._kafka),
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=self._kafka.fetch_max_wait_ms,
-        )
-        await consumer.start()
-        topics = self._topics
-        try:
-            # A metadata round trip: the bootstrap metadata need not list any topic.
-            await consumer.topics()
-            tps = _partitions(consumer, topics.gates, topics.halts)
-        except BaseException:
-            await consumer.stop()
-            raise
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        self._ends = await consumer.end_offsets(tps)
-        self._consumer = consumer
-        self._task = asyncio.create_task(self._follow())
+        consumer = await self._open((self._topics.gates, self._topics.halts), from_end=False)
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+        self._replaying = {tp: end for tp, end in ends.items() if end > 0}
+        if not self._replaying:
+            self._caught_up.set()
+        self._launch(consumer)
 
     async def wait_caught_up(self) -> None:
-        """Wait until the gate topic has been read to its end (wrap in ``asyncio.timeout``)."""
-        await self._caught_up.wait()
+        """Wait until the topics have been read to their end (wrap in ``asyncio.timeout``).
+
+        Raises FollowerFailed if the reader stops first.
+        """
+        task = self._task
+        assert task is not None, "GateView.start() first"
+        waiter = asyncio.ensure_future(self._caught_up.wait())
+        try:
+            await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if not self._caught_up.is_set() or self.failure is not None:
+            raise FollowerFailed(self.failure or "GateView reader stopped")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await self._stop_following()
 
     async def __aenter__(self) -> GateView:
         await self.start()
@@ -155,57 +369,70 @@ class GateView:
     async def __aexit__(self, *_: object) -> None:
         await self.stop()
 
-    async def _follow(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
-        pending = {tp for tp, end in self._ends.items() if end > 0}
-        if not pending:
-            self._caught_up.set()
-        while True:
-            batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
-            for tp, records in batch.items():
-                for record in records:
-                    self._apply(tp.topic, record)
-            if pending:
-                for tp in list(pending):
-                    # Some brokers (Tansu) list the end as the last batch's base offset
-                    # + 1; the fetch high watermark is exact, so no batch is cut short.
-                    end = max(self._ends[tp], consumer.highwater(tp) or 0)
-                    if await consumer.position(tp) >= end:
-                        pending.discard(tp)
-                if not pending:
-                    self._caught_up.set()
+    # -- reading -------------------------------------------------------------------
 
-    def _apply(self, topic: str, record: Any) -> None:
+    async def _batch_done(self, consumer: AIOKafkaConsumer) -> None:
+        if not self._replaying:
+            return
+        for tp, end in list(self._replaying.items()):
+            # Some brokers (Tansu) list the end as the last batch's base offset
+            # + 1; the fetch high watermark is exact, so no batch is cut short.
+            if await consumer.position(tp) >= max(end, consumer.highwater(tp) or 0):
+                del self._replaying[tp]
+        if not self._replaying:
+            self._caught_up.set()
+
+    def _record(self, tp: TopicPartition, record: Any) -> None:
+        self._apply(tp.topic, record, live=tp not in self._replaying)
+
+    def _apply(self, topic: str, record: Any, *, live: bool) -> None:
+        """Apply one record; ``live`` when read after its partition's history."""
         if record.value is None:
             return
-        try:
-            if topic == self._topics.halts:
-                event = _halt.decode(record.value)
-                for callback in self._callbacks:
-                    try:
-                        callback(event)
-                    except Exception:
-                        # A subscriber's bug must not stop the gate table from updating.
-                        log.exception("halt callback failed", event_id=event.event_id)
-            elif record.key is not None and record.key.count(b"/") == 1:
-                account = _account_state.decode(record.value)
-                self.accounts[account.bot] = account
-            else:
-                state = _symbol_state.decode(record.value)
-                self.symbols[(state.bot, state.symbol)] = state
-        except msgspec.DecodeError as exc:
-            log.warning(
-                "ignoring undecodable record", topic=topic, offset=record.offset, error=str(exc)
-            )
+        if topic == self._topics.halts:
+            self._relay.add(_halt.decode(record.value))
+        elif record.key is not None and record.key.count(b"/") == 1:
+            account = _account_state.decode(record.value)
+            self.accounts[account.bot] = account
+            if live:
+                self._heard[account.bot] = self._clock()
+            self._relay.table_changed(account.bot, None)
+        else:
+            state = _symbol_state.decode(record.value)
+            self.symbols[(state.bot, state.symbol)] = state
+            self._relay.table_changed(state.bot, state.symbol)
+
+    def _blocks(self, bot: str, symbol: str | None) -> list[Block] | None:
+        record = self.accounts.get(bot) if symbol is None else self.symbols.get((bot, symbol))
+        return None if record is None else record.blocks
 
 
-class GateClient:
+def _answers(decision: GateDecision, intent: OrderIntent) -> bool:
+    """Does ``decision`` echo ``intent``? Its id alone is not enough (issue 15 item 2).
+
+    Floats compare exactly: the worker copies them from the decoded intent and
+    JSON round-trips a float exactly.
+    """
+    return (
+        decision.intent_id == intent.intent_id
+        and decision.bot == intent.bot
+        and decision.symbol == intent.symbol
+        and decision.action == intent.action
+        and decision.side == intent.side
+        and decision.qty == intent.qty
+        and decision.price == intent.price
+    )
+
+
+class GateClient(_Follower):
     """Pre-trade checks over Kafka: publish an intent, await the worker's decision.
 
     Many concurrent ``check`` calls share one producer and one decisions
-    consumer. A decision that does not arrive within the timeout is a denial
-    (fail closed), never an exception the caller might treat as "go".
+    consumer. Only a decision that echoes the intent (id, bot, symbol,
+    action, side, qty, price) answers it: any other is skipped and counted
+    (``ignored["mismatched_decision"]``) while the check keeps waiting. A
+    decision that does not arrive within the timeout is a denial (fail
+    closed), never an exception the caller might treat as "go".
     """
 
     def __init__(
@@ -216,47 +443,28 @@ class GateClient:
         timeout_ms: int = 250,
         clock: Callable[[], int] = _now_ms,
     ) -> None:
-        self._kafka = kafka
-        self._topics = topics or TopicsConfig()
+        super().__init__(kafka, topics)
         self.timeout_ms = timeout_ms
         self._clock = clock
-        self._pending: dict[str, asyncio.Future[GateDecision]] = {}
+        """Wall clock (epoch ms) stamped on the client's own denials."""
+        self._pending: dict[str, list[tuple[OrderIntent, asyncio.Future[GateDecision]]]] = {}
         self._producer: AIOKafkaProducer | None = None
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        kwargs = client_kwargs(self._kafka)
-        producer = AIOKafkaProducer(**kwargs, linger_ms=0, acks=1)
-        consumer = AIOKafkaConsumer(
-            **kwargs,
-            group_id=None,
-            enable_auto_commit=False,
-            fetch_max_wait_ms=self._kafka.fetch_max_wait_ms,
-        )
+        producer = AIOKafkaProducer(**client_kwargs(self._kafka), linger_ms=0, acks=1)
         await producer.start()
-        await consumer.start()
         try:
-            await consumer.topics()
-            tps = _partitions(consumer, self._topics.decisions)
+            consumer = await self._open((self._topics.decisions,), from_end=True)
         except BaseException:
-            await consumer.stop()
             await producer.stop()
             raise
-        consumer.assign(tps)
-        await consumer.seek_to_end(*tps)
-        for tp in tps:  # resolve the end now, so no decision sent after start() is missed
-            await consumer.position(tp)
-        self._producer, self._consumer = producer, consumer
-        self._task = asyncio.create_task(self._follow())
+        self._producer = producer
+        self._launch(consumer)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        for client in (self._consumer, self._producer):
-            if client is not None:
-                await client.stop()
+        await self._stop_following()
+        if self._producer is not None:
+            await self._producer.stop()
 
     async def __aenter__(self) -> GateClient:
         await self.start()
@@ -266,43 +474,73 @@ class GateClient:
         await self.stop()
 
     async def check(self, intent: OrderIntent, timeout_ms: int | None = None) -> GateDecision:
-        """The worker's decision on ``intent``, or a denial when none arrives in time."""
+        """The worker's decision on ``intent``, or a denial when none arrives in time.
+
+        With a stopped reader nothing is sent (the worker would reserve
+        notional for an order this client cannot be told about).
+        """
         producer = self._producer
         assert producer is not None, "GateClient.start() first"
+        if self.failure is not None:
+            return self._denial(intent, self.failure)
         timeout = self.timeout_ms if timeout_ms is None else timeout_ms
-        future = self._pending.setdefault(
-            intent.intent_id, asyncio.get_running_loop().create_future()
-        )
+        future: asyncio.Future[GateDecision] = asyncio.get_running_loop().create_future()
+        waiter = (intent, future)
+        waiters = self._pending.setdefault(intent.intent_id, [])
+        waiters.append(waiter)
         try:
             async with asyncio.timeout(timeout / 1000):
                 await producer.send(self._topics.intents, _encode(intent), key=intent.bot.encode())
-                return await asyncio.shield(future)
+                return await future
         except (TimeoutError, KafkaError) as exc:
-            return GateDecision(
-                intent_id=intent.intent_id,
-                bot=intent.bot,
-                symbol=intent.symbol,
-                allowed=False,
-                gate=None,
-                reason=f"no decision within {timeout} ms ({type(exc).__name__}): failing closed",
-                ts=self._clock(),
-            )
+            reason = f"no matching decision within {timeout} ms ({type(exc).__name__})"
+            return self._denial(intent, f"{reason}: failing closed")
+        except FollowerFailed as exc:
+            return self._denial(intent, str(exc))
         finally:
-            self._pending.pop(intent.intent_id, None)
+            waiters.remove(waiter)
+            if not waiters:
+                del self._pending[intent.intent_id]
 
-    async def _follow(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
-        while True:
-            batch = await consumer.getmany(timeout_ms=100, max_records=10_000)
-            for records in batch.values():
-                for record in records:
-                    if record.value is None:
-                        continue  # a tombstone: would kill this loop (TypeError)
-                    try:
-                        decision = _decision.decode(record.value)
-                    except msgspec.DecodeError:
-                        continue
-                    future = self._pending.get(decision.intent_id)
-                    if future is not None and not future.done():
-                        future.set_result(decision)
+    def _denial(self, intent: OrderIntent, reason: str) -> GateDecision:
+        return GateDecision(
+            intent_id=intent.intent_id,
+            bot=intent.bot,
+            symbol=intent.symbol,
+            allowed=False,
+            gate=None,
+            reason=reason,
+            ts=self._clock(),
+            action=intent.action,
+            side=intent.side,
+            qty=intent.qty,
+            price=intent.price,
+        )
+
+    def _record(self, tp: TopicPartition, record: Any) -> None:
+        if record.value is None:
+            return  # a tombstone someone wrote to the decisions topic
+        decision = _decision.decode(record.value)
+        waiters = self._pending.get(decision.intent_id)
+        if not waiters:
+            # Another client's intent, or ours after its check timed out.
+            self._note("not_pending", level="info", topic=tp.topic)
+            return
+        matched = [future for intent, future in waiters if _answers(decision, intent)]
+        if not matched:
+            self._note(
+                "mismatched_decision",
+                intent_id=decision.intent_id,
+                bot=decision.bot,
+                symbol=decision.symbol,
+                offset=record.offset,
+            )
+        for future in matched:
+            if not future.done():
+                future.set_result(decision)
+
+    def _failed(self) -> None:
+        for waiters in self._pending.values():
+            for _, future in waiters:
+                if not future.done():
+                    future.set_exception(FollowerFailed(self.failure))
