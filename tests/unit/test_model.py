@@ -1,0 +1,548 @@
+"""The reference model (tests/support/model.py) against hand-computed cases of docs/spec.md.
+
+The model is the oracle of the integration and chaos suites, so it is checked
+here on its own, scenario by scenario, with every expected number worked out
+by hand from the spec (the seed's examples included).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import pytest
+from support.model import (
+    DAY_MS,
+    BotLimits,
+    Limits,
+    Model,
+    Rejected,
+    SymbolLimits,
+    canonical_command,
+    limits_from_config,
+)
+
+from worker.config import load_config
+from worker.messages import ControlCommand, Fill, OrderIntent, TradeOutcome
+
+MIN = 60_000
+HOUR = 3_600_000
+DAY0 = 20_254 * DAY_MS
+NOON = DAY0 + 12 * HOUR
+
+
+def limits(
+    *,
+    session: float = -50.0,
+    breaker: int = 4,
+    window: int = 14_400,
+    cooldown: int = 3_600,
+    source: str = "outcomes",
+    symbols: frozenset[str] | None = None,
+    overrides: dict[str, SymbolLimits] | None = None,
+    daily: float | None = None,
+    concurrent: int = 0,
+    exposure: float | None = None,
+    **worker: object,
+) -> Limits:
+    bot = BotLimits(
+        symbols=symbols,
+        pnl_source=source,
+        default=SymbolLimits(session, breaker, window, cooldown),
+        overrides=overrides or {},
+        max_daily_loss=daily,
+        max_concurrent_positions=concurrent,
+        max_gross_exposure=exposure,
+    )
+    return Limits(bots={"a": bot}, **worker)  # type: ignore[arg-type]
+
+
+_n = iter(range(1_000_000))
+
+
+def out(
+    gross: float, fee: float = 0.0, *, ts: int = NOON, sym: str = "BTC", oid: str = ""
+) -> TradeOutcome:
+    return TradeOutcome(oid or f"o{next(_n)}", "a", sym, gross, fee, ts)
+
+
+def fill(
+    side: str,
+    qty: float,
+    price: float,
+    fee: float = 0.0,
+    *,
+    ts: int = NOON,
+    sym: str = "BTC",
+    intent: str | None = None,
+    fid: str = "",
+) -> Fill:
+    return Fill(fid or f"f{next(_n)}", "a", sym, side, qty, price, fee, ts, 1.0, intent)  # type: ignore[arg-type]
+
+
+def intent(
+    action: str,
+    side: str,
+    qty: float,
+    price: float = 100.0,
+    *,
+    iid: str = "",
+    sym: str = "BTC",
+    ts: int = NOON,
+) -> OrderIntent:
+    return OrderIntent(iid or f"i{next(_n)}", "a", sym, action, side, qty, price, ts)  # type: ignore[arg-type]
+
+
+def cmd(
+    command: str, symbol: str | None = "BTC", *, ts: int = NOON, reason: str = "r"
+) -> ControlCommand:
+    return ControlCommand(command, "a", symbol, reason, "ops", ts)  # type: ignore[arg-type]
+
+
+def state(m: Model, sym: str = "BTC") -> dict[str, object]:
+    return m.symbol_states()[f"a/risk/{sym}"]
+
+
+def halts(m: Model) -> list[tuple[object, ...]]:
+    return [(h.symbol, h.gate, h.kind, h.ts, h.until_ts) for h in m.halts]
+
+
+def gates(m: Model) -> list[tuple[bool, str | None]]:
+    return [(d.allowed, d.gate) for d in m.decisions]
+
+
+# -- session ---------------------------------------------------------------------------
+
+
+def test_trades_are_classified_on_net_so_a_win_eaten_by_fees_is_a_breaker_loss() -> None:
+    m = Model(limits(breaker=1))
+    m.apply(out(0.5, 0.6), NOON)
+    s = state(m)
+    assert (s["trades"], s["wins"], s["losses"], s["breakevens"]) == (1, 0, 1, 0)
+    assert s["tripped_at"] == NOON // 1000
+    assert s["net_pnl"] == pytest.approx(-0.1)
+
+
+def test_a_break_even_round_trip_is_neither_win_nor_loss_and_never_trips() -> None:
+    m = Model(limits(breaker=1))
+    m.apply(out(0.5, 0.5), NOON)
+    s = state(m)
+    assert (s["trades"], s["wins"], s["losses"], s["breakevens"]) == (1, 0, 0, 1)
+    assert s["tripped_at"] is None and s["recent_losses"] == []
+    assert m.halts == []
+
+
+def test_session_halts_at_exactly_the_loss_limit_until_the_sweep_after_midnight() -> None:
+    m = Model(limits(session=-50.0))
+    m.apply(out(10.0, ts=NOON), NOON)
+    m.apply(out(-59.0, 1.0, ts=NOON + MIN), NOON + MIN)  # net 10 - 60 = -50
+    assert state(m)["halted"] is True
+    assert halts(m) == [("BTC", "session_halt", "halted", NOON + MIN, DAY0 + DAY_MS)]
+    m.apply(out(100.0, ts=NOON + 2 * MIN), NOON + 2 * MIN)  # recovering does not lift it
+    assert state(m)["halted"] is True
+    m.sweep(DAY0 + DAY_MS - 1)
+    assert state(m)["halted"] is True
+    m.sweep(DAY0 + DAY_MS)
+    s = state(m)
+    assert (s["halted"], s["trades"], s["realised"], s["day"]) == (False, 0, 0.0, 20_255)
+    assert halts(m)[-1] == ("BTC", "session_halt", "resumed", DAY0 + DAY_MS, None)
+
+
+def test_an_event_stamped_after_midnight_counts_toward_today_and_rolls_nothing() -> None:
+    m = Model(limits(session=-50.0))
+    m.apply(out(-60.0, ts=NOON), NOON)  # halted today
+    late_night = DAY0 + DAY_MS - 4 * MIN
+    m.apply(out(1.0, ts=DAY0 + DAY_MS + MIN), late_night, record_ts=late_night)
+    s = state(m)
+    assert (s["halted"], s["day"], s["trades"], s["realised"]) == (True, 20_254, 2, -59.0)
+    assert [h[2] for h in halts(m)] == ["halted"]
+
+
+def test_an_outcome_of_an_earlier_day_does_not_count_toward_today_but_enters_the_window() -> None:
+    m = Model(limits(breaker=2))
+    now = DAY0 + 10 * MIN
+    m.apply(out(-1.0, ts=DAY0 + 5 * MIN), now)
+    m.apply(out(-500.0, ts=DAY0 - MIN), now)  # yesterday's, 6 minutes earlier
+    s = state(m)
+    assert (s["trades"], s["realised"], s["halted"]) == (1, -1.0, False)
+    assert s["recent_losses"] == [(DAY0 - MIN) // 1000, (DAY0 + 5 * MIN) // 1000]
+    assert s["tripped_at"] == (DAY0 + 5 * MIN) // 1000
+
+
+# -- breaker ---------------------------------------------------------------------------
+
+
+def test_breaker_trips_at_the_limit_inside_the_window_not_on_losses_hours_apart() -> None:
+    m = Model(limits(breaker=3, window=3_600))
+    for k in range(3):  # 40 minutes apart: a 1 h window never holds 3
+        m.apply(out(-1.0, ts=NOON + k * 40 * MIN, sym="SLOW"), NOON + 2 * HOUR)
+    for k in range(3):
+        m.apply(out(-1.0, ts=NOON + k * MIN, sym="FAST"), NOON + 2 * HOUR)
+    assert state(m, "SLOW")["tripped_at"] is None
+    assert state(m, "SLOW")["recent_losses"] == [
+        (NOON + 40 * MIN) // 1000,
+        (NOON + 80 * MIN) // 1000,
+    ]
+    assert state(m, "FAST")["tripped_at"] == (NOON + 2 * MIN) // 1000
+    assert halts(m) == [
+        ("FAST", "circuit_breaker", "halted", NOON + 2 * MIN, NOON + 2 * MIN + 3_600_000)
+    ]
+
+
+def test_a_win_does_not_untrip_and_losses_during_the_trip_are_not_recorded() -> None:
+    m = Model(limits(breaker=1, cooldown=600))
+    m.apply(out(-1.0, ts=NOON), NOON)
+    m.apply(out(5.0, ts=NOON + MIN), NOON + MIN)
+    m.apply(out(-1.0, ts=NOON + 11 * MIN), NOON + 7 * MIN)  # stamped after the cooldown end
+    s = state(m)
+    assert s["tripped_at"] == NOON // 1000 and s["recent_losses"] == [NOON // 1000]
+
+
+def test_cooldown_ends_only_when_the_wall_clock_passes_it() -> None:
+    m = Model(limits(breaker=1, cooldown=600))
+    m.apply(out(-1.0, ts=NOON), NOON)
+    m.sweep(NOON + 599_999)
+    assert state(m)["tripped_at"] == NOON // 1000
+    m.sweep(NOON + 600_000)
+    assert (state(m)["tripped_at"], state(m)["recent_losses"]) == (None, [])
+    assert halts(m)[-1] == ("BTC", "circuit_breaker", "resumed", NOON + 600_000, None)
+
+
+def test_sweep_evicts_losses_that_left_the_window() -> None:
+    m = Model(limits(breaker=5, window=3_600))
+    m.apply(out(-1.0, ts=NOON), NOON)
+    m.apply(out(-1.0, ts=NOON + 30 * MIN), NOON + 30 * MIN)
+    m.sweep(NOON + HOUR)  # the first loss is exactly one window old: out
+    assert state(m)["recent_losses"] == [(NOON + 30 * MIN) // 1000]
+
+
+def test_per_symbol_overrides_apply_over_the_bot_defaults_as_in_the_seed() -> None:
+    # The seed's build_risk_state_applies_per_symbol_overrides.
+    m = Model(limits(breaker=5, overrides={"BTCUSDT": SymbolLimits(-50.0, 1, 14_400, 3_600)}))
+    m.apply(out(-1.0, sym="BTCUSDT"), NOON)
+    m.apply(out(-1.0, sym="ETHUSDT"), NOON)
+    assert state(m, "BTCUSDT")["tripped_at"] == NOON // 1000
+    assert state(m, "ETHUSDT")["tripped_at"] is None
+
+
+def test_the_seeds_persist_then_restore_numbers() -> None:
+    # The seed's persist_then_restore_preserves_trip_and_pnl: net -31, then a second loss trips.
+    m = Model(limits(session=-1000.0, breaker=2))
+    m.apply(out(-30.0, 1.0, ts=NOON), NOON)
+    m.apply(out(-10.0, ts=NOON + MIN), NOON + MIN)
+    s = state(m)
+    assert (s["net_pnl"], s["losses"], s["tripped_at"]) == (-41.0, 2, (NOON + MIN) // 1000)
+
+
+# -- positions ----------------------------------------------------------------------------
+
+
+def test_fills_book_a_round_trip_once_with_entry_and_exit_fees() -> None:
+    m = Model(limits(source="fills", breaker=1))
+    m.apply(fill("buy", 2.0, 100.0, 0.2), NOON)
+    m.apply(fill("sell", 1.0, 90.0, 0.1, ts=NOON + MIN), NOON + MIN)  # -10 gross, fees 0.1+0.1
+    s = state(m)
+    assert (s["realised"], s["fees"], s["trades"], s["position_qty"]) == (
+        -10.0,
+        pytest.approx(0.2),
+        0,
+        1.0,
+    )
+    m.apply(fill("sell", 1.0, 95.0, 0.1, ts=NOON + 2 * MIN), NOON + 2 * MIN)  # -5, fees 0.2
+    s = state(m)
+    assert (s["realised"], s["fees"], s["trades"], s["losses"]) == (-15.0, pytest.approx(0.4), 1, 1)
+    assert (s["position_qty"], s["avg_price"], s["entry_fees"]) == (0.0, 0.0, 0.0)
+    assert s["tripped_at"] == (NOON + 2 * MIN) // 1000  # one round trip = one loss
+
+
+def test_a_flip_ends_the_round_trip_and_opens_the_rest_at_the_fill_price() -> None:
+    m = Model(limits(source="fills"))
+    m.apply(fill("buy", 1.0, 100.0), NOON)
+    m.apply(fill("sell", 3.0, 110.0, 0.3), NOON)
+    s = state(m)
+    assert (s["realised"], s["fees"], s["trades"], s["wins"]) == (10.0, pytest.approx(0.1), 1, 1)
+    assert (s["position_qty"], s["avg_price"], s["entry_fees"]) == (-2.0, 110.0, pytest.approx(0.2))
+
+
+def test_a_leftover_position_of_0_0005_is_not_zeroed_but_float_residue_is() -> None:
+    m = Model(limits(source="fills"))
+    m.apply(fill("buy", 1.0, 100.0, sym="A"), NOON)
+    m.apply(fill("sell", 0.9995, 100.0, sym="A"), NOON)
+    assert state(m, "A")["position_qty"] == pytest.approx(0.0005)
+    assert state(m, "A")["trades"] == 0
+    m.apply(fill("buy", 0.3, 100.0, sym="B"), NOON)
+    m.apply(fill("buy", 0.6, 100.0, sym="B"), NOON)
+    m.apply(fill("sell", 0.9, 100.0, sym="B"), NOON)  # 0.3 + 0.6 - 0.9 = -1.1e-16
+    assert (state(m, "B")["position_qty"], state(m, "B")["trades"]) == (0.0, 1)
+
+
+def test_an_outcomes_bot_moves_positions_from_fills_but_books_no_pnl() -> None:
+    m = Model(limits())
+    m.apply(fill("buy", 1.0, 100.0), NOON)
+    m.apply(fill("sell", 1.0, 50.0), NOON)
+    s = state(m)
+    assert (s["position_qty"], s["realised"], s["trades"]) == (0.0, 0.0, 0)
+
+
+# -- portfolio ----------------------------------------------------------------------------
+
+
+def test_daily_loss_latch_holds_after_recovery_until_the_wall_clock_rolls_the_day() -> None:
+    m = Model(limits(session=-1000.0, daily=-100.0))
+    m.apply(out(-60.0, sym="A"), NOON)
+    m.apply(out(-40.0, sym="B", ts=NOON + MIN), NOON + MIN)
+    assert halts(m) == [(None, "portfolio_daily_loss", "halted", NOON + MIN, DAY0 + DAY_MS)]
+    m.apply(out(500.0, sym="A", ts=NOON + 2 * MIN), NOON + 2 * MIN)
+    m.apply(intent("open", "buy", 1.0, sym="C", ts=NOON + 3 * MIN), NOON + 3 * MIN)
+    assert gates(m) == [(False, "portfolio_daily_loss")]
+    assert m.bot_states()["a"]["latched"] is True
+    m.sweep(DAY0 + DAY_MS)
+    assert m.bot_states()["a"]["latched"] is False
+    assert halts(m)[-1] == (None, "portfolio_daily_loss", "resumed", DAY0 + DAY_MS, None)
+
+
+def test_a_bot_wide_reset_session_then_a_loss_does_not_falsely_latch() -> None:
+    m = Model(limits(session=-1000.0, daily=-100.0))
+    m.apply(out(-90.0, sym="A"), NOON)
+    m.apply(cmd("reset_session", None, ts=NOON + MIN), NOON + MIN)
+    m.apply(out(-20.0, sym="B", ts=NOON + 2 * MIN), NOON + 2 * MIN)
+    assert m.bot_states()["a"]["latched"] is False
+    assert m.halts == []  # nothing was halted, so the reset published nothing either
+
+
+def test_concurrency_counts_open_positions_and_reserved_symbols() -> None:
+    m = Model(limits(concurrent=2, source="fills"))
+    m.apply(fill("buy", 1.0, 10.0, sym="A"), NOON)
+    m.apply(intent("open", "buy", 1.0, sym="B"), NOON)
+    m.apply(intent("open", "buy", 1.0, sym="C"), NOON)
+    m.apply(intent("open", "buy", 1.0, sym="A"), NOON)  # already open: no new slot
+    assert gates(m) == [(True, None), (False, "max_concurrent_positions"), (True, None)]
+
+
+def test_exposure_counts_reservations_and_a_partial_fill_releases_only_its_share() -> None:
+    m = Model(limits(exposure=1000.0, source="fills"))
+    m.apply(intent("open", "buy", 9.0, 100.0, iid="A"), NOON)
+    m.apply(fill("buy", 1.0, 100.0, intent="A"), NOON)  # 100 held + 800 still reserved
+    m.apply(intent("open", "buy", 2.0, 100.0, iid="B"), NOON)
+    m.apply(intent("open", "buy", 1.0, 100.0, iid="C"), NOON)
+    assert gates(m) == [(True, None), (False, "gross_exposure"), (True, None)]
+    assert m.bot_states()["a"]["reservations"] == {
+        "A": ("BTC", 8.0, pytest.approx(800.0)),
+        "C": ("BTC", 1.0, 100.0),
+    }
+
+
+def test_reservations_expire_on_the_sweep_and_a_stale_intent_is_answered_expired() -> None:
+    m = Model(limits(exposure=150.0, reservation_ttl_ms=30_000))
+    m.apply(intent("open", "buy", 1.0, 100.0), NOON)
+    m.apply(intent("open", "buy", 1.0, 100.0, ts=NOON + 1_000), NOON + 1_000)
+    m.sweep(NOON + 29_999)
+    assert len(m.bot_states()["a"]["reservations"]) == 1
+    m.sweep(NOON + 30_000)
+    assert m.bot_states()["a"]["reservations"] == {}
+    m.apply(intent("open", "buy", 1.0, 100.0, ts=NOON), NOON + 30_001)
+    assert gates(m) == [(True, None), (False, "gross_exposure"), (False, "expired")]
+    assert m.decisions[0].reservation_expires_ts == NOON + 30_000
+
+
+def test_gate_order_manual_then_session_then_breaker_then_portfolio() -> None:
+    m = Model(limits(session=-10.0, breaker=1, daily=-5.0))
+    m.apply(out(-20.0), NOON)  # session halt, breaker trip and the latch at once
+    assert [h[1] for h in halts(m)] == ["session_halt", "circuit_breaker", "portfolio_daily_loss"]
+    m.apply(cmd("halt", None, ts=NOON), NOON)
+    answers = []
+    for command, target, ts in (
+        ("resume", None, NOON + 1),
+        ("reset_session", "BTC", NOON + 2),
+        ("reset_breaker", "BTC", NOON + 3),
+    ):
+        m.apply(intent("open", "buy", 1.0), NOON)
+        answers.append(m.decisions[-1].gate)
+        m.apply(cmd(command, target, ts=ts), NOON)
+    m.apply(intent("open", "buy", 1.0), NOON)
+    answers.append(m.decisions[-1].gate)
+    assert answers == ["manual_halt", "session_halt", "circuit_breaker", "portfolio_daily_loss"]
+
+
+# -- closes -----------------------------------------------------------------------------
+
+
+def test_a_close_is_capped_at_the_position_net_of_outstanding_closes() -> None:
+    m = Model(limits(source="fills"))
+    m.apply(fill("buy", 1.0, 100.0), NOON)
+    m.apply(cmd("halt", None), NOON)
+    m.apply(intent("close", "sell", 500.0), NOON)
+    for _ in range(3):
+        m.apply(intent("close", "sell", 0.5), NOON)
+    m.apply(intent("close", "buy", 1.0), NOON)
+    m.apply(intent("close", "sell", 1.0, sym="ETH"), NOON)
+    assert gates(m) == [
+        (False, "reduce_only_exceeds_position"),
+        (True, None),
+        (True, None),
+        (False, "reduce_only_exceeds_position"),
+        (False, "no_position"),
+        (False, "no_position"),
+    ]
+    assert "a/risk/ETH" not in m.symbol_states()  # a denied intent creates no state
+
+
+# -- duplicates --------------------------------------------------------------------------
+
+
+def test_a_reused_intent_id_gets_the_same_decision_or_duplicate_intent_id() -> None:
+    m = Model(limits())
+    m.apply(intent("open", "buy", 1.0, iid="X"), NOON)
+    m.apply(cmd("halt", None), NOON)
+    m.apply(intent("open", "buy", 1.0, iid="X"), NOON + 5)
+    m.apply(intent("open", "buy", 1000.0, 3000.0, sym="ETH", iid="X"), NOON + 5)
+    assert m.decisions[1] == m.decisions[0]
+    assert gates(m)[2] == (False, "duplicate_intent_id")
+    assert list(m.bot_states()["a"]["reservations"]) == ["X"]
+
+
+def test_a_resent_run_as_long_as_the_window_counts_nothing_twice() -> None:
+    m = Model(limits(session=-1e9, breaker=0, dedupe_ids_per_bot=3))
+    run = [out(-1.0, oid=f"o{k}") for k in range(3)]
+    for event in run + run + run:
+        m.apply(event, NOON)
+    assert state(m)["trades"] == 3
+
+
+def test_a_resent_run_longer_than_the_window_counts_again_which_is_the_stated_bound() -> None:
+    m = Model(limits(session=-1e9, breaker=0, dedupe_ids_per_bot=3))
+    run = [out(-1.0, oid=f"o{k}") for k in range(4)]
+    for event in run + run:
+        m.apply(event, NOON)
+    assert state(m)["trades"] == 8  # each re-sent id left the window before it came back
+
+
+def test_a_duplicate_hit_neither_inserts_nor_evicts() -> None:
+    m = Model(limits(session=-1e9, breaker=0, dedupe_ids_per_bot=2))
+    for oid in ("o1", "o2", "o2", "o2", "o1"):
+        m.apply(out(-1.0, oid=oid), NOON)
+    assert state(m)["trades"] == 2
+
+
+def test_dedupe_windows_are_per_topic() -> None:
+    m = Model(limits(source="outcomes"))
+    m.apply(out(-1.0, oid="same"), NOON)
+    m.apply(fill("buy", 1.0, 10.0, fid="same"), NOON)
+    assert (state(m)["trades"], state(m)["position_qty"]) == (1, 1.0)
+
+
+# -- operator commands ---------------------------------------------------------------------
+
+
+def test_commands_publish_transitions_only_with_command_derived_ids() -> None:
+    m = Model(limits())
+    halt = cmd("halt", "BTC", ts=NOON)
+    m.apply(cmd("resume", "BTC", ts=NOON - 5), NOON)  # not halted: nothing
+    m.apply(halt, NOON)
+    m.apply(cmd("reset_breaker", "BTC", ts=NOON + 1), NOON)  # not tripped: nothing
+    m.apply(cmd("resume", "BTC", ts=NOON + 2), NOON)
+    digest = hashlib.sha256(canonical_command(halt, with_sig=True)).hexdigest()[:16]
+    assert [(h.event_id, h.kind) for h in m.halts] == [
+        (f"a/BTC/manual_halt/cmd-{digest}", "halted"),
+        (m.halts[1].event_id, "resumed"),
+    ]
+    assert m.halts[1].event_id.startswith("a/BTC/manual_halt/cmd-")
+    assert state(m)["manual_halt"] is None
+
+
+def test_stale_and_replayed_commands_are_rejected_and_change_nothing() -> None:
+    m = Model(limits())
+    resume = cmd("resume", None, ts=NOON)
+    m.apply(cmd("halt", None, ts=NOON - MIN), NOON)
+    m.apply(resume, NOON)
+    m.apply(cmd("halt", None, ts=NOON + MIN, reason="desk"), NOON)
+    with pytest.raises(Rejected) as replayed:
+        m.apply(resume, NOON + 2 * MIN)
+    with pytest.raises(Rejected) as stale:
+        m.apply(cmd("resume", None, ts=NOON + 30_000), NOON + 2 * MIN)
+    assert (replayed.value.reason, stale.value.reason) == ("replayed_command", "stale_command")
+    assert m.bot_states()["a"]["manual_halt"] == ("desk", "ops", NOON + MIN)
+    m.apply(cmd("resume", "BTC", ts=NOON), NOON)  # another target: its own history
+
+
+def test_a_reset_session_keeps_the_day_whatever_its_timestamp() -> None:
+    m = Model(limits())
+    m.apply(out(-60.0), NOON)
+    m.apply(cmd("reset_session", "BTC", ts=NOON - DAY_MS), NOON)
+    s = state(m)
+    assert (s["halted"], s["realised"], s["day"]) == (False, 0.0, 20_254)
+    assert halts(m)[-1][1:3] == ("session_halt", "resumed")
+
+
+# -- validation -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [
+        (TradeOutcome("x", "ghost", "BTC", 1.0, 0.0, NOON), "unknown_bot"),
+        (TradeOutcome("x", "b", "ZZZ", 1.0, 0.0, NOON), "unknown_symbol"),
+        (TradeOutcome("x", "a b", "BTC", 1.0, 0.0, NOON), "invalid_name"),
+        (TradeOutcome("x", "a", "*", 1.0, 0.0, NOON), "invalid_name"),
+        (TradeOutcome("x", "a", "B\u200bTC", 1.0, 0.0, NOON), "invalid_name"),
+        (TradeOutcome("x", "a", "S" * 65, 1.0, 0.0, NOON), "invalid_name"),
+        (TradeOutcome("x", "a", "BTC", 1.0, 0.0, NOON + 300_001), "future_event"),
+    ],
+)
+def test_bad_input_is_rejected_with_its_reason_and_creates_nothing(
+    event: TradeOutcome, reason: str
+) -> None:
+    m = Model(Limits(bots={"a": BotLimits(), "b": BotLimits(symbols=frozenset({"BTC"}))}))
+    with pytest.raises(Rejected) as rejected:
+        m.apply(event, NOON)
+    assert rejected.value.reason == reason and m.bots == {}
+
+
+def test_future_skew_and_signature_window_are_judged_by_record_time() -> None:
+    secret = b"s3cret"
+    m = Model(limits(control_secret=secret))
+    ahead = out(1.0, ts=NOON + 10 * MIN)
+    m.apply(ahead, NOON, record_ts=NOON + 6 * MIN)  # late processing does not matter
+    unsigned = cmd("halt", None, ts=NOON)
+    sig = hmac.new(secret, canonical_command(unsigned, with_sig=False), "sha256").hexdigest()
+    signed = ControlCommand("halt", "a", None, "r", "ops", NOON, sig)
+    m.apply(signed, NOON + HOUR, record_ts=NOON + MIN)
+    with pytest.raises(Rejected) as bad:
+        m.apply(unsigned, NOON)
+    assert bad.value.reason == "bad_signature"
+    assert m.bot_states()["a"]["manual_halt"] == ("r", "ops", NOON)
+
+
+def test_outcomes_for_a_fills_booked_bot_are_rejected() -> None:
+    m = Model(limits(source="fills"))
+    with pytest.raises(Rejected) as rejected:
+        m.apply(out(1.0), NOON)
+    assert rejected.value.reason == "pnl_source"
+
+
+def test_limits_from_config_merge_every_table_field_by_field() -> None:
+    config = load_config(
+        text="""
+[defaults.session]
+loss_limit = -70.0
+[defaults.breaker]
+loss_limit = 6
+cooldown_secs = 60
+[defaults.portfolio]
+max_daily_loss = -500.0
+[bots.alpha]
+symbols = ["BTC", "ETH"]
+[bots.alpha.breaker]
+window_secs = 100
+[bots.alpha.portfolio]
+max_gross_exposure = 1000.0
+[bots.alpha.overrides.BTC.breaker]
+loss_limit = 1
+""",
+        env={},
+    )
+    alpha = limits_from_config(config).bots["alpha"]
+    assert alpha.for_symbol("ETH") == SymbolLimits(-70.0, 6, 100, 60)
+    assert alpha.for_symbol("BTC") == SymbolLimits(-70.0, 1, 100, 60)
+    assert (alpha.max_daily_loss, alpha.max_gross_exposure) == (-500.0, 1000.0)
+    assert alpha.symbols == frozenset({"BTC", "ETH"})
