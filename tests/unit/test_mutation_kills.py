@@ -1,0 +1,228 @@
+"""Behaviours that plausible one-line bugs broke while the suite stayed green.
+
+Issue 17 planted mutants in ``worker/engine.py`` and ``worker/risk/`` and the
+unit suite let them live; ``make mutate`` finds more. Each test here is named
+after the behaviour it pins and asserts exact values, so the mutant that breaks
+the behaviour fails it.
+"""
+
+from __future__ import annotations
+
+import pytest
+from corekit import (
+    DAY_MS,
+    HOUR_MS,
+    MIDNIGHT,
+    MIN_MS,
+    T0,
+    control,
+    engine,
+    fill,
+    intent,
+    origin,
+    outcome,
+)
+
+from worker.config import WorkerConfig
+from worker.engine import Effects, RiskEngine
+from worker.risk import Position
+from worker.snapshot import encode, portfolio_key
+
+TTL = 1_000
+RESERVING = f"""
+[defaults]
+accept_unknown_bots = true
+
+[worker]
+reservation_ttl_ms = {TTL}
+"""
+
+
+def _reservations(eng: RiskEngine, bot: str = "alpha") -> list[str]:
+    return sorted(eng.bots[bot].portfolio_snapshot().reservations)
+
+
+def _allowed(eng: RiskEngine, intent_id: str, now: int, symbol: str = "BTCUSDT") -> None:
+    out = eng.apply(intent(intent_id=intent_id, ts=now, symbol=symbol), now)
+    d = out.decisions[0]
+    assert (d.allowed, d.reservation_expires_ts) == (True, now + TTL)
+
+
+def _session(eng: RiskEngine, symbol: str = "BTCUSDT", bot: str = "alpha") -> tuple[float, int]:
+    s = eng.bots[bot].symbols[symbol].snapshot().session_pnl
+    return (s.realised - s.fees, s.trades)
+
+
+def _losses(eng: RiskEngine, symbol: str = "BTCUSDT") -> list[int]:
+    return eng.bots["alpha"].symbols[symbol].snapshot().circuit_breaker.recent_losses
+
+
+# -- reservations ----------------------------------------------------------------------
+
+
+def test_reservation_expires_after_an_unrelated_sweep() -> None:
+    """A sweep that expires one reservation must still wake for the next one."""
+    eng = engine(RESERVING)
+    _allowed(eng, "a", T0)
+    _allowed(eng, "b", T0 + 600, symbol="ETHUSDT")
+    eng.sweep(T0 + TTL)  # due for "a" only
+    assert _reservations(eng) == ["b"]
+    eng.sweep(T0 + 600 + TTL - 1)
+    assert _reservations(eng) == ["b"]
+    eng.sweep(T0 + 600 + TTL)
+    assert _reservations(eng) == []
+
+
+def test_reservation_expires_after_a_restore() -> None:
+    """A restored reservation expires on the wall clock like a live one."""
+    live = engine(RESERVING)
+    _allowed(live, "a", T0)
+    record = encode(live.bots["alpha"].portfolio_snapshot())
+    restored = engine(RESERVING)
+    restored.restore({portfolio_key("alpha"): record}, T0 + 10)
+    assert _reservations(restored) == ["a"]
+    restored.sweep(T0 + 20)
+    assert _reservations(restored) == ["a"]
+    restored.sweep(T0 + TTL)
+    assert _reservations(restored) == []
+
+
+# -- replay guards -----------------------------------------------------------------------
+
+
+def _dedupe_field() -> str:
+    """The window's config key (``dedupe_ids_per_symbol`` became ``..._per_bot``, D1)."""
+    return next(f for f in WorkerConfig.__struct_fields__ if f.startswith("dedupe_ids_per"))
+
+
+@pytest.mark.parametrize("window", [1, 3, 8])
+def test_dedupe_window_holds_exactly_its_size(window: int) -> None:
+    """The oldest of ``window`` ids is still a duplicate; one more id evicts it."""
+    eng = engine(
+        f"[defaults]\naccept_unknown_bots = true\n[worker]\n{_dedupe_field()} = {window}\n"
+    )
+    for n in range(window):
+        eng.apply(outcome(-1.0, outcome_id=f"o{n}"), T0, origin(n))
+    resent = eng.apply(outcome(-1.0, outcome_id="o0"), T0, origin(window))
+    assert (resent.skipped, _session(eng)) == (1, (-1.0 * window, window))
+    eng.apply(outcome(-1.0, outcome_id="new"), T0, origin(window + 1))
+    again = eng.apply(outcome(-1.0, outcome_id="o0"), T0, origin(window + 2))
+    assert (again.skipped, _session(eng)[1]) == (0, window + 2)
+
+
+# -- classification -------------------------------------------------------------------
+
+BREAKER_2 = """
+[defaults]
+accept_unknown_bots = true
+[defaults.breaker]
+loss_limit = 2
+window_secs = 3600
+cooldown_secs = 600
+"""
+
+
+def test_gross_win_eaten_by_fees_is_a_breaker_loss() -> None:
+    eng = engine(BREAKER_2)
+    eng.apply(outcome(1.0, fee=2.0, ts=T0), T0)
+    assert _losses(eng) == [T0 // 1000]
+    out = eng.apply(outcome(0.5, fee=0.6, ts=T0 + 1000), T0 + 1000)
+    assert [(h.gate, h.kind) for h in out.halts] == [("circuit_breaker", "halted")]
+
+
+def test_break_even_round_trip_does_not_trip_the_breaker() -> None:
+    eng = engine(BREAKER_2)
+    for n in range(3):
+        out = eng.apply(outcome(2.0, fee=2.0, ts=T0 + n), T0 + n)
+        assert out.halts == []
+    assert (_losses(eng), _session(eng)) == ([], (0.0, 3))
+
+
+def test_break_even_round_trip_from_fills_does_not_trip_the_breaker() -> None:
+    eng = engine(BREAKER_2.replace("[defaults]\n", '[defaults]\npnl_source = "fills"\n'))
+    for n in range(3):
+        eng.apply(fill("buy", 1.0, 100.0, ts=T0 + 2 * n), T0 + 2 * n)
+        out = eng.apply(fill("sell", 1.0, 100.0, ts=T0 + 2 * n + 1), T0 + 2 * n + 1)
+        assert out.halts == []
+    assert (_losses(eng), _session(eng)) == ([], (0.0, 3))
+
+
+# -- operator resets ---------------------------------------------------------------------
+
+LATCH = """
+[defaults]
+accept_unknown_bots = true
+[defaults.session]
+loss_limit = -1000
+[defaults.portfolio]
+max_daily_loss = -80
+"""
+
+
+def test_bot_wide_reset_session_then_a_loss_does_not_falsely_latch() -> None:
+    """After the reset the account is at 0: a -20 loss is -20, not -90."""
+    eng = engine(LATCH)
+    eng.apply(outcome(-70.0, ts=T0, symbol="BTCUSDT"), T0)
+    eng.apply(control("reset_session", symbol=None, ts=T0 + 1), T0 + 1)
+    out = eng.apply(outcome(-20.0, ts=T0 + 2, symbol="ETHUSDT"), T0 + 2)
+    assert out.halts == []
+    snap = eng.bots["alpha"].portfolio_snapshot()
+    assert (snap.halted, _session(eng, "BTCUSDT"), _session(eng, "ETHUSDT")) == (
+        False,
+        (0.0, 0),
+        (-20.0, 1),
+    )
+    late = eng.apply(outcome(-60.0, ts=T0 + 3, symbol="ETHUSDT"), T0 + 3)
+    assert [(h.gate, h.kind) for h in late.halts] == [("portfolio_daily_loss", "halted")]
+
+
+def test_replayed_bot_wide_reset_does_not_wipe_pnl_booked_after_it() -> None:
+    eng = engine(LATCH)
+    eng.apply(outcome(-30.0, ts=T0), T0, origin(0))
+    reset = control("reset_session", symbol=None, ts=T0 + 1)
+    eng.apply(reset, T0 + 1, origin(0, "risk.control/0"))
+    eng.apply(outcome(-20.0, ts=T0 + 2), T0 + 2, origin(1))
+    replay = eng.apply(reset, T0 + 3, origin(0, "risk.control/0"))
+    assert (replay.skipped, replay.halts, _session(eng)) == (1, [], (-20.0, 1))
+
+
+def test_operator_reset_with_yesterdays_ts_does_not_move_the_session_back_a_day() -> None:
+    now = MIDNIGHT + 2 * MIN_MS  # 00:02 UTC: yesterday's 23:59 command is in the window
+    eng = engine(LATCH)
+    eng.apply(outcome(-10.0, ts=now), now)
+    eng.apply(control("reset_session", ts=now - 3 * MIN_MS), now)
+    day = eng.bots["alpha"].symbols["BTCUSDT"].snapshot().session_pnl.last_reset_day
+    assert day == now // DAY_MS
+    eng.apply(outcome(-5.0, ts=now - HOUR_MS), now)  # yesterday's: late, not today's
+    eng.apply(outcome(-7.0, ts=now + 1), now + 1)
+    assert _session(eng) == (-7.0, 1)
+
+
+# -- positions ------------------------------------------------------------------------------
+
+
+def test_leftover_position_of_0_0005_is_not_zeroed() -> None:
+    p = Position()
+    p.apply(1.0005, 100.0, 0.0, 1.0)
+    trip = p.apply(-1.0, 110.0, 0.0, 1.0)
+    assert (trip.closed_net, round(p.qty, 12), p.avg_price) == (None, 0.0005, 100.0)
+    assert p.is_flat is False
+
+
+def test_leftover_position_of_0_0005_counts_toward_exposure() -> None:
+    eng = engine(RESERVING)
+    eng.apply(fill("buy", 1.0005, 100.0), T0)
+    eng.apply(fill("sell", 1.0, 110.0), T0)
+    gate = eng.bots["alpha"].account_gate_state(T0)
+    assert (gate.open_positions, round(gate.gross_exposure, 9)) == (1, 0.05)
+
+
+def test_effects_collect_across_calls() -> None:
+    """One Effects gathers a batch: the second event's halt joins the first's."""
+    eng = engine(BREAKER_2)
+    out = Effects()
+    eng.apply(outcome(-1.0, ts=T0), T0, out=out)
+    eng.apply(outcome(-1.0, ts=T0 + 1), T0 + 1, out=out)
+    assert [(h.symbol, h.gate, h.kind) for h in out.halts] == [
+        ("BTCUSDT", "circuit_breaker", "halted")
+    ]
