@@ -1,17 +1,25 @@
-"""``riskgate`` command line: run, demo, topics, state, halt, resume."""
+"""``riskgate`` command line: run, demo, broker, topics, state, halt, resume, reset-*."""
 
 from __future__ import annotations
 
 import asyncio
 import getpass
+import logging
+import os
+import signal
 import sys
-import time
+import threading
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from worker.config import Config, ConfigError, load_config
 from worker.messages import Command
+from worker.operator import SECRET_ENV, OperatorError
+
+T = TypeVar("T")
 
 
 def _load(path: Path | None) -> Config:
@@ -60,14 +68,33 @@ def demo(duration: float | None, bots: int) -> None:
     sys.exit(asyncio.run(run_demo(duration=duration, bots=bots)))
 
 
+def _operate(coro: Coroutine[Any, Any, T]) -> T:
+    """Run an operator coroutine; any failure is one line and a non-zero exit.
+
+    The Kafka client's own logging is silenced: its connection errors would
+    print lines before ours, and ours already names the broker and the error.
+    """
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        return asyncio.run(coro)
+    except (OperatorError, ConfigError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @main.command()
 @config_option
 def topics(config_path: Path) -> None:
     """Create every topic with its cleanup policy (idempotent)."""
     from worker.kafka.topics import ensure_topics
+    from worker.operator import kafka_session
 
     config = _load(config_path)
-    created = asyncio.run(ensure_topics(config.kafka, config.topics))
+
+    async def create() -> list[str]:
+        async with kafka_session(config):
+            return await ensure_topics(config.kafka, config.topics)
+
+    created = _operate(create())
     click.echo(f"created: {', '.join(created)}" if created else "all topics already exist")
 
 
@@ -75,17 +102,11 @@ def topics(config_path: Path) -> None:
 @config_option
 @click.option("--bot", required=True, help="Bot id.")
 def state(config_path: Path, bot: str) -> None:
-    """Show a bot's state from the compacted snapshot topic."""
-    from rich.console import Console
-
-    from worker.operator import load_bot, state_table
+    """Show a bot as a worker restarted now would hold it, and how far that lags."""
+    from worker.operator import load_state, print_wide, render_state, wall_ms
 
     config = _load(config_path)
-    now = time.time_ns() // 1_000_000
-    risk = asyncio.run(load_bot(config, bot, now))
-    if risk is None:
-        raise click.ClickException(f"no state for bot {bot!r} on {config.topics.snapshots}")
-    Console().print(state_table(risk, now))
+    print_wide(render_state(_operate(load_state(config, bot, wall_ms())), bot))
 
 
 def _control(command: Command) -> click.Command:
@@ -96,19 +117,88 @@ def _control(command: Command) -> click.Command:
     @click.option(
         "--issued-by", default=getpass.getuser, show_default="$USER", help="Operator name."
     )
-    def send(config_path: Path, bot: str, symbol: str | None, reason: str, issued_by: str) -> None:
-        from worker.operator import make_command, send_command
+    @click.option(
+        "--timeout",
+        type=click.FloatRange(min=0.1),
+        default=15.0,
+        show_default=True,
+        help="Seconds to wait for the worker's verdict.",
+    )
+    @click.option("--no-wait", is_flag=True, help="Send and exit without waiting for a verdict.")
+    def send(
+        *,
+        config_path: Path,
+        bot: str,
+        symbol: str | None,
+        reason: str,
+        issued_by: str,
+        timeout: float,
+        no_wait: bool,
+    ) -> None:
+        from worker.operator import make_command, operator_secret, send_and_wait, send_command
 
         config = _load(config_path)
-        cmd = make_command(
-            config, command, bot=bot, symbol=symbol, reason=reason, issued_by=issued_by
-        )
-        asyncio.run(send_command(config, cmd))
-        signed = " (signed)" if cmd.sig else ""
-        click.echo(f"{command} sent for {bot}/{symbol or '*'}{signed}")
+        try:
+            cmd = make_command(
+                config,
+                command,
+                bot=bot,
+                symbol=symbol,
+                reason=reason,
+                issued_by=issued_by,
+                secret=operator_secret(config, os.environ),
+            )
+        except OperatorError as exc:
+            raise click.ClickException(str(exc)) from exc
+        target = f"{bot}/{symbol or '*'}{' (signed)' if cmd.sig else ' (unsigned)'}"
+        if no_wait:
+            _operate(send_command(config, cmd))
+            click.echo(f"{command} sent for {target}; not waiting for the worker's verdict")
+            return
+        verdict = _operate(send_and_wait(config, cmd, timeout))
+        click.echo(f"{command} sent for {target}")
+        if not verdict.ok:
+            raise click.ClickException(f"{command} {bot}/{symbol or '*'}: {verdict.message}")
+        click.echo(f"{command} {bot}/{symbol or '*'}: {verdict.message}")
 
-    send.__doc__ = f"Send a `{command}` control command (signed when a secret is configured)."
+    send.__doc__ = (
+        f"Send a `{command}` command and wait for the worker's verdict (the halt event "
+        f"or a dead letter). Signed with {SECRET_ENV} or the config's control secret."
+    )
     return click.command(command)(send)
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=9092, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+def broker(port: int, host: str) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu, in memory) until Ctrl-C/SIGTERM.
+
+    For local use only: no TLS, no auth, and every topic is lost when it stops.
+    """
+    from worker.kafka.broker import EmbeddedBroker, EmbeddedBrokerError
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    embedded = EmbeddedBroker(host=host, port=port)
+    try:
+        embedded.start()
+    except EmbeddedBrokerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"broker listening on {embedded.bootstrap_servers} (pid {embedded.pid}, in memory); "
+        "Ctrl-C or SIGTERM stops it",
+        err=True,
+    )
+    try:
+        while not stop.wait(0.5):
+            if not embedded.running:
+                tail = embedded.log_tail()
+                raise click.ClickException(f"the broker exited:\n{tail}")
+    finally:
+        embedded.stop()
+    click.echo("broker stopped", err=True)
 
 
 for _command in ("halt", "resume", "reset_breaker", "reset_session"):
