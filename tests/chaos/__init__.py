@@ -16,5 +16,7 @@ import sys
 from pathlib import Path
 
 _INTEGRATION = str(Path(__file__).resolve().parents[1] / "integration")
-if _INTEGRATION not in sys.path:
-    sys.path.append(_INTEGRATION)
+_TESTS = str(Path(__file__).resolve().parents[1])  # for ``support`` (the reference model)
+for _path in (_INTEGRATION, _TESTS):
+    if _path not in sys.path:
+        sys.path.append(_path)

@@ -1,9 +1,10 @@
 """Shared pieces of the reliability suite: worker process, logs, RSS, lag, workloads, verdicts.
 
 Everything here drives the real thing: ``riskgate run --config FILE`` as a
-child process (stopped by PID), the broker through aiokafka, and the reference
-through :class:`worker.engine.RiskEngine` (via the harness), so the scripts in
-this package and the short tests in ``tests/integration`` check the same way.
+child process (stopped by PID), the broker through aiokafka, and checks it
+against the contract's independent reference model (``tests/support/model.py``,
+via the harness), so the scripts in this package and the short tests in
+``tests/integration`` check the same way. The engine is never its own oracle.
 """
 
 from __future__ import annotations
@@ -27,16 +28,24 @@ from harness import (
     DAY_MS,
     MIN_MS,
     PROJECT_ROOT,
+    HaltView,
     Produced,
     Record,
     WorkerProcess,
+    expected_halts,
+    expected_portfolios,
+    expected_snapshots,
+    persisted_portfolios,
+    persisted_snapshots,
+    published_halts,
+    reference,
     same_day_window,
 )
+from support.model import Model
 
 from worker.config import Config, KafkaConfig
-from worker.engine import Effects, RiskEngine
 from worker.kafka.options import client_kwargs
-from worker.messages import ControlCommand, Event, Fill, HaltEvent, OrderIntent, TradeOutcome
+from worker.messages import ControlCommand, Event, Fill, OrderIntent, TradeOutcome
 
 # -- the worker process ----------------------------------------------------------------
 
@@ -221,6 +230,13 @@ class BotSpec:
     session_limit: float
     breaker_overrides: dict[str, int]
     portfolio: bool
+    intents_only: bool = False
+    """A bot that only sends intents: its decisions depend on one topic's order alone."""
+
+
+GATE_BOT_PORTFOLIO = ("max_concurrent_positions = 2", "max_gross_exposure = 6000.0")
+RESERVATION_TTL_MS = 4 * 3_600_000
+"""For :meth:`Workload.worker_toml`: no intent is stale, no reservation expires mid-run."""
 
 
 @dataclass
@@ -256,7 +272,9 @@ class Workload:
                 f"[bots.{bot.name}.session]",
                 f"loss_limit = {bot.session_limit}",
             ]
-            if bot.portfolio:
+            if bot.intents_only:
+                lines += [f"[bots.{bot.name}.portfolio]", *GATE_BOT_PORTFOLIO]
+            elif bot.portfolio:
                 lines += [
                     f"[bots.{bot.name}.portfolio]",
                     "max_daily_loss = -300.0",
@@ -267,6 +285,20 @@ class Workload:
                 lines += [f"[bots.{bot.name}.overrides.{symbol}.breaker]", f"loss_limit = {limit}"]
             lines.append("")
         return "\n".join(lines)
+
+    def worker_toml(self) -> str:
+        """A ``[worker]`` table that makes every intent's decision deterministic.
+
+        With a reservation TTL far longer than a run, no intent is answered
+        ``expired`` and no reservation expires on the wall clock, so the decisions
+        for the intents-only bots (and their reservations) are a function of the
+        intents topic alone, and :func:`judge` can compare them with the model's.
+        """
+        return f"[worker]\nreservation_ttl_ms = {RESERVATION_TTL_MS}\n"
+
+    @property
+    def exact_bots(self) -> list[str]:
+        return [b.name for b in self.bots if b.intents_only]
 
     @property
     def valid(self) -> list[Event]:
@@ -294,6 +326,7 @@ def generate_workload(
     symbols_per_bot: int = 4,
     span_ms: int = 60 * MIN_MS,
     window: tuple[int, int] | None = None,
+    gate_bots: int = 2,
 ) -> Workload:
     """``events`` records for ``bots`` bots, stamped over the last ``span_ms`` of today (UTC).
 
@@ -301,11 +334,14 @@ def generate_workload(
     on the harness's clock rather than the real one.
 
     Half of the bots book PnL from outcomes (fills move only their positions),
-    half from fills (round trips). About 4% of fills and outcomes are re-sent
-    1-15 records later (a producer retry: same id, new offset), 0.5% are bad
-    input the worker must dead-letter, 0.3% are operator halt/resume commands.
-    Intents only name symbols that already traded, so every symbol the
-    reference knows is one the worker persists.
+    half from fills (round trips). ``gate_bots`` more bots send only intents
+    (opens against concurrency and exposure caps, closes with nothing to close,
+    re-used intent ids with the same and with different content): their
+    decisions are exact under :meth:`Workload.worker_toml`. About 4% of fills
+    and outcomes are re-sent 1-15 records later (a producer retry: same id, new
+    offset), 0.5% are bad input the worker must dead-letter, 0.3% are operator
+    halt/resume commands. The other bots' intents only name symbols that
+    already traded.
 
     All of it keeps the state independent of how the worker interleaves its
     input topics (it reads fills, outcomes, intents and control from separate
@@ -328,6 +364,19 @@ def generate_workload(
                 portfolio=i % 3 == 0,
             )
         )
+    gate_specs = [
+        BotSpec(
+            name=f"gb{i:02d}",
+            source="outcomes",
+            symbols=tuple(sorted(rng.sample(SYMBOL_POOL, symbols_per_bot))),
+            session_limit=-150.0,
+            breaker_overrides={},
+            portfolio=True,
+            intents_only=True,
+        )
+        for i in range(gate_bots)
+    ]
+    asked: dict[str, list[OrderIntent]] = {}
     start, end = window or same_day_window(span_ms)
     stream: list[Event] = []
     invalid: set[int] = set()
@@ -339,6 +388,10 @@ def generate_workload(
     duplicates = 0
     for i in range(events):
         ts = start + (end - start) * i // max(1, events)
+        if gate_specs and rng.random() < 0.06:
+            gate_bot = rng.choice(gate_specs)
+            stream.append(_gate_intent(rng, gate_bot, i, ts, asked.setdefault(gate_bot.name, [])))
+            continue
         bot = rng.choice(specs)
         symbol = rng.choice(bot.symbols)
         key = (bot.name, symbol)
@@ -386,7 +439,7 @@ def generate_workload(
     for late in resend.values():
         stream.extend(late)
         duplicates += len(late)
-    return Workload(seed, specs, stream, invalid, duplicates)
+    return Workload(seed, specs + gate_specs, stream, invalid, duplicates)
 
 
 def _bad_event(rng: random.Random, bot: BotSpec, i: int, ts: int) -> Event:
@@ -417,6 +470,30 @@ def _intent(
         price=last,
         ts=ts,
     )
+
+
+def _gate_intent(
+    rng: random.Random, bot: BotSpec, i: int, ts: int, asked: list[OrderIntent]
+) -> OrderIntent:
+    """An intent of an intents-only bot; some re-use an earlier id (same or new content)."""
+    roll = rng.random()
+    if asked and roll < 0.15:
+        again = rng.choice(asked)
+        if roll < 0.08:
+            return again  # a client retry: the same decision again
+        return msgspec.structs.replace(again, qty=again.qty + 1.0, ts=ts)  # a reused id
+    intent = OrderIntent(
+        intent_id=f"g-{bot.name}-{i}",
+        bot=bot.name,
+        symbol=rng.choice(bot.symbols),
+        action="close" if roll < 0.25 else "open",
+        side=rng.choice(("buy", "sell")),
+        qty=float(rng.randint(1, 5)),
+        price=float(rng.choice((50, 100, 200))),
+        ts=ts,
+    )
+    asked.append(intent)
+    return intent
 
 
 def _fill(
@@ -463,47 +540,8 @@ def _fill(
 # -- verdict -------------------------------------------------------------------------
 
 
-def symbol_state(snapshot: Any) -> dict[str, Any]:
-    """What is compared for ``<bot>/risk/<symbol>``.
-
-    Session PnL, breaker, position and the manual halt: everything that gates
-    an order. Not compared: replay guards (``applied_offsets``,
-    ``recent_outcome_ids``/``recent_fill_ids``) and sequence numbers, which legitimately depend on
-    which partition offsets a worker saw and how often it restarted.
-    """
-    data = msgspec.to_builtins(snapshot)
-    return {k: data.get(k) for k in ("session_pnl", "circuit_breaker", "position", "manual_halt")}
-
-
-def portfolio_state(snapshot: Any) -> dict[str, Any]:
-    """What is compared for ``<bot>/portfolio``: the daily-loss latch and the bot halt.
-
-    Not compared: reservations. An allowed intent reserves until a fill with
-    its id arrives or a TTL passes *on the wall clock*; the worker sweeps them
-    out as they expire and, after a crash, may decide a replayed intent again
-    at a later time (new expiry), and it may see a fill before its intent (they
-    are on different topics). The reference decides every intent at one
-    instant and never sweeps. Reservations gate only later intents' decisions
-    (also wall-clock dependent, so decisions are checked for presence only).
-    """
-    if snapshot is None:
-        return {"halted": False, "manual_halt": None}
-    data = msgspec.to_builtins(snapshot)
-    return {"halted": data.get("halted"), "manual_halt": data.get("manual_halt")}
-
-
-HaltKey = tuple[str, str | None, str, str, int, int | None]
-
-
-def halt_key(h: HaltEvent) -> HaltKey:
-    """A halt's identity for comparison: who, which gate, which way, at which event time.
-
-    Not the ``event_id``: its sequence number counts a holder's transitions in
-    the order the worker applied them, and a symbol's manual halts (control
-    topic) interleave with its PnL halts (outcomes/fills topic) differently on
-    every run, so the reference's numbering is not the worker's.
-    """
-    return (h.bot, h.symbol, h.gate, h.kind, h.ts, h.until_ts)
+Answer = tuple[bool, str | None, str, str, str, float, float]
+"""What a decision says: (allowed, gate, symbol, action, side, qty, price)."""
 
 
 @dataclass
@@ -516,20 +554,28 @@ class Verdict:
     halts_missing: list[str] = field(default_factory=list)
     halts_unexpected: list[str] = field(default_factory=list)
     halt_id_conflicts: list[str] = field(default_factory=list)
+    halt_ids_wrong: list[str] = field(default_factory=list)
     intents: int = 0
     decisions_missing: list[str] = field(default_factory=list)
+    decisions_compared: int = 0
+    decisions_wrong: list[str] = field(default_factory=list)
     deadletters_expected: int = 0
     deadletters_missing: list[str] = field(default_factory=list)
 
     @property
     def mismatches(self) -> int:
-        return (
-            len(self.state_mismatches)
-            + len(self.halts_missing)
-            + len(self.halts_unexpected)
-            + len(self.halt_id_conflicts)
-            + len(self.decisions_missing)
-            + len(self.deadletters_missing)
+        return sum(
+            len(items)
+            for items in (
+                self.state_mismatches,
+                self.halts_missing,
+                self.halts_unexpected,
+                self.halt_id_conflicts,
+                self.halt_ids_wrong,
+                self.decisions_missing,
+                self.decisions_wrong,
+                self.deadletters_missing,
+            )
         )
 
     def lines(self) -> list[str]:
@@ -539,9 +585,12 @@ class Verdict:
             f"state mismatches:         {len(self.state_mismatches)}",
             f"halts expected/published: {self.halts_expected}/{self.halts_published}"
             f" (missing {len(self.halts_missing)}, unexpected {len(self.halts_unexpected)},"
-            f" event_id conflicts {len(self.halt_id_conflicts)})",
+            f" event_id conflicts {len(self.halt_id_conflicts)},"
+            f" ids not the model's {len(self.halt_ids_wrong)})",
             f"intents answered:         {self.intents - len(self.decisions_missing)}"
             f"/{self.intents}",
+            f"decisions compared:       {self.decisions_compared}"
+            f" (wrong {len(self.decisions_wrong)})",
             f"dead letters:             {self.deadletters_expected - len(self.deadletters_missing)}"
             f"/{self.deadletters_expected}",
         ]
@@ -550,90 +599,49 @@ class Verdict:
             ("missing halt", self.halts_missing),
             ("unexpected halt", self.halts_unexpected),
             ("event_id conflict", self.halt_id_conflicts),
+            ("event_id", self.halt_ids_wrong),
             ("unanswered intent", self.decisions_missing),
+            ("wrong decision", self.decisions_wrong),
             ("missing dead letter", self.deadletters_missing),
         ):
             out.extend(f"  {title}: {item}" for item in items[:10])
         return out
 
 
-def reference_run(config: Config, events: Iterable[Event], now: int) -> tuple[RiskEngine, Effects]:
-    """The input straight through the engine (the harness's reference), with its effects."""
-    from harness import reference
-
-    effects = Effects()
-    return reference(config, events, now, effects), effects
+def reference_run(
+    config: Config, events: Iterable[Event], now: int
+) -> tuple[Model, list[HaltView]]:
+    """The input through the reference model (the harness's reference), with its halts."""
+    model = reference(config, events, now)
+    return model, expected_halts(model)
 
 
 def judge(
-    expected: RiskEngine,
-    effects: Effects,
+    expected: Model,
+    expected_halt_views: Sequence[HaltView],
     snapshots: dict[str, Record],
     halts: Sequence[Record],
     decisions: Sequence[Record],
     deadletters: Sequence[Record],
     *,
-    intents: Iterable[str],
+    intents: Iterable[OrderIntent | str],
     rejected_at: Iterable[Produced],
+    exact_bots: Iterable[str] = (),
 ) -> Verdict:
-    """Compare what the worker left on the topics with the reference.
+    """Compare what the worker left on the topics with the reference model.
 
     ``snapshots`` is the last value per key of the snapshot topic; ``intents``
-    the ids of the valid intents produced; ``rejected_at`` where each record
-    the reference rejected was produced.
+    the valid intents produced (or only their ids); ``rejected_at`` where each
+    record the model rejected was produced. For ``exact_bots`` (bots whose
+    decisions depend on the intents topic alone, see :meth:`Workload.worker_toml`)
+    the content of every decision and the outstanding reservations are compared
+    too; for the others a decision must answer its intent and echo it.
     """
     v = Verdict()
-    # Symbol state: every key either side knows.
-    want = {
-        f"{b}/risk/{s}": symbol_state(sym.snapshot())
-        for b, bot in expected.bots.items()
-        for s, sym in bot.symbols.items()
-    }
-    have = {
-        k: symbol_state(msgspec.json.decode(r.value))
-        for k, r in snapshots.items()
-        if "/risk/" in k and r.value is not None
-    }
-    v.symbols_compared = len(want.keys() | have.keys())
-    for key in sorted(want.keys() | have.keys()):
-        if key not in have:
-            v.state_mismatches.append(f"{key}: never persisted")
-        elif key not in want:
-            v.state_mismatches.append(f"{key}: persisted, unknown to the reference")
-        elif want[key] != have[key]:
-            v.state_mismatches.append(f"{key}: {_diff(want[key], have[key])}")
-    # Portfolio: the latch and the bot-level manual halt (a missing record = defaults).
-    bots = set(expected.bots) | {
-        k.split("/")[0] for k in snapshots if k.endswith("/portfolio") and snapshots[k].value
-    }
-    v.portfolios_compared = len(bots)
-    for bot_id in sorted(bots):
-        bot = expected.bots.get(bot_id)
-        w = portfolio_state(bot.portfolio_snapshot() if bot is not None else None)
-        record = snapshots.get(f"{bot_id}/portfolio")
-        h = portfolio_state(
-            msgspec.json.decode(record.value) if record is not None and record.value else None
-        )
-        if w != h:
-            v.state_mismatches.append(f"{bot_id}/portfolio: {_diff(w, h)}")
-    # Halts: each of the reference's at least as often as it happened (at-least-once).
-    published = [msgspec.json.decode(r.value, type=HaltEvent) for r in halts if r.value]
-    wanted = Counter(halt_key(h) for h in effects.halts)
-    got = Counter(halt_key(h) for h in published)
-    v.halts_expected, v.halts_published = sum(wanted.values()), len(published)
-    v.halts_missing = [f"{k} x{n - got[k]}" for k, n in wanted.items() if got[k] < n]
-    v.halts_unexpected = [str(k) for k in got if k not in wanted]
-    by_id: dict[str, HaltKey] = {}
-    for h in published:
-        seen = by_id.setdefault(h.event_id, halt_key(h))
-        if seen != halt_key(h):
-            v.halt_id_conflicts.append(f"{h.event_id}: {seen} vs {halt_key(h)}")
-    # Decisions: every intent answered at least once.
-    answered = {msgspec.json.decode(r.value)["intent_id"] for r in decisions if r.value}
-    intent_ids = list(intents)
-    v.intents = len(set(intent_ids))
-    v.decisions_missing = sorted(set(intent_ids) - answered)
-    # Dead letters: every rejected record, by its origin headers.
+    exact = set(exact_bots)
+    _judge_state(v, expected, snapshots, exact)
+    _judge_halts(v, expected_halt_views, published_halts(halts))
+    _judge_decisions(v, expected, decisions, list(intents), exact)
     dead = set()
     for r in deadletters:
         headers = dict(r.headers)
@@ -653,6 +661,91 @@ def judge(
         if (p.topic, p.partition, p.offset) not in dead
     ]
     return v
+
+
+def _judge_state(v: Verdict, model: Model, snapshots: dict[str, Record], exact: set[str]) -> None:
+    """Symbol states, then portfolios (reservations only for the exact bots)."""
+    want, have = expected_snapshots(model), persisted_snapshots(snapshots)
+    v.symbols_compared = len(want.keys() | have.keys())
+    for key in sorted(want.keys() | have.keys()):
+        if key not in have:
+            v.state_mismatches.append(f"{key}: never persisted")
+        elif key not in want:
+            v.state_mismatches.append(f"{key}: persisted, unknown to the model")
+        elif want[key] != have[key]:
+            v.state_mismatches.append(f"{key}: {_diff(want[key], have[key])}")
+    plain_want = expected_portfolios(model, reservations=False)
+    plain_have = persisted_portfolios(snapshots, reservations=False)
+    full_want = expected_portfolios(model)
+    full_have = persisted_portfolios(snapshots)
+    bots = plain_want.keys() | plain_have.keys() | exact
+    v.portfolios_compared = len(bots)
+    for bot in sorted(bots):
+        w, h = (full_want, full_have) if bot in exact else (plain_want, plain_have)
+        if w.get(bot, {}) != h.get(bot, {}):
+            v.state_mismatches.append(f"{bot}/portfolio: {_diff(w.get(bot, {}), h.get(bot, {}))}")
+
+
+def _judge_halts(v: Verdict, want: Sequence[HaltView], got: Sequence[HaltView]) -> None:
+    """Each of the model's halts published at least once, nothing else, under its id."""
+    wanted = Counter(h[1:] for h in want)
+    published = Counter(h[1:] for h in got)
+    v.halts_expected, v.halts_published = len(want), len(got)
+    v.halts_missing = [f"{k} x{n - published[k]}" for k, n in wanted.items() if published[k] < n]
+    v.halts_unexpected = [str(k) for k in published if k not in wanted]
+    by_id: dict[str, HaltView] = {}
+    for h in got:
+        seen = by_id.setdefault(h.event_id, h)
+        if seen != h:
+            v.halt_id_conflicts.append(f"{h.event_id}: {seen[1:]} vs {h[1:]}")
+    ids = {h.event_id for h in want}
+    v.halt_ids_wrong = [f"{i}: not published" for i in sorted(ids - by_id.keys())] + [
+        f"{i}: not the model's" for i in sorted(by_id.keys() - ids)
+    ]
+
+
+def _judge_decisions(
+    v: Verdict,
+    model: Model,
+    records: Sequence[Record],
+    intents: list[OrderIntent | str],
+    exact: set[str],
+) -> None:
+    """Every intent answered; every answer echoes its intent; exact bots' answers as modelled."""
+    asked: dict[str, set[tuple[str, str, str, str, float, float]]] = {}
+    for i in intents:
+        if isinstance(i, OrderIntent):
+            asked.setdefault(i.intent_id, set()).add(
+                (i.bot, i.symbol, i.action, i.side, i.qty, i.price)
+            )
+        else:
+            asked.setdefault(i, set())
+    published: dict[str, set[Answer]] = {}
+    for r in records:
+        if r.value is None:
+            continue
+        d = msgspec.json.decode(r.value)
+        echo = (d["bot"], d["symbol"], d.get("action"), d.get("side"), d.get("qty"), d.get("price"))
+        if asked.get(d["intent_id"]) and echo not in asked[d["intent_id"]]:
+            v.decisions_wrong.append(f"{d['intent_id']}: echoes {echo}, not its intent")
+        published.setdefault(d["intent_id"], set()).add(
+            (d["allowed"], d["gate"], d["symbol"], echo[2], echo[3], echo[4], echo[5])
+        )
+    v.intents = len(asked)
+    v.decisions_missing = sorted(asked.keys() - published.keys())
+    modelled: dict[str, set[Answer]] = {}
+    for m in model.decisions:
+        if m.bot in exact:
+            modelled.setdefault(m.intent_id, set()).add(
+                (m.allowed, m.gate, m.symbol, m.action, m.side, m.qty, m.price)
+            )
+    v.decisions_compared = len(modelled)
+    for intent_id, answers in sorted(modelled.items()):
+        if published.get(intent_id, answers) != answers:
+            v.decisions_wrong.append(
+                f"{intent_id}: want {sorted(answers, key=str)} have "
+                f"{sorted(published[intent_id], key=str)}"
+            )
 
 
 def _diff(want: dict[str, Any], have: dict[str, Any]) -> str:

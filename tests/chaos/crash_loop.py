@@ -9,13 +9,16 @@ made progress - and restarts it each time. A last run (ended by SIGTERM)
 finishes the stream. Then:
 
 * the state on the compacted snapshot topic (last value per key) must equal the
-  reference - the same input applied straight through ``RiskEngine``, event for
-  event: session PnL, breaker and position of every symbol, manual halts, the
-  portfolio latch (see ``chaos.common.symbol_state`` / ``portfolio_state`` for
-  what is compared and why reservations are not);
-* every halt/resume the reference emitted was published at least once, no
-  other one was, and no ``event_id`` names two different events;
-* every intent got a decision, every bad record reached the dead-letter topic.
+  reference - the same input through the contract's independent model
+  (``tests/support/model.py``), event for event: session PnL, breaker and
+  position of every symbol, manual halts, the portfolio latch, and the
+  reservations of the intents-only bots (see ``harness.symbol_view`` /
+  ``portfolio_view`` for what is compared and why other reservations are not);
+* every halt/resume the model emitted was published at least once, under the
+  model's ``event_id``, no other one was, and no ``event_id`` names two events;
+* every intent got a decision echoing it; the intents-only bots' decisions say
+  exactly what the model's say (allowed, gate); every bad record reached the
+  dead-letter topic.
 
 Usage (from the project root)::
 
@@ -79,6 +82,8 @@ class CrashLoopReport:
     duplicates: int = 0
     bad_records: int = 0
     bots: int = 0
+    exact_intents: int = 0
+    """Intent ids of the intents-only bots, whose decisions are compared with the model's."""
     seconds: float = 0.0
     final_rc: int | None = None
     error_log_lines: int = 0
@@ -132,7 +137,7 @@ async def run_crash_loop(
     config_path.write_text(
         config_text(
             bootstrap,
-            workload.body(),
+            workload.body() + workload.worker_toml(),
             partitions=partitions,
             session_timeout_ms=session_timeout_ms,
         )
@@ -145,6 +150,13 @@ async def run_crash_loop(
     report.duplicates = workload.duplicates
     report.bad_records = len(workload.invalid)
     report.bots = len(workload.bots)
+    report.exact_intents = len(
+        {
+            e.intent_id
+            for e in workload.valid
+            if isinstance(e, OrderIntent) and e.bot in workload.exact_bots
+        }
+    )
     # Spread the stream over the kill phase (about 2.5 s per cycle) unless told otherwise.
     rate = rate or max(200.0, len(records) / max(1.0, kills * 2.5))
     say(
@@ -238,8 +250,9 @@ async def run_crash_loop(
         await read_topic(config.kafka, topics.halts, within=60),
         await read_topic(config.kafka, topics.decisions, within=60),
         await read_topic(config.kafka, topics.deadletter, within=60),
-        intents=[e.intent_id for e in workload.valid if isinstance(e, OrderIntent)],
+        intents=[e for e in workload.valid if isinstance(e, OrderIntent)],
         rejected_at=[produced[i] for i in sorted(workload.invalid)],
+        exact_bots=workload.exact_bots,
     )
     report.error_log_lines = len(error_lines(worker.log_path))
     report.seconds = time.monotonic() - started

@@ -2,9 +2,10 @@
 
 Everything a test needs to drive the worker end to end: a config on unique
 topics, producing events, reading topics to their end, waiting with a deadline,
-running the worker in-process or as a real subprocess, and a reference model
-(the same input applied straight through :class:`RiskEngine`) to compare the
-persisted snapshots against.
+running the worker in-process or as a real subprocess, and the reference: the
+same input through the contract's independent model (``tests/support/model.py``,
+written from ``docs/spec.md``; never the engine, which would check the worker
+against itself), and the views that compare the worker's topics with it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import aiohttp
 import msgspec
@@ -31,10 +32,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from worker.app import Clock, Worker
 from worker.config import Config, KafkaConfig, load_config
-from worker.engine import Effects, Rejected, RiskEngine
 from worker.kafka.options import client_kwargs
 from worker.kafka.topics import ensure_topics
 from worker.messages import Event, TradeOutcome
+
+if TYPE_CHECKING:
+    from support.model import Halt, Model
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MIN_MS = 60_000
@@ -536,39 +539,177 @@ class WorkerProcess:
 # -- the reference model -----------------------------------------------------------
 
 
-def reference(
-    config: Config, events: Iterable[Event], now: int, effects: Effects | None = None
-) -> RiskEngine:
-    """The same input straight through the engine, in produce order, bad input skipped.
+def reference(config: Config, events: Iterable[Event], now: int) -> Model:
+    """The same input through the reference model, in produce order, bad input skipped.
 
-    Pass ``effects`` to collect what the engine says must be published (halts, ...).
+    Every event is applied at wall time ``now``, then the model sweeps at ``now``
+    (the worker sweeps on its clock too). Its ``halts`` and ``decisions`` are what
+    must have been published.
     """
-    engine = RiskEngine(config)
-    out = effects if effects is not None else Effects()
-    for event in events:
-        with contextlib.suppress(Rejected):
-            engine.apply(event, now, None, out)
-    return engine
+    # Imported here: ``support`` is on the path under pytest and for the chaos
+    # scripts, not for the benchmarks that reuse the rest of this module.
+    from support.model import Model, limits_from_config
+
+    model = Model(limits_from_config(config))
+    model.run(events, now)
+    model.sweep(now)
+    return model
 
 
-def comparable(snapshot: Any) -> dict[str, Any]:
-    """The state a snapshot carries, without replay guards and sequence numbers."""
-    data = msgspec.to_builtins(snapshot)
-    return {key: data.get(key) for key in ("session_pnl", "circuit_breaker", "position")}
+def _num(value: Any) -> Any:
+    """Floats to 9 significant digits: the model sums in its own order (last-bit noise)."""
+    return float(f"{value:.9g}") if isinstance(value, float) else value
 
 
-def expected_snapshots(engine: RiskEngine) -> dict[str, dict[str, Any]]:
+def _halt_tuple(halt: Any) -> tuple[str, str, int] | None:
+    if halt is None:
+        return None
+    if isinstance(halt, dict):
+        return (halt["reason"], halt["issued_by"], halt["ts"])
+    return (halt[0], halt[1], halt[2])
+
+
+def _pristine(state: dict[str, Any]) -> bool:
+    """Nothing happened to it: equal to no state at all (which a worker need not persist)."""
+    return all(not value for key, value in state.items() if key != "day")
+
+
+def symbol_view(state: dict[str, Any]) -> dict[str, Any]:
+    """What is compared for ``<bot>/risk/<symbol>``: everything that gates an order.
+
+    Session totals and halt, breaker losses and trip, position and the manual
+    halt. Not replay guards or sequence numbers, which depend on which offsets a
+    worker saw and how often it restarted.
+    """
+    return {key: _num(value) for key, value in state.items()}
+
+
+def snapshot_state(value: dict[str, Any]) -> dict[str, Any]:
+    """A ``<bot>/risk/<symbol>`` snapshot value in the model's terms."""
+    s = value["session_pnl"]
+    b = value["circuit_breaker"]
+    p = value.get("position") or {}
     return {
-        f"{bot_id}/risk/{symbol}": comparable(sym.snapshot())
-        for bot_id, bot in engine.bots.items()
-        for symbol, sym in bot.symbols.items()
+        "net_pnl": s["realised"] - s["fees"],
+        "realised": s["realised"],
+        "fees": s["fees"],
+        "trades": s["trades"],
+        "wins": s["wins"],
+        "losses": s["losses"],
+        "breakevens": s["breakevens"],
+        "halted": s["halted"],
+        "day": s["last_reset_day"],
+        "recent_losses": sorted(b["recent_losses"]),
+        "tripped_at": b["tripped_at_unix_secs"],
+        "position_qty": p.get("qty", 0.0),
+        "avg_price": p.get("avg_price", 0.0),
+        "entry_fees": p.get("entry_fees", 0.0),
+        "manual_halt": _halt_tuple(value.get("manual_halt")),
+    }
+
+
+def expected_snapshots(model: Model) -> dict[str, dict[str, Any]]:
+    """The model's symbol states (untouched ones left out), keyed like the snapshots."""
+    return {
+        key: symbol_view(state)
+        for key, state in model.symbol_states().items()
+        if not _pristine(state)
     }
 
 
 def persisted_snapshots(records: dict[str, Record]) -> dict[str, dict[str, Any]]:
-    """Symbol snapshots as read from the compacted topic (last value per key)."""
-    return {
-        key: comparable(msgspec.json.decode(r.value))
+    """Symbol snapshots as read from the compacted topic (last value per key), as the model's."""
+    views = {
+        key: symbol_view(snapshot_state(msgspec.json.decode(r.value)))
         for key, r in records.items()
         if "/risk/" in key and r.value is not None
     }
+    return {key: view for key, view in views.items() if not _pristine(view)}
+
+
+def portfolio_view(state: dict[str, Any], *, reservations: bool = True) -> dict[str, Any]:
+    """What is compared for ``<bot>/portfolio``: the latch, the bot halt, the reservations.
+
+    Reservations are ``{intent_id: (symbol, remaining notional)}``; leave them out
+    (``reservations=False``) where the worker's differ legitimately: they depend on
+    when an intent was decided relative to its fill (another topic) and to the TTL.
+    """
+    view: dict[str, Any] = {
+        "latched": state["latched"],
+        "manual_halt": _halt_tuple(state["manual_halt"]),
+    }
+    if reservations:
+        view["reservations"] = {i: (r[0], _num(r[-1])) for i, r in state["reservations"].items()}
+    return view
+
+
+def expected_portfolios(model: Model, *, reservations: bool = True) -> dict[str, dict[str, Any]]:
+    views = {
+        bot: portfolio_view(state, reservations=reservations)
+        for bot, state in model.bot_states().items()
+    }
+    return {bot: view for bot, view in views.items() if not _pristine(view)}
+
+
+def persisted_portfolios(
+    records: dict[str, Record], *, reservations: bool = True
+) -> dict[str, dict[str, Any]]:
+    """``<bot>/portfolio`` snapshots from the compacted topic, as the model's."""
+    views = {}
+    for key, r in records.items():
+        if key.endswith("/portfolio") and r.value is not None:
+            value = msgspec.json.decode(r.value)
+            state = {
+                "latched": value["halted"],
+                "manual_halt": value.get("manual_halt"),
+                "reservations": {
+                    i: (res["symbol"], res["notional"])
+                    for i, res in (value.get("reservations") or {}).items()
+                },
+            }
+            views[key.split("/")[0]] = portfolio_view(state, reservations=reservations)
+    return {bot: view for bot, view in views.items() if not _pristine(view)}
+
+
+class HaltView(NamedTuple):
+    """A HaltEvent's comparable content: the id and what it says (not the reason's wording)."""
+
+    event_id: str
+    bot: str
+    symbol: str | None
+    kind: str
+    gate: str
+    ts: int
+    until_ts: int | None
+
+
+def expected_halts(model: Model) -> list[HaltView]:
+    return [_view_of(h) for h in model.halts]
+
+
+def _view_of(h: Halt) -> HaltView:
+    return HaltView(h.event_id, h.bot, h.symbol, h.kind, h.gate, h.ts, h.until_ts)
+
+
+def published_halts(records: Iterable[Record]) -> list[HaltView]:
+    """The halt topic's events, in the order read."""
+    views = []
+    for r in records:
+        if r.value is not None:
+            v = msgspec.json.decode(r.value)
+            views.append(
+                HaltView(
+                    v["event_id"],
+                    v["bot"],
+                    v["symbol"],
+                    v["kind"],
+                    v["gate"],
+                    v["ts"],
+                    v.get("until_ts"),
+                )
+            )
+    return views
+
+
+def total_trades(model: Model) -> int:
+    return sum(state["trades"] for state in model.symbol_states().values())

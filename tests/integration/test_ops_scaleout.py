@@ -5,7 +5,8 @@ sessions) is consumed by three workers; one is SIGKILLed mid-stream. The two
 others take over its partitions, restore their snapshots and finish. The
 persisted state must equal the reference computed from the input (nothing
 lost, nothing counted twice) and every halt the reference predicts must have
-been published (at least once, under its deterministic id).
+been published (at least once, under its deterministic id). The reference is
+the contract's independent model (``tests/support/model.py``), not the engine.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import asyncio
 import random
 from pathlib import Path
 
-import msgspec
 import pytest
 from harness import (
     MIN_MS,
@@ -25,17 +25,22 @@ from harness import (
     config_text,
     create_topics,
     default_partition,
+    expected_halts,
+    expected_portfolios,
     expected_snapshots,
     latest,
     make_config,
     now_ms,
     outcome,
+    persisted_portfolios,
     persisted_snapshots,
     produce_events,
+    published_halts,
     read_topic,
     reference,
     running_worker,
     same_day_window,
+    total_trades,
     wait_processed,
     wait_until,
 )
@@ -44,8 +49,7 @@ from prometheus_client import generate_latest
 
 from worker.app import Worker
 from worker.config import load_config
-from worker.engine import Effects
-from worker.messages import HaltEvent, TradeOutcome
+from worker.messages import TradeOutcome
 
 pytestmark = pytest.mark.broker
 
@@ -184,19 +188,14 @@ async def test_scale_out_with_a_worker_killed_mid_stream(
     )
     assert restored > 0, "the takeover restored state from the snapshot topic"
 
-    effects = Effects()
-    expected = reference(config, events, now_ms(), effects)
+    expected = reference(config, events, now_ms())
     stored = await latest(config.kafka, config.topics.snapshots)
     assert persisted_snapshots(stored) == expected_snapshots(expected)
-    total_trades = sum(s.session.trades for b in expected.bots.values() for s in b.symbols.values())
-    assert total_trades == EVENTS
+    assert persisted_portfolios(stored) == expected_portfolios(expected) == {}
+    assert total_trades(expected) == EVENTS
 
-    halts = [
-        msgspec.json.decode(r.value, type=HaltEvent)
-        for r in await read_topic(config.kafka, config.topics.halts)
-        if r.value is not None
-    ]
-    predicted = {h.event_id: h for h in effects.halts}
+    halts = published_halts(await read_topic(config.kafka, config.topics.halts))
+    predicted = {h.event_id: h for h in expected_halts(expected)}
     assert len(predicted) >= 10 and {h.gate for h in predicted.values()} == {
         "circuit_breaker",
         "session_halt",
@@ -272,5 +271,6 @@ async def test_a_second_worker_takes_half_the_partitions_and_their_metrics(
                 }
 
     stored = await latest(config.kafka, config.topics.snapshots)
-    events = first + second
-    assert persisted_snapshots(stored) == expected_snapshots(reference(config, events, clock()))
+    expected = reference(config, first + second, clock())
+    assert persisted_snapshots(stored) == expected_snapshots(expected)
+    assert persisted_portfolios(stored) == expected_portfolios(expected) == {}

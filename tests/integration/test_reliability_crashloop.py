@@ -4,9 +4,11 @@ The full run is ``python -m tests.chaos.crash_loop`` (50 kills, 100,000
 events); this one keeps the default suite's budget with 4 kills and about
 3,000 records (fills, outcomes, intents, operator commands, re-sent
 duplicates and bad records for 12 bots). After the last restart the state on
-the compacted snapshot topic must equal the reference computed straight from
-the input, every halt the reference emitted must have been published, every
-intent answered and every bad record dead-lettered (see ``chaos.crash_loop``).
+the compacted snapshot topic must equal the reference model's (computed from
+the input by ``tests/support/model.py``, never by the engine), every halt the
+model emitted must have been published under its id, every intent answered (the
+intents-only bots' exactly as modelled) and every bad record dead-lettered (see
+``chaos.crash_loop``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ async def test_a_crash_loop_loses_and_double_counts_nothing(
 ) -> None:
     if seconds_to_utc_midnight() < 180:
         # The worker rolls sessions over at 00:00 UTC on its wall clock (it must);
-        # the reference does not, so a run across midnight compares two days.
+        # the reference sweeps once, so a run across midnight compares two days.
         pytest.skip("too close to 00:00 UTC for a state comparison")
     report = await run_crash_loop(
         kafka_bootstrap, tmp_path, kills=KILLS, events=3_000, seed=11, bots=12
@@ -39,3 +41,4 @@ async def test_a_crash_loop_loses_and_double_counts_nothing(
     assert report.mismatches == 0, "\n".join(report.lines())
     assert report.kills_mid_stream >= 1, "no kill landed while the worker was busy"
     assert report.verdict.symbols_compared >= 40 and report.verdict.halts_expected > 0
+    assert report.verdict.decisions_compared == report.exact_intents > 0

@@ -4,9 +4,10 @@ Several thousand outcomes for a few bots and symbols, ~10% of them re-sent by
 the "producer" under a new offset (same ``outcome_id``). The worker process is
 killed with SIGKILL while it consumes, the rest of the stream is produced while
 it is down, and a new process finishes it. The persisted state must equal the
-reference (the same input applied straight through the engine): nothing lost,
-nothing counted twice, every duplicate counted once. Halt events may repeat
-(outputs are at-least-once) but only with the reference's deterministic ids.
+reference model's (``tests/support/model.py``, from the same input): nothing
+lost, nothing counted twice, every duplicate counted once. Halt events may
+repeat (outputs are at-least-once) but only with the model's deterministic ids
+and content.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import msgspec
 import pytest
 from harness import (
     MIN_MS,
@@ -24,23 +24,27 @@ from harness import (
     committed_offsets,
     config_text,
     create_topics,
+    expected_halts,
+    expected_portfolios,
     expected_snapshots,
     latest,
     now_ms,
     outcome,
+    persisted_portfolios,
     persisted_snapshots,
     produced_ends,
+    published_halts,
     read_topic,
     reference,
     rewind_commits,
     same_day_window,
+    total_trades,
     wait_processed,
     wait_until,
 )
 
 from worker.config import load_config
-from worker.engine import Effects
-from worker.messages import HaltEvent, TradeOutcome
+from worker.messages import TradeOutcome
 
 pytestmark = pytest.mark.broker
 
@@ -155,19 +159,15 @@ async def test_sigkill_mid_stream_then_restart_loses_and_double_counts_nothing(
     ]
     assert skipped >= surely_applied
 
-    effects = Effects()
-    expected = reference(config, stream, now_ms(), effects)
+    expected = reference(config, stream, now_ms())
     stored = await latest(config.kafka, config.topics.snapshots)
     assert persisted_snapshots(stored) == expected_snapshots(expected)
-    total_trades = sum(s.session.trades for b in expected.bots.values() for s in b.symbols.values())
-    assert total_trades == UNIQUE_EVENTS  # the reference itself counts duplicates once
+    assert persisted_portfolios(stored) == expected_portfolios(expected) == {}
+    assert total_trades(expected) == UNIQUE_EVENTS  # the model itself counts duplicates once
 
-    # Halts: at-least-once, but exactly the reference's events under their deterministic ids.
-    halts = [
-        msgspec.json.decode(r.value, type=HaltEvent)
-        for r in await read_topic(config.kafka, config.topics.halts)
-    ]
-    assert {h.event_id for h in effects.halts} == {h.event_id for h in halts}
-    by_id = {h.event_id: h for h in effects.halts}
-    assert all(h == by_id[h.event_id] for h in halts)
+    # Halts: at-least-once, but exactly the model's events under their deterministic ids.
+    halts = published_halts(await read_topic(config.kafka, config.topics.halts))
+    predicted = {h.event_id: h for h in expected_halts(expected)}
+    assert set(predicted) == {h.event_id for h in halts}
+    assert all(h == predicted[h.event_id] for h in halts)
     assert {h.gate for h in halts} == {"circuit_breaker", "session_halt"}

@@ -17,13 +17,17 @@ from harness import (
     create_topics,
     decoded,
     default_partition,
+    expected_halts,
+    expected_portfolios,
     expected_snapshots,
     latest,
     make_config,
     outcome,
+    persisted_portfolios,
     persisted_snapshots,
     produce,
     produce_events,
+    published_halts,
     read_topic,
     reference,
     running_worker,
@@ -32,8 +36,7 @@ from harness import (
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from worker.engine import Effects, RiskEngine
-from worker.messages import HaltEvent
+from worker.engine import RiskEngine
 from worker.snapshot import encode
 
 pytestmark = pytest.mark.broker
@@ -86,9 +89,8 @@ async def test_outcomes_halt_flip_gates_and_persist_seed_shaped_snapshots(
         outcome("delta", "BTCUSDT", -1.0, 0.2, ts=t + MIN_MS),
         outcome("delta", "ETHUSDT", 2.5, 0.0, ts=t + MIN_MS),
     ]
-    expected_effects = Effects()
-    expected = reference(config, events, clock(), expected_effects)
-    assert {h.gate for h in expected_effects.halts} == {"circuit_breaker", "session_halt"}
+    expected = reference(config, events, clock())
+    assert {h.gate for h in expected.halts} == {"circuit_breaker", "session_halt"}
 
     async with running_worker(config) as running:
         produced = await produce_events(config, events)
@@ -97,14 +99,9 @@ async def test_outcomes_halt_flip_gates_and_persist_seed_shaped_snapshots(
     input_partition = {e.bot: p.partition for e, p in zip(events, produced, strict=True)}
     topics = config.topics
 
-    # The halted events, exactly as the engine computes them (deterministic ids).
-    halts = [
-        msgspec.json.decode(r.value, type=HaltEvent)
-        for r in await read_topic(config.kafka, topics.halts)
-    ]
-    assert sorted(halts, key=lambda h: h.event_id) == sorted(
-        expected_effects.halts, key=lambda h: h.event_id
-    )
+    # The halted events, exactly as the reference model predicts them (deterministic ids).
+    halts = published_halts(await read_topic(config.kafka, topics.halts))
+    assert sorted(halts) == sorted(expected_halts(expected))
     by_id = {h.event_id: h for h in halts}
     breaker = by_id["alpha/BTCUSDT/circuit_breaker/1"]
     assert breaker.kind == "halted" and breaker.ts == t + 2 * MIN_MS
@@ -142,6 +139,7 @@ async def test_outcomes_halt_flip_gates_and_persist_seed_shaped_snapshots(
         for k in symbol_keys
     )
     assert persisted_snapshots(snapshots) == expected_snapshots(expected)
+    assert persisted_portfolios(snapshots) == expected_portfolios(expected) == {}
     btc = decoded(snapshots)["alpha/risk/BTCUSDT"]
     assert btc["circuit_breaker"]["tripped_at_unix_secs"] == (t + 2 * MIN_MS) // 1000
     assert btc["session_pnl"]["losses"] == 3 and btc["session_pnl"]["halted"] is False

@@ -76,7 +76,6 @@ class Limits:
     max_reservations_per_bot: int = 1_000
     dedupe_ids_per_bot: int = 10_000
     intent_ids_per_bot: int = 10_000
-    command_ids_per_target: int = 1_000
     max_future_skew_ms: int = 300_000
     control_secret: bytes | None = None
     replay_window_ms: int = 300_000
@@ -305,8 +304,9 @@ class BotState:
     seen: dict[str, OrderedDict[str, None]] = field(default_factory=dict)
     """Per input topic, the most recent event ids (dedupe window)."""
     intents: OrderedDict[str, tuple[tuple[Any, ...], Decision]] = field(default_factory=OrderedDict)
-    commands: dict[str | None, tuple[int, OrderedDict[str, None]]] = field(default_factory=dict)
-    """Per target (a symbol, None for the bot): last applied command ts and digests."""
+    commands: dict[str | None, tuple[int, set[str]]] = field(default_factory=dict)
+    """Per target (a symbol, None for the bot): the last applied command's ts and the
+    digests of the commands applied at that ts (an older one is stale anyway)."""
     seqs: dict[tuple[str | None, str], int] = field(default_factory=dict)
 
     def account_net(self) -> float:
@@ -471,10 +471,10 @@ class Model:
                 raise Rejected("bad_signature", "outside the replay window")
         if bot is not None and c.symbol in bot.commands:
             last_ts, digests = bot.commands[c.symbol]
-            if command_digest(c) in digests:
-                raise Rejected("replayed_command", "already applied")
             if c.ts < last_ts:
                 raise Rejected("stale_command", f"older than {last_ts}")
+            if c.ts == last_ts and command_digest(c) in digests:
+                raise Rejected("replayed_command", "already applied")
 
     def _symbol(self, bot: BotState, name: str, now_ms: int) -> SymbolState:
         sym = bot.symbols.get(name)
@@ -651,33 +651,30 @@ class Model:
     # -- operator commands -------------------------------------------------------------
 
     def _control(self, bot: BotState, c: Any, now_ms: int) -> None:
-        last_ts, digests = bot.commands.get(c.symbol, (c.ts, OrderedDict()))
         digest = command_digest(c)
-        digests[digest] = None
-        if len(digests) > self.limits.command_ids_per_target:
-            digests.popitem(last=False)
-        bot.commands[c.symbol] = (max(last_ts, c.ts), digests)
+        last_ts, digests = bot.commands.get(c.symbol, (c.ts, set()))
+        if c.ts > last_ts:
+            digests = set()
+        bot.commands[c.symbol] = (c.ts, digests | {digest})
         cause = f"cmd-{digest[:16]}"
         gate = _COMMAND_GATE[c.command]
+        kind = "halted" if c.command == "halt" else "resumed"
         if c.symbol is not None:
             sym = self._symbol(bot, c.symbol, now_ms)
             before = sym.blocks()
             self._command_on(sym, c)
-            self._symbol_transitions(bot, c.symbol, before, c.ts, cause)
-            return
-        if c.command in ("halt", "resume"):
-            was = bot.manual_halt is not None
+            changed = sym.blocks() != before
+        elif c.command in ("halt", "resume"):
+            changed = bot.manual_halt is not None or c.command == "halt"
             bot.manual_halt = (c.reason, c.issued_by, c.ts) if c.command == "halt" else None
-            if was != (bot.manual_halt is not None):
-                kind = "halted" if c.command == "halt" else "resumed"
-                self._emit(bot, None, kind, gate, c.ts, None, cause)
-            return
-        index = 1 if c.command == "reset_session" else 2
-        was_blocking = any(s.blocks()[index] for s in bot.symbols.values())
-        for sym in bot.symbols.values():
-            self._command_on(sym, c)
-        if was_blocking:
-            self._emit(bot, None, "resumed", gate, c.ts, None, cause)
+        else:
+            index = 1 if c.command == "reset_session" else 2
+            changed = any(s.blocks()[index] for s in bot.symbols.values())
+            for sym in bot.symbols.values():
+                self._command_on(sym, c)
+        # A halt always answers (the operator waits for it); the rest only on a change.
+        if changed or c.command == "halt":
+            self._emit(bot, c.symbol, kind, gate, c.ts, None, cause)
 
     @staticmethod
     def _command_on(sym: SymbolState, c: Any) -> None:

@@ -434,19 +434,26 @@ def test_dedupe_windows_are_per_topic() -> None:
 # -- operator commands ---------------------------------------------------------------------
 
 
-def test_commands_publish_transitions_only_with_command_derived_ids() -> None:
+def test_commands_publish_halts_and_transitions_only_with_command_derived_ids() -> None:
     m = Model(limits())
     halt = cmd("halt", "BTC", ts=NOON)
+    again = cmd("halt", "BTC", ts=NOON + 1, reason="still")
+    resume = cmd("resume", "BTC", ts=NOON + 3)
     m.apply(cmd("resume", "BTC", ts=NOON - 5), NOON)  # not halted: nothing
     m.apply(halt, NOON)
-    m.apply(cmd("reset_breaker", "BTC", ts=NOON + 1), NOON)  # not tripped: nothing
-    m.apply(cmd("resume", "BTC", ts=NOON + 2), NOON)
-    digest = hashlib.sha256(canonical_command(halt, with_sig=True)).hexdigest()[:16]
+    m.apply(again, NOON)  # already halted: answered all the same, the reason updated
+    m.apply(cmd("reset_breaker", "BTC", ts=NOON + 2), NOON)  # not tripped: nothing
+    m.apply(resume, NOON)
+
+    def cmd_id(c: ControlCommand) -> str:
+        digest = hashlib.sha256(canonical_command(c, with_sig=True)).hexdigest()[:16]
+        return f"a/BTC/manual_halt/cmd-{digest}"
+
     assert [(h.event_id, h.kind) for h in m.halts] == [
-        (f"a/BTC/manual_halt/cmd-{digest}", "halted"),
-        (m.halts[1].event_id, "resumed"),
+        (cmd_id(halt), "halted"),
+        (cmd_id(again), "halted"),
+        (cmd_id(resume), "resumed"),
     ]
-    assert m.halts[1].event_id.startswith("a/BTC/manual_halt/cmd-")
     assert state(m)["manual_halt"] is None
 
 
@@ -455,11 +462,12 @@ def test_stale_and_replayed_commands_are_rejected_and_change_nothing() -> None:
     resume = cmd("resume", None, ts=NOON)
     m.apply(cmd("halt", None, ts=NOON - MIN), NOON)
     m.apply(resume, NOON)
-    m.apply(cmd("halt", None, ts=NOON + MIN, reason="desk"), NOON)
-    with pytest.raises(Rejected) as replayed:
-        m.apply(resume, NOON + 2 * MIN)
+    halt = cmd("halt", None, ts=NOON + MIN, reason="desk")
+    m.apply(halt, NOON)
     with pytest.raises(Rejected) as stale:
-        m.apply(cmd("resume", None, ts=NOON + 30_000), NOON + 2 * MIN)
+        m.apply(resume, NOON + 2 * MIN)  # the captured resume must not undo the later halt
+    with pytest.raises(Rejected) as replayed:
+        m.apply(halt, NOON + 2 * MIN)
     assert (replayed.value.reason, stale.value.reason) == ("replayed_command", "stale_command")
     assert m.bot_states()["a"]["manual_halt"] == ("desk", "ops", NOON + MIN)
     m.apply(cmd("resume", "BTC", ts=NOON), NOON)  # another target: its own history
