@@ -87,6 +87,27 @@ class InMemoryBroker:
         self._seq = 0
         self._crash_in: int | None = None
         self.max_request_size = MAX_REQUEST_SIZE
+        self._held: list[tuple[asyncio.Future[Sent], Sent]] | None = None
+
+    # -- acknowledgements ------------------------------------------------------
+
+    def hold_acks(self) -> None:
+        """Records are appended at once but acknowledged only at :meth:`release_acks`."""
+        self._held = []
+
+    def release_acks(self) -> None:
+        held, self._held = self._held or [], None
+        for future, sent in held:
+            if not future.done():
+                future.set_result(sent)
+
+    def _acknowledge(self, sent: Sent) -> asyncio.Future[Sent]:
+        future: asyncio.Future[Sent] = asyncio.get_running_loop().create_future()
+        if self._held is None:
+            future.set_result(sent)
+        else:
+            self._held.append((future, sent))
+        return future
 
     # -- faults ---------------------------------------------------------------
 
@@ -172,9 +193,7 @@ class FakeProducer:
         sent = broker.append(
             topic, key, value, partition=partition, headers=headers or (), timestamp_ms=timestamp_ms
         )
-        future: asyncio.Future[Sent] = asyncio.get_running_loop().create_future()
-        future.set_result(sent)
-        return future
+        return broker._acknowledge(sent)
 
     async def start(self) -> None:
         return None
@@ -260,6 +279,15 @@ class FakeConsumer:
     def highwater(self, tp: TopicPartition) -> int:
         return self.broker.end(tp)
 
+    def last_poll_timestamp(self, tp: TopicPartition) -> int:
+        return self.broker.timestamp_ms
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.positions[tp]
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.positions[tp] = offset
+
     def partitions_for_topic(self, topic: str) -> set[int] | None:
         n = self.broker.partitions.get(topic)
         return None if n is None else set(range(n))
@@ -323,6 +351,7 @@ class Shell:
         worker._producer = FakeProducer(self.broker)  # type: ignore[assignment]
         worker._consumer = consumer  # type: ignore[assignment]
         worker.started.set()
+        worker._input_partitions = self.config.topics.partitions
         tps = self.input_tps(partitions)
         consumer.take(tps)
         worker._on_assigned(tps)
@@ -391,8 +420,11 @@ class Shell:
                 restoring.cancel()
 
 
-_COUNTERS = ("gate_seq",)
-"""Output counters: how many gate records went out, which replays legitimately repeat."""
+_COUNTERS = ("gate_seq", "born")
+"""Left out of comparisons. ``gate_seq`` counts gate records sent, which replays and
+restores legitimately repeat; ``born`` is known live only (a symbol re-created by a
+replay cannot know the bot's watermarks at its first creation) and only narrows
+which replayed bot-wide resets reach it."""
 
 
 def engine_state(engine: RiskEngine) -> dict[str, Any]:

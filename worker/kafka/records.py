@@ -13,6 +13,7 @@ import msgspec
 
 from worker.config import TopicsConfig
 from worker.engine import Effects, RiskEngine
+from worker.kafka.restore import epoch_headers
 from worker.snapshot import encode, portfolio_key, symbol_key
 
 Headers = list[tuple[str, bytes]]
@@ -76,34 +77,54 @@ def heartbeat_records(
 
 
 def snapshot_records(
-    engine: RiskEngine, effects: Effects, topics: TopicsConfig, partition_of: Mapping[str, int]
+    engine: RiskEngine,
+    effects: Effects,
+    topics: TopicsConfig,
+    partition_of: Mapping[str, int],
+    epochs: Mapping[int, int] | None = None,
 ) -> list[OutRecord]:
-    """Snapshots of changed keys, on the partition co-numbered with the bot's input."""
+    """Snapshots of changed keys, on the partition co-numbered with the bot's input.
+
+    Per bot, the portfolio record goes first and is written whenever any of the
+    bot's symbols is (decision D2). A bot's records share one partition, so a
+    crash leaves a prefix of them: the portfolio is then never behind a symbol,
+    and a replay re-judges nothing the portfolio decided (the daily-loss latch,
+    intents, reservation releases) against a partly caught-up account — each
+    holder takes only the events above its own watermark. Every record carries
+    its writer's owner epoch (the zombie fence of :mod:`worker.kafka.restore`).
+    """
     records: list[OutRecord] = []
     bots = engine.bots
-    for bot_id, symbol in effects.dirty_symbols:
+    by_bot: dict[str, list[str]] = {bot_id: [] for bot_id in sorted(effects.dirty_bots)}
+    for bot_id, symbol in sorted(effects.dirty_symbols):
+        by_bot.setdefault(bot_id, []).append(symbol)
+    for bot_id, symbols in by_bot.items():
         bot = bots.get(bot_id)
-        sym = bot.symbols.get(symbol) if bot is not None else None
-        if sym is not None:
-            records.append(
-                OutRecord(
-                    topics.snapshots,
-                    symbol_key(bot_id, symbol).encode(),
-                    encode(sym.snapshot()),
-                    partition_of[bot_id],
-                )
+        if bot is None:
+            continue
+        partition = partition_of[bot_id]
+        headers = epoch_headers(epochs.get(partition, 0)) if epochs else None
+        records.append(
+            OutRecord(
+                topics.snapshots,
+                portfolio_key(bot_id).encode(),
+                encode(bot.portfolio_snapshot()),
+                partition,
+                headers,
             )
-    for bot_id in effects.dirty_bots:
-        bot = bots.get(bot_id)
-        if bot is not None:
-            records.append(
-                OutRecord(
-                    topics.snapshots,
-                    portfolio_key(bot_id).encode(),
-                    encode(bot.portfolio_snapshot()),
-                    partition_of[bot_id],
+        )
+        for symbol in symbols:
+            sym = bot.symbols.get(symbol)
+            if sym is not None:
+                records.append(
+                    OutRecord(
+                        topics.snapshots,
+                        symbol_key(bot_id, symbol).encode(),
+                        encode(sym.snapshot()),
+                        partition,
+                        headers,
+                    )
                 )
-            )
     return records
 
 
@@ -159,9 +180,12 @@ def deadletter_record(
     return OutRecord(topics.deadletter, key, value, None, [*original, *errors])
 
 
-def _size(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> int:
+def _size(
+    key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]]
+) -> int:
+    # A header value may be null on the wire (issue 15 item 1): it costs nothing.
     return (
         len(key or b"")
         + len(value or b"")
-        + sum(len(name.encode()) + len(data) for name, data in headers)
+        + sum(len(name.encode()) + len(data or b"") for name, data in headers)
     )
