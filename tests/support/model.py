@@ -336,8 +336,10 @@ def evaluate(bot: BotState, intent: Any, max_reservations: int) -> tuple[str | N
             for r in bot.reservations.values()
             if r.symbol == intent.symbol and r.action == "close"
         )
-        if intent.qty > abs(held) - pending + FLAT_TOLERANCE * abs(held):
+        if intent.qty - (abs(held) - pending) > FLAT_TOLERANCE * max(abs(held), intent.qty):
             return "reduce_only_exceeds_position", "close exceeds the reducible position"
+        if len(bot.reservations) >= max_reservations:
+            return "max_concurrent_positions", "too many outstanding reservations"
         return None, "reduce-only exit"
     if bot.manual_halt is not None or (sym is not None and sym.manual_halt is not None):
         return "manual_halt", "halted by an operator"
@@ -510,7 +512,7 @@ class Model:
         if not self._first_time(bot, "fills", f.fill_id):
             return
         release = bot.reservations.get(f.intent_id) if f.intent_id is not None else None
-        if release is not None:
+        if release is not None and release.symbol == f.symbol:
             left = release.qty - f.qty
             if left <= FLAT_TOLERANCE * release.qty:
                 del bot.reservations[f.intent_id]
@@ -606,20 +608,22 @@ class Model:
     # -- intents ---------------------------------------------------------------------
 
     def _intent(self, bot: BotState, i: Any, now_ms: int) -> None:
+        """Staleness, then the id (same content: same answer), then the gates."""
+        ttl = self.limits.reservation_ttl_ms
+        if now_ms - i.ts > ttl:
+            self.decisions.append(self._decision(i, now_ms, "expired", None))
+            return
         content = (i.bot, i.symbol, i.action, i.side, i.qty, i.price, i.contract_value, i.ts)
         seen = bot.intents.get(i.intent_id)
-        if seen is not None:
-            same = seen[0] == content
-            duplicate = self._decision(i, now_ms, "duplicate_intent_id", None)
-            self.decisions.append(seen[1] if same else duplicate)
+        if seen is not None and seen[0] == content:
+            self.decisions.append(seen[1])
+            return
+        if seen is not None or i.intent_id in bot.reservations:
+            self.decisions.append(self._decision(i, now_ms, "duplicate_intent_id", None))
             return
         self._sweep_bot(bot, now_ms)  # judged against the state at the wall clock
-        ttl = self.limits.reservation_ttl_ms
+        gate, _ = evaluate(bot, i, self.limits.max_reservations_per_bot)
         expires: int | None = None
-        if now_ms - i.ts > ttl:
-            gate: str | None = "expired"
-        else:
-            gate, _ = evaluate(bot, i, self.limits.max_reservations_per_bot)
         if gate is None:
             expires = now_ms + ttl
             notional = i.qty * i.price * i.contract_value if i.action == "open" else 0.0

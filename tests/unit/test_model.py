@@ -554,3 +554,33 @@ loss_limit = 1
     assert alpha.for_symbol("BTC") == SymbolLimits(-70.0, 1, 100, 60)
     assert (alpha.max_daily_loss, alpha.max_gross_exposure) == (-500.0, 1000.0)
     assert alpha.symbols == frozenset({"BTC", "ETH"})
+
+
+def test_a_fill_on_another_symbol_releases_nothing() -> None:
+    m = Model(limits(exposure=1000.0, source="fills"))
+    m.apply(intent("open", "buy", 9.0, 100.0, iid="A"), NOON)
+    m.apply(fill("buy", 9.0, 100.0, sym="ETH", intent="A"), NOON)
+    assert m.bot_states()["a"]["reservations"] == {"A": ("BTC", 9.0, 900.0)}
+
+
+def test_a_retry_after_the_ttl_is_expired_even_when_first_allowed() -> None:
+    m = Model(limits(reservation_ttl_ms=30_000))
+    first = intent("open", "buy", 1.0, iid="R")
+    m.apply(first, NOON)
+    m.apply(first, NOON + 30_001)
+    assert gates(m) == [(True, None), (False, "expired")]
+
+
+def test_the_reservation_cap_denies_opens_and_closes_alike() -> None:
+    m = Model(limits(source="fills", max_reservations_per_bot=2))
+    m.apply(fill("buy", 5.0, 100.0), NOON)
+    m.apply(intent("open", "buy", 1.0), NOON)
+    m.apply(intent("close", "sell", 1.0), NOON)
+    m.apply(intent("open", "buy", 1.0), NOON)
+    m.apply(intent("close", "sell", 1.0), NOON)
+    assert gates(m) == [
+        (True, None),
+        (True, None),
+        (False, "max_concurrent_positions"),
+        (False, "max_concurrent_positions"),
+    ]
