@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -27,6 +29,7 @@ from harness import (
     produce_events,
     running_worker,
     wait_processed,
+    wait_until,
 )
 
 from worker.config import Config, load_config
@@ -225,3 +228,64 @@ async def test_riskgate_broker_serves_until_sigterm_or_ctrl_c(stop: signal.Signa
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+# -- README "Producing to riskgate" (issue 15 item 15) ------------------------------------
+
+README_BODY = """
+[defaults.session]
+loss_limit = -50.0
+[bots.alpha]
+symbols = ["BTCUSDT", "ETHUSDT"]
+"""
+
+
+def _readme_python(marker: str) -> str:
+    blocks = re.findall(r"```python\n(.*?)```", (PROJECT_ROOT / "README.md").read_text(), re.S)
+    [block] = [b for b in blocks if marker in b]
+    return block
+
+
+@pytest.mark.parametrize("marker", ["from aiokafka import", "from confluent_kafka import"])
+async def test_readme_producer_examples_reach_the_worker(
+    marker: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The README's producer code, run as printed (only the address and topic names
+    changed), is accepted by the worker: right fields, units, key and partitioner."""
+    path = tmp_path / "riskgate.toml"
+    path.write_text(config_text(kafka_bootstrap, README_BODY, partitions=4))
+    config = load_config(path, env={})
+    await create_topics(config)
+    code = _readme_python(marker).replace("127.0.0.1:9092", kafka_bootstrap)
+    code = code.replace('"trading.outcomes"', f'"{config.topics.outcomes}"')
+    code = code.replace('"trading.fills"', f'"{config.topics.fills}"')
+    async with running_worker(config, clock=now_ms) as running:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, cwd=tmp_path)
+        async with asyncio.timeout(60):
+            assert await proc.wait() == 0
+
+        def symbol(name: str) -> Any:
+            bot = running.worker.engine.bots.get("alpha")
+            return bot.symbols.get(name) if bot is not None else None
+
+        async def applied() -> bool:
+            if marker.startswith("from aiokafka"):
+                eth = symbol("ETHUSDT")
+                return eth is not None and eth.session.trades == 3
+            btc = symbol("BTCUSDT")
+            return btc is not None and btc.position.qty != 0
+
+        await wait_until(applied, within=30, what="the example's records applied")
+        deadletters = [
+            s.value
+            for m in running.worker.metrics.deadletters.collect()
+            for s in m.samples
+            if s.name.endswith("_total")
+        ]
+    if marker.startswith("from aiokafka"):
+        eth = symbol("ETHUSDT")
+        assert round(eth.session.net_pnl, 2) == -54.5
+        assert [b.gate for b in eth.blocks()] == ["session_halt"]
+    else:
+        assert symbol("BTCUSDT").position.qty == 0.01
+    assert sum(deadletters) == 0
