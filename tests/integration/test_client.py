@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,7 +22,14 @@ from harness import Raw, make_config, now_ms, produce
 
 from worker.client import GateClient, GateView
 from worker.kafka.topics import TopicLayoutError, ensure_topics
-from worker.messages import AccountGateState, Command, GateState, HaltEvent
+from worker.messages import (
+    AccountGateState,
+    Command,
+    GateDecision,
+    GateState,
+    HaltEvent,
+    OrderIntent,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -53,7 +61,11 @@ async def env(module_env: GateEnv) -> GateEnv:
 
 
 async def test_gate_view_fails_closed_until_caught_up(kafka_bootstrap: str) -> None:
-    """While the view replays history it denies, even for a bot whose record it holds."""
+    """While the view replays history it denies, even for a bot whose record it holds.
+
+    After catch-up too: a replayed record proves nothing about its owner being
+    alive now (issue 15 item 3), so the bot waits for a record sent live.
+    """
     config = make_config(kafka_bootstrap, "", partitions=1)  # unique topic names
     kafka, topics = config.kafka, config.topics
     await ensure_topics(kafka, topics)
@@ -86,9 +98,9 @@ async def test_gate_view_fails_closed_until_caught_up(kafka_bootstrap: str) -> N
     held, allowed_early = 0, 0
     apply = view._apply
 
-    def apply_and_ask(topic: str, record: Any) -> None:
+    def apply_and_ask(topic: str, record: Any, *, live: bool) -> None:
         nonlocal held, allowed_early
-        apply(topic, record)
+        apply(topic, record, live=live)
         if not view.caught_up:
             held += "cv" in view.accounts
             allowed_early += view.entries_allowed("cv", "S1")
@@ -99,9 +111,11 @@ async def test_gate_view_fails_closed_until_caught_up(kafka_bootstrap: str) -> N
             await view.wait_caught_up()
         assert held > 0, "never asked the view mid-replay with cv's record in it"
         assert allowed_early == 0, "allowed before the view caught up"
-        assert view.entries_allowed("cv", "S1")
         assert len(view.symbols) == len(noise)
         assert not view.entries_allowed("unknown-bot", "S1")  # no account record: denied
+        assert not view.entries_allowed("cv", "S1")  # replayed: not a heartbeat
+        await produce(kafka, [Raw(topics.gates, b"cv/gate", encode(account))])
+        await eventually(lambda: view.entries_allowed("cv", "S1"), what="live record", alive=None)
 
 
 async def test_view_and_client_refuse_topics_that_do_not_exist(kafka_bootstrap: str) -> None:
@@ -164,37 +178,221 @@ async def test_gate_client_runs_many_concurrent_checks(env: GateEnv) -> None:
             assert (decision.allowed, decision.gate) == (False, "no_position"), decision
 
 
-async def test_stopped_worker_goes_stale_in_the_view_and_checks_fail_closed(
+WORKER_CLOCKS = {"in_sync": 0, "fast_10min": 10 * 60_000, "slow_20s": -20_000}
+
+
+@pytest.mark.parametrize("offset_ms", WORKER_CLOCKS.values(), ids=WORKER_CLOCKS.keys())
+async def test_gate_view_judged_staleness_by_the_worker_clock(env: GateEnv, offset_ms: int) -> None:
+    """Issue 15 item 3: a skewed worker clock neither keeps a dead bot fresh nor a live one stale.
+
+    The view times records by its own monotonic clock when it receives them;
+    the worker's ``updated_ts`` (10 min ahead or 20 s behind here) is ignored.
+    Then, the worker stopped, checks fail closed.
+    """
+    bot = f"stale{offset_ms}"
+    await env.stop_worker()
+    env.clock.offset_ms = offset_ms
+    try:
+        await env.ensure_worker()
+        fill = env.fill(bot, "S1", "buy", 1.0)
+        await env.send(msgspec.structs.replace(fill, ts=min(now_ms(), env.clock())))
+        await env.wait_symbol(bot, "S1", lambda s: s.position_qty == 1.0)
+        async with GateView(env.config.kafka, env.config.topics, staleness_ms=STALE_MS) as view:
+            async with asyncio.timeout(10):
+                await view.wait_caught_up()
+            await eventually(lambda: view.entries_allowed(bot, "S1"), what="allowed", alive=None)
+            # Heartbeats keep a quiet bot fresh for longer than the staleness bound.
+            first = view.accounts[bot].updated_ts
+            deadline = time.monotonic() + 10
+            while view.accounts[bot].updated_ts <= first + STALE_MS:
+                assert view.entries_allowed(bot, "S1"), "went stale while the worker runs"
+                assert time.monotonic() < deadline, "no heartbeat"
+                await asyncio.sleep(0.01)
+
+            await env.stop_worker()
+            started = time.perf_counter()
+            await eventually(
+                lambda: not view.entries_allowed(bot, "S1"),
+                within=(STALE_MS + HEARTBEAT_MS) / 1000 + 1.0,
+                what="view to go stale",
+                alive=None,
+            )
+            print(f"stale after {1000 * (time.perf_counter() - started):.0f} ms")
+            assert view.accounts[bot].entries_allowed  # the record allows: staleness denies
+    finally:
+        env.clock.offset_ms = 0
+
+    intent = env.intent(bot, "S1")
+    decision = await env.client.check(intent, timeout_ms=300)
+    assert (decision.intent_id, decision.allowed, decision.gate) == (intent.intent_id, False, None)
+    assert decision.reason == "no matching decision within 300 ms (TimeoutError): failing closed"
+
+
+async def test_gate_client_accepted_a_forged_decision_on_the_broker(kafka_bootstrap: str) -> None:
+    """Issue 15 item 2: any writer of risk.decisions could answer "allowed" for an intent.
+
+    No worker runs here: a forger writes decisions under the intent's id for
+    another bot and for 1000x the quantity, then the genuine (denying) echo
+    follows. Only the echo answers; with forgeries only, the check fails closed.
+    """
+    config = make_config(kafka_bootstrap, "", partitions=2)  # unique topics, no worker
+    kafka, topics = config.kafka, config.topics
+    await ensure_topics(kafka, topics)
+    encode = msgspec.json.encode
+
+    def answer(intent: OrderIntent, allowed: bool, **forged: Any) -> Raw:
+        decision = GateDecision(
+            intent_id=intent.intent_id,
+            bot=intent.bot,
+            symbol=intent.symbol,
+            allowed=allowed,
+            gate=None if allowed else "manual_halt",
+            reason="forged" if forged else "genuine",
+            ts=now_ms(),
+            action=intent.action,
+            side=intent.side,
+            qty=intent.qty,
+            price=intent.price,
+        )
+        forgery = msgspec.structs.replace(decision, **forged)
+        return Raw(topics.decisions, forgery.bot.encode(), encode(forgery))
+
+    async with GateClient(kafka, topics, timeout_ms=20_000) as client:
+        mine = GateEnv.intent("desk", "BTCUSDT", qty=0.01)
+        check = asyncio.create_task(client.check(mine))
+        await eventually(lambda: mine.intent_id in client._pending, what="pending", alive=None)
+        other = GateEnv.intent("desk", "BTCUSDT")
+        await produce(
+            kafka,
+            [
+                answer(mine, True, bot="other-bot"),
+                answer(mine, True, qty=10.0),
+                answer(other, True),  # someone else's intent
+                answer(mine, False),
+            ],
+        )
+        async with asyncio.timeout(20):
+            got = await check
+        assert (got.allowed, got.gate, got.reason, got.qty) == (
+            False,
+            "manual_halt",
+            "genuine",
+            0.01,
+        )
+        assert client.ignored == {"mismatched_decision": 2, "not_pending": 1}
+
+        lone = GateEnv.intent("desk", "BTCUSDT")
+        check = asyncio.create_task(client.check(lone, timeout_ms=2_000))
+        await eventually(lambda: lone.intent_id in client._pending, what="pending", alive=None)
+        await produce(kafka, [answer(lone, True, symbol="ETHUSDT")])
+        got = await check
+        assert (got.intent_id, got.allowed, got.gate) == (lone.intent_id, False, None)
+        assert got.reason == "no matching decision within 2000 ms (TimeoutError): failing closed"
+        assert client.ignored["mismatched_decision"] == 3
+        assert client.failure is None
+
+
+POISON = [
+    b'{"bot": "\xff\xfe"}',  # invalid UTF-8
+    b'{"x":' * 100_000,  # RecursionError while decoding
+    b'{"bot": 1, "entries_allowed": "yes"}',  # wrong types
+]
+
+
+async def test_gate_reader_killed_by_an_undecodable_record_on_the_broker(env: GateEnv) -> None:
+    """Issue 15 item 4: poison on risk.gates, risk.halts and risk.decisions stops nobody.
+
+    The running view and client skip and count it, and a view started after the
+    poison sits in the (compacted) gate topic still catches up and follows.
+    """
+    topics = env.config.topics
+    view, client = env.view, env.client
+    before = (dict(view.ignored), dict(client.ignored))
+    await env.control(env.command("resume", "poison", None))  # the bot's account record
+    await env.send(env.fill("poison", "S1", "buy", 1.0))
+    poison = [
+        Raw(topic, key, value)
+        for value in POISON
+        for topic, key in (
+            (topics.gates, b"poison/gate"),
+            (topics.gates, b"poison/gate/S1"),
+            (topics.halts, b"poison"),
+            (topics.decisions, b"poison"),
+        )
+    ]
+    await produce(env.config.kafka, poison)
+
+    # Both keep following: a halt flips the view, a check gets its decision.
+    await env.control(env.command("halt", "poison", "S1"))
+    await eventually(
+        lambda: not view.entries_allowed("poison", "S1"), what="halt seen", alive=env.alive
+    )
+    decision = await env.check("poison", "S2")
+    assert decision.allowed
+    kinds = {"UnicodeDecodeError": 3, "RecursionError": 3, "ValidationError": 3}
+    assert _added(before[0], view.ignored) == kinds  # gates x2 and halts, per kind
+    assert _added(before[1], client.ignored) == {
+        "UnicodeDecodeError": 1,
+        "RecursionError": 1,
+        "ValidationError": 1,
+    }
+    assert (view.failure, client.failure) == (None, None)
+
+    async with GateView(env.config.kafka, topics, staleness_ms=60_000) as late:
+        async with asyncio.timeout(30):
+            await late.wait_caught_up()
+        await eventually(
+            lambda: late.entries_allowed("poison", "S2"), what="late view allows", alive=env.alive
+        )
+        assert not late.entries_allowed("poison", "S1")
+        assert late.ignored["RecursionError"] >= 2  # the compacted poison, still skipped
+        assert late.failure is None
+
+
+def _added(before: dict[str, int], after: Counter[str]) -> dict[str, int]:
+    return {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}
+
+
+STEPS: list[tuple[Command, str | None]] = [
+    ("halt", "S1"),
+    ("halt", None),
+    ("resume", None),
+    ("resume", "S1"),
+]
+
+
+async def test_halt_callback_fired_before_the_gate_table_reflected_it_on_the_broker(
     env: GateEnv,
 ) -> None:
-    await env.fill_and_wait("stale", "S1", "buy", 1.0)
-    async with GateView(env.config.kafka, env.config.topics, staleness_ms=STALE_MS) as view:
+    """Issue 15 item 11: inside every halt callback the view already answers as of the event."""
+    bot = "order"
+    await env.control(env.command("resume", bot, None))
+    seen: list[tuple[str, str | None, bool]] = []
+    recording = False  # from the first command on (the history is not under test)
+
+    def on_halt(event: HaltEvent) -> None:
+        if recording and event.bot == bot:
+            probe = event.symbol or "S2"
+            seen.append((event.kind, event.symbol, view.entries_allowed(bot, probe)))
+
+    async with GateView(env.config.kafka, env.config.topics, staleness_ms=60_000) as view:
+        view.subscribe(on_halt)
         async with asyncio.timeout(10):
             await view.wait_caught_up()
-        await eventually(lambda: view.entries_allowed("stale", "S1"), what="allowed", alive=None)
-        # Heartbeats keep a quiet bot fresh for longer than the staleness bound.
-        first = view.accounts["stale"].updated_ts
-        deadline = time.monotonic() + 10
-        while view.accounts["stale"].updated_ts <= first + STALE_MS:
-            assert view.entries_allowed("stale", "S1"), "went stale while the worker runs"
-            assert time.monotonic() < deadline, "no heartbeat"
-            await asyncio.sleep(0.01)
-
-        await env.stop_worker()
-        started = time.perf_counter()
-        await eventually(
-            lambda: not view.entries_allowed("stale", "S1"),
-            within=(STALE_MS + HEARTBEAT_MS) / 1000 + 1.0,
-            what="view to go stale",
-            alive=None,
-        )
-        print(f"stale after {1000 * (time.perf_counter() - started):.0f} ms")
-        assert view.accounts["stale"].entries_allowed  # the record allows: staleness denies
-
-    intent = env.intent("stale", "S1")
-    started = time.perf_counter()
-    decision = await env.client.check(intent, timeout_ms=300)
-    waited = time.perf_counter() - started
-    assert (decision.intent_id, decision.allowed, decision.gate) == (intent.intent_id, False, None)
-    assert "failing closed" in decision.reason
-    assert 0.3 <= waited < 2.0, waited
+        await eventually(lambda: view.entries_allowed(bot, "S1"), what="allowed", alive=env.alive)
+        recording, rounds = True, 5
+        for _ in range(rounds):
+            for command, symbol in (
+                ("halt", "S1"),
+                ("halt", None),
+                ("resume", None),
+                ("resume", "S1"),
+            ):
+                await env.control(env.command(command, bot, symbol))  # type: ignore[arg-type]
+        await eventually(lambda: len(seen) == 4 * rounds, what="every callback", alive=env.alive)
+    assert seen == rounds * [
+        ("halted", "S1", False),
+        ("halted", None, False),
+        ("resumed", None, True),
+        ("resumed", "S1", True),
+    ]
