@@ -30,7 +30,7 @@ from unittest import mock
 
 import msgspec
 from aiokafka import TopicPartition
-from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.errors import CommitFailedError, MessageSizeTooLargeError
 from aiokafka.partitioner import murmur2
 
 import worker.app
@@ -70,7 +70,7 @@ class Sent(NamedTuple):
 
 def partition_for(key: bytes, partitions: int) -> int:
     """The Java client's (and aiokafka's) default partitioner: murmur2 of the key."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 class InMemoryBroker:
@@ -82,6 +82,8 @@ class InMemoryBroker:
             TopicPartition(t, p): [] for t, n in topics.items() for p in range(n)
         }
         self.committed: dict[TopicPartition, int] = {}
+        self.generation = 0
+        """The group's generation: bumped by every assignment; older members cannot commit."""
         self.timestamp_ms = timestamp_ms
         """Record timestamp (CreateTime) given to every appended record."""
         self._seq = 0
@@ -209,8 +211,10 @@ class FakeConsumer:
         self.broker = broker
         self.max_records = max_records
         """Upper bound of one ``getmany`` (tests vary it to move batch boundaries)."""
-        self.positions: dict[TopicPartition, int] = {}
+        self.positions: dict[TopicPartition, int | None] = {}
+        """None until first needed: like aiokafka, the committed offset is read lazily."""
         self.paused_set: set[TopicPartition] = set()
+        self.generation = 0
         self.polls = 0
         self.empty_polls = 0
         """Consecutive polls that returned nothing (the harness's idle signal)."""
@@ -218,9 +222,11 @@ class FakeConsumer:
     # -- group ---------------------------------------------------------------
 
     def take(self, tps: Iterable[TopicPartition]) -> None:
-        """The group assigned ``tps``: fetch resumes from the committed offsets."""
+        """The group assigned ``tps``: fetch resumes from the committed offsets (read lazily)."""
+        self.broker.generation += 1
+        self.generation = self.broker.generation
         for tp in tps:
-            self.positions[tp] = self.broker.committed.get(tp, 0)
+            self.positions[tp] = None
 
     def drop(self, tps: Iterable[TopicPartition]) -> None:
         for tp in tps:
@@ -243,9 +249,9 @@ class FakeConsumer:
             if tp in self.positions and tp not in self.paused_set
         ]
         heads = [
-            (self.broker.logs[tp][self.positions[tp]], tp)
+            (self.broker.logs[tp][self._at(tp)], tp)
             for tp in fetchable
-            if self.positions[tp] < self.broker.end(tp)
+            if self._at(tp) < self.broker.end(tp)
         ]
         if not heads:
             self.empty_polls += 1
@@ -256,15 +262,23 @@ class FakeConsumer:
         stop_at = min(others, default=1 << 62)
         limit = min(self.max_records, max_records or self.max_records)
         log = self.broker.logs[tp]
-        start = self.positions[tp]
+        start = self._at(tp)
         end = start
         while end < len(log) and end - start < limit and log[end].seq < stop_at:
             end += 1
         self.positions[tp] = end
         return {tp: log[start:end]}
 
+    def _at(self, tp: TopicPartition) -> int:
+        position = self.positions[tp]
+        if position is None:
+            position = self.positions[tp] = self.broker.committed.get(tp, 0)
+        return position
+
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         await asyncio.sleep(0)
+        if self.generation != self.broker.generation:
+            raise CommitFailedError("the group has rebalanced since this member joined")
         self.broker.committed.update(offsets)
 
     def pause(self, *tps: TopicPartition) -> None:
@@ -283,7 +297,7 @@ class FakeConsumer:
         return self.broker.timestamp_ms
 
     async def position(self, tp: TopicPartition) -> int:
-        return self.positions[tp]
+        return self._at(tp)
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.positions[tp] = offset
@@ -348,8 +362,8 @@ class Shell:
         self.kill()
         worker = Worker(self.config, clock=lambda: self.now_ms)
         consumer = FakeConsumer(self.broker, max_records=max_records)
-        worker._producer = FakeProducer(self.broker)  # type: ignore[assignment]
-        worker._consumer = consumer  # type: ignore[assignment]
+        worker._producer = FakeProducer(self.broker)
+        worker._consumer = consumer
         worker.started.set()
         worker._input_partitions = self.config.topics.partitions
         tps = self.input_tps(partitions)

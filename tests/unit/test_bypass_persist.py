@@ -6,19 +6,25 @@ Every test drives the real ``Worker`` loop over the in-memory transport of
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 import pytest
+from aiokafka import TopicPartition
 
 from tests.support.transport import (
     MAX_REQUEST_SIZE,
+    FakeConsumer,
     InMemoryBroker,
     Shell,
+    Stored,
     broker_for,
     engine_state,
+    partition_for,
 )
-from worker.app import PublishRefused
+from worker.app import PublishRefused, Worker
 from worker.config import Config, load_config
 from worker.engine import Effects, Origin, RiskEngine
 from worker.kafka.records import (
@@ -27,6 +33,7 @@ from worker.kafka.records import (
     output_records,
     snapshot_records,
 )
+from worker.kafka.restore import epoch_headers, fold_snapshot_records, record_epoch
 from worker.messages import ControlCommand, Event, Fill, OrderIntent, TradeOutcome
 
 NOW = 1_767_268_800_000  # 2026-01-01 12:00 UTC
@@ -263,3 +270,163 @@ async def test_non_retriable_send_error_stops_the_worker_instead_of_retrying_for
         with pytest.raises(PublishRefused, match=r"refused a record .*MessageSizeTooLarge"):
             await shell.idle()
     assert broker.committed == {}
+
+
+# -- item 10: offsets commit only for partitions owned and restored (P3) ---------------
+
+
+async def settle(condition: Callable[[], bool], steps: int = 10_000) -> None:
+    """Let the worker's tasks run until ``condition`` holds (bounded by steps, not time)."""
+    for _ in range(steps):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
+
+
+async def test_timed_out_revoke_never_commits_offsets_of_the_returning_partition() -> None:
+    """Issue 9 item 10: acks arriving after the bot was forgotten committed its offsets."""
+    kafka = "max_poll_interval_ms = 200\nsession_timeout_ms = 150\nheartbeat_interval_ms = 50\n"
+    cfg = config(CONFIG + "[kafka]\n" + kafka)  # a revoke waits 0.1 s for its persist
+    stream = LATCH_STREAM[:2]
+    reference, _ = await run(cfg, stream, None)
+    broker = broker_for(cfg, timestamp_ms=NOW)
+    produce(broker, cfg, stream[:1])
+    home = partition_for(b"alpha", cfg.topics.partitions)
+    outcomes = TopicPartition(cfg.topics.outcomes, home)
+    with Shell(cfg, broker, NOW) as shell:
+        shell.start(range(cfg.topics.partitions))
+        assert await shell.idle()
+        assert broker.committed[outcomes] == 1
+        gates = len(broker.records(cfg.topics.gates))
+        broker.hold_acks()
+        produce(broker, cfg, stream[1:])
+        await settle(lambda: len(broker.records(cfg.topics.gates)) > gates)  # outputs unacked
+        assert await shell.revoke([home])  # its persist cannot finish: times out, forgets alpha
+        assert shell.worker is not None and "alpha" not in shell.worker.engine.bots
+        await shell.assign([home])  # the partition comes straight back
+        broker.release_acks()  # the stale batch's offsets reach the loop now
+        assert await shell.idle()
+        assert broker.committed[outcomes] == 2
+        assert await shell.stop()
+        assert engine_state(shell.worker.engine) == reference
+
+
+async def test_commit_skips_partitions_assigned_but_not_yet_restored() -> None:
+    """P3: between an assignment and its restore, nothing of that partition commits."""
+    cfg = config()
+    worker = Worker(cfg)
+    consumer = FakeConsumer(broker_for(cfg, timestamp_ms=NOW))
+    worker._consumer = consumer
+    tp = TopicPartition(cfg.topics.outcomes, 0)
+    worker._assigned = {tp}
+    await worker._commit({tp: 7})
+    assert consumer.broker.committed == {}
+    worker._restored = {tp}
+    await worker._commit({tp: 7})
+    assert consumer.broker.committed == {tp: 7}
+
+
+# -- suspected: zombie writers are fenced by the owner epoch --------------------------
+
+
+def test_snapshot_fold_ignores_an_older_epoch_written_after_a_newer_one() -> None:
+    def rec(key: str, value: bytes, epoch: int | None) -> Stored:
+        headers = tuple(epoch_headers(epoch)) if epoch is not None else ()
+        return Stored("risk.snapshots", 0, 0, NOW, key.encode(), value, headers, 0)
+
+    logs = {
+        0: [
+            rec("a/portfolio", b"legacy", None),
+            rec("a/risk/X", b"old-owner", 1),
+            rec("a/risk/X", b"new-owner", 2),
+            rec("a/risk/X", b"zombie", 1),
+            rec("a/portfolio", b"zombie", 1),
+        ]
+    }
+    read = fold_snapshot_records(frozenset({0, 1}), logs)
+    assert read.records == {"a/portfolio": b"legacy", "a/risk/X": b"new-owner"}
+    assert read.epochs == {0: 2, 1: 0}
+    assert read.fenced == 2
+
+
+async def test_zombie_writer_snapshots_after_the_new_owner_are_ignored_on_restore() -> None:
+    """Issue 9, suspected: an expelled-but-alive worker's late snapshot won on restore."""
+    cfg = config()
+    partitions = range(cfg.topics.partitions)
+    broker = broker_for(cfg, timestamp_ms=NOW)
+    produce(broker, cfg, [outcome(1, "BTC", -10.0)])
+    with Shell(cfg, broker, NOW) as zombie, Shell(cfg, broker, NOW) as owner:
+        zombie.start(partitions, max_records=1)
+        assert await zombie.idle()
+        assert zombie.consumer is not None
+        zombie.consumer.pause(*zombie.input_tps(partitions))  # stalls; the group moves on
+        owner.start(partitions)
+        assert await owner.idle()
+        produce(broker, cfg, [outcome(2, "BTC", -10.0), outcome(3, "BTC", -10.0)])
+        assert await owner.idle()
+        assert owner.worker is not None
+        expected = engine_state(owner.worker.engine)
+        assert expected["alpha"]["symbols"]["BTC"]["session_pnl"]["trades"] == 3
+        newest = broker.records(cfg.topics.snapshots)[-1].seq
+        zombie.consumer.resume(*zombie.input_tps(partitions))  # wakes: applies o2 alone
+        await settle(
+            lambda: any(
+                r.key == b"alpha/risk/BTC" and r.seq > newest
+                for r in broker.records(cfg.topics.snapshots)
+            )
+        )
+        zombie.kill()
+        stale = broker.last_per_key(cfg.topics.snapshots)[b"alpha/risk/BTC"]
+        assert record_epoch(stale.headers) == 1  # the zombie's record is the last one
+        assert await owner.stop()
+    with Shell(cfg, broker, NOW) as successor:
+        successor.start(partitions)
+        assert await successor.idle()
+        assert successor.worker is not None
+        assert engine_state(successor.worker.engine) == expected
+
+
+# -- suspected / issue 15 item 17: gate records after restore and for silent bots -----
+
+
+def gate_records(broker: InMemoryBroker, cfg: Config) -> dict[bytes, Any]:
+    return {
+        key: msgspec.json.decode(r.value or b"null")
+        for key, r in broker.last_per_key(cfg.topics.gates).items()
+    }
+
+
+async def test_restore_republishes_the_gate_record_of_everything_restored() -> None:
+    """Issue 9, suspected: with the gates topic truncated, GateView read a gap as "allowed"."""
+    cfg = config()
+    partitions = range(cfg.topics.partitions)
+    broker = broker_for(cfg, timestamp_ms=NOW)
+    produce(broker, cfg, LATCH_STREAM)
+    with Shell(cfg, broker, NOW) as shell:
+        shell.start(partitions)
+        assert await shell.idle()
+        assert await shell.stop()
+        for tp, log in broker.logs.items():
+            if tp.topic == cfg.topics.gates:
+                log.clear()  # recreated, truncated
+        shell.start(partitions)
+        assert await shell.idle()
+    gates = gate_records(broker, cfg)
+    assert set(gates) == {b"alpha/gate", b"alpha/gate/BTC", b"alpha/gate/ETH", b"alpha/gate/SOL"}
+    assert gates[b"alpha/gate"]["entries_allowed"] is False
+    assert [b["gate"] for b in gates[b"alpha/gate"]["blocks"]] == ["portfolio_daily_loss"]
+    assert gates[b"alpha/gate/BTC"]["trades"] == 2
+
+
+async def test_configured_bot_that_sent_nothing_gets_an_account_gate_record_at_assignment() -> None:
+    """Issue 15 item 17: GateView denied a configured but silent bot forever (no record)."""
+    cfg = config(CONFIG + '[bots.quiet]\nsymbols = ["BTC"]\n')
+    broker = broker_for(cfg, timestamp_ms=NOW)
+    with Shell(cfg, broker, NOW) as shell:
+        shell.start(range(cfg.topics.partitions))
+        assert await shell.idle()
+    gates = gate_records(broker, cfg)
+    assert set(gates) == {b"alpha/gate", b"quiet/gate"}
+    assert gates[b"quiet/gate"]["entries_allowed"] is True
+    assert gates[b"quiet/gate"]["blocks"] == []
