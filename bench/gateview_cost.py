@@ -48,7 +48,7 @@ def records(bots: int, symbols: int) -> list[tuple[bytes, bytes]]:
             account_net_pnl=0.0,
             open_positions=0,
             gross_exposure=0.0,
-            updated_ts=now_ms() + 3_600_000,  # stays fresh for the whole run
+            updated_ts=now_ms(),
             seq=1,
         )
         out.append((f"{bot}/gate".encode(), encode(account)))
@@ -68,6 +68,16 @@ def records(bots: int, symbols: int) -> list[tuple[bytes, bytes]]:
             )
             out.append((f"{bot}/gate/SYM{s}".encode(), encode(state)))
     return out
+
+
+async def publish(kafka: KafkaConfig, topic: str, table: list[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(**client_kwargs(kafka), acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=key) for key, value in table]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
 
 
 async def run(args: argparse.Namespace, bootstrap: str) -> None:
@@ -92,13 +102,7 @@ async def run(args: argparse.Namespace, bootstrap: str) -> None:
     )
     await ensure_topics(kafka, topics)
     table = records(args.bots, args.symbols)
-    producer = AIOKafkaProducer(**client_kwargs(kafka), acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        futures = [await producer.send(topics.gates, value, key=key) for key, value in table]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+    await publish(kafka, topics.gates, table)
 
     async with GateView(kafka, topics) as view:
         started = time.perf_counter()
@@ -108,6 +112,11 @@ async def run(args: argparse.Namespace, bootstrap: str) -> None:
             f"caught up on {len(table)} gate records in {time.perf_counter() - started:.2f} s: "
             f"{len(view.accounts)} accounts, {len(view.symbols)} symbols"
         )
+        # Replayed records prove no owner alive now: bot0's owner heartbeats once.
+        await publish(kafka, topics.gates, table[:1])
+        async with asyncio.timeout(30):
+            while not view.entries_allowed("bot0", "SYM0"):  # noqa: ASYNC110 - polled, as a client would
+                await asyncio.sleep(0.01)
         last = args.bots - 1
         cases = {
             "allowed symbol": ("bot0", "SYM0", True),
