@@ -19,20 +19,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
+from aiokafka.partitioner import murmur2
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from worker.config import Config
 from worker.engine import Effects, Origin, Rejected, RiskEngine
 from worker.inbound import InputKind, decode_input
-from worker.kafka.options import client_kwargs
+from worker.kafka.fetch import Fetched, Unreadable, fetch
+from worker.kafka.options import RETRY_BACKOFF_MAX_MS, client_kwargs, consumer_kwargs
+from worker.kafka.progress import InputProgress, applied_watermarks
 from worker.kafka.records import (
     OutRecord,
     deadletter_record,
@@ -48,6 +51,11 @@ from worker.metrics import Metrics
 Clock = Callable[[], int]
 """Wall clock in epoch milliseconds; injected so tests can move time."""
 
+T = TypeVar("T")
+
+CLOSE_STEP_MAX_S = 10.0
+"""Longest wait for each client to close at shutdown (leave the group, flush)."""
+
 log = structlog.get_logger("riskgate.worker")
 
 
@@ -57,6 +65,16 @@ def wall_clock_ms() -> int:
 
 def _printable(key: bytes | None, limit: int = 64) -> str | None:
     return None if key is None else key[:limit].decode("utf-8", "replace")
+
+
+@functools.lru_cache(maxsize=65_536)
+def home_partition(key: bytes, partitions: int) -> int:
+    """Where the Java/aiokafka default partitioner (murmur2) puts ``key``: the producer contract.
+
+    A bot's home is computed, not learnt from the first record seen, so every
+    worker and every replay agrees on it whatever order records arrive in.
+    """
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def _log_halts(halts: Iterable[HaltEvent], **context: object) -> None:
@@ -102,6 +120,9 @@ class Worker:
             topics.control: "control",
         }
         self._client_kwargs = client_kwargs(config.kafka)
+        self._consumer_kwargs = consumer_kwargs(config.kafka, config.worker)  # checks timeouts
+        self._input_partitions = 0
+        """Partition count of every input topic (checked equal at start); 0 until connected."""
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._stopping = asyncio.Event()
@@ -117,8 +138,16 @@ class Worker:
         self._restoring: dict[frozenset[int], asyncio.Task[SnapshotRead]] = {}
         self._next_sweep = 0
         self._next_heartbeat = 0
+        self._last_heartbeat_ms = clock()
+        self._progress = InputProgress(self._kinds)
+        self._fetching: asyncio.Future[Fetched] | None = None
+        """The loop's fetch in flight; ``stop()`` cancels it (a join may never finish)."""
         self._last_commit_ms = 0
-        self._last_progress_ms = clock()
+        self._owed_since: dict[TopicPartition, int] = {}
+        """Per partition, since when applied offsets wait for a successful commit."""
+        self._last_round_trip_ms: int | None = None
+        """Last successful broker round trip; None while starting (none yet)."""
+        self._last_tick_ms = clock()
         self.started = asyncio.Event()
         """Set once the clients are connected and the loop is running."""
         self._register_state_gauges()
@@ -127,51 +156,109 @@ class Worker:
 
     @property
     def healthy(self) -> bool:
-        """The loop completed a broker round trip recently (aiokafka can wedge silently)."""
-        return self.clock() - self._last_progress_ms < self.config.worker.stuck_after_ms
+        """Liveness: the worker's loop (or its connect retries) ticked recently.
+
+        Every broker wait on the loop's path is bounded and ticks when it ends,
+        so a missing or frozen broker keeps this true (restarting cannot bring
+        a broker back, and a crash loop would only delay recovery); a loop that
+        stopped ticking is stuck and a restart is the cure.
+        """
+        return self.clock() - self._last_tick_ms < self.config.worker.stuck_after_ms
+
+    @property
+    def starting(self) -> bool:
+        """No broker round trip completed yet (the startup state)."""
+        return self._last_round_trip_ms is None
 
     @property
     def ready(self) -> bool:
+        """Assigned, restored, a recent broker round trip, and no commit overdue.
+
+        A commit is overdue when applied offsets have waited longer than
+        ``ready_commit_max_age_ms`` without a successful commit; an idle worker
+        owes none, and an idle metadata probe never counts as a commit.
+        """
+        now = self.clock()
+        max_age = self.config.worker.ready_commit_max_age_ms
+        trip = self._last_round_trip_ms
+        owed = min(self._owed_since.values(), default=None)
         return (
-            bool(self._assigned)
+            trip is not None
+            and now - trip < max_age
+            and bool(self._assigned)
             and not self._restoring
             and not self._stopping.is_set()
-            and self.clock() - self._last_commit_ms < self.config.worker.ready_commit_max_age_ms
+            and (owed is None or now - owed < max_age)
         )
 
     def stop(self) -> None:
-        """Ask the loop to finish its batch, persist, commit and leave the group."""
+        """Ask the loop to finish its batch, persist, commit and leave the group.
+
+        A fetch in flight is cancelled at once: while a group join never
+        completes, aiokafka's fetch waits for an assignment without a bound.
+        """
         self._stopping.set()
+        if self._fetching is not None:
+            self._fetching.cancel()
 
     # -- lifecycle -----------------------------------------------------------------
 
+    @property
+    def shutdown_bound_s(self) -> float:
+        """How long ``run()`` may take to return after ``stop()``, in every state."""
+        request_s = self.config.kafka.request_timeout_ms / 1000
+        return 2 * request_s + 2 * min(request_s, CLOSE_STEP_MAX_S)
+
     async def run(self) -> None:
-        """Connect (retrying while the broker is absent), then loop until ``stop()``."""
-        if not await self._connect():
-            return
-        self.started.set()
+        """Connect (retrying while the broker is absent), then loop until ``stop()``.
+
+        ``stop()`` ends every state within :attr:`shutdown_bound_s`: connecting is
+        cancelled at once; the loop gets two request timeouts to publish and
+        persist what it applied, then is cancelled (a replay covers the rest);
+        each client gets a bounded time to close.
+        """
         try:
-            await self._loop()
+            if not await self._until_stopped(self._connect(), grace_s=0):
+                return
+            self.started.set()
+            grace_s = 2 * self.config.kafka.request_timeout_ms / 1000
+            await self._until_stopped(self._loop(), grace_s=grace_s)
         finally:
             await self._close()
+
+    async def _until_stopped(self, work: Coroutine[Any, Any, T], grace_s: float) -> T | None:
+        """``await work``, but once ``stop()`` is called give it ``grace_s``, then cancel it."""
+        task = asyncio.ensure_future(work)
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                await asyncio.wait({task}, timeout=grace_s)
+            if not task.done():
+                log.warning("shutdown: abandoning unfinished work", grace_s=grace_s)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                return None
+            return task.result()
+        finally:
+            stopping.cancel()
+            task.cancel()  # no-op when done; run() itself was cancelled otherwise
 
     async def _connect(self) -> bool:
         kafka = self.config.kafka
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type((KafkaError, OSError, asyncio.TimeoutError)),
-            wait=wait_exponential(multiplier=0.5, max=10),
-            before_sleep=lambda state: log.warning(
-                "broker not reachable; retrying",
-                bootstrap_servers=kafka.bootstrap_servers,
-                attempt=state.attempt_number,
-                error=repr(state.outcome.exception()) if state.outcome else None,
-            ),
+            wait=wait_exponential(multiplier=0.5, max=RETRY_BACKOFF_MAX_MS / 1000),
+            before_sleep=self._log_connect_retry,
         ):
             with attempt:
+                self._tick()
                 if self._stopping.is_set():
                     return False
-                await check_topics(kafka, self.config.topics)
+                self._input_partitions = await check_topics(kafka, self.config.topics)
                 await self._start_clients()
+        self._mark_progress(commit=False)  # the topic check was a broker round trip
         log.info(
             "worker started",
             bootstrap_servers=kafka.bootstrap_servers,
@@ -181,8 +268,16 @@ class Worker:
         )
         return True
 
+    def _log_connect_retry(self, state: Any) -> None:
+        self._tick()  # retrying with a bounded backoff is alive, not stuck
+        log.warning(
+            "broker not reachable; retrying",
+            bootstrap_servers=self.config.kafka.bootstrap_servers,
+            attempt=state.attempt_number,
+            error=repr(state.outcome.exception()) if state.outcome else None,
+        )
+
     async def _start_clients(self) -> None:
-        kafka = self.config.kafka
         producer = AIOKafkaProducer(
             **self._client_kwargs,
             acks="all",
@@ -190,22 +285,7 @@ class Worker:
             max_batch_size=1024 * 1024,
             enable_idempotence=False,  # unsupported by Tansu; replay safety does not need it
         )
-        consumer = AIOKafkaConsumer(
-            **self._client_kwargs,
-            group_id=kafka.group_id,
-            group_instance_id=kafka.group_instance_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=kafka.session_timeout_ms,
-            heartbeat_interval_ms=kafka.heartbeat_interval_ms,
-            max_poll_interval_ms=kafka.max_poll_interval_ms,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            fetch_max_bytes=32 * 1024 * 1024,
-            fetch_max_wait_ms=kafka.fetch_max_wait_ms,
-            # Range assignment gives one member the same partition number of every
-            # input topic: all of a bot's events, whatever the topic, meet in one worker.
-            partition_assignment_strategy=(RangePartitionAssignor,),
-        )
+        consumer = AIOKafkaConsumer(**self._consumer_kwargs)
         try:
             await producer.start()
             await consumer.start()
@@ -217,12 +297,19 @@ class Worker:
         self._producer, self._consumer = producer, consumer
 
     async def _close(self) -> None:
+        """Stop the clients, each within a bound: a frozen broker must not hold shutdown."""
         for task in self._restoring.values():
             task.cancel()
-        if self._consumer is not None:
-            await self._consumer.stop()  # leaves the group (unless static membership)
-        if self._producer is not None:
-            await self._producer.stop()  # flushes
+        bound_s = min(self.config.kafka.request_timeout_ms / 1000, CLOSE_STEP_MAX_S)
+        # The consumer leaves the group (unless static membership); the producer flushes.
+        for name, client in (("consumer", self._consumer), ("producer", self._producer)):
+            if client is None:
+                continue
+            try:
+                async with asyncio.timeout(bound_s):
+                    await client.stop()
+            except (TimeoutError, KafkaError) as exc:
+                log.warning("client did not close cleanly", client=name, error=repr(exc))
         log.info("worker stopped")
 
     # -- the loop ----------------------------------------------------------------
@@ -237,37 +324,66 @@ class Worker:
             now = self.clock()
             self._apply_restores(now, effects)
             _log_halts(effects.halts, cause="restore")
-            batch = await consumer.getmany(
-                timeout_ms=worker_cfg.poll_timeout_ms, max_records=worker_cfg.max_batch_records
-            )
+            fetched = await self._fetch(consumer)
+            batch = fetched.batch
             started = time.perf_counter()
             now = self.clock()
             offsets = self._apply_batch(batch, now, effects, deadletters)
-            heartbeat: list[str] = []
+            self._skip_unreadable(fetched.unreadable, offsets, deadletters)
+            self._observe_inputs(consumer, offsets, now)
             if now >= self._next_sweep:
                 halts_before = len(effects.halts)
                 self.engine.sweep(now, effects)
                 _log_halts(effects.halts[halts_before:], cause="sweep")
                 self._next_sweep = now + worker_cfg.sweep_interval_ms
-            if now >= self._next_heartbeat:
-                heartbeat = list(self.engine.bots)
-                self._next_heartbeat = now + worker_cfg.heartbeat_interval_ms
+            heartbeat = await self._heartbeat_bots(consumer, now)
             if not await self._publish_outputs(effects, deadletters, heartbeat, now):
                 return
             self._unpersisted.dirty_symbols |= effects.dirty_symbols
             self._unpersisted.dirty_bots |= effects.dirty_bots
             self._uncommitted.update(offsets)
+            for tp in offsets:
+                self._owed_since.setdefault(tp, now)
             if self._persist_due(now) and not await self._persist(now):
                 return
             if self._flush_requested.is_set():
                 self._flushed.set()
             if batch:
+                self._mark_progress(commit=False)  # records came from the broker
                 self.metrics.batch_size.observe(sum(len(r) for r in batch.values()))
                 self.metrics.batch_seconds.observe(time.perf_counter() - started)
-            elif now - self._last_commit_ms >= worker_cfg.sweep_interval_ms:
+            elif now - (self._last_round_trip_ms or 0) >= worker_cfg.sweep_interval_ms:
                 await self._probe_broker()
             self._update_gauges(batch)
+            self._tick()
         await self._persist(self.clock())  # shutdown: everything applied is persisted
+
+    async def _fetch(self, consumer: AIOKafkaConsumer) -> Fetched:
+        """One bounded fetch; empty when it times out or ``stop()`` cancels it.
+
+        aiokafka's ``getmany`` waits without a bound while the group is
+        (re)joining; the bound keeps the loop ticking (alive, not ready).
+        """
+        cfg = self.config
+        self._fetching = asyncio.ensure_future(
+            fetch(consumer, cfg.worker.poll_timeout_ms, cfg.worker.max_batch_records)
+        )
+        bound_s = (cfg.worker.poll_timeout_ms + cfg.kafka.request_timeout_ms) / 1000
+        try:
+            async with asyncio.timeout(bound_s):
+                return await self._fetching
+        except (TimeoutError, asyncio.CancelledError):
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the loop itself is cancelled, not just this fetch
+            return Fetched({}, [])
+        except KafkaError as exc:
+            # Per-partition fetch errors are retried inside aiokafka; what reaches
+            # us here (authorization, a reset refused) is logged and re-fetched.
+            log.warning("fetch failed", error=repr(exc))
+            return Fetched({}, [])
+        finally:
+            self._fetching = None
 
     def _persist_due(self, now: int) -> bool:
         pending = self._unpersisted
@@ -286,6 +402,13 @@ class Worker:
         effects: Effects,
         deadletters: list[OutRecord],
     ) -> dict[TopicPartition, int]:
+        """Apply every record; whatever goes wrong with one record is that record's dead letter.
+
+        Rejected input carries its reason; any other exception (input nobody
+        foresaw, or a bug) is contained the same way under ``unprocessable`` and
+        logged with its traceback, so one record can never stop the loop and be
+        met again by every next owner.
+        """
         engine = self.engine
         max_bytes = self.config.worker.max_message_bytes
         partition_of = self._partition_of
@@ -300,10 +423,29 @@ class Worker:
                 event: Event | None = None
                 try:
                     event = decode_input(kind, record.key, record.value, max_bytes)
+                    self._check_home(event, tp)
                     halts_before = len(effects.halts)
-                    engine.apply(event, now, Origin(source, record.offset), effects)
+                    engine.apply(
+                        event,
+                        now,
+                        Origin(source, record.offset),
+                        effects,
+                        record_ts=record.timestamp,
+                    )
                 except Rejected as exc:
-                    deadletters.append(self._deadletter(tp, record, exc, event))
+                    deadletters.append(self._deadletter(tp, record, exc.reason, str(exc), event))
+                    continue
+                except Exception as exc:  # contained to this record, see above
+                    log.exception(
+                        "input record could not be processed",
+                        topic=tp.topic,
+                        partition=tp.partition,
+                        offset=record.offset,
+                    )
+                    message = f"{type(exc).__name__}: {exc}"
+                    deadletters.append(
+                        self._deadletter(tp, record, "unprocessable", message, event)
+                    )
                     continue
                 if len(effects.halts) > halts_before:
                     _log_halts(
@@ -323,11 +465,57 @@ class Worker:
             offsets[tp] = records[-1].offset + 1
         return offsets
 
+    def _check_home(self, event: Event, tp: TopicPartition) -> None:
+        """A bot's events are accepted only on its home partition number (see ``home_partition``).
+
+        Anywhere else its state would be held twice - by two owners, or twice
+        in the snapshots - and a restore would keep whichever copy it read last.
+        """
+        if not self._input_partitions:
+            return
+        home = home_partition(event.bot.encode(), self._input_partitions)
+        if tp.partition != home:
+            raise Rejected(
+                "bot_partition_mismatch",
+                f"bot {event.bot!r} belongs on partition {home} (murmur2 of its key over "
+                f"{self._input_partitions} partitions), not {tp.partition}: producers must use "
+                f"the murmur2 partitioner (librdkafka: partitioner=murmur2_random)",
+            )
+
+    def _skip_unreadable(
+        self,
+        unreadable: list[Unreadable],
+        offsets: dict[TopicPartition, int],
+        deadletters: list[OutRecord],
+    ) -> None:
+        """Records the client could not decode were skipped; dead-letter where they are."""
+        for bad in unreadable:
+            deadletters.append(
+                self._deadletter(
+                    bad.tp, None, "undecodable_record", bad.error, None, offset=bad.offset
+                )
+            )
+            self.metrics.events.labels(bad.tp.topic, "deadletter").inc()
+            offsets[bad.tp] = max(offsets.get(bad.tp, 0), bad.offset + 1)
+
     def _deadletter(
-        self, tp: TopicPartition, record: Any, exc: Rejected, event: Event | None
+        self,
+        tp: TopicPartition,
+        record: Any | None,
+        reason: str,
+        message: str,
+        event: Event | None,
+        *,
+        offset: int | None = None,
     ) -> OutRecord:
-        self.metrics.deadletters.labels(exc.reason).inc()
-        key: bytes | None = record.key
+        """The dead letter of ``record`` (None: undecodable, only its ``offset`` is known).
+
+        Never raises: a record is dead-lettered because it is unusual, so its
+        dead letter must not depend on it being usual.
+        """
+        self.metrics.deadletters.labels(reason).inc()
+        key: bytes | None = record.key if record is not None else None
+        where = record.offset if record is not None else offset
         log.warning(
             "dead-lettered input",
             # What is known of the event: decoded fields, else the key (the bot id
@@ -336,21 +524,28 @@ class Worker:
             symbol=event.symbol if event is not None else None,
             topic=tp.topic,
             partition=tp.partition,
-            offset=record.offset,
-            reason=exc.reason,
-            error=str(exc),
+            offset=where,
+            reason=reason,
+            error=message[:1024],
         )
-        return deadletter_record(
-            self.config.topics,
-            source_topic=tp.topic,
-            partition=tp.partition,
-            offset=record.offset,
-            key=record.key,
-            value=record.value,
-            headers=list(record.headers or ()),
-            error_class=exc.reason,
-            message=str(exc),
-        )
+        fields: dict[str, Any] = {
+            "source_topic": tp.topic,
+            "partition": tp.partition,
+            "offset": where if where is not None else -1,
+            "error_class": reason,
+            "message": message,
+        }
+        try:
+            return deadletter_record(
+                self.config.topics,
+                key=key,
+                value=record.value if record is not None else None,
+                headers=list(record.headers or ()) if record is not None else [],
+                **fields,
+            )
+        except Exception as exc:  # keep the error headers, drop the original
+            fields["message"] = f"{message}; original record dropped: {exc!r}"
+            return deadletter_record(self.config.topics, key=None, value=None, headers=[], **fields)
 
     # -- publishing ----------------------------------------------------------------
 
@@ -417,6 +612,7 @@ class Worker:
         return True
 
     def _log_send_retry(self, state: Any) -> None:
+        self._tick()  # a bounded retry is alive (liveness), however long the broker is away
         self.metrics.send_retries.inc()
         error = state.outcome.exception() if state.outcome else None
         log.warning("publishing failed; retrying", attempt=state.attempt_number, error=repr(error))
@@ -428,9 +624,12 @@ class Worker:
         if not owned:
             return
         started = time.perf_counter()
+        self._tick()
         try:
-            await consumer.commit(owned)
-        except KafkaError as exc:
+            # Bounded: aiokafka waits forever for an unknown group coordinator.
+            async with asyncio.timeout(self.config.kafka.request_timeout_ms / 1000):
+                await consumer.commit(owned)
+        except (KafkaError, TimeoutError) as exc:
             # Nothing is lost: the next commit covers these offsets, or a new
             # owner replays them and the watermarks drop what was applied.
             self.metrics.commit_failures.inc()
@@ -440,7 +639,7 @@ class Worker:
         self._mark_progress(commit=True)
 
     async def _probe_broker(self) -> None:
-        """An idle loop still proves the broker answers (for /healthz and /readyz)."""
+        """An idle loop still proves the broker answers (readiness); never counts as a commit."""
         consumer = self._consumer
         assert consumer is not None
         try:
@@ -449,14 +648,86 @@ class Worker:
         except (KafkaError, TimeoutError) as exc:
             log.warning("broker probe failed", error=repr(exc))
             return
-        self._mark_progress(commit=True)
+        self._mark_progress(commit=False)
 
     def _mark_progress(self, *, commit: bool) -> None:
+        """A broker round trip succeeded; ``commit``: it was a successful offset commit.
+
+        A commit pays what was owed when it was taken; offsets applied since
+        (none, while the loop awaits its own persist) stay owed.
+        """
         now = self.clock()
-        self._last_progress_ms = now
+        self._last_round_trip_ms = now
         if commit:
             self._last_commit_ms = now
+            owed = self._owed_since
+            self._owed_since = {tp: t for tp, t in owed.items() if tp in self._uncommitted}
+        self._tick(now)
+
+    def _tick(self, now: int | None = None) -> None:
+        """The loop (or a bounded wait on its path) is alive: what liveness checks."""
+        now = self.clock() if now is None else now
+        self._last_tick_ms = now
         self.metrics.last_progress.set(now / 1000)
+
+    # -- input partitions: progress, heartbeats, recreated topics ------------------
+
+    def _observe_inputs(
+        self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int], now: int
+    ) -> None:
+        """Record fetch and consume progress per fetchable partition; detect restarted offsets."""
+        progress = self._progress
+        fetchable = (consumer.assignment() & self._assigned) - consumer.paused()
+        progress.forget(fetchable)
+        new = [tp for tp in fetchable if tp not in progress]
+        if new:
+            for tp, mark in applied_watermarks(self.engine, self._partition_of, new).items():
+                progress.track(tp, mark)
+        for tp, end in offsets.items():
+            progress.consumed(tp, end - 1, now)
+        for tp in fetchable:
+            progress.polled(tp, consumer.last_poll_timestamp(tp), now)
+            highwater = consumer.highwater(tp)
+            reset_at = progress.offsets_reset(tp, highwater)
+            if reset_at is not None:
+                self.metrics.offset_resets.labels(tp.topic, str(tp.partition)).inc()
+                log.error(
+                    "input partition restarted below the offsets already applied: topic "
+                    "recreated or truncated? Its new events at or below the applied offset "
+                    "are skipped as replays until its log passes it",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    log_end=highwater,
+                    applied=reset_at,
+                )
+        # The offsets owed for partitions we no longer own are nobody's debt here.
+        self._owed_since = {tp: t for tp, t in self._owed_since.items() if tp in self._assigned}
+
+    async def _heartbeat_bots(self, consumer: AIOKafkaConsumer, now: int) -> list[str]:
+        """Bots due a heartbeat: only those whose every input partition is progressing."""
+        if now < self._next_heartbeat:
+            return []
+        since, self._last_heartbeat_ms = self._last_heartbeat_ms, now
+        self._next_heartbeat = now + self.config.worker.heartbeat_interval_ms
+        tps = [TopicPartition(t, n) for n in self._progress.numbers() for t in self._kinds]
+        positions: dict[TopicPartition, int | None] = {}
+        for tp in tps:
+            positions[tp] = await self._position(consumer, tp)
+        highwaters = {tp: consumer.highwater(tp) for tp in tps if tp in self._assigned}
+        stalled = self._progress.stalled(since, positions, highwaters)
+        self.metrics.stalled_partitions.set(len(stalled))
+        fresh = self._progress.numbers() - {tp.partition for tp in stalled}
+        bots = self.engine.bots
+        return [b for b, p in self._partition_of.items() if p in fresh and b in bots]
+
+    @staticmethod
+    async def _position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+        """The consumer's position, or None when it has none right now (never waits long)."""
+        try:
+            async with asyncio.timeout(0.05):
+                return int(await consumer.position(tp))
+        except (TimeoutError, IllegalStateError, KafkaError):
+            return None
 
     def _update_gauges(self, batch: dict[TopicPartition, list[Any]]) -> None:
         consumer = self._consumer
@@ -478,6 +749,7 @@ class Worker:
         )
         m.assigned_partitions.set_function(lambda: len({tp.partition for tp in self._assigned}))
         m.ready.set_function(lambda: 1 if self.ready else 0)
+        m.started.set_function(lambda: 0 if self.starting else 1)
 
     # -- rebalance ---------------------------------------------------------------
 

@@ -1,4 +1,14 @@
-"""``/metrics``, ``/healthz`` and ``/readyz`` on the worker's own event loop."""
+"""``/metrics``, ``/healthz`` and ``/readyz`` on the worker's own event loop.
+
+Three states, matching the Kubernetes probes of deploy/k8s:
+
+- ``/healthz`` (startup and liveness probes): 200 while the worker's loop is
+  alive - ``starting`` until the first broker round trip, then ``ok``; 503
+  ``stuck`` only when the loop stopped ticking. A missing broker is not a
+  reason to restart the process, so it never fails this.
+- ``/readyz`` (readiness): 200 when assigned, restored, talking to the broker
+  and committing; 503 with ``starting`` or ``not ready`` otherwise.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +23,8 @@ class Probed(Protocol):
     def healthy(self) -> bool: ...
     @property
     def ready(self) -> bool: ...
+    @property
+    def starting(self) -> bool: ...
 
 
 class HttpServer:
@@ -50,9 +62,13 @@ class HttpServer:
         )
 
     async def _healthz(self, _: web.Request) -> web.Response:
-        ok = self._target.healthy
-        return web.Response(status=200 if ok else 503, text="ok\n" if ok else "stuck\n")
+        if not self._target.healthy:
+            return web.Response(status=503, text="stuck\n")
+        return web.Response(status=200, text="starting\n" if self._target.starting else "ok\n")
 
     async def _readyz(self, _: web.Request) -> web.Response:
-        ok = self._target.ready
-        return web.Response(status=200 if ok else 503, text="ready\n" if ok else "not ready\n")
+        if self._target.ready:
+            return web.Response(status=200, text="ready\n")
+        return web.Response(
+            status=503, text="starting\n" if self._target.starting else "not ready\n"
+        )

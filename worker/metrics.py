@@ -95,10 +95,30 @@ class Metrics:
             "riskgate_assigned_partitions", "Input partitions assigned to this worker.", registry=r
         )
         self.ready = Gauge(
-            "riskgate_ready", "1 when restored, assigned and committing.", registry=r
+            "riskgate_ready",
+            "1 when assigned, restored, talking to the broker and committing what it owes.",
+            registry=r,
+        )
+        self.started = Gauge(
+            "riskgate_started",
+            "1 once the worker completed its first broker round trip (0: still starting).",
+            registry=r,
         )
         self.last_progress = Gauge(
             "riskgate_loop_last_progress_timestamp_seconds",
-            "Wall time of the poll loop's last successful round trip with the broker.",
+            "Wall time the poll loop last completed an iteration or a bounded broker wait.",
+            registry=r,
+        )
+        self.stalled_partitions = Gauge(
+            "riskgate_stalled_input_partitions",
+            "Owned input partitions not fetched, or not consumed while behind, since the last "
+            "heartbeat (their bots' gate heartbeats are withheld).",
+            registry=r,
+        )
+        self.offset_resets = Counter(
+            "riskgate_input_offset_resets",
+            "Input partitions whose log end fell to or below an offset already applied "
+            "(topic recreated or truncated: new events there are skipped by the watermarks).",
+            ["topic", "partition"],
             registry=r,
         )

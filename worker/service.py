@@ -25,6 +25,9 @@ async def serve(
 ) -> None:
     """Run until SIGTERM/SIGINT: finish the batch, persist, commit, leave the group.
 
+    A signal stops the worker in every state (connecting, joining, working)
+    within ``Worker.shutdown_bound_s``.
+
     ``on_start`` is called once the HTTP endpoints listen, before the worker
     connects: embedders and tests learn the bound port (``[http] port = 0``)
     and get the worker to ``stop()`` it when they do not install signals.
@@ -39,8 +42,16 @@ async def serve(
     if install_signals:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, worker.stop)
+            loop.add_signal_handler(sig, _stopper(worker, sig))
     try:
         await worker.run()
     finally:
         await http.stop()
+
+
+def _stopper(worker: Worker, sig: signal.Signals) -> Callable[[], None]:
+    def stop() -> None:
+        log.info("stopping", signal=sig.name, bound_s=worker.shutdown_bound_s)
+        worker.stop()
+
+    return stop

@@ -45,7 +45,8 @@ SESSION_TIMEOUT_MS = 6_000
 STALL_SECONDS = 10.0
 """Longer than the session timeout: the coordinator expires the worker's membership."""
 READY_COMMIT_MAX_AGE_MS = 3_000
-REQUEST_TIMEOUT_MS = 4_000
+REQUEST_TIMEOUT_MS = 7_000
+"""Over the session timeout (the worker refuses less: JoinGroup would never complete)."""
 
 WORKER_TOML = f"""
 [worker]

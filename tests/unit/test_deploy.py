@@ -40,6 +40,10 @@ KNOWN_METRICS = {
     "riskgate_ready",
     "riskgate_symbols",
     "riskgate_reservations",
+    "riskgate_started",
+    "riskgate_commit_failures_total",
+    "riskgate_input_offset_resets_total",
+    "riskgate_stalled_input_partitions",
 }
 
 Obj = dict[str, Any]

@@ -10,9 +10,13 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.helpers import create_ssl_context
 
-from worker.config import ConfigError, KafkaConfig
+from worker.config import ConfigError, KafkaConfig, WorkerConfig
+
+RETRY_BACKOFF_MAX_MS = 5_000
+"""Longest sleep between two attempts of a broker operation the worker retries."""
 
 _SASL = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})
 _TLS = frozenset({"SSL", "SASL_SSL"})
@@ -70,3 +74,70 @@ def redacted(kwargs: dict[str, Any]) -> dict[str, Any]:
     if "ssl_context" in safe:
         safe["ssl_context"] = "<tls>"
     return safe
+
+
+def check_timeouts(kafka: KafkaConfig, worker: WorkerConfig) -> None:
+    """Refuse timeouts that contradict each other, naming the keys (ConfigError).
+
+    aiokafka checks none of these itself and then misbehaves quietly: it sends
+    JoinGroup with the plain request timeout while the broker may hold that
+    request for the rebalance timeout (aiokafka sets it to the session timeout),
+    so ``request_timeout_ms <= session_timeout_ms`` retries the join forever and
+    the worker never becomes ready. The rules are the Kafka client's own
+    (kafka-python and the Java client before KIP-266): the request timeout
+    exceeds the session timeout and the fetch wait; heartbeats come at least
+    three times per session. ``worker.stuck_after_ms`` must outlast one broker
+    request plus one retry backoff: that is the longest the loop may wait
+    without ticking while the broker is away, and liveness must not fail then.
+    """
+    problems: list[str] = []
+    if kafka.request_timeout_ms <= kafka.session_timeout_ms:
+        problems.append(
+            f"kafka.request_timeout_ms ({kafka.request_timeout_ms}) must be greater than "
+            f"kafka.session_timeout_ms ({kafka.session_timeout_ms}): the broker may hold a "
+            f"JoinGroup request that long, so the group would never be joined"
+        )
+    if kafka.heartbeat_interval_ms * 3 > kafka.session_timeout_ms:
+        problems.append(
+            f"kafka.heartbeat_interval_ms ({kafka.heartbeat_interval_ms}) must be at most a "
+            f"third of kafka.session_timeout_ms ({kafka.session_timeout_ms})"
+        )
+    if kafka.fetch_max_wait_ms >= kafka.request_timeout_ms:
+        problems.append(
+            f"kafka.fetch_max_wait_ms ({kafka.fetch_max_wait_ms}) must be less than "
+            f"kafka.request_timeout_ms ({kafka.request_timeout_ms})"
+        )
+    if kafka.session_timeout_ms > kafka.max_poll_interval_ms:
+        problems.append(
+            f"kafka.session_timeout_ms ({kafka.session_timeout_ms}) must not exceed "
+            f"kafka.max_poll_interval_ms ({kafka.max_poll_interval_ms})"
+        )
+    if worker.stuck_after_ms <= kafka.request_timeout_ms + RETRY_BACKOFF_MAX_MS:
+        problems.append(
+            f"worker.stuck_after_ms ({worker.stuck_after_ms}) must be greater than "
+            f"kafka.request_timeout_ms ({kafka.request_timeout_ms}) + {RETRY_BACKOFF_MAX_MS}: "
+            f"one broker request and one retry backoff would otherwise fail liveness"
+        )
+    if problems:
+        raise ConfigError("inconsistent timeouts: " + "; ".join(problems))
+
+
+def consumer_kwargs(kafka: KafkaConfig, worker: WorkerConfig) -> dict[str, Any]:
+    """The worker's group consumer options, after :func:`check_timeouts`."""
+    check_timeouts(kafka, worker)
+    return {
+        **client_kwargs(kafka),
+        "group_id": kafka.group_id,
+        "group_instance_id": kafka.group_instance_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": kafka.session_timeout_ms,
+        "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
+        "max_poll_interval_ms": kafka.max_poll_interval_ms,
+        "max_partition_fetch_bytes": 4 * 1024 * 1024,
+        "fetch_max_bytes": 32 * 1024 * 1024,
+        "fetch_max_wait_ms": kafka.fetch_max_wait_ms,
+        # Range assignment gives one member the same partition number of every
+        # input topic: all of a bot's events, whatever the topic, meet in one worker.
+        "partition_assignment_strategy": (RangePartitionAssignor,),
+    }

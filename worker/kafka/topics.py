@@ -6,7 +6,7 @@ same partition number as the input partition that owns the bot
 latest value per key matters on restore. The worker refuses to run on a layout
 that would silently lose state: a missing topic, or a snapshot topic with fewer
 partitions than an input topic (some input partitions would have nowhere to
-persist).
+persist), or input topics whose partition counts differ.
 """
 
 from __future__ import annotations
@@ -102,14 +102,27 @@ async def topic_partitions(kafka: KafkaConfig) -> dict[str, int]:
     }
 
 
-async def check_topics(kafka: KafkaConfig, topics: TopicsConfig) -> None:
-    """Raise ``TopicLayoutError`` unless every topic exists and snapshots are co-partitioned."""
+async def check_topics(kafka: KafkaConfig, topics: TopicsConfig) -> int:
+    """The input topics' partition count; ``TopicLayoutError`` unless the layout is sound.
+
+    Every topic must exist, every input topic must have the same partition count
+    (a bot's fills and outcomes would otherwise hash to different partition
+    numbers, and its state would be held by two owners), and the snapshot topic
+    must have at least that many partitions.
+    """
     partitions = await topic_partitions(kafka)
     missing = sorted(name for name in topic_policies(topics) if name not in partitions)
     if missing:
         raise TopicLayoutError(
             f"missing topics: {', '.join(missing)} "
             f"(create them with `riskgate topics --config FILE`)"
+        )
+    counts = {name: partitions[name] for name in topics.inputs()}
+    if len(set(counts.values())) > 1:
+        detail = ", ".join(f"{name} has {count}" for name, count in counts.items())
+        raise TopicLayoutError(
+            f"input topics have different partition counts ({detail}): a bot's events "
+            f"would land on different partition numbers; give every input topic the same count"
         )
     snapshot_count = partitions[topics.snapshots]
     short = {
@@ -123,6 +136,7 @@ async def check_topics(kafka: KafkaConfig, topics: TopicsConfig) -> None:
             f"co-partitioned; give {topics.snapshots} at least as many partitions as "
             f"every input topic"
         )
+    return counts[topics.fills]
 
 
 async def cleanup_policies(kafka: KafkaConfig, names: Iterable[str]) -> dict[str, str | None]:
