@@ -218,8 +218,23 @@ async def run_crash_loop(
         finally:
             if not producer.done():
                 producer.cancel()
-        # The last run finishes the stream and stops cleanly.
+        # The last run finishes the stream and stops cleanly. It is stopped only once
+        # it has restored (so it runs its signal handlers): when the killed runs had
+        # already committed everything, "caught up" holds the moment it starts, and a
+        # SIGTERM that lands while the interpreter is still importing ends it as -15.
+        restores = _restores(worker.log_path)
         worker.start()
+
+        async def restored() -> bool:
+            return _restores(worker.log_path) > restores
+
+        await wait_until(
+            restored,
+            within=60,
+            what="the last worker run to restore",
+            interval=0.1,
+            alive=worker.check_alive,
+        )
 
         async def caught_up() -> bool:
             committed = await offsets.committed()
@@ -257,6 +272,13 @@ async def run_crash_loop(
     report.error_log_lines = len(error_lines(worker.log_path))
     report.seconds = time.monotonic() - started
     return report
+
+
+def _restores(log_path: Path) -> int:
+    """Restores the worker logged so far (every run appends to one log)."""
+    if not log_path.exists():
+        return 0
+    return log_path.read_text(errors="replace").count('"event": "restored"')
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
