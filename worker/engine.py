@@ -41,6 +41,8 @@ from worker.risk import (
     SessionPnl,
     utc_day,
 )
+from worker.risk.intents import Seen, content_digest, id_digest
+from worker.risk.portfolio import QTY_TOLERANCE
 from worker.risk.session import MS_PER_DAY, next_midnight_ms
 from worker.snapshot import (
     ManualHalt,
@@ -382,13 +384,14 @@ class BotRisk(_Holder):
         self._after_change(sym, was_halted, tripped_before, ts, out)
 
     def apply_fill(self, f: Fill, origin: Origin | None, out: Effects) -> None:
-        if f.intent_id is not None and self.portfolio.release(f.intent_id) is not None:
-            out.dirty_bots.add(self.bot)
         ts = f.ts
         sym = self.symbols.get(f.symbol) or self.symbol(f.symbol, ts)
+        fresh = self.fresh(origin)  # the portfolio's own watermark (D2)
         if not self._admit(sym, sym.recent_fill_ids, f.fill_id, origin):
             out.skipped += 1
             return
+        if f.intent_id is not None and fresh:
+            self._consume_reservation(f, out)
         signed_qty = f.qty if f.side == "buy" else -f.qty
         trip = sym.position.apply(signed_qty, f.price, f.fee, f.contract_value)
         out.dirty_symbols.add(sym.key)
@@ -413,6 +416,17 @@ class BotRisk(_Holder):
         if moved or session.last_reset_day != day_before:
             self._fold_net(day_before, session.last_reset_day, trip.gross - trip.fees)
         self._after_change(sym, was_halted, tripped_before, ts, out)
+
+    def _consume_reservation(self, f: Fill, out: Effects) -> None:
+        """A fill releases only what it filled of its intent's reservation (R2).
+
+        The caller passes only fills the replay guards admitted (a re-sent copy
+        under a new offset releases nothing) and that are above the bot's own
+        watermark: the portfolio is its own record, so a replay after a crash must
+        not release again what the persisted portfolio already released.
+        """
+        if f.intent_id is not None and self.portfolio.consume(f.intent_id, f.symbol, f.qty):
+            out.dirty_bots.add(self.bot)
 
     def _fold_net(self, day_before: int, day_after: int, delta: float) -> None:
         """Keep the running account net in step with one session change."""
@@ -446,72 +460,110 @@ class BotRisk(_Holder):
         if not self.fresh(origin):
             out.skipped += 1
             return
-        sym = self.symbol(i.symbol, now_ms)
-        self._tick_symbol(sym, now_ms, out)
-        allowed, gate, reason, expires = self._evaluate(i, sym, now_ms)
-        if expires is not None and i.intent_id not in self.portfolio.reservations:
-            self.portfolio.reserve(i.intent_id, i.symbol, i.notional, expires)
+        out.decisions.append(self._answer(i, now_ms, out))
+
+    def _answer(self, i: OrderIntent, now_ms: int, out: Effects) -> GateDecision:
+        """Decide one new intent: staleness, then its id, then the gates (decisions R1-R4).
+
+        Only an allowed intent changes risk state (its reservation); every decided
+        one is remembered in the bot's intent window. Nothing creates symbol state:
+        a symbol the bot never touched is judged as flat and unblocked (N3).
+        """
+        age = now_ms - i.ts
+        if age > self.reservation_ttl_ms:
+            reason = f"intent is {age} ms old; reservations last {self.reservation_ttl_ms} ms"
+            return _decision(i, "expired", reason, now_ms)
+        portfolio = self.portfolio
+        key = id_digest(i.intent_id)
+        content = content_digest(i)
+        seen = portfolio.intents.get(key)
+        if seen is not None:
+            if seen.content == content:
+                return self._repeat(i, seen)
+            return _decision(i, "duplicate_intent_id", _REUSED_ID, now_ms)
+        if i.intent_id in portfolio.reservations:  # remembered no more, still reserved
+            return _decision(i, "duplicate_intent_id", _REUSED_ID, now_ms)
+        sym = self.symbols.get(i.symbol)
+        if sym is not None:
+            self._tick_symbol(sym, now_ms, out)
+        gate, reason = self._evaluate(i, sym, now_ms)
+        expires = None
+        if gate is None:
+            expires = now_ms + self.reservation_ttl_ms
+            close = i.action == "close"
+            notional = 0.0 if close else i.notional
+            portfolio.reserve(i.intent_id, i.symbol, notional, expires, qty=i.qty, close=close)
             self._wake_at(expires)
-            out.dirty_bots.add(self.bot)
-        out.decisions.append(
-            GateDecision(
-                intent_id=i.intent_id,
-                bot=self.bot,
-                symbol=i.symbol,
-                allowed=allowed,
-                gate=gate,
-                reason=reason,
-                ts=now_ms,
-                reservation_expires_ts=expires,
-            )
-        )
+        portfolio.intents.remember(key, content, now_ms - i.ts, gate)
+        out.dirty_bots.add(self.bot)
+        return _decision(i, gate, reason, now_ms, expires)
+
+    def _repeat(self, i: OrderIntent, seen: Seen) -> GateDecision:
+        """The same intent again: the first decision again, reserving nothing more.
+
+        Rebuilt from the compact window entry, so it reads the same live and
+        after a restore; a denial's reason names its gate, not the first text.
+        """
+        ts = i.ts + seen.delay
+        if seen.gate is not None:
+            return _decision(i, seen.gate, f"repeat of an intent denied by {seen.gate}", ts)
+        return _decision(i, None, _ALLOWED[i.action], ts, ts + self.reservation_ttl_ms)
 
     def _evaluate(
-        self, i: OrderIntent, sym: SymbolRisk, now_ms: int
-    ) -> tuple[bool, Gate | None, str, int | None]:
-        """Gate order of SPEC §4; the first block answers."""
-        if i.action == "close":
-            held = sym.position.qty
-            if (held > 0.0 and i.side == "sell") or (held < 0.0 and i.side == "buy"):
-                return True, None, "reduce-only exit: bypasses entry gates", None
-            if held == 0.0:
-                return False, "no_position", f"no open {i.symbol} position to close", None
-            return False, "no_position", f"a {i.side} does not reduce the open position", None
-        existing = self.portfolio.reservations.get(i.intent_id)
-        if existing is not None:
-            return True, None, "already reserved", existing.expires_ts
-        blocks = [*_first(self.manual_halt), *sym.blocks()]
-        if blocks:
-            return False, blocks[0].gate, blocks[0].reason, None
+        self, i: OrderIntent, sym: SymbolRisk | None, now_ms: int
+    ) -> tuple[Gate | None, str]:
+        """Gate order of SPEC §4; the first block answers. ``sym`` None: never touched."""
         portfolio = self.portfolio
-        if portfolio.blocked_by_daily_loss(self.account_net(utc_day(now_ms))):
+        if i.action == "close":
+            return self._evaluate_close(i, sym)
+        blocks = [*_first(self.manual_halt), *(sym.blocks() if sym is not None else ())]
+        if blocks:
+            return blocks[0].gate, blocks[0].reason
+        if portfolio.blocked_by_daily_loss(self._decision_net(now_ms)):
             limit = portfolio.config.max_daily_loss
-            return False, "portfolio_daily_loss", f"account reached max daily loss {limit:g}", None
+            return "portfolio_daily_loss", f"account reached max daily loss {limit:g}"
         if portfolio.concurrency_blocks(self.open_symbols(), i.symbol):
             cap = portfolio.config.max_concurrent_positions
-            return (
-                False,
-                "max_concurrent_positions",
-                f"{cap} positions already open or reserved",
-                None,
-            )
+            return "max_concurrent_positions", f"{cap} positions already open or reserved"
         if portfolio.exposure_blocks(self.gross_exposure(), i.notional):
             exposure_cap = portfolio.config.max_gross_exposure
+            return "gross_exposure", f"notional {i.notional:g} would exceed {exposure_cap:g}"
+        return self._reservation_cap() or (None, _ALLOWED["open"])
+
+    def _evaluate_close(self, i: OrderIntent, sym: SymbolRisk | None) -> tuple[Gate | None, str]:
+        """A close bypasses the gates only for what it reduces, net of other closes (R1)."""
+        held = sym.position.qty if sym is not None else 0.0
+        if held == 0.0:
+            return "no_position", f"no open {i.symbol} position to close"
+        if (held > 0.0) != (i.side == "sell"):
+            return "no_position", f"a {i.side} does not reduce the open position"
+        reducible = abs(held) - self.portfolio.reserved_close_qty(i.symbol)
+        if i.qty - reducible > QTY_TOLERANCE * max(abs(held), i.qty):
             return (
-                False,
-                "gross_exposure",
-                f"notional {i.notional:g} would exceed {exposure_cap:g}",
-                None,
+                "reduce_only_exceeds_position",
+                f"close of {i.qty:g} exceeds the {max(reducible, 0.0):g} of the position "
+                "not already being closed",
             )
-        if len(portfolio.reservations) >= self.max_reservations:
-            return (
-                False,
-                "max_concurrent_positions",
-                f"{len(portfolio.reservations)} reservations outstanding; "
-                "report fills with their intent_id",
-                None,
-            )
-        return True, None, "entries allowed", now_ms + self.reservation_ttl_ms
+        return self._reservation_cap() or (None, _ALLOWED["close"])
+
+    def _reservation_cap(self) -> tuple[Gate, str] | None:
+        """Outstanding reservations are capped: they are all in the portfolio snapshot."""
+        if not self.portfolio.full(self.max_reservations):
+            return None
+        held = len(self.portfolio.reservations)
+        return (
+            "max_concurrent_positions",
+            f"{held} reservations outstanding; report fills with their intent_id",
+        )
+
+    def _decision_net(self, now_ms: int) -> float:
+        """Today's account net for a decision: O(1) running sum, exact near the limit."""
+        day = utc_day(now_ms)
+        net = self._running_account_net(day)
+        limit = self.portfolio.config.max_daily_loss
+        if limit is not None and abs(net - limit) <= _edge(limit, net):
+            net = self.account_net(day)
+        return net
 
     def control(self, c: ControlCommand, origin: Origin | None, out: Effects) -> None:
         if c.symbol is None:
@@ -769,6 +821,7 @@ class BotRisk(_Holder):
             last_reset_day=p.last_reset_day,
             manual_halt=self.manual_halt,
             reservations=dict(p.reservations),
+            intent_ids=p.intents.dump(),
             applied_offsets=dict(self.applied),
             **self.seqs_snapshot(),
         )
@@ -790,6 +843,7 @@ class BotRisk(_Holder):
                 halted=snap.halted,
                 last_reset_day=snap.last_reset_day,
                 reservations=snap.reservations,
+                intents=snap.intent_ids,
             )
         )
         self.manual_halt = snap.manual_halt
@@ -804,6 +858,30 @@ def _edge(limit: float, net: float) -> float:
     Far above the float drift of ``_NET_RESYNC`` deltas, far below any real money.
     """
     return 1e-6 * (1.0 + abs(limit) + abs(net))
+
+
+_ALLOWED = {"open": "entries allowed", "close": "reduce-only exit: bypasses entry gates"}
+_REUSED_ID = "intent_id already used for a different intent"
+
+
+def _decision(
+    i: OrderIntent, gate: Gate | None, reason: str, ts: int, expires: int | None = None
+) -> GateDecision:
+    """The answer to ``i`` (allowed when ``gate`` is None), echoing what it answers (R5)."""
+    return GateDecision(
+        intent_id=i.intent_id,
+        bot=i.bot,
+        symbol=i.symbol,
+        allowed=gate is None,
+        gate=gate,
+        reason=reason,
+        ts=ts,
+        reservation_expires_ts=expires,
+        action=i.action,
+        side=i.side,
+        qty=i.qty,
+        price=i.price,
+    )
 
 
 def _first(halt: ManualHalt | None) -> tuple[Block, ...]:
@@ -920,13 +998,7 @@ class RiskEngine:
         return bot if bot is not None else self._create(settings)
 
     def apply(
-        self,
-        event: Event,
-        now_ms: int,
-        origin: Origin | None = None,
-        out: Effects | None = None,
-        *,
-        record_ts: int | None = None,
+        self, event: Event, now_ms: int, origin: Origin | None = None, out: Effects | None = None
     ) -> Effects:
         """Apply one event; raises Rejected (changing nothing) for bad input."""
         if out is None:

@@ -30,6 +30,19 @@ Name = Annotated[
 """Bot ids and symbols. ``/`` separates snapshot key parts, so the engine rejects
 names containing it (or whitespace) when it first creates their state — a check
 paid once per name rather than a regex on every message."""
+IntentId = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[!#-\[\]-~]+(?!\n)$",  # (?!\n): Python's $ also matches before a final \n
+        description="1..64 printable ASCII characters except space, '\"' and '\\' (a UUID fits).",
+    ),
+]
+"""An order's id. Bounded in length and characters because every outstanding
+reservation is persisted under it, and such an id needs no escaping in JSON:
+with ``max_reservations_per_bot`` this bounds the portfolio snapshot well under
+the 1 MiB record limit."""
 Text = Annotated[str, msgspec.Meta(max_length=1024)]
 Positive = Annotated[float, msgspec.Meta(gt=0.0, le=_MAX_QTY)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0.0, le=_MAX_MONEY)]
@@ -49,6 +62,9 @@ Gate = Literal[
     "max_concurrent_positions",
     "gross_exposure",
     "no_position",
+    "reduce_only_exceeds_position",
+    "duplicate_intent_id",
+    "expired",
 ]
 GATES: tuple[Gate, ...] = (
     "manual_halt",
@@ -58,7 +74,11 @@ GATES: tuple[Gate, ...] = (
     "max_concurrent_positions",
     "gross_exposure",
     "no_position",
+    "reduce_only_exceeds_position",
+    "duplicate_intent_id",
+    "expired",
 )
+"""Every gate, in a fixed order: append only (intent-id windows persist gate indices)."""
 
 
 # -- inputs --------------------------------------------------------------------
@@ -93,7 +113,7 @@ class TradeOutcome(msgspec.Struct, frozen=True):
 class OrderIntent(msgspec.Struct, frozen=True):
     """A pre-trade check request: may this order add (or remove) risk?"""
 
-    intent_id: Id
+    intent_id: IntentId
     bot: Name
     symbol: Name
     action: Action
@@ -124,7 +144,13 @@ class ControlCommand(msgspec.Struct, frozen=True):
 
 
 class GateDecision(msgspec.Struct, frozen=True):
-    """The answer to an OrderIntent, published on ``risk.decisions``."""
+    """The answer to an OrderIntent, published on ``risk.decisions``.
+
+    ``action``, ``side``, ``qty`` and ``price`` echo the intent answered, so a
+    client can check that a decision under its ``intent_id`` answers *its*
+    order and not another one sent under the same id. They default to None so
+    decisions written before they existed still decode.
+    """
 
     intent_id: str
     bot: str
@@ -134,6 +160,10 @@ class GateDecision(msgspec.Struct, frozen=True):
     reason: str
     ts: int
     reservation_expires_ts: int | None = None
+    action: Action | None = None
+    side: Side | None = None
+    qty: float | None = None
+    price: float | None = None
 
 
 class Block(msgspec.Struct, frozen=True):

@@ -56,6 +56,10 @@ class PortfolioSnapshot(msgspec.Struct, kw_only=True):
     last_reset_day: int
     manual_halt: ManualHalt | None = None
     reservations: dict[str, Reservation] = {}
+    """Outstanding reservations by intent id (``qty`` absent in older snapshots)."""
+    intent_ids: bytes = b""
+    """The bot's window of recently decided intents (:mod:`worker.risk.intents`),
+    fixed-size binary entries oldest first, base64 in JSON: 21 bytes an entry."""
     applied_offsets: dict[str, int] = {}
     halt_seq: int = 0
     gate_seq: int = 0

@@ -25,6 +25,7 @@ from worker import signing
 from worker.config import load_config
 from worker.engine import Effects, Origin, Rejected, RiskEngine
 from worker.messages import ControlCommand, Event, TradeOutcome
+from worker.risk import Reservation
 
 ALL_GATES = """
 [defaults.session]
@@ -107,12 +108,15 @@ def test_close_with_the_reducing_side_bypasses_every_gate() -> None:
     eng = engine(ALL_GATES)
     apply_all(eng, [fill("buy", 1.0, 100.0), outcome(-500.0)])
     apply_all(eng, [control("halt"), control("halt", symbol=None)])
-    out = eng.apply(intent("close", "sell", qty=1.0, price=90.0), T0)
+    out = eng.apply(intent("close", "sell", qty=1.0, price=90.0, intent_id="x"), T0)
     d = out.decisions[0]
     assert d.allowed
     assert d.gate is None
-    assert d.reservation_expires_ts is None
-    assert eng.bots["alpha"].portfolio.reservations == {}
+    # The close reserves the quantity it reduces (decisions R1), no notional.
+    assert d.reservation_expires_ts == T0 + 30_000
+    assert eng.bots["alpha"].portfolio.reservations == {
+        "x": Reservation("BTCUSDT", 0.0, T0 + 30_000, qty=1.0, close=True)
+    }
 
 
 def test_close_on_a_short_needs_a_buy() -> None:
@@ -563,7 +567,7 @@ def test_effects_mark_what_changed() -> None:
     denied = Effects()
     eng.apply(intent("close", "sell", symbol="SOLUSDT"), T0, out=denied)
     assert denied.dirty_symbols == set()
-    assert denied.dirty_bots == set()
+    assert denied.dirty_bots == {"alpha"}  # only its intent-id window (persisted) changed
 
     halted = eng.apply(control("halt", symbol=None, bot="gamma"), T0)
     assert halted.dirty_bots == {"gamma"}

@@ -241,6 +241,10 @@ def test_outputs_encode_with_the_documented_fields() -> None:
         "reason",
         "ts",
         "reservation_expires_ts",
+        "action",
+        "side",
+        "qty",
+        "price",
     }
     assert doc["reservation_expires_ts"] is None
     halt = HaltEvent(
@@ -265,4 +269,7 @@ def test_gate_names_match_the_spec() -> None:
         "max_concurrent_positions",
         "gross_exposure",
         "no_position",
+        "reduce_only_exceeds_position",
+        "duplicate_intent_id",
+        "expired",
     )

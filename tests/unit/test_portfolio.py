@@ -86,8 +86,8 @@ def test_exposure_cap_includes_reservations() -> None:
     assert p.reserved_notional == pytest.approx(300.0)
     assert p.exposure_blocks(400.0, 301.0)
     assert not p.exposure_blocks(400.0, 300.0)
-    assert p.release("i1") is not None
-    assert p.release("i1") is None
+    assert p.consume("i1", "ETH", 1.0)  # no qty (an older snapshot's): released whole
+    assert not p.consume("i1", "ETH", 1.0)
     assert not p.exposure_blocks(400.0, 600.0)
 
 
