@@ -11,6 +11,7 @@ import functools
 
 import msgspec
 import pytest
+from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 from test_client_unit import (
     DECISIONS_TP,
     GATES_TP,
@@ -206,22 +207,22 @@ async def test_gate_client_reader_killed_by_an_undecodable_record(poison: bytes)
 async def test_gate_view_kept_allowing_after_its_reader_died(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A reader that stops anyway (the fetch itself raising) turns the view into 'deny all'."""
+    """A reader that stops anyway (a broker error: the Read ACL revoked) turns into 'deny all'."""
     logs = record_logs(monkeypatch)
     view = make_view(Clock())
     await follow(
         view,
         Feed(
             {GATES_TP: [Rec(b"a/gate", encode(account()), 0)]},
-            UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad"),
+            TopicAuthorizationFailedError("risk.gates"),
         ),
     )
     caught_up(view)
     assert view.accounts == {"a": account()}
     assert not view.entries_allowed("a", "S1")
     assert view.failure == (
-        "GateView reader stopped (UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff "
-        "in position 0: bad): failing closed"
+        "GateView reader stopped (TopicAuthorizationFailedError: [Error 29] "
+        "TopicAuthorizationFailedError: risk.gates): failing closed"
     )
     assert [line[0] for line in logs.lines] == ["error"]
     with pytest.raises(FollowerFailed, match="GateView reader stopped"):
@@ -231,9 +232,11 @@ async def test_gate_view_kept_allowing_after_its_reader_died(
 async def test_gate_view_wait_caught_up_hung_when_its_reader_died() -> None:
     view = make_view(Clock())
     view._replaying = {GATES_TP: 10}
-    await follow(view, Feed(RuntimeError("fetch failed")))
+    await follow(view, Feed(KafkaConnectionError("broker gone")))
     async with asyncio.timeout(5):
-        with pytest.raises(FollowerFailed, match=r"\(RuntimeError: fetch failed\)"):
+        with pytest.raises(
+            FollowerFailed, match=r"\(KafkaConnectionError: KafkaConnectionError: broker gone\)"
+        ):
             await view.wait_caught_up()
     assert not view.caught_up
 
@@ -243,8 +246,11 @@ async def test_gate_client_waited_for_a_timeout_after_its_reader_died() -> None:
     client, producer = client_with(None, timeout_ms=60_000)
     pending = asyncio.create_task(client.check(intent("i-5")))
     await asyncio.sleep(0)
-    await follow(client, Feed(RuntimeError("fetch failed")))
-    reason = "GateClient reader stopped (RuntimeError: fetch failed): failing closed"
+    await follow(client, Feed(KafkaConnectionError("broker gone")))
+    reason = (
+        "GateClient reader stopped (KafkaConnectionError: KafkaConnectionError: broker gone): "
+        "failing closed"
+    )
     async with asyncio.timeout(5):
         got = await pending
     assert got == decision(intent("i-5"), allowed=False, gate=None, reason=reason)
