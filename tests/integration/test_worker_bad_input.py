@@ -11,12 +11,17 @@ from harness import (
     clock,
     create_topics,
     decoded,
+    expected_portfolios,
+    expected_snapshots,
     latest,
     make_config,
     outcome,
+    persisted_portfolios,
+    persisted_snapshots,
     produce,
     produce_events,
     read_topic,
+    reference,
     running_worker,
     wait_processed,
 )
@@ -168,7 +173,8 @@ async def test_each_kind_of_bad_input_is_dead_lettered_and_changes_nothing(
 
     async with running_worker(config) as running:
         engine = running.worker.engine
-        baseline = await produce_events(config, [outcome("alpha", "BTCUSDT", -5.0, 0.1, ts=ts)])
+        first = outcome("alpha", "BTCUSDT", -5.0, 0.1, ts=ts)
+        baseline = await produce_events(config, [first])
         await wait_processed(config, baseline, alive=running.check_alive)
         snapshots_before = await latest(config.kafka, topics.snapshots)
         gates_before = decoded(await latest(config.kafka, topics.gates))
@@ -176,9 +182,8 @@ async def test_each_kind_of_bad_input_is_dead_lettered_and_changes_nothing(
 
         produced = await produce(config.kafka, [raw for raw, _ in bad.values()])
         # Still alive and processing: a good message after all the bad ones.
-        good = await produce(
-            config.kafka, [as_raw(config, outcome("alpha", "ETHUSDT", 7.0, ts=ts))]
-        )
+        last = outcome("alpha", "ETHUSDT", 7.0, ts=ts)
+        good = await produce(config.kafka, [as_raw(config, last)])
         await wait_processed(config, produced + good, alive=running.check_alive)
 
         assert engine.bots["alpha"].symbols["BTCUSDT"].snapshot() == state_before
@@ -212,14 +217,21 @@ async def test_each_kind_of_bad_input_is_dead_lettered_and_changes_nothing(
             assert headers[name] == value, f"{kind}: original header {name} lost"
     assert not by_origin
 
-    # Outputs and snapshots: only the good message's keys changed.
+    # Outputs and snapshots: only the good message's keys changed, to the model's state
+    # of the good messages alone.
     snapshots_after = await latest(config.kafka, topics.snapshots)
-    assert {k: r.value for k, r in snapshots_after.items() if k != "alpha/risk/ETHUSDT"} == {
-        k: r.value for k, r in snapshots_before.items()
+    expected = reference(config, [first, last], clock())
+    assert persisted_snapshots(snapshots_after) == expected_snapshots(expected)
+    assert persisted_portfolios(snapshots_after) == expected_portfolios(expected) == {}
+    # (alpha's portfolio record holds its recent outcome ids: the good outcome joined them.)
+    touched = {"alpha/risk/ETHUSDT", "alpha/portfolio"}
+    assert {k: r.value for k, r in snapshots_after.items() if k not in touched} == {
+        k: r.value for k, r in snapshots_before.items() if k not in touched
     }
     gates_after = decoded(await latest(config.kafka, topics.gates))
     symbol_gates = {k for k in gates_after if k.count("/") == 2}
     assert symbol_gates == {"alpha/gate/BTCUSDT", "alpha/gate/ETHUSDT"}
     assert gates_after["alpha/gate/BTCUSDT"] == gates_before["alpha/gate/BTCUSDT"]
-    assert all(not k.startswith(("ghost/", "fb/")) for k in gates_after)
+    # Configured bots get their account record at assignment; the unknown one gets nothing.
+    assert {k for k in gates_after if k.count("/") == 1} == {"alpha/gate", "fb/gate"}
     assert await read_topic(config.kafka, topics.halts) == []  # the unsigned halt did nothing
