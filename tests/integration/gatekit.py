@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import msgspec
 from harness import InProcess, create_topics, now_ms, produce_events, wait_ready, wait_until
 
 from worker.app import Worker, wall_clock_ms
@@ -140,8 +141,13 @@ class GateEnv:
         qty: float = 1.0,
         price: float = 100.0,
     ) -> GateDecision:
-        """One pre-trade check through the client; the decision answers this intent."""
+        """One pre-trade check through the client; the decision answers this intent.
+
+        Stamped by the worker's (possibly advanced) clock, as a producer's clock would
+        agree with it: an intent older than the reservation TTL is answered ``expired``.
+        """
         intent = self.intent(bot, symbol, action=action, side=side, qty=qty, price=price)
+        intent = msgspec.structs.replace(intent, ts=self.clock())
         decision = await self.client.check(intent)
         assert decision.intent_id == intent.intent_id
         assert (decision.bot, decision.symbol) == (bot, symbol)

@@ -178,9 +178,15 @@ async def test_close_of_an_open_position_bypasses_every_gate(env: GateEnv) -> No
 
     long_exit = allowed(await env.check("exits", "S1", action="close", side="sell", qty=2.0))
     assert long_exit.reason == "reduce-only exit: bypasses entry gates"
-    assert long_exit.reservation_expires_ts is None
+    # A close reserves the quantity it reduces (decisions R1) ...
+    assert long_exit.reservation_expires_ts == long_exit.ts + TTL_MS
     short_exit = allowed(await env.check("exits", "S2", action="close", side="buy", qty=3.0))
-    assert short_exit.reservation_expires_ts is None
+    assert short_exit.reservation_expires_ts == short_exit.ts + TTL_MS
+    # ... so a second close of the same position is beyond what is left to close.
+    denied(
+        await env.check("exits", "S1", action="close", side="sell", qty=2.0),
+        "reduce_only_exceeds_position",
+    )
 
     # A "close" that would add to the position is no exit; one on a flat symbol neither.
     decision = denied(await env.check("exits", "S1", action="close", side="buy"), "no_position")
@@ -228,9 +234,13 @@ async def test_race_for_the_last_exposure_allows_exactly_one(env: GateEnv) -> No
 async def test_reservation_released_by_a_fill_with_its_intent_id(env: GateEnv) -> None:
     first = allowed(await env.check("fill_release", "S1", qty=6.0))  # reserves 600 of 1000
     denied(await env.check("fill_release", "S2", qty=6.0), "gross_exposure")
-    # The order fills for 1 @ 100: its 600 reservation becomes a 100 position.
+    # The order fills 1 @ 100: a 100 position, and only that much is released (issue 9
+    # item 6): the other 500 stay reserved until filled or expired.
     await env.fill_and_wait("fill_release", "S1", "buy", 1.0, intent_id=first.intent_id)
-    allowed(await env.check("fill_release", "S2", qty=6.0))  # 100 + 600 <= 1000
+    denied(await env.check("fill_release", "S2", qty=5.0), "gross_exposure")  # 100+500+500
+    # The rest fills: 600 open, nothing reserved.
+    await env.fill_and_wait("fill_release", "S1", "buy", 5.0, intent_id=first.intent_id)
+    allowed(await env.check("fill_release", "S2", qty=4.0))  # 600 + 400 <= 1000
     assert first.reservation_expires_ts is not None
     assert env.clock() < first.reservation_expires_ts, "released by the fill, not by the TTL"
 
@@ -275,6 +285,7 @@ async def test_reservations_and_manual_halts_survive_a_restart(env: GateEnv) -> 
         "symbol": "S1",
         "notional": 600.0,
         "expires_ts": reserved.reservation_expires_ts,
+        "qty": 6.0,
     }
 
     await env.stop_worker()
@@ -286,8 +297,9 @@ async def test_reservations_and_manual_halts_survive_a_restart(env: GateEnv) -> 
     assert decision.reason == "halted by ops: symbol halt"
     denied(await env.check("restart_bot", "S1"), "manual_halt")
 
-    # The restored reservation is released by its fill like any other.
+    # The restored reservation is released by its fills like any other, partly first.
     await env.fill_and_wait("restart", "S1", "buy", 1.0, intent_id=reserved.intent_id)
-    allowed(await env.check("restart", "S3", qty=6.0))
+    denied(await env.check("restart", "S3", qty=5.0), "gross_exposure")  # 100 + 500 + 500
+    allowed(await env.check("restart", "S3", qty=4.0))  # 100 + 500 + 400
     await env.control(env.command("resume", "restart_bot", None))
     allowed(await env.check("restart_bot", "S1"))
