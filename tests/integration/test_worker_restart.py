@@ -18,10 +18,12 @@ from harness import (
     create_topics,
     decoded,
     default_partition,
+    expected_portfolios,
     expected_snapshots,
     latest,
     make_config,
     outcome,
+    persisted_portfolios,
     persisted_snapshots,
     produce,
     produce_events,
@@ -91,10 +93,15 @@ async def test_restart_restores_trip_and_pnl_and_ignores_bad_snapshots(
         await wait_processed(config, produced, alive=running.check_alive)
         assert running.worker.engine.bots["alpha"].symbols["BTCUSDT"].breaker.is_tripped
 
-    # While no worker runs, garbage lands on alpha's snapshot partition.
+    # While no worker runs, garbage lands on alpha's snapshot partition, written under
+    # the owner's epoch (an older epoch would be fenced off as a zombie's write, and
+    # this test is about values that do not decode).
     partition = produced[0].partition
     assert partition == default_partition(b"alpha", config.topics.partitions)
     snapshots = config.topics.snapshots
+    owner = (await latest(config.kafka, snapshots))["alpha/risk/BTCUSDT"].headers
+    epoch = [(name, value) for name, value in owner if name == "riskgate.epoch"]
+    assert len(epoch) == 1
     await produce(
         config.kafka,
         [
@@ -102,14 +109,14 @@ async def test_restart_restores_trip_and_pnl_and_ignores_bad_snapshots(
                 snapshots,
                 b"alpha/risk/ETHUSDT",
                 msgspec.json.encode(UNKNOWN_VERSION),
-                None,
+                epoch,
                 partition,
             ),
             Raw(
                 snapshots,
                 b"alpha/risk/SOLUSDT",
                 b'{"version":1,"session_pnl":{"realis',
-                None,
+                epoch,
                 partition,
             ),
         ],
@@ -128,15 +135,16 @@ async def test_restart_restores_trip_and_pnl_and_ignores_bad_snapshots(
         assert btc.session.net_pnl == -41.0
         assert (btc.session.trades, btc.session.losses) == (2, 2)
         assert set(engine.bots["alpha"].symbols) == {"BTCUSDT"}
-        assert _restore_counts(running.worker.metrics.registry) == {"restored": 1.0, "ignored": 2.0}
+        # Restored: alpha/risk/BTCUSDT and alpha/portfolio (written with every symbol record).
+        assert _restore_counts(running.worker.metrics.registry) == {"restored": 2.0, "ignored": 2.0}
 
         produced = await produce_events(config, second)
         await wait_processed(config, produced, alive=running.check_alive)
 
     stored = await latest(config.kafka, snapshots)
-    assert persisted_snapshots(stored) == expected_snapshots(
-        reference(config, first + second, clock())
-    )
+    expected = reference(config, first + second, clock())
+    assert persisted_snapshots(stored) == expected_snapshots(expected)
+    assert persisted_portfolios(stored) == expected_portfolios(expected) == {}
     values = decoded(stored)
     assert (
         values["alpha/risk/BTCUSDT"]["circuit_breaker"]["tripped_at_unix_secs"]
