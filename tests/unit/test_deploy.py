@@ -570,3 +570,37 @@ def test_shipped_kafka_request_timeout_exceeds_session_timeout(source: str) -> N
     )
     kafka = data["kafka"]
     assert kafka["request_timeout_ms"] > kafka["session_timeout_ms"]
+
+
+@pytest.mark.parametrize("source", ["riskgate.toml", "configmap"])
+def test_shipped_configs_pass_the_start_time_timeout_checks(source: str, tmp_path: Path) -> None:
+    from worker.config import load_config
+    from worker.kafka.options import check_timeouts
+
+    path = tmp_path / "riskgate.toml"
+    text = EXAMPLE_TOML.read_text() if source == "riskgate.toml" else ""
+    path.write_text(text or _one("ConfigMap")["data"]["riskgate.toml"])
+    config = load_config(path, env={})
+    check_timeouts(config.kafka, config.worker)  # raises ConfigError naming the keys
+
+
+def _markdown_links(path: Path) -> list[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.DOTALL)
+    return re.findall(r"\]\(([^)\s]+)\)", text)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_docs_link_nothing_outside_the_repo(doc: Path) -> None:
+    """The README linked ../shared/SPEC.md, which no clone of the repo has."""
+    links = [link.split("#")[0] for link in _markdown_links(doc)]
+    local = [link for link in links if link and not re.match(r"[a-z]+:", link)]
+    if doc.name == "README.md":
+        assert "docs/spec.md" in local, "the README must link the spec (or the pattern broke)"
+    for link in local:
+        target = (doc.parent / link).resolve()
+        assert target.is_relative_to(ROOT), f"{link} points outside the repository"
+        assert target.exists(), f"{link} does not exist"
