@@ -536,7 +536,7 @@ class Worker:
             "message": message,
         }
         try:
-            return deadletter_record(
+            letter = deadletter_record(
                 self.config.topics,
                 key=key,
                 value=record.value if record is not None else None,
@@ -545,7 +545,15 @@ class Worker:
             )
         except Exception as exc:  # keep the error headers, drop the original
             fields["message"] = f"{message}; original record dropped: {exc!r}"
-            return deadletter_record(self.config.topics, key=None, value=None, headers=[], **fields)
+            letter = deadletter_record(
+                self.config.topics, key=None, value=None, headers=[], **fields
+            )
+        if letter.key is None and letter.value is None:
+            # Producers refuse a record with neither (aiokafka asserts): the retry
+            # would stop the loop. An empty value, and a header saying it was null.
+            headers = [*(letter.headers or ()), ("riskgate.errors.value.null", b"true")]
+            letter = letter._replace(value=b"", headers=headers)
+        return letter
 
     # -- publishing ----------------------------------------------------------------
 

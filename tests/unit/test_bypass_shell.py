@@ -225,7 +225,8 @@ async def test_a_record_the_client_cannot_decode_does_not_wedge_its_partition(
         assert (trades(shell, alpha), trades(shell, beta)) == (5, 6)
         assert await shell.stop()
     [letter] = deadletters(broker, cfg)
-    assert (letter["key"], letter["value"]) == (None, None)
+    assert (letter["key"], letter["value"]) == (None, b"")
+    assert letter["riskgate.errors.value.null"] == "true"
     assert letter["riskgate.errors.exception"] == "undecodable_record"
     assert letter["riskgate.errors.topic"] == tp.topic
     assert (letter["riskgate.errors.partition"], letter["riskgate.errors.offset"]) == ("0", "2")
