@@ -267,15 +267,40 @@ class SymbolState:
         return (self.manual_halt is not None, self.session.halted, self.tripped_at is not None)
 
     def record_loss(self, ts_ms: int) -> None:
-        """A loss at its own time; dropped while tripped (the trip clears losses anyway)."""
-        lim = self.limits
-        if self.tripped_at is not None or lim.breaker_losses == 0:
+        """A loss at its own time (Unix seconds).
+
+        While tripped, a loss before the cooldown's end is not recorded; one after
+        it waits in the window for the clock to end the trip. Otherwise the breaker
+        trips if any window ``(end - window, end]`` containing this loss, ending at
+        a recorded loss, holds the limit; the trip starts at the first such end.
+        """
+        lim, t = self.limits, ts_ms // 1000
+        if lim.breaker_losses == 0:
             return
-        self.losses = sorted([*self.losses, ts_ms // 1000])
-        newest = self.losses[-1]
-        self.losses = [t for t in self.losses if t > newest - lim.window_secs]
-        if len(self.losses) >= lim.breaker_losses:
-            self.tripped_at = newest
+        if self.tripped_at is not None:
+            if t >= max(self.tripped_at + lim.cooldown_secs, self.tripped_at + 1):
+                self.losses = sorted([*self.losses, t])
+            return
+        self.losses = sorted([*self.losses, t])
+        ends = sorted({e for e in self.losses if t <= e < t + lim.window_secs})
+        self.tripped_at = self._first_full_window(ends)
+
+    def _first_full_window(self, ends: list[int]) -> int | None:
+        window, limit = self.limits.window_secs, self.limits.breaker_losses
+        for end in ends:
+            if sum(1 for loss in self.losses if end - window < loss <= end) >= limit:
+                return end
+        return None
+
+    def tick(self, now_ms: int) -> None:
+        """The wall clock: end a cooldown it passed (losses after its end count afresh,
+        and may trip again at once), then evict losses older than the window."""
+        lim, now = self.limits, now_ms // 1000
+        if self.tripped_at is not None and now >= self.tripped_at + lim.cooldown_secs:
+            cut = max(self.tripped_at + lim.cooldown_secs, self.tripped_at + 1)
+            self.losses = [t for t in self.losses if t >= cut]
+            self.tripped_at = self._first_full_window(sorted(set(self.losses)))
+        self.losses = [t for t in self.losses if t > now - lim.window_secs]
 
 
 # -- per-bot state ----------------------------------------------------------------------
@@ -699,16 +724,13 @@ class Model:
             self._sweep_bot(bot, now_ms)
 
     def _sweep_bot(self, bot: BotState, now_ms: int) -> None:
-        day, now_secs = utc_day(now_ms), now_ms // 1000
+        day = utc_day(now_ms)
         for name, sym in bot.symbols.items():
             before = sym.blocks()
             if day > sym.session.day:
                 sym.session.clear()
                 sym.session.day = day
-            lim = sym.limits
-            if sym.tripped_at is not None and now_secs >= sym.tripped_at + lim.cooldown_secs:
-                sym.losses, sym.tripped_at = [], None
-            sym.losses = [t for t in sym.losses if t > now_secs - lim.window_secs]
+            sym.tick(now_ms)
             self._symbol_transitions(bot, name, before, now_ms, cause=None)
         if day > bot.day:
             bot.day = day

@@ -179,23 +179,36 @@ def test_breaker_trips_at_the_limit_inside_the_window_not_on_losses_hours_apart(
     for k in range(3):
         m.apply(out(-1.0, ts=NOON + k * MIN, sym="FAST"), NOON + 2 * HOUR)
     assert state(m, "SLOW")["tripped_at"] is None
-    assert state(m, "SLOW")["recent_losses"] == [
-        (NOON + 40 * MIN) // 1000,
-        (NOON + 80 * MIN) // 1000,
-    ]
+    assert len(state(m, "SLOW")["recent_losses"]) == 3  # only the wall clock evicts
     assert state(m, "FAST")["tripped_at"] == (NOON + 2 * MIN) // 1000
     assert halts(m) == [
         ("FAST", "circuit_breaker", "halted", NOON + 2 * MIN, NOON + 2 * MIN + 3_600_000)
     ]
+    m.sweep(NOON + 2 * HOUR)
+    assert state(m, "SLOW")["recent_losses"] == [(NOON + 80 * MIN) // 1000]
 
 
-def test_a_win_does_not_untrip_and_losses_during_the_trip_are_not_recorded() -> None:
+def test_a_win_does_not_untrip_and_a_loss_after_the_cooldown_waits_for_the_clock() -> None:
     m = Model(limits(breaker=1, cooldown=600))
     m.apply(out(-1.0, ts=NOON), NOON)
     m.apply(out(5.0, ts=NOON + MIN), NOON + MIN)
-    m.apply(out(-1.0, ts=NOON + 11 * MIN), NOON + 7 * MIN)  # stamped after the cooldown end
+    m.apply(out(-1.0, ts=NOON + 5 * MIN), NOON + 5 * MIN)  # inside the cooldown: not recorded
+    m.apply(out(-1.0, ts=NOON + 11 * MIN), NOON + 7 * MIN)  # stamped after the cooldown's end
     s = state(m)
-    assert s["tripped_at"] == NOON // 1000 and s["recent_losses"] == [NOON // 1000]
+    assert s["tripped_at"] == NOON // 1000  # the event did not end the cooldown
+    assert s["recent_losses"] == [NOON // 1000, (NOON + 11 * MIN) // 1000]
+    m.sweep(NOON + 10 * MIN)  # the clock ends it; the waiting loss trips it again at once
+    s = state(m)
+    assert (s["tripped_at"], s["recent_losses"]) == ((NOON + 11 * MIN) // 1000, [s["tripped_at"]])
+    assert [h[2] for h in halts(m)] == ["halted"]  # blocked throughout: no resumed/halted pair
+
+
+def test_an_older_loss_arriving_late_trips_the_window_it_completes() -> None:
+    m = Model(limits(breaker=2, window=100))
+    m.apply(out(-1.0, ts=NOON), NOON + 10 * MIN)
+    m.apply(out(-1.0, ts=NOON + 500_000), NOON + 10 * MIN)
+    m.apply(out(-1.0, ts=NOON + 50_000), NOON + 10 * MIN)  # 50 s after the first: 2 in 100 s
+    assert state(m)["tripped_at"] == (NOON + 50_000) // 1000
 
 
 def test_cooldown_ends_only_when_the_wall_clock_passes_it() -> None:
