@@ -242,7 +242,7 @@ symbols = ["BTCUSDT", "ETHUSDT"]
 
 def _readme_python(marker: str) -> str:
     blocks = re.findall(r"```python\n(.*?)```", (PROJECT_ROOT / "README.md").read_text(), re.S)
-    [block] = [b for b in blocks if marker in b]
+    [block] = [str(b) for b in blocks if marker in b]
     return block
 
 

@@ -21,9 +21,13 @@ from harness import running_worker
 from worker.config import Config, load_config
 from worker.kafka.topics import ensure_topics
 
+pytestmark = pytest.mark.broker
+
 ROOT = Path(__file__).resolve().parents[2]
-TOPIC_FIELDS = ("fills", "outcomes", "intents", "control", "snapshots", "gates", "halts")
-TOPIC_FIELDS += ("decisions", "deadletter")
+TOPIC_FIELDS = [
+    *("fills", "outcomes", "intents", "control", "snapshots"),
+    *("gates", "halts", "decisions", "deadletter"),
+]
 
 
 def _shipped() -> dict[str, str]:

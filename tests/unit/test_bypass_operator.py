@@ -23,7 +23,7 @@ from rich.console import Console
 
 from worker.cli import main
 from worker.engine import Effects
-from worker.messages import ControlCommand
+from worker.messages import Command, ControlCommand
 from worker.operator import (
     SECRET_ENV,
     BotState,
@@ -50,7 +50,7 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _command(toml: str = TOML, **kw: object) -> ControlCommand:
+def _command(**kw: object) -> ControlCommand:
     args: dict[str, object] = {
         "bot": "desk",
         "symbol": "BTCUSDT",
@@ -59,7 +59,7 @@ def _command(toml: str = TOML, **kw: object) -> ControlCommand:
         "now_ms": T0,
     }
     args.update(kw)
-    return make_command(config(toml), "halt", **args)  # type: ignore[arg-type]
+    return make_command(config(TOML), "halt", **args)  # type: ignore[arg-type]
 
 
 # -- validation before sending (item 5) --------------------------------------------
@@ -147,7 +147,7 @@ def test_halt_signs_with_the_exported_secret() -> None:
     ],
 )
 def test_halt_waits_for_the_event_id_the_engine_publishes(
-    command: str, symbol: str | None, prepare: bool
+    command: Command, symbol: str | None, prepare: bool
 ) -> None:
     """The CLI must wait for exactly the id the engine gives a command's HaltEvent."""
     eng = engine(TOML)
@@ -155,7 +155,7 @@ def test_halt_waits_for_the_event_id_the_engine_publishes(
         eng.apply(control("halt", bot="desk", symbol=symbol, ts=T0 - 1), T0)
     cmd = make_command(
         eng.config, command, bot="desk", symbol=symbol, reason="r", issued_by="ops", now_ms=T0
-    )  # type: ignore[arg-type]
+    )
     out = eng.apply(cmd, T0, out=Effects())
     assert [h.event_id for h in out.halts] == [command_event_id(cmd)]
 
