@@ -40,6 +40,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from worker.config import KafkaConfig, TopicsConfig
+from worker.kafka.fetch import fetch
 from worker.kafka.options import client_kwargs
 from worker.kafka.topics import TopicLayoutError
 from worker.messages import (
@@ -94,9 +95,11 @@ class _Follower:
     """A background task reading assigned partitions that no single record can stop.
 
     Subclasses apply one record in :meth:`_record`; whatever it raises skips
-    that record (counted in :attr:`ignored`, logged once per kind). A reader
-    that stops anyway (the client's fetch raising, say) sets :attr:`failure`,
-    and every answer from then on is a denial that quotes it.
+    that record (counted in :attr:`ignored`, logged once per kind), and so is
+    a record aiokafka itself cannot decode (``ignored["unreadable"]``, see
+    :mod:`worker.kafka.fetch`). A reader that stops anyway (a KafkaError such
+    as a revoked Read ACL) sets :attr:`failure`, and every answer from then on
+    is a denial that quotes it.
     """
 
     _poll_ms = 100
@@ -179,7 +182,15 @@ class _Follower:
 
     async def _follow(self, consumer: AIOKafkaConsumer) -> None:
         while True:
-            batch = await consumer.getmany(timeout_ms=self._poll_ms, max_records=10_000)
+            batch, unreadable = await fetch(consumer, self._poll_ms, 10_000)
+            for bad in unreadable:  # the client itself could not decode it (a header key...)
+                self._note(
+                    "unreadable",
+                    topic=bad.tp.topic,
+                    partition=bad.tp.partition,
+                    offset=bad.offset,
+                    error=bad.error[:200],
+                )
             for tp, records in batch.items():
                 for record in records:
                     try:
