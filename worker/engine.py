@@ -13,6 +13,7 @@ crash, or re-sent by a producer under a new offset, changes nothing.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -277,6 +278,7 @@ class BotRisk(_Holder):
         "_net_day",
         "_net_sum",
         "_net_updates",
+        "_open",
         "bot",
         "dedupe_keep",
         "max_reservations",
@@ -308,6 +310,9 @@ class BotRisk(_Holder):
         """UTC day of the running account net in ``_net_sum``; -1 when it must be recomputed."""
         self._net_sum = 0.0
         self._net_updates = 0
+        self._open: dict[str, SymbolRisk] = {}
+        """Symbols holding a position: all that exposure and concurrency checks read, so
+        a decision costs the same whatever number of flat symbols the bot has."""
 
     # -- queries ---------------------------------------------------------------
 
@@ -338,10 +343,18 @@ class BotRisk(_Holder):
         return self._net_sum
 
     def open_symbols(self) -> set[str]:
-        return {name for name, s in self.symbols.items() if not s.position.is_flat}
+        return set(self._open)
 
     def gross_exposure(self) -> float:
-        return sum(s.position.notional for s in self.symbols.values())
+        """Exactly rounded (``fsum``): the same whatever order positions were opened or restored."""
+        return math.fsum(s.position.notional for s in self._open.values())
+
+    def _track_position(self, sym: SymbolRisk) -> None:
+        """Keep ``_open`` in step after ``sym``'s position changed (fill, restore)."""
+        if sym.position.is_flat:
+            self._open.pop(sym.symbol, None)
+        else:
+            self._open[sym.symbol] = sym
 
     def signature(self) -> tuple[bool, bool]:
         return (self.manual_halt is not None, self.portfolio.halted)
@@ -394,6 +407,7 @@ class BotRisk(_Holder):
             self._consume_reservation(f, out)
         signed_qty = f.qty if f.side == "buy" else -f.qty
         trip = sym.position.apply(signed_qty, f.price, f.fee, f.contract_value)
+        self._track_position(sym)
         out.dirty_symbols.add(sym.key)
         out.dirty_bots.add(self.bot)
         closed_net = trip.closed_net
@@ -832,6 +846,7 @@ class BotRisk(_Holder):
         """Restore, then apply the stale-snapshot policy (``tick``) at ``now_ms``."""
         sym = self.symbol(symbol, now_ms)
         sym.restore(snap)
+        self._track_position(sym)
         self._net_day = -1
         self._tick_symbol(sym, now_ms, out)
         self._wake_for_breaker(sym)
