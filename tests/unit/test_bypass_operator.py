@@ -84,18 +84,15 @@ def test_halt_refuses_commands_the_worker_would_reject(
         _command(**change)
 
 
-def test_halt_cli_validation_fails_before_contacting_kafka() -> None:
+def test_halt_cli_validation_fails_before_contacting_kafka(tmp_path: Path) -> None:
     """Unknown symbol: exit non-zero with the reason, nothing sent (the broker is a closed port)."""
-    runner = CliRunner()
-    with runner.isolated_filesystem():
-        Path("rg.toml").write_text(
-            f'[kafka]\nbootstrap_servers = "127.0.0.1:{_closed_port()}"\n' + TOML
-        )
-        result = runner.invoke(
-            main,
-            ["halt", "--config", "rg.toml", "--bot", "desk", "--symbol", "DOGE", "--reason", "x"],
-            env={SECRET_ENV: None},
-        )
+    path = tmp_path / "rg.toml"
+    path.write_text(f'[kafka]\nbootstrap_servers = "127.0.0.1:{_closed_port()}"\n' + TOML)
+    result = CliRunner().invoke(
+        main,
+        ["halt", "--config", str(path), "--bot", "desk", "--symbol", "DOGE", "--reason", "x"],
+        env={SECRET_ENV: None},
+    )
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
         "Error: the worker would reject this command (unknown_symbol): "
