@@ -31,6 +31,8 @@ DEFAULT_KEEP = 10_000
 _ENTRY = struct.Struct("<QQiB")
 """id digest, content digest, delay (decision ts - intent ts, ms), outcome code."""
 ENTRY_BYTES = _ENTRY.size
+_KEY = struct.Struct(f"<Q{ENTRY_BYTES - 8}x")
+"""Just the id digest of an entry: restore indexes a full window in a few ms."""
 _DELAY_MIN, _DELAY_MAX = -(2**31), 2**31 - 1
 
 _encode = msgspec.json.Encoder().encode
@@ -100,7 +102,7 @@ class IntentWindow:
             return
         slot = self._head
         offset = slot * ENTRY_BYTES
-        (evicted,) = struct.unpack_from("<Q", self._buf, offset)
+        (evicted,) = _KEY.unpack_from(self._buf, offset)
         if self._slots.get(evicted) == slot:
             del self._slots[evicted]
         self._buf[offset : offset + ENTRY_BYTES] = entry
@@ -121,6 +123,5 @@ class IntentWindow:
         start = max(0, usable - self.keep * ENTRY_BYTES)
         self._buf = bytearray(data[start:usable])
         self._head = 0
-        self._slots = {}
-        for slot, (key, *_) in enumerate(_ENTRY.iter_unpack(self._buf)):
-            self._slots[key] = slot
+        keys = [key for (key,) in _KEY.iter_unpack(self._buf)]
+        self._slots = dict(zip(keys, range(len(keys)), strict=True))
