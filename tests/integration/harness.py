@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -556,9 +557,33 @@ def reference(config: Config, events: Iterable[Event], now: int) -> Model:
     return model
 
 
+class Approx(float):
+    """A float equal to any other within 1e-9 (relative) or 1e-9 (absolute).
+
+    The model computes in its own order, so its floats may differ from the worker's
+    in the last bits; rounding both would still split values across a rounding
+    boundary. Python tries a subclass's reflected ``__eq__`` first, so this works
+    on either side of ``==``, inside dicts, lists and tuples.
+    """
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, (int, float)):
+            return NotImplemented
+        return math.isclose(self, other, rel_tol=1e-9, abs_tol=1e-9)
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = float.__hash__
+
+
 def _num(value: Any) -> Any:
-    """Floats to 9 significant digits: the model sums in its own order (last-bit noise)."""
-    return float(f"{value:.9g}") if isinstance(value, float) else value
+    if isinstance(value, float):
+        return Approx(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_num(v) for v in value)
+    return value
 
 
 def _halt_tuple(halt: Any) -> tuple[str, str, int] | None:

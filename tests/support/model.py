@@ -646,7 +646,9 @@ class Model:
         if seen is not None or i.intent_id in bot.reservations:
             self.decisions.append(self._decision(i, now_ms, "duplicate_intent_id", None))
             return
-        self._sweep_bot(bot, now_ms)  # judged against the state at the wall clock
+        if i.symbol in bot.symbols:  # the bot's day and the symbol's gates as of now
+            self._roll_day(bot, now_ms)
+            self._tick_symbol(bot, i.symbol, now_ms)
         gate, _ = evaluate(bot, i, self.limits.max_reservations_per_bot)
         expires: int | None = None
         if gate is None:
@@ -724,22 +726,32 @@ class Model:
             self._sweep_bot(bot, now_ms)
 
     def _sweep_bot(self, bot: BotState, now_ms: int) -> None:
+        self._roll_day(bot, now_ms)
+        for name in bot.symbols:
+            self._tick_symbol(bot, name, now_ms)
+        for intent_id, r in list(bot.reservations.items()):
+            if r.expires_ts <= now_ms:
+                del bot.reservations[intent_id]
+
+    def _roll_day(self, bot: BotState, now_ms: int) -> None:
+        """The bot's UTC day to the wall clock's: a new day releases the latch."""
         day = utc_day(now_ms)
-        for name, sym in bot.symbols.items():
-            before = sym.blocks()
-            if day > sym.session.day:
-                sym.session.clear()
-                sym.session.day = day
-            sym.tick(now_ms)
-            self._symbol_transitions(bot, name, before, now_ms, cause=None)
         if day > bot.day:
             bot.day = day
             if bot.latched:
                 bot.latched = False
                 self._emit(bot, None, "resumed", "portfolio_daily_loss", now_ms, None)
-        for intent_id, r in list(bot.reservations.items()):
-            if r.expires_ts <= now_ms:
-                del bot.reservations[intent_id]
+
+    def _tick_symbol(self, bot: BotState, name: str, now_ms: int) -> None:
+        """One symbol to the wall clock: rollover, cooldown end, eviction."""
+        sym = bot.symbols[name]
+        before = sym.blocks()
+        day = utc_day(now_ms)
+        if day > sym.session.day:
+            sym.session.clear()
+            sym.session.day = day
+        sym.tick(now_ms)
+        self._symbol_transitions(bot, name, before, now_ms, cause=None)
 
     # -- comparable state ------------------------------------------------------------------
 
