@@ -1013,7 +1013,13 @@ class RiskEngine:
         return bot if bot is not None else self._create(settings)
 
     def apply(
-        self, event: Event, now_ms: int, origin: Origin | None = None, out: Effects | None = None
+        self,
+        event: Event,
+        now_ms: int,
+        origin: Origin | None = None,
+        out: Effects | None = None,
+        *,
+        record_ts: int | None = None,  # decision T3 (judged by validate once A2's change lands)
     ) -> Effects:
         """Apply one event; raises Rejected (changing nothing) for bad input."""
         if out is None:
