@@ -13,7 +13,7 @@ Every failure is an :class:`OperatorError` with one line the CLI prints.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, NamedTuple, TypeVar
 
@@ -52,8 +52,8 @@ def wall_ms() -> int:
 
 
 @asynccontextmanager
-async def kafka_session(config: Config) -> AsyncIterator[dict[str, Any]]:
-    """Turn an unreachable or failing broker into one OperatorError line.
+async def kafka_session(config: Config, needs: Iterable[str] = ()) -> AsyncIterator[dict[str, Any]]:
+    """Turn an unreachable or failing broker, or a missing topic, into one OperatorError line.
 
     Every client started inside is stopped by its own ``finally`` (no
     "Unclosed AIOKafkaConsumer" at exit); the connection check runs first so a
@@ -65,9 +65,15 @@ async def kafka_session(config: Config) -> AsyncIterator[dict[str, Any]]:
         probe = AIOKafkaConsumer(**kwargs, group_id=None, enable_auto_commit=False)
         try:
             await probe.start()
-            await probe.topics()  # a round trip; also lets start()'s tasks run before stop()
+            # A round trip; it also lets start()'s tasks run, or stop() raises CancelledError.
+            existing = await probe.topics()
         finally:
             await probe.stop()
+        missing = [t for t in needs if t not in existing]
+        if missing:
+            raise OperatorError(
+                f"topic {missing[0]} does not exist on {where}: run `riskgate topics`"
+            )
         yield kwargs
     except (KafkaError, OSError, TimeoutError) as exc:
         detail = str(exc) or "no answer"
@@ -109,7 +115,8 @@ async def load_state(config: Config, bot: str, at_ms: int) -> BotState:
             f"bot {bot!r} is not configured ([bots] in the config, accept_unknown_bots = false)"
         )
     topics = config.topics
-    async with kafka_session(config) as kwargs:
+    needs = (topics.snapshots, topics.gates, *topics.inputs())
+    async with kafka_session(config, needs) as kwargs:
         snapshots = await read_snapshot_partitions(kwargs, topics.snapshots)
         gates = await read_snapshot_partitions(kwargs, topics.gates)
         partition = snapshots.bot_partitions.get(bot, gates.bot_partitions.get(bot, 0))
@@ -322,7 +329,7 @@ class Verdict(NamedTuple):
 
 async def send_command(config: Config, cmd: ControlCommand) -> None:
     """Send without waiting (``--no-wait``)."""
-    async with kafka_session(config) as kwargs:
+    async with kafka_session(config, [config.topics.control]) as kwargs:
         await _send(config, kwargs, cmd)
 
 
@@ -339,7 +346,8 @@ async def send_and_wait(config: Config, cmd: ControlCommand, timeout_s: float) -
     topics = config.topics
     value = msgspec.json.encode(cmd)
     expected = command_event_id(cmd)
-    async with kafka_session(config) as kwargs:
+    needs = (topics.control, topics.halts, topics.deadletter, topics.gates)
+    async with kafka_session(config, needs) as kwargs:
         watch = AIOKafkaConsumer(
             **kwargs,
             group_id=None,
@@ -348,13 +356,12 @@ async def send_and_wait(config: Config, cmd: ControlCommand, timeout_s: float) -
         )
         try:
             await watch.start()
+            await watch.topics()  # metadata of every topic, for partitions_for_topic
             tps = [
                 TopicPartition(t, p)
                 for t in (topics.halts, topics.deadletter)
                 for p in sorted(watch.partitions_for_topic(t) or ())
             ]
-            if not tps:
-                raise OperatorError(f"{topics.halts} does not exist: run `riskgate topics`")
             watch.assign(tps)
             for tp, end in (await watch.end_offsets(tps)).items():
                 watch.seek(tp, end)

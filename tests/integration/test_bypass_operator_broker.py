@@ -289,3 +289,24 @@ async def test_readme_producer_examples_reach_the_worker(
     else:
         assert symbol("BTCUSDT").position.qty == 0.01
     assert sum(deadletters) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "topic"),
+    [
+        (["state", "--bot", "ops"], "risk.snapshots"),
+        (["halt", "--bot", "ops", "--reason", "r"], "risk.control"),
+        (["resume", "--bot", "ops", "--reason", "r", "--no-wait"], "risk.control"),
+    ],
+)
+async def test_cli_before_riskgate_topics_says_so(
+    args: list[str], topic: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Issue 15 item 16: missing topics raised an AssertionError traceback from aiokafka."""
+    path = tmp_path / "riskgate.toml"
+    path.write_text(config_text(kafka_bootstrap, BODY, partitions=2))
+    prefix = load_config(path, env={}).topics.snapshots.split(".")[0]
+    rc, out, err = await _cli(args[0], "--config", str(path), *args[1:])
+    assert (rc, out) == (1, "")
+    missing = f"{prefix}.{topic} does not exist on {kafka_bootstrap}"
+    assert err == f"Error: topic {missing}: run `riskgate topics`\n"
