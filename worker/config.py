@@ -172,10 +172,11 @@ class WorkerConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     must not grow its portfolio snapshot past the broker's record size."""
     max_batch_records: PositiveInt = 5_000
     poll_timeout_ms: PositiveInt = 100
-    dedupe_ids_per_symbol: NonNegativeInt = 32
-    """Recent fill/outcome ids remembered per symbol (and persisted) to drop producer
-    retries re-sent at a new offset. Replays of the same offset are caught by offset
-    watermarks regardless. Each id costs snapshot bytes and restore time."""
+    dedupe_ids_per_bot: NonNegativeInt = 10_000
+    """Recent ids remembered per bot and input topic (fills, outcomes) to drop producer
+    re-sends at new offsets: a re-sent run of up to this many events counts nothing
+    twice. Persisted in the portfolio snapshot at 12 bytes an id (base64: 16); 0 turns
+    it off (offset watermarks still drop replays of the same offset)."""
     max_message_bytes: PositiveInt = 64 * 1024
     max_future_skew_ms: PositiveInt = 5 * 60_000
     """Events stamped further than this in the future (wall clock) are bad input."""

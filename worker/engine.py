@@ -7,14 +7,24 @@ Kafka shell turns effects into records; tests and benchmarks call it directly.
 
 Replay safety lives here too. Every state holder (a symbol, a bot's portfolio)
 remembers per input partition the last offset applied to it (``Origin``), and
-symbols remember their most recent event ids, so an event replayed after a
-crash, or re-sent by a producer under a new offset, changes nothing.
+each bot remembers its recent fill and outcome ids (:mod:`worker.risk.dedupe`),
+so an event replayed after a crash, or re-sent by a producer under a new offset,
+changes nothing. Operator commands are guarded per target: one older than the
+last applied, or applied already, is refused.
+
+Time-driven state (UTC rollover, the daily-loss latch's release, breaker
+cooldowns and window eviction) moves only with the wall clock given to
+:meth:`RiskEngine.sweep` and :meth:`RiskEngine.restore`; an event's own ``ts``
+places it (the loss window, the day it counts toward) but never advances time.
+Whether an event is accepted depends only on the record and state, never on
+when it is processed (``record_ts``).
 """
 
 from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -42,9 +52,10 @@ from worker.risk import (
     SessionPnl,
     utc_day,
 )
+from worker.risk.dedupe import IdWindow
 from worker.risk.intents import Seen, content_digest, id_digest
 from worker.risk.portfolio import QTY_TOLERANCE
-from worker.risk.session import MS_PER_DAY, next_midnight_ms
+from worker.risk.session import MS_PER_DAY
 from worker.snapshot import (
     ManualHalt,
     PortfolioSnapshot,
@@ -58,6 +69,8 @@ _NET_RESYNC = 256
 """Deltas folded into a bot's running account net before it is summed afresh."""
 _SYMBOL_GATES: tuple[Gate, Gate, Gate] = ("manual_halt", "session_halt", "circuit_breaker")
 _BOT_GATES: tuple[Gate, Gate] = ("manual_halt", "portfolio_daily_loss")
+_MAX_SAME_TS_COMMANDS = 64
+"""Digests remembered of commands applied at a target's latest command ``ts``."""
 
 
 class Rejected(Exception):
@@ -96,10 +109,24 @@ class Effects:
 class _Holder:
     """Shared replay guard and event numbering of a symbol and of a bot."""
 
-    __slots__ = ("applied", "gate_seq", "halt_seq", "halt_seqs", "manual_halt", "seq_base")
+    __slots__ = (
+        "applied",
+        "command_digests",
+        "gate_seq",
+        "halt_seq",
+        "halt_seqs",
+        "last_command_ts",
+        "manual_halt",
+        "seq_base",
+    )
 
     def __init__(self) -> None:
         self.applied: dict[str, int] = {}
+        self.last_command_ts: int | None = None
+        """``ts`` of the last operator command applied to this target."""
+        self.command_digests: dict[str, None] = {}
+        """Digests of the commands applied at ``last_command_ts``. Any earlier command is
+        refused as stale by its ``ts``, so only these can be replayed undetected."""
         self.manual_halt: ManualHalt | None = None
         self.halt_seq = 0
         """Halt/resume events emitted in all (what snapshots of older versions numbered by)."""
@@ -120,15 +147,43 @@ class _Holder:
         self.applied[origin.source] = origin.offset
         return True
 
-    def next_halt_seq(self, gate: Gate) -> int:
-        """The next ``event_id`` number, counted per gate.
+    def replayed(self, origin: Origin | None) -> bool:
+        """True for an event at or below this holder's watermark (changes nothing)."""
+        if origin is None:
+            return False
+        last = self.applied.get(origin.source)
+        return last is not None and origin.offset <= last
 
-        Each gate's events come from one ordered source (a symbol's manual halts
-        from the control topic, its PnL gates from the bot's fills or outcomes and
-        the clock), so a replay after a crash numbers them as the first run did,
-        however it interleaves the input topics. A holder-wide count did not: a
-        replay could give ``.../manual_halt/2`` to a ``halted`` that the first run
-        had published as a ``resumed``, and a consumer dropping duplicate ids
+    def check_command(self, c: ControlCommand, digest: str) -> None:
+        """Refuse a command applied already, or older than the last one applied here (C1).
+
+        A captured signed ``resume`` re-appended after a later ``halt`` must not
+        undo it, whatever its signature window says.
+        """
+        if digest in self.command_digests:
+            raise Rejected("replayed_command", f"command {digest} was applied already")
+        last = self.last_command_ts
+        if last is not None and c.ts < last:
+            raise Rejected(
+                "stale_command", f"command ts {c.ts} is older than the last applied ({last})"
+            )
+
+    def record_command(self, c: ControlCommand, digest: str) -> None:
+        if self.last_command_ts is None or c.ts > self.last_command_ts:
+            self.last_command_ts = c.ts
+            self.command_digests.clear()
+        if len(self.command_digests) < _MAX_SAME_TS_COMMANDS:
+            self.command_digests[digest] = None
+
+    def next_halt_seq(self, gate: Gate) -> int:
+        """The next ``event_id`` number of a data- or clock-driven transition, per gate.
+
+        Only fills/outcomes and the clock advance it (one ordered source per gate);
+        a command's event is named after the command (``cmd-<digest>``). So a
+        replay after a crash numbers events as the first run did, however it
+        interleaves control and data topics. A shared count did not: a replay
+        could give ``.../circuit_breaker/1`` to a ``resumed`` that the first run
+        had published as a ``halted``, and a consumer dropping duplicate ids
         (SPEC §3) would keep the wrong one.
         """
         self.halt_seq += 1
@@ -137,16 +192,21 @@ class _Holder:
         return seq
 
     def seqs_snapshot(self) -> dict[str, Any]:
+        """Snapshot fields every holder has: event numbering and the command guard."""
         return {
             "halt_seq": self.halt_seq,
             "halt_seqs": dict(self.halt_seqs),
             "halt_seq_base": self.seq_base,
             "gate_seq": self.gate_seq,
+            "last_command_ts": self.last_command_ts,
+            "command_digests": list(self.command_digests),
         }
 
     def restore_seqs(self, snap: SymbolSnapshot | PortfolioSnapshot) -> None:
         self.halt_seq = snap.halt_seq
         self.gate_seq = snap.gate_seq
+        self.last_command_ts = snap.last_command_ts
+        self.command_digests = dict.fromkeys(snap.command_digests)
         if snap.halt_seqs is None:  # written before numbering was per gate
             self.halt_seqs = {}
             self.seq_base = snap.halt_seq
@@ -162,18 +222,12 @@ class _Holder:
 class SymbolRisk(_Holder):
     """Session PnL, breaker and position of one (bot, symbol)."""
 
-    __slots__ = (
-        "breaker",
-        "key",
-        "position",
-        "recent_fill_ids",
-        "recent_outcome_ids",
-        "session",
-        "symbol",
-    )
+    __slots__ = ("born", "breaker", "key", "position", "session", "symbol")
 
     def __init__(self, symbol: str, settings: BotSettings, day: int) -> None:
         super().__init__()
+        self.born: dict[str, int] = {}
+        """The bot's watermarks when this symbol was created live (see ``BotRisk._created``)."""
         session_cfg, breaker_cfg = settings.risk_for(symbol)
         self.symbol = symbol
         self.key = (settings.bot, symbol)
@@ -182,12 +236,6 @@ class SymbolRisk(_Holder):
         self.session.last_reset_day = day
         self.breaker = CircuitBreaker(breaker_cfg)
         self.position = Position()
-        # One window per input topic: each is filled in that topic's offset order,
-        # which replays reproduce exactly. A shared window would depend on how the
-        # two topics happened to interleave, so a replay could judge the same
-        # re-sent event differently than the first pass did.
-        self.recent_outcome_ids: dict[str, None] = {}
-        self.recent_fill_ids: dict[str, None] = {}
 
     def signature(self) -> tuple[bool, bool, bool]:
         """Which symbol-level gates block, in ``_SYMBOL_GATES`` order."""
@@ -196,17 +244,6 @@ class SymbolRisk(_Holder):
             self.session.halted,
             self.breaker.tripped_at is not None,
         )
-
-    @staticmethod
-    def duplicate(ids: dict[str, None], event_id: str, keep: int) -> bool:
-        """True if ``event_id`` is in the window ``ids``; otherwise remember it there."""
-        if event_id in ids:
-            return True
-        if keep:
-            ids[event_id] = None
-            if len(ids) > keep:
-                del ids[next(iter(ids))]
-        return False
 
     def blocks(self) -> list[Block]:
         blocks: list[Block] = []
@@ -241,8 +278,7 @@ class SymbolRisk(_Holder):
             position=self.position.snapshot(),
             manual_halt=self.manual_halt,
             applied_offsets=dict(self.applied),
-            recent_outcome_ids=list(self.recent_outcome_ids),
-            recent_fill_ids=list(self.recent_fill_ids),
+            born=dict(self.born),
             **self.seqs_snapshot(),
         )
 
@@ -253,8 +289,7 @@ class SymbolRisk(_Holder):
             self.position.restore(snap.position)
         self.manual_halt = snap.manual_halt
         self.applied = dict(snap.applied_offsets)
-        self.recent_outcome_ids = dict.fromkeys(snap.recent_outcome_ids)
-        self.recent_fill_ids = dict.fromkeys(snap.recent_fill_ids)
+        self.born = dict(snap.born)
         self.restore_seqs(snap)
 
 
@@ -280,8 +315,9 @@ class BotRisk(_Holder):
         "_net_updates",
         "_open",
         "bot",
-        "dedupe_keep",
+        "fill_ids",
         "max_reservations",
+        "outcome_ids",
         "portfolio",
         "reservation_ttl_ms",
         "settings",
@@ -295,16 +331,22 @@ class BotRisk(_Holder):
         reservation_ttl_ms: int,
         dedupe_keep: int,
         max_reservations: int = 1_000,
+        day: int,
     ) -> None:
+        """``day``: the UTC day of the wall clock when the bot is created (its current day)."""
         super().__init__()
         self.bot = settings.bot
         self.settings = settings
         self.symbols: dict[str, SymbolRisk] = {}
         self.portfolio = PortfolioRisk(settings.portfolio)
+        self.portfolio.last_reset_day = day
         self.reservation_ttl_ms = reservation_ttl_ms
         self.max_reservations = max_reservations
-        self.dedupe_keep = dedupe_keep
-        self._deadline = _NEVER
+        # One id window per input topic: each is filled in that topic's offset
+        # order, which replays reproduce exactly whatever the interleaving.
+        self.outcome_ids = IdWindow(dedupe_keep)
+        self.fill_ids = IdWindow(dedupe_keep)
+        self._deadline = (day + 1) * MS_PER_DAY
         """Earliest wall time at which a sweep can change anything (rollover, expiry)."""
         self._net_day = -1
         """UTC day of the running account net in ``_net_sum``; -1 when it must be recomputed."""
@@ -316,11 +358,20 @@ class BotRisk(_Holder):
 
     # -- queries ---------------------------------------------------------------
 
-    def symbol(self, name: str, ts_ms: int) -> SymbolRisk:
+    @property
+    def day(self) -> int:
+        """The bot's current UTC day: the wall clock's as of the last sweep or restore."""
+        return self.portfolio.last_reset_day
+
+    def symbol(self, name: str, ts_ms: int | None = None) -> SymbolRisk:
+        """The symbol's state, created in the bot's current day.
+
+        ``ts_ms`` (the creating event's time) is not used: an event stamped past
+        midnight must not start a session in a day the wall clock has not reached.
+        """
         sym = self.symbols.get(name)
         if sym is None:
-            sym = self.symbols[name] = SymbolRisk(name, self.settings, utc_day(ts_ms))
-            self._wake_at(next_midnight_ms(ts_ms))
+            sym = self.symbols[name] = SymbolRisk(name, self.settings, self.day)
         return sym
 
     def account_net(self, day: int) -> float:
@@ -359,28 +410,44 @@ class BotRisk(_Holder):
     def signature(self) -> tuple[bool, bool]:
         return (self.manual_halt is not None, self.portfolio.halted)
 
-    def account_blocks(self, now_ms: int) -> list[Block]:
+    def account_blocks(self) -> list[Block]:
         blocks = list(_first(self.manual_halt))
         limit = self.portfolio.config.max_daily_loss
-        if self.portfolio.halted or self.portfolio.daily_loss_breached(
-            self.account_net(utc_day(now_ms))
-        ):
+        day = self.day
+        if self.portfolio.halted or self.portfolio.daily_loss_breached(self.account_net(day)):
             blocks.append(
                 Block(
                     "portfolio_daily_loss",
                     f"account net PnL reached max daily loss {limit:g}",
-                    next_midnight_ms(now_ms),
+                    (day + 1) * MS_PER_DAY,
                 )
             )
         return blocks
+
+    def seqs_snapshot(self) -> dict[str, Any]:
+        """The holder's fields plus the bot's id windows, which live in its portfolio record."""
+        return {
+            **super().seqs_snapshot(),
+            "outcome_ids": self.outcome_ids.dump(),
+            "fill_ids": self.fill_ids.dump(),
+        }
+
+    def restore_seqs(self, snap: SymbolSnapshot | PortfolioSnapshot) -> None:
+        super().restore_seqs(snap)
+        if isinstance(snap, PortfolioSnapshot):
+            if snap.outcome_ids is not None:
+                self.outcome_ids.load(snap.outcome_ids)
+            if snap.fill_ids is not None:
+                self.fill_ids.load(snap.fill_ids)
 
     # -- events ----------------------------------------------------------------
 
     def apply_outcome(self, o: TradeOutcome, origin: Origin | None, out: Effects) -> None:
         # Hot path (one call per outcome): small helpers are inlined.
         ts = o.ts
-        sym = self.symbols.get(o.symbol) or self.symbol(o.symbol, ts)
-        if not self._admit(sym, sym.recent_outcome_ids, o.outcome_id, origin):
+        sym = self.symbols.get(o.symbol) or self._created(o.symbol, ts, origin)
+        fresh = self.fresh(origin)  # the portfolio's own watermark (D2)
+        if not self._admit(sym, self.outcome_ids, o.outcome_id, origin, out):
             out.skipped += 1
             return
         session = sym.session
@@ -394,13 +461,13 @@ class BotRisk(_Holder):
         if gross - fee < 0.0:
             self._record_loss(sym, ts, tripped_before)
         out.dirty_symbols.add(sym.key)
-        self._after_change(sym, was_halted, tripped_before, ts, out)
+        self._after_change(sym, was_halted, tripped_before, ts, out, portfolio_fresh=fresh)
 
     def apply_fill(self, f: Fill, origin: Origin | None, out: Effects) -> None:
         ts = f.ts
-        sym = self.symbols.get(f.symbol) or self.symbol(f.symbol, ts)
+        sym = self.symbols.get(f.symbol) or self._created(f.symbol, ts, origin)
         fresh = self.fresh(origin)  # the portfolio's own watermark (D2)
-        if not self._admit(sym, sym.recent_fill_ids, f.fill_id, origin):
+        if not self._admit(sym, self.fill_ids, f.fill_id, origin, out):
             out.skipped += 1
             return
         if f.intent_id is not None and fresh:
@@ -414,7 +481,8 @@ class BotRisk(_Holder):
         booked = trip.fees or trip.gross
         if self.settings.pnl_source != "fills" or (closed_net is None and not booked):
             # Nothing booked: no gate can change, but a new UTC day may still roll the latch.
-            self._observe_portfolio(ts, out)
+            if fresh:
+                self._observe_portfolio(ts, out)
             return
         session = sym.session
         breaker = sym.breaker
@@ -429,7 +497,7 @@ class BotRisk(_Holder):
                 self._record_loss(sym, ts, tripped_before)
         if moved or session.last_reset_day != day_before:
             self._fold_net(day_before, session.last_reset_day, trip.gross - trip.fees)
-        self._after_change(sym, was_halted, tripped_before, ts, out)
+        self._after_change(sym, was_halted, tripped_before, ts, out, portfolio_fresh=fresh)
 
     def _consume_reservation(self, f: Fill, out: Effects) -> None:
         """A fill releases only what it filled of its intent's reservation (R2).
@@ -457,18 +525,50 @@ class BotRisk(_Holder):
         tripped_before: int | None,
         ts_ms: int,
         out: Effects,
+        *,
+        portfolio_fresh: bool,
     ) -> None:
-        """Halt/resume events for what an event flipped, then the portfolio latch."""
+        """Halt/resume events for what an event flipped, then the portfolio latch.
+
+        The latch is the portfolio's state: an event at or below the portfolio's
+        watermark (replayed after a crash that persisted the portfolio but not
+        this symbol) must not re-judge it against a partly caught-up account (D2).
+        """
         if sym.session.halted is not was_halted or sym.breaker.tripped_at != tripped_before:
             before = (sym.manual_halt is not None, was_halted, tripped_before is not None)
             self._symbol_transitions(sym, before, ts_ms, out)
-        self._observe_portfolio(ts_ms, out)
+        if portfolio_fresh:
+            self._observe_portfolio(ts_ms, out)
+
+    def _created(self, name: str, ts_ms: int, origin: Origin | None) -> SymbolRisk:
+        """A symbol first seen by a fill or outcome; live, it remembers the bot's watermarks.
+
+        Events at or below them happened before it existed, so a bot-wide reset
+        replayed after a crash must not reach it (D2). During a replay (the bot
+        already saw ``origin``) it is a symbol whose record the crash lost: it
+        takes every reset after its creation, as it did live.
+        """
+        sym = self.symbol(name, ts_ms)
+        if origin is not None and self.applied.get(origin.source, -1) < origin.offset:
+            sym.born = dict(self.applied)
+        return sym
 
     def _admit(
-        self, sym: SymbolRisk, ids: dict[str, None], event_id: str, origin: Origin | None
+        self,
+        sym: SymbolRisk,
+        window: IdWindow,
+        event_id: str,
+        origin: Origin | None,
+        out: Effects,
     ) -> bool:
-        """Replay guards of a fill/outcome: offset watermark, then its topic's recent ids."""
-        return sym.fresh(origin) and not sym.duplicate(ids, event_id, self.dedupe_keep)
+        """Replay guards of a fill/outcome: its topic's id window, then the symbol's watermark.
+
+        The window judges every record first, even one the symbol's watermark then
+        skips, so a replay after a crash rebuilds it exactly (D1). It is part of
+        the portfolio record, which must therefore be persisted again.
+        """
+        out.dirty_bots.add(self.bot)
+        return window.first(event_id, origin) and sym.fresh(origin)
 
     def decide(self, i: OrderIntent, now_ms: int, origin: Origin | None, out: Effects) -> None:
         if not self.fresh(origin):
@@ -580,53 +680,87 @@ class BotRisk(_Holder):
         return net
 
     def control(self, c: ControlCommand, origin: Origin | None, out: Effects) -> None:
+        """An operator command; Rejected, changing nothing, when stale or replayed (C1).
+
+        Its halt event is named after the command (C3) and published only when a
+        gate starts or stops blocking, or for a ``halt`` (the operator's verdict):
+        a reset or resume of something not blocked publishes nothing (C2).
+        """
+        digest = signing.command_digest(c)
         if c.symbol is None:
-            self._control_bot(c, origin, out)
+            self._control_bot(c, digest, origin, out)
             return
-        sym = self.symbol(c.symbol, c.ts)
-        if not sym.fresh(origin):
-            out.skipped += 1
-            return
+        sym = self.symbols.get(c.symbol)
+        if sym is not None:
+            if sym.replayed(origin):
+                out.skipped += 1
+                return
+            sym.check_command(c, digest)
+        else:
+            sym = self.symbol(c.symbol)
+        sym.fresh(origin)
+        sym.record_command(c, digest)
+        before = sym.signature()
         gate = _apply_command(sym, c)
         self._net_day = -1
-        out.dirty_symbols.add((self.bot, sym.symbol))
-        self._emit(
-            sym,
-            sym.symbol,
-            _command_kind(c),
-            gate,
-            _command_reason(c),
-            ts_ms=c.ts,
-            out=out,
-            issued_by=c.issued_by,
-        )
+        out.dirty_symbols.add(sym.key)
+        if c.command == "halt" or sym.signature() != before:
+            self._emit_command(sym, sym.symbol, gate, c, digest=digest, out=out)
 
-    def _control_bot(self, c: ControlCommand, origin: Origin | None, out: Effects) -> None:
+    def _control_bot(
+        self, c: ControlCommand, digest: str, origin: Origin | None, out: Effects
+    ) -> None:
         # The bot's watermark guards every bot-level command, so a replayed reset
-        # is skipped instead of re-emitting its HaltEvent under a new event id.
-        if not self.fresh(origin):
-            out.skipped += 1
-            return
+        # is skipped instead of re-emitting its HaltEvent; each symbol's own
+        # watermark guards what the reset does to it (D2).
+        replayed = self.replayed(origin)
+        if not replayed:
+            self.check_command(c, digest)
+        self.fresh(origin)
         if c.command in ("halt", "resume"):
+            if replayed:
+                out.skipped += 1
+                return
+            changed = c.command == "halt" or self.manual_halt is not None
             self.manual_halt = _halt_from(c) if c.command == "halt" else None
-            out.dirty_bots.add(self.bot)
         else:
             self._net_day = -1
+            changed = False
             for sym in self.symbols.values():
-                if sym.fresh(origin):
+                if _born_before(sym, origin) and sym.fresh(origin):
+                    before = sym.signature()
                     _apply_command(sym, c)
-                    out.dirty_symbols.add((self.bot, sym.symbol))
-            out.dirty_bots.add(self.bot)
-        gate: Gate = "manual_halt" if c.command in ("halt", "resume") else _command_gate(c)
+                    changed = changed or sym.signature() != before
+                    out.dirty_symbols.add(sym.key)
+            if replayed:
+                out.skipped += 1
+                return
+        self.record_command(c, digest)
+        out.dirty_bots.add(self.bot)
+        if changed:
+            gate: Gate = "manual_halt" if c.command in ("halt", "resume") else _command_gate(c)
+            self._emit_command(self, None, gate, c, digest=digest, out=out)
+
+    def _emit_command(
+        self,
+        holder: _Holder,
+        symbol: str | None,
+        gate: Gate,
+        c: ControlCommand,
+        *,
+        digest: str,
+        out: Effects,
+    ) -> None:
         self._emit(
-            self,
-            None,
+            holder,
+            symbol,
             _command_kind(c),
             gate,
             _command_reason(c),
             ts_ms=c.ts,
             out=out,
             issued_by=c.issued_by,
+            command=digest,
         )
 
     # -- time --------------------------------------------------------------------
@@ -635,21 +769,38 @@ class BotRisk(_Holder):
         """Wall-clock expiry: rollover, cooldowns, reservations. Cheap until a deadline."""
         if now_ms < self._deadline:
             return
-        self._deadline = next_midnight_ms(now_ms)
+        self._deadline = (utc_day(now_ms) + 1) * MS_PER_DAY
+        before = self.signature()
+        self._roll_day(now_ms, out)
         for sym in self.symbols.values():
             self._tick_symbol(sym, now_ms, out)
             self._wake_for_breaker(sym)
-        before = self.signature()
         portfolio = self.portfolio
-        rolled = portfolio.tick(now_ms)
-        portfolio.observe(self.account_net(utc_day(now_ms)), now_ms)
-        if portfolio.expire_reservations(now_ms) or rolled:
+        portfolio.observe(self.account_net(self.day), now_ms)
+        if portfolio.expire_reservations(now_ms):
             out.dirty_bots.add(self.bot)
         for r in portfolio.reservations.values():
             self._wake_at(r.expires_ts)
         self._bot_transitions(before, now_ms, out)
 
+    def _roll_day(self, now_ms: int, out: Effects) -> bool:
+        """Move the bot's day (and release the latch) when the wall clock passed midnight.
+
+        Callers publish the latch's transition: ``sweep`` at its end, a symbol tick
+        (restore, a decision) at once, so sessions and the latch never disagree on
+        what day it is.
+        """
+        if not self.portfolio.tick(now_ms):
+            return False
+        self._net_day = -1
+        out.dirty_bots.add(self.bot)
+        return True
+
     def _tick_symbol(self, sym: SymbolRisk, now_ms: int, out: Effects) -> None:
+        """A symbol's wall-clock changes (rollover, cooldown end, eviction) at ``now_ms``."""
+        bot_before = self.signature()
+        if self._roll_day(now_ms, out):
+            self._bot_transitions(bot_before, now_ms, out)
         before = sym.signature()
         losses = len(sym.breaker.recent_losses)
         rolled = sym.session.tick(now_ms)
@@ -686,30 +837,31 @@ class BotRisk(_Holder):
         self._deadline = min(self._deadline, ts_ms)
 
     def _observe_portfolio(self, ts_ms: int, out: Effects) -> None:
-        """Re-check the daily-loss latch after an event at ``ts_ms`` (hot path)."""
+        """Latch the daily loss if the account reached it after an event at ``ts_ms`` (hot path).
+
+        An event only ever latches: the day, and with it the latch's release, move
+        with the wall clock in ``sweep``. One of an earlier day than the bot's is
+        late and counts toward nothing today; one stamped on a later day counts
+        toward the current day (its session clamped it there).
+        """
         portfolio = self.portfolio
         limit = portfolio.config.max_daily_loss
-        day = ts_ms // MS_PER_DAY
-        last = portfolio.last_reset_day
-        if day < last:
-            return  # a late event of an earlier day neither rolls nor latches today
-        net = 0.0
-        if day == last:
-            if limit is None or portfolio.halted:
-                return
-            if self._net_day == day and self._net_updates < _NET_RESYNC:
-                net = self._net_sum  # ``_running_account_net``, inlined
-            else:
-                net = self._running_account_net(day)
-            if net - limit > 1e-6 * (1.0 + abs(limit) + abs(net)):  # ``_edge``, inlined
-                return  # clearly above the limit: nothing to latch
-        elif limit is not None:
+        if limit is None or portfolio.halted:
+            return
+        day = portfolio.last_reset_day
+        if ts_ms // MS_PER_DAY < day:
+            return
+        if self._net_day == day and self._net_updates < _NET_RESYNC:
+            net = self._net_sum  # ``_running_account_net``, inlined
+        else:
             net = self._running_account_net(day)
-        if limit is not None and abs(net - limit) <= _edge(limit, net):
+        if net - limit > 1e-6 * (1.0 + abs(limit) + abs(net)):  # ``_edge``, inlined
+            return  # clearly above the limit: nothing to latch
+        if abs(net - limit) <= _edge(limit, net):
             net = self.account_net(day)  # on the edge: decide on the exact sum
-        before = self.signature()
-        portfolio.observe(net, ts_ms)
-        if self.signature() != before:
+        if portfolio.daily_loss_breached(net):
+            before = self.signature()
+            portfolio.halted = True
             out.dirty_bots.add(self.bot)
             self._bot_transitions(before, ts_ms, out)
 
@@ -746,7 +898,7 @@ class BotRisk(_Holder):
         after = self.signature()
         if after == before:
             return
-        blocks = {b.gate: b for b in self.account_blocks(ts_ms)}
+        blocks = {b.gate: b for b in self.account_blocks()}
         for gate, was, now in zip(_BOT_GATES, before, after, strict=True):
             if was == now:
                 continue
@@ -777,11 +929,13 @@ class BotRisk(_Holder):
         out: Effects,
         until_ts: int | None = None,
         issued_by: str | None = None,
+        command: str | None = None,
     ) -> None:
-        seq = holder.next_halt_seq(gate)
+        """One halt/resume event; ``command``: the digest of the command that caused it."""
+        tail = f"cmd-{command}" if command is not None else holder.next_halt_seq(gate)
         out.halts.append(
             HaltEvent(
-                event_id=f"{self.bot}/{symbol or '*'}/{gate}/{seq}",
+                event_id=f"{self.bot}/{symbol or '*'}/{gate}/{tail}",
                 bot=self.bot,
                 symbol=symbol,
                 kind=kind,
@@ -816,12 +970,12 @@ class BotRisk(_Holder):
         )
 
     def account_gate_state(self, now_ms: int) -> AccountGateState:
-        blocks = self.account_blocks(now_ms)
+        blocks = self.account_blocks()
         return AccountGateState(
             bot=self.bot,
             entries_allowed=not blocks,
             blocks=blocks,
-            account_net_pnl=self.account_net(utc_day(now_ms)),
+            account_net_pnl=self.account_net(self.day),
             open_positions=len(self.open_symbols()),
             gross_exposure=self.gross_exposure(),
             updated_ts=now_ms,
@@ -899,6 +1053,11 @@ def _decision(
     )
 
 
+def _born_before(sym: SymbolRisk, origin: Origin | None) -> bool:
+    """Did ``sym`` exist when the event at ``origin`` was first applied? (``_created``)"""
+    return origin is None or sym.born.get(origin.source, -1) < origin.offset
+
+
 def _first(halt: ManualHalt | None) -> tuple[Block, ...]:
     return (_manual_block(halt),) if halt is not None else ()
 
@@ -931,17 +1090,29 @@ def _apply_command(sym: SymbolRisk, c: ControlCommand) -> Gate:
     elif c.command == "reset_breaker":
         sym.breaker.reset()
     else:
-        sym.session.reset(c.ts)
+        sym.session.reset()
     return _command_gate(c)
 
 
 _UNSAFE_NAME = re.compile(r"[/\s]")
+MAX_NAME_CHARS = 64
 
 
 def _check_name(kind: str, name: str) -> None:
-    """Names become parts of ``/``-separated keys: reject before they create state."""
-    if _UNSAFE_NAME.search(name):
-        raise Rejected("invalid_name", f"{kind} {name!r} contains '/' or whitespace")
+    """Names become parts of ``/``-separated keys and event ids: reject before they
+    create state (N1). ``*`` names the whole bot in event ids, so no symbol may use it;
+    control and format characters would display as something else (or nothing)."""
+    problem = None
+    if not 0 < len(name) <= MAX_NAME_CHARS:
+        problem = f"must be 1..{MAX_NAME_CHARS} characters"
+    elif _UNSAFE_NAME.search(name):
+        problem = "contains '/' or whitespace"
+    elif any(unicodedata.category(ch) in ("Cc", "Cf") for ch in name):
+        problem = "contains control or format characters"
+    elif kind == "symbol" and name == "*":
+        problem = "'*' names the whole bot"
+    if problem is not None:
+        raise Rejected("invalid_name", f"{kind} {name!r} {problem}")
 
 
 class RiskEngine:
@@ -953,11 +1124,15 @@ class RiskEngine:
         self._control_secret = config.control.resolved_secret()
         self._max_skew_ms = config.worker.max_future_skew_ms
 
-    def bot(self, bot_id: str) -> BotRisk:
-        """The bot's state, created on first use; Rejected if the bot is unknown."""
+    def bot(self, bot_id: str, now_ms: int = 0) -> BotRisk:
+        """The bot's state, created on first use; Rejected if the bot is unknown.
+
+        A new bot starts in the UTC day of ``now_ms`` (the wall clock); without it,
+        in day 0 until the first restore, sweep or decision moves it to the clock's.
+        """
         bot = self.bots.get(bot_id)
         if bot is None:
-            bot = self._create(self._settings(bot_id))
+            bot = self._create(self._settings(bot_id), now_ms)
         return bot
 
     def _settings(self, bot_id: str) -> BotSettings:
@@ -968,23 +1143,28 @@ class RiskEngine:
             raise Rejected("unknown_bot", f"bot {bot_id!r} is not configured")
         return settings
 
-    def _create(self, settings: BotSettings) -> BotRisk:
+    def _create(self, settings: BotSettings, now_ms: int) -> BotRisk:
         worker = self.config.worker
         bot = self.bots[settings.bot] = BotRisk(
             settings,
             reservation_ttl_ms=worker.reservation_ttl_ms,
-            dedupe_keep=worker.dedupe_ids_per_symbol,
+            dedupe_keep=worker.dedupe_ids_per_bot,
             max_reservations=worker.max_reservations_per_bot,
+            day=utc_day(now_ms),
         )
         return bot
 
-    def validate(self, event: Event, now_ms: int) -> BotRisk:
+    def validate(self, event: Event, now_ms: int, *, record_ts: int | None = None) -> BotRisk:
         """Every check that makes an event bad input, before anything changes.
 
         A bot seen for the first time is created only once its event passed every
         check: rejected input must not leave state behind (an unknown-bot flood
         under ``accept_unknown_bots`` would otherwise grow memory and the heartbeat
         gate records without bound).
+
+        Time checks (future skew, a command's signature window) are judged against
+        ``record_ts``, the Kafka record's timestamp (``now_ms`` when None, for pure
+        callers), so a record is accepted or refused alike live, late and on replay (T3).
         """
         bot = self.bots.get(event.bot)
         settings = bot.settings if bot is not None else self._settings(event.bot)
@@ -996,8 +1176,11 @@ class RiskEngine:
                     "unknown_symbol", f"symbol {symbol!r} is not configured for bot {event.bot!r}"
                 )
             _check_name("symbol", symbol)
-        if event.ts > now_ms + self._max_skew_ms:
-            raise Rejected("future_event", f"ts {event.ts} is ahead of the clock ({now_ms})")
+        ref_ms = now_ms if record_ts is None else record_ts
+        if event.ts > ref_ms + self._max_skew_ms:
+            raise Rejected(
+                "future_event", f"ts {event.ts} is ahead of the record's time ({ref_ms})"
+            )
         if type(event) is TradeOutcome:
             if settings.pnl_source == "fills":
                 raise Rejected(
@@ -1006,11 +1189,11 @@ class RiskEngine:
                 )
         elif type(event) is ControlCommand and self._control_secret is not None:
             problem = signing.verify(
-                event, self._control_secret, now_ms, self.config.control.replay_window_ms
+                event, self._control_secret, ref_ms, self.config.control.replay_window_ms
             )
             if problem is not None:
                 raise Rejected("bad_signature", problem)
-        return bot if bot is not None else self._create(settings)
+        return bot if bot is not None else self._create(settings, now_ms)
 
     def apply(
         self,
@@ -1019,12 +1202,16 @@ class RiskEngine:
         origin: Origin | None = None,
         out: Effects | None = None,
         *,
-        record_ts: int | None = None,  # decision T3 (judged by validate once A2's change lands)
+        record_ts: int | None = None,
     ) -> Effects:
-        """Apply one event; raises Rejected (changing nothing) for bad input."""
+        """Apply one event; raises Rejected (changing nothing) for bad input.
+
+        ``now_ms`` is the wall clock; ``record_ts`` the Kafka record's timestamp
+        that validation is judged against (see :meth:`validate`).
+        """
         if out is None:
             out = Effects()
-        bot = self.validate(event, now_ms)
+        bot = self.validate(event, now_ms, record_ts=record_ts)
         kind = type(event)
         if kind is TradeOutcome:
             bot.apply_outcome(event, origin, out)  # type: ignore[arg-type]
@@ -1053,23 +1240,48 @@ class RiskEngine:
     ) -> list[tuple[str, str]]:
         """Restore from the last value per snapshot key; returns ``(key, why)`` of ignored ones.
 
-        Corrupt values, unknown versions and bots no longer configured are
-        ignored (never fatal, never misread); tombstones (None) are skipped.
+        Corrupt values, unknown versions, bots no longer configured and symbols no
+        longer in their bot's ``symbols`` (N2) are ignored (never fatal, never
+        misread); tombstones (None) are skipped. Then every restored bot is swept
+        at ``now_ms``: the wall clock, not the snapshot, says what day it is.
         """
         if out is None:
             out = Effects()
         ignored: list[tuple[str, str]] = []
+        restored: dict[str, BotRisk] = {}
+        legacy: list[tuple[BotRisk, SymbolSnapshot]] = []
         for key, value in records.items():
             if value is None:
                 continue
             try:
                 bot_id, symbol, snap = decode_snapshot(key, value)
-                bot = self.bot(bot_id)
+                bot = self.bot(bot_id, now_ms)
+                if symbol is not None:
+                    self._check_restored_symbol(bot, symbol)
             except (SnapshotError, Rejected) as exc:
                 ignored.append((key, str(exc)))
                 continue
+            restored[bot_id] = bot
             if isinstance(snap, SymbolSnapshot) and symbol is not None:
                 bot.restore_symbol(symbol, snap, now_ms, out)
+                if snap.recent_outcome_ids or snap.recent_fill_ids:
+                    legacy.append((bot, snap))
             elif isinstance(snap, PortfolioSnapshot):
                 bot.restore_portfolio(snap, now_ms, out)
+        for bot, snap in legacy:  # after the portfolios, whose windows they join
+            bot.outcome_ids.adopt(snap.recent_outcome_ids)
+            bot.fill_ids.adopt(snap.recent_fill_ids)
+        for bot in restored.values():
+            bot.sweep(now_ms, out)
         return ignored
+
+    @staticmethod
+    def _check_restored_symbol(bot: BotRisk, symbol: str) -> None:
+        """A snapshot of a symbol the config no longer allows (or never could) is ignored;
+        its events are then dead-lettered as ``unknown_symbol`` (N2)."""
+        _check_name("symbol", symbol)
+        allowed = bot.settings.symbols
+        if allowed is not None and symbol not in allowed:
+            raise Rejected(
+                "unknown_symbol", f"symbol {symbol!r} is no longer configured for bot {bot.bot!r}"
+            )

@@ -23,13 +23,16 @@ Name = Annotated[
     str,
     msgspec.Meta(
         min_length=1,
-        max_length=128,
-        description="Bot id or symbol; must not contain '/' or whitespace.",
+        max_length=64,
+        description=(
+            "Bot id or symbol: 1..64 characters, no '/', whitespace or control characters;"
+            " a symbol may not be '*'."
+        ),
     ),
 ]
-"""Bot ids and symbols. ``/`` separates snapshot key parts, so the engine rejects
-names containing it (or whitespace) when it first creates their state — a check
-paid once per name rather than a regex on every message."""
+"""Bot ids and symbols. ``/`` separates snapshot key parts and ``*`` names a whole
+bot in event ids, so the engine rejects such names (and control characters) when it
+first creates their state — a check paid once per name rather than on every message."""
 IntentId = Annotated[
     str,
     msgspec.Meta(
@@ -43,7 +46,8 @@ IntentId = Annotated[
 reservation is persisted under it, and such an id needs no escaping in JSON:
 with ``max_reservations_per_bot`` this bounds the portfolio snapshot well under
 the 1 MiB record limit."""
-Text = Annotated[str, msgspec.Meta(max_length=1024)]
+Reason = Annotated[str, msgspec.Meta(max_length=256)]
+"""An operator's reason: bounded, it is copied into halt events, gate records and snapshots."""
 Positive = Annotated[float, msgspec.Meta(gt=0.0, le=_MAX_QTY)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0.0, le=_MAX_MONEY)]
 Money = Annotated[float, msgspec.Meta(ge=-_MAX_MONEY, le=_MAX_MONEY)]
@@ -134,8 +138,8 @@ class ControlCommand(msgspec.Struct, frozen=True):
     command: Command
     bot: Name
     symbol: Name | None
-    reason: Text
-    issued_by: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    reason: Reason
+    issued_by: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     ts: EpochMs
     sig: Annotated[str, msgspec.Meta(max_length=256)] | None = None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import msgspec
 
 from worker.risk import CircuitBreakerSnapshot, PositionSnapshot, Reservation, SessionPnlSnapshot
+from worker.risk.dedupe import IdWindowSnapshot
 
 SNAPSHOT_VERSION = 1
 """Bump on any incompatible change; other versions are ignored on restore."""
@@ -35,9 +36,10 @@ class SymbolSnapshot(msgspec.Struct, kw_only=True):
     applied_offsets: dict[str, int] = {}
     """Per input partition (``topic/partition``): the last offset applied to this state."""
     recent_outcome_ids: list[str] = []
-    """Most recent outcome ids, oldest first: re-sent duplicates at new offsets are dropped."""
+    """Written by older versions (a window per symbol): restore adopts them into the
+    bot's window (``PortfolioSnapshot.outcome_ids``); no longer written."""
     recent_fill_ids: list[str] = []
-    """The same for fill ids (a window per input topic, so replays judge alike)."""
+    """The same for fill ids."""
     halt_seq: int = 0
     """Halt/resume events emitted in all."""
     gate_seq: int = 0
@@ -46,6 +48,13 @@ class SymbolSnapshot(msgspec.Struct, kw_only=True):
     Absent (None) in snapshots written before numbering was per gate."""
     halt_seq_base: int = 0
     """Where the numbering of a gate not in ``halt_seqs`` continues from."""
+    last_command_ts: int | None = None
+    """``ts`` of the last operator command applied to this target (stale ones are refused)."""
+    command_digests: list[str] = []
+    """Digests of the commands applied at ``last_command_ts`` (replays are refused)."""
+    born: dict[str, int] = {}
+    """The bot's watermarks when the symbol was created (decision D2): a bot-wide
+    reset at or below them, replayed after a crash, predates the symbol."""
 
 
 class PortfolioSnapshot(msgspec.Struct, kw_only=True):
@@ -66,6 +75,12 @@ class PortfolioSnapshot(msgspec.Struct, kw_only=True):
     halt_seqs: dict[str, int] | None = None
     """As in :class:`SymbolSnapshot`."""
     halt_seq_base: int = 0
+    last_command_ts: int | None = None
+    command_digests: list[str] = []
+    outcome_ids: IdWindowSnapshot | None = None
+    """The bot's window of recent outcome ids (absent in older snapshots)."""
+    fill_ids: IdWindowSnapshot | None = None
+    """The same for fill ids."""
 
 
 class SnapshotError(ValueError):

@@ -335,8 +335,14 @@ def corpus(now_ms: int, *, max_bytes: int = MAX_BYTES) -> list[Case]:
         key=b"any",
     )
     add(
-        "symbol with NUL and emoji (no '/' or whitespace: a valid name)",
-        _enc(outcome(ts, bot="any", symbol="BTC\u0000\U0001f4b8", outcome_id="h-odd-name")),
+        "symbol with NUL (a control character: invalid)",
+        _enc(outcome(ts, bot="any", symbol="BTC\u0000\U0001f4b8", outcome_id="h-nul-name")),
+        frozenset({"invalid_name"}),
+        key=b"any",
+    )
+    add(
+        "symbol with an emoji (no '/', whitespace or control character: a valid name)",
+        _enc(outcome(ts, bot="any", symbol="BTC\U0001f4b8", outcome_id="h-odd-name")),
         APPLIED,
         key=b"any",
     )

@@ -39,7 +39,7 @@ async def test_a_short_soak_keeps_memory_and_lag_bounded_and_logs_no_error(
         warmup=5.0,
         # Fewer ids per symbol than the default 64, so every ring is full (and
         # memory flat) well before mid-run at 1 event/s per symbol.
-        extra_toml="[worker]\ndedupe_ids_per_symbol = 8\n",
+        extra_toml="[worker]\ndedupe_ids_per_bot = 8\n",
         broker_pid=embedded_broker.pid,
         max_growth_mib=24.0,
         session_timeout_ms=3_000,

@@ -32,6 +32,8 @@ def test_losses_exactly_one_window_apart_do_not_count_together() -> None:
     b = breaker(loss_limit=2, window_secs=100)
     b.record_loss(S0)
     assert b.record_loss(S0 + 100) is False
+    assert b.recent_losses == [S0, S0 + 100], "only the wall clock evicts"
+    b.tick(S0 + 100)
     assert b.recent_losses == [S0 + 100]
 
 
@@ -75,11 +77,13 @@ def test_losses_while_tripped_are_not_recorded() -> None:
     assert b.tripped_at == S0 + 1
 
 
-def test_a_loss_after_the_cooldown_expires_the_trip_and_counts_fresh() -> None:
+def test_a_loss_stamped_after_the_cooldown_does_not_end_the_trip_but_counts_after_it() -> None:
     b = breaker(loss_limit=2, window_secs=100, cooldown_secs=50)
     b.record_loss(S0)
     b.record_loss(S0 + 1)
     assert b.record_loss(S0 + 51) is False
+    assert b.tripped_at == S0 + 1, "only the wall clock ends a cooldown"
+    assert b.tick(S0 + 51) is True
     assert not b.is_tripped
     assert b.recent_losses == [S0 + 51]
 
@@ -105,7 +109,7 @@ def test_out_of_order_loss_older_than_the_window_does_not_trip() -> None:
     b.record_loss(S0 + 150)
     b.record_loss(S0 + 160)
     assert b.record_loss(S0 + 10) is False
-    assert b.recent_losses == [S0 + 150, S0 + 160]
+    assert b.recent_losses == [S0 + 10, S0 + 150, S0 + 160]
 
 
 def test_restore_sorts_and_keeps_trip() -> None:

@@ -215,7 +215,23 @@ def test_two_opens_for_the_last_slot_first_wins() -> None:
 
 # -- control commands -----------------------------------------------------------------------
 
-EVENT_ID = re.compile(r"^[^/]+/[^/]+/[a-z_]+/\d+$")
+EVENT_ID = re.compile(r"^[^/]+/[^/]+/[a-z_]+/(\d+|cmd-[0-9a-f]{16})$")
+
+BLOCKED_BY_ONE_LOSS = """
+[defaults]
+accept_unknown_bots = true
+[defaults.session]
+loss_limit = -1.0
+[defaults.breaker]
+loss_limit = 1
+"""
+
+
+def blocked_everywhere(symbol: str | None) -> RiskEngine:
+    """A loss halted BTCUSDT's session and tripped its breaker; the target is manually halted."""
+    eng = engine(BLOCKED_BY_ONE_LOSS)
+    apply_all(eng, [outcome(-1.0), control("halt", symbol=symbol, ts=T0 - 1)])
+    return eng
 
 
 @pytest.mark.parametrize(
@@ -231,13 +247,13 @@ EVENT_ID = re.compile(r"^[^/]+/[^/]+/[a-z_]+/\d+$")
 def test_control_commands_produce_halt_events(
     command: str, gate: str, kind: str, symbol: str | None
 ) -> None:
-    eng = engine()
-    apply_all(eng, [outcome(-1.0)])
-    out = eng.apply(control(command, symbol=symbol, issued_by="bob", reason="why"), T0)
+    eng = blocked_everywhere(symbol)
+    cmd = control(command, symbol=symbol, issued_by="bob", reason="why")
+    out = eng.apply(cmd, T0)
     assert len(out.halts) == 1
     h = out.halts[0]
     assert (h.kind, h.gate, h.symbol, h.issued_by, h.bot) == (kind, gate, symbol, "bob", "alpha")
-    assert h.event_id == f"alpha/{symbol or '*'}/{gate}/1"
+    assert h.event_id == f"alpha/{symbol or '*'}/{gate}/cmd-{signing.command_digest(cmd)}"
     assert EVENT_ID.match(h.event_id)
     assert "why" in h.reason
     if symbol is None:
@@ -246,22 +262,22 @@ def test_control_commands_produce_halt_events(
         assert ("alpha", symbol) in out.dirty_symbols
 
 
-def test_event_ids_count_up_per_holder() -> None:
-    eng = engine()
-    out = apply_all(
-        eng,
-        [
-            control("halt"),
-            control("resume"),
-            control("halt", symbol="ETHUSDT"),
-            control("halt", symbol=None),
-        ],
-    )
+def test_event_ids_name_the_command_or_count_data_transitions_per_gate() -> None:
+    eng = engine(BLOCKED_BY_ONE_LOSS)
+    commands = [
+        control("halt", ts=T0),
+        control("resume", ts=T0 + 1),
+        control("halt", symbol="ETHUSDT", ts=T0 + 2),
+        control("halt", symbol=None, ts=T0 + 3),
+    ]
+    out = apply_all(eng, [*commands, outcome(-1.0, ts=T0 + 4)])
     assert [h.event_id for h in out.halts] == [
-        "alpha/BTCUSDT/manual_halt/1",
-        "alpha/BTCUSDT/manual_halt/2",
-        "alpha/ETHUSDT/manual_halt/1",
-        "alpha/*/manual_halt/1",
+        *(
+            f"alpha/{c.symbol or '*'}/manual_halt/cmd-{signing.command_digest(c)}"
+            for c in commands
+        ),
+        "alpha/BTCUSDT/session_halt/1",
+        "alpha/BTCUSDT/circuit_breaker/1",
     ]
 
 
@@ -480,8 +496,7 @@ def test_replayed_intent_is_skipped() -> None:
 def test_replayed_control_is_skipped_without_a_new_halt_event(
     command: str, symbol: str | None
 ) -> None:
-    eng = engine()
-    apply_all(eng, [outcome(-1.0)])
+    eng = blocked_everywhere(symbol)
     src = Origin("risk.control/0", 11)
     first = eng.apply(control(command, symbol=symbol), T0, origin=src)
     again = eng.apply(control(command, symbol=symbol), T0, origin=src)
@@ -708,5 +723,5 @@ SMALL_DEDUPE_WINDOW = """
 [defaults]
 accept_unknown_bots = true
 [worker]
-dedupe_ids_per_symbol = 2
+dedupe_ids_per_bot = 2
 """

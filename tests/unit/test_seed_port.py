@@ -44,7 +44,7 @@ def settings(breaker_loss_limit: int, session_loss_limit: float | None = None) -
 
 
 def fresh_bot(s: BotSettings) -> BotRisk:
-    return BotRisk(s, reservation_ttl_ms=30_000, dedupe_keep=64)
+    return BotRisk(s, reservation_ttl_ms=30_000, dedupe_keep=64, day=T0 // 86_400_000)
 
 
 def restore_into(bot: BotRisk, store: dict[str, bytes], now_ms: int) -> None:

@@ -125,15 +125,15 @@ def test_outcome_from_an_earlier_day_does_not_count() -> None:
     assert s.net_pnl == pytest.approx(5.0)
 
 
-def test_outcome_from_a_later_day_rolls_the_session_forward() -> None:
+def test_outcome_stamped_on_a_later_day_counts_toward_today_without_rolling() -> None:
     s = session(loss_limit=-50.0)
     s.record_close(-60.0, 0.0, T0)
     assert s.halted
     assert s.record_close(1.0, 0.0, T0 + DAY_MS) == "win"
-    assert not s.halted
-    assert s.trades == 1
-    assert s.net_pnl == pytest.approx(1.0)
-    assert s.last_reset_day == DAY0 + 1
+    assert s.halted, "only the wall clock (tick) rolls the day"
+    assert s.trades == 2
+    assert s.net_pnl == pytest.approx(-59.0)
+    assert s.last_reset_day == DAY0
 
 
 def test_book_adds_pnl_without_counting_a_trade() -> None:
@@ -146,7 +146,7 @@ def test_book_adds_pnl_without_counting_a_trade() -> None:
 def test_operator_reset_clears_totals_and_halt() -> None:
     s = session()
     s.record_close(-80.0, 0.0, T0)
-    s.reset(T0 + 1)
+    s.reset()
     assert not s.halted
     assert s.trades == 0
     assert s.last_reset_day == DAY0

@@ -25,6 +25,7 @@ from corekit import DAY0, MIDNIGHT, T0, control, engine, fill, intent, outcome
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from worker import signing
 from worker.engine import Effects, Origin, RiskEngine
 from worker.snapshot import (
     PortfolioSnapshot,
@@ -243,8 +244,14 @@ def test_our_symbol_fixture_restores_and_re_encodes_identically() -> None:
     out = Effects()
     assert eng.restore({"alpha/risk/BTCUSDT": value}, T0 + 5 * 60_000, out) == []
     sym = eng.bots["alpha"].symbols["BTCUSDT"]
-    assert encode(sym.snapshot()) == value
+    # Every field reads back unchanged, but the recent ids: the window is per bot now,
+    # and restore adopted them into it (they are no longer written per symbol).
+    doc, old = msgspec.json.decode(encode(sym.snapshot())), msgspec.json.decode(value)
+    for field, was in old.items():
+        moved = field in ("recent_outcome_ids", "recent_fill_ids")
+        assert doc[field] == ([] if moved else was), field
     assert out.halts == []
+    before_dups = encode(sym.snapshot())
     # The watermarks still guard: a replay of the last applied offset is skipped.
     replay = outcome(-100.0, outcome_id="new-id", ts=T0 + 1)
     skipped = eng.apply(replay, T0 + 5 * 60_000, Origin("trading.outcomes/3", 102))
@@ -252,7 +259,7 @@ def test_our_symbol_fixture_restores_and_re_encodes_identically() -> None:
     # And the dedupe ids: a known id at a new offset is dropped.
     dup = eng.apply(outcome(-100.0, outcome_id="o-1"), T0, Origin("trading.outcomes/3", 500))
     assert dup.skipped == 1
-    assert encode(sym.snapshot()) != value  # only the watermark moved
+    assert encode(sym.snapshot()) == before_dups  # both dropped before touching the symbol
     assert sym.session.net_pnl == -7.75
 
 
@@ -261,11 +268,16 @@ def test_our_portfolio_fixture_restores_and_re_encodes_identically() -> None:
     _, symbol, snap = decode_snapshot("alpha/portfolio", value)
     assert symbol is None and isinstance(snap, PortfolioSnapshot)
     eng = engine("[bots.alpha]\n")
-    assert eng.restore({"alpha/portfolio": value}, T0 + 5 * 60_000) == []
+    before_expiry = 1_749_977_970_000 - 1  # restore sweeps: the reservation must not expire
+    assert eng.restore({"alpha/portfolio": value}, before_expiry) == []
     bot = eng.bots["alpha"]
-    # Identical but for the intent-id window added since (empty: base64 of nothing).
-    assert encode(bot.portfolio_snapshot()) == value.replace(
-        b',"applied_offsets"', b',"intent_ids":"","applied_offsets"'
+    # Every field reads back unchanged (fields added since take their empty defaults).
+    doc, old = msgspec.json.decode(encode(bot.portfolio_snapshot())), msgspec.json.decode(value)
+    assert {field: doc[field] for field in old} == old
+    assert (doc["intent_ids"], doc["outcome_ids"], doc["last_command_ts"]) == (
+        "",
+        {"entries": "", "seen": {}},
+        None,
     )
     assert bot.portfolio.halted and bot.manual_halt is not None
     assert bot.portfolio.reservations["i-1"].notional == 50.0
@@ -282,22 +294,32 @@ def test_snapshots_from_before_per_gate_numbering_never_reuse_an_event_id(
     name: str, key: str, holder: tuple[str, str | None]
 ) -> None:
     # Written when halt/resume events were numbered per holder (halt_seq 2: ids
-    # .../1 and .../2 of any gate may be out there). Restored, every gate must
-    # continue after 2, whichever gate the earlier ids belonged to.
+    # .../1 and .../2 of any gate may be out there). Restored, every gate's data- or
+    # clock-driven numbering must continue after 2, whichever gate the earlier ids
+    # belonged to (a command's event is named after the command: it cannot collide).
     value = fixture(name)
     assert b"halt_seqs" not in value
-    eng = engine("[bots.alpha]\n[bots.alpha.breaker]\nloss_limit = 2\n")
+    eng = engine(
+        "[bots.alpha]\n[bots.alpha.breaker]\nloss_limit = 2\n"
+        "[bots.alpha.session]\nloss_limit = -10.0\n"
+    )
     assert eng.restore({key: value}, T0 + 5 * 60_000) == []
     bot_id, symbol = holder
-    out = eng.apply(control("resume", symbol=symbol, ts=T0 + 400_000), T0 + 400_000)
-    assert [h.event_id for h in out.halts] == [f"{bot_id}/{symbol or '*'}/manual_halt/3"]
+    resume = control("resume", symbol=symbol, ts=T0 + 400_000)
+    out = eng.apply(resume, T0 + 400_000)
+    prefix = f"{bot_id}/{symbol or '*'}"
+    assert [h.event_id for h in out.halts] == [
+        f"{prefix}/manual_halt/cmd-{signing.command_digest(resume)}"
+    ]
+    if symbol is None:  # the wall clock releases the restored latch
+        gate, data = "portfolio_daily_loss", eng.sweep(MIDNIGHT + 86_400_000)
+    else:  # a loss halts the session
+        gate, data = "session_halt", eng.apply(outcome(-5.0, ts=T0 + 400_001), T0 + 400_001)
+    assert [h.event_id for h in data.halts if h.gate == gate] == [f"{prefix}/{gate}/3"]
     bot = eng.bots[bot_id]
     snap = bot.symbols[symbol].snapshot() if symbol else bot.portfolio_snapshot()
     doc = msgspec.json.decode(encode(snap))
-    assert (doc["halt_seq"], doc["halt_seqs"], doc["halt_seq_base"]) == (3, {"manual_halt": 3}, 2)
-    old = msgspec.json.decode(value)
-    for field in old.keys() - {"halt_seq", "applied_offsets", "manual_halt"}:
-        assert doc[field] == old[field], field
+    assert (doc["halt_seq"], doc["halt_seqs"], doc["halt_seq_base"]) == (3, {gate: 3}, 2)
 
 
 def test_our_symbol_fixture_reads_as_the_seed_shape() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bisect import insort
+from bisect import bisect_left, bisect_right, insort
 
 import msgspec
 
@@ -22,7 +22,8 @@ class CircuitBreaker:
     Losses are placed at their own event time, so a backlog of losses hours
     apart replayed at once does not trip it. Once tripped it blocks for
     ``cooldown_secs`` from the tripping loss and then auto-resets, forgetting
-    its losses. A win does not un-trip it.
+    its losses. A win does not un-trip it. Time-driven changes (cooldown end,
+    eviction) follow the wall clock passed to ``tick``, never an event's own time.
     """
 
     __slots__ = ("config", "recent_losses", "tripped_at")
@@ -44,26 +45,41 @@ class CircuitBreaker:
         return self.tripped_at + self.config.cooldown_secs
 
     def record_loss(self, ts_secs: int) -> bool:
-        """Record a loss at its event time; True if this loss tripped the breaker."""
+        """Record a loss at its event time; True if this loss tripped the breaker.
+
+        Only the wall clock (``tick``) ends a cooldown or evicts old losses: a loss
+        stamped ahead of the clock must not lift a trip early, nor push earlier
+        losses out of the window they still share with losses yet to arrive. So
+        the trip test counts the losses of each window that contains this loss
+        instead of evicting relative to the newest one.
+        """
         config = self.config
-        tripped_at = self.tripped_at
-        if tripped_at is not None:
-            if ts_secs < tripped_at + config.cooldown_secs:
-                return False  # still cooling down: the loss is not recorded
-            self.reset()  # the cooldown ended by this loss's time (``_expire``)
         limit = config.loss_limit
         if limit == 0:
             return False
+        tripped_at = self.tripped_at
         losses = self.recent_losses
+        if tripped_at is not None:
+            if ts_secs >= max(tripped_at + config.cooldown_secs, tripped_at + 1):
+                # Stamped after the cooldown, which the clock has not ended yet: it
+                # waits in the window and counts once ``tick`` lifts the trip.
+                insort(losses, ts_secs)
+            return False
         if not losses or ts_secs >= losses[-1]:
             losses.append(ts_secs)
-        else:
-            insort(losses, ts_secs)
-        newest = losses[-1]
-        if losses[0] <= newest - config.window_secs:
-            self._evict(newest)
-        if len(losses) >= limit:
-            # After eviction every kept loss lies within one window of the newest.
+            return self._trips(len(losses) - 1)
+        insort(losses, ts_secs)
+        first = bisect_left(losses, ts_secs)
+        # Windows ending at this loss or at a later one within a window of it.
+        last = bisect_left(losses, ts_secs + config.window_secs)
+        return any(self._trips(end) for end in range(first, last))
+
+    def _trips(self, end: int) -> bool:
+        """Trip if the window ``(losses[end] - window_secs, losses[end]]`` holds the limit."""
+        losses = self.recent_losses
+        newest = losses[end]
+        start = bisect_right(losses, newest - self.config.window_secs, 0, end)
+        if end - start + 1 >= self.config.loss_limit:
             self.tripped_at = newest
             return True
         return False
@@ -79,11 +95,28 @@ class CircuitBreaker:
         self.recent_losses.clear()
 
     def _expire(self, now_secs: int) -> bool:
-        until = self.until_secs
-        if until is not None and now_secs >= until:
-            self.reset()
-            return True
-        return False
+        """End a trip whose cooldown the wall clock passed.
+
+        It forgets the losses up to the trip and before the cooldown's end; losses
+        stamped after both (recorded meanwhile) count afresh.
+        """
+        tripped_at = self.tripped_at
+        if tripped_at is None:
+            return False
+        until = tripped_at + self.config.cooldown_secs
+        if now_secs < until:
+            return False
+        losses = self.recent_losses
+        del losses[: bisect_left(losses, max(until, tripped_at + 1))]
+        self.tripped_at = None
+        if len(losses) >= self.config.loss_limit:
+            self._retrip()
+        return True
+
+    def _retrip(self) -> None:
+        for end in range(len(self.recent_losses)):
+            if self._trips(end):
+                return
 
     def _evict(self, now_secs: int) -> None:
         cutoff = now_secs - self.config.window_secs

@@ -40,7 +40,9 @@ class SessionPnl:
 
     Trades are classified on **net** (gross - fee): a small gross win eaten by
     fees is a loss. Once net PnL reaches ``loss_limit`` the session halts until
-    the next 00:00 UTC rollover, which resets every total.
+    the next 00:00 UTC rollover, which resets every total. The rollover follows
+    the wall clock given to ``tick``; an event's own ``ts`` only decides whether
+    it is late (an earlier day: ignored).
     """
 
     __slots__ = (
@@ -80,14 +82,13 @@ class SessionPnl:
         return self.wins / decided if decided else None
 
     def _enter_day(self, ts_ms: int) -> bool:
-        """Move the session to the event's day; False if the event is from an earlier day."""
-        day = ts_ms // MS_PER_DAY
-        if day != self.last_reset_day:
-            if day < self.last_reset_day:
-                return False
-            self._reset()
-            self.last_reset_day = day
-        return True
+        """False if the event is from an earlier UTC day than the session.
+
+        An event stamped on a *later* day counts toward the current one: only the
+        wall clock (``tick``) rolls the day, so a producer stamping an event past
+        midnight cannot lift a halt or wipe today's losses early.
+        """
+        return ts_ms // MS_PER_DAY >= self.last_reset_day
 
     def book(self, gross: float, fee: float, ts_ms: int) -> bool:
         """Add realised PnL without counting a trade (a partial close booked from fills).
@@ -135,10 +136,9 @@ class SessionPnl:
         self.last_reset_day = day
         return True
 
-    def reset(self, now_ms: int) -> None:
-        """Operator reset: today's totals and halt cleared."""
+    def reset(self) -> None:
+        """Operator reset: today's totals and halt cleared; the day stays (wall clock's)."""
         self._reset()
-        self.last_reset_day = max(self.last_reset_day, utc_day(now_ms))
 
     def snapshot(self) -> SessionPnlSnapshot:
         return SessionPnlSnapshot(
