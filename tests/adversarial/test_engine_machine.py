@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-import pytest
 from hypothesis import HealthCheck, assume, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -770,8 +769,4 @@ EngineMachine.TestCase.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow],
 )
-# Until the issue 9 engine fixes land (decisions.md C1-C3, R1-R4, T1-T2), the
-# machine finds them; the mark goes when they are in.
-test_engine_machine = pytest.mark.xfail(reason="engine fixes of issue 9 in progress", strict=False)(
-    EngineMachine.TestCase
-)
+test_engine_machine = EngineMachine.TestCase
