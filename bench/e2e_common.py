@@ -26,7 +26,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
+sys.path[:0] = [str(ROOT / "tests" / "integration"), str(ROOT / "tests")]  # harness, support
 
 from harness import (  # noqa: E402
     WorkerProcess,

@@ -28,7 +28,6 @@ from harness import (
     DAY_MS,
     MIN_MS,
     PROJECT_ROOT,
-    HaltView,
     Produced,
     Record,
     WorkerProcess,
@@ -41,6 +40,7 @@ from harness import (
     reference,
     same_day_window,
 )
+from support.compare import HaltView
 from support.model import Model
 
 from worker.config import Config, KafkaConfig

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import signal
 import subprocess
@@ -22,7 +21,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import aiohttp
 import msgspec
@@ -30,15 +29,22 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client.parser import text_string_to_metric_families
+from support.compare import (
+    HaltView,
+    halt_views,
+    model_halts,
+    model_portfolios,
+    model_symbols,
+    snapshot_portfolios,
+    snapshot_symbols,
+)
+from support.model import Model, limits_from_config
 
 from worker.app import Clock, Worker
 from worker.config import Config, KafkaConfig, load_config
 from worker.kafka.options import client_kwargs
 from worker.kafka.topics import ensure_topics
 from worker.messages import Event, TradeOutcome
-
-if TYPE_CHECKING:
-    from support.model import Halt, Model
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MIN_MS = 60_000
@@ -547,194 +553,42 @@ def reference(config: Config, events: Iterable[Event], now: int) -> Model:
     (the worker sweeps on its clock too). Its ``halts`` and ``decisions`` are what
     must have been published.
     """
-    # Imported here: ``support`` is on the path under pytest and for the chaos
-    # scripts, not for the benchmarks that reuse the rest of this module.
-    from support.model import Model, limits_from_config
-
     model = Model(limits_from_config(config))
     model.run(events, now)
     model.sweep(now)
     return model
 
 
-class Approx(float):
-    """A float equal to any other within 1e-9 (relative) or 1e-9 (absolute).
-
-    The model computes in its own order, so its floats may differ from the worker's
-    in the last bits; rounding both would still split values across a rounding
-    boundary. Python tries a subclass's reflected ``__eq__`` first, so this works
-    on either side of ``==``, inside dicts, lists and tuples.
-    """
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, (int, float)):
-            return NotImplemented
-        return math.isclose(self, other, rel_tol=1e-9, abs_tol=1e-9)
-
-    def __ne__(self, other: object) -> bool:
-        equal = self.__eq__(other)
-        return equal if equal is NotImplemented else not equal
-
-    __hash__ = float.__hash__
-
-
-def _num(value: Any) -> Any:
-    if isinstance(value, float):
-        return Approx(value)
-    if isinstance(value, (list, tuple)):
-        return type(value)(_num(v) for v in value)
-    return value
-
-
-def _halt_tuple(halt: Any) -> tuple[str, str, int] | None:
-    if halt is None:
-        return None
-    if isinstance(halt, dict):
-        return (halt["reason"], halt["issued_by"], halt["ts"])
-    return (halt[0], halt[1], halt[2])
-
-
-def _pristine(state: dict[str, Any]) -> bool:
-    """Nothing happened to it: equal to no state at all (which a worker need not persist)."""
-    return all(not value for key, value in state.items() if key != "day")
-
-
-def symbol_view(state: dict[str, Any]) -> dict[str, Any]:
-    """What is compared for ``<bot>/risk/<symbol>``: everything that gates an order.
-
-    Session totals and halt, breaker losses and trip, position and the manual
-    halt. Not replay guards or sequence numbers, which depend on which offsets a
-    worker saw and how often it restarted.
-    """
-    return {key: _num(value) for key, value in state.items()}
-
-
-def snapshot_state(value: dict[str, Any]) -> dict[str, Any]:
-    """A ``<bot>/risk/<symbol>`` snapshot value in the model's terms."""
-    s = value["session_pnl"]
-    b = value["circuit_breaker"]
-    p = value.get("position") or {}
-    return {
-        "net_pnl": s["realised"] - s["fees"],
-        "realised": s["realised"],
-        "fees": s["fees"],
-        "trades": s["trades"],
-        "wins": s["wins"],
-        "losses": s["losses"],
-        "breakevens": s["breakevens"],
-        "halted": s["halted"],
-        "day": s["last_reset_day"],
-        "recent_losses": sorted(b["recent_losses"]),
-        "tripped_at": b["tripped_at_unix_secs"],
-        "position_qty": p.get("qty", 0.0),
-        "avg_price": p.get("avg_price", 0.0),
-        "entry_fees": p.get("entry_fees", 0.0),
-        "manual_halt": _halt_tuple(value.get("manual_halt")),
-    }
+def _values(records: dict[str, Record]) -> list[tuple[str, dict[str, Any]]]:
+    return [(k, msgspec.json.decode(r.value)) for k, r in records.items() if r.value is not None]
 
 
 def expected_snapshots(model: Model) -> dict[str, dict[str, Any]]:
-    """The model's symbol states (untouched ones left out), keyed like the snapshots."""
-    return {
-        key: symbol_view(state)
-        for key, state in model.symbol_states().items()
-        if not _pristine(state)
-    }
+    """The model's symbol states (see :func:`support.compare.symbol_view`)."""
+    return model_symbols(model)
 
 
 def persisted_snapshots(records: dict[str, Record]) -> dict[str, dict[str, Any]]:
     """Symbol snapshots as read from the compacted topic (last value per key), as the model's."""
-    views = {
-        key: symbol_view(snapshot_state(msgspec.json.decode(r.value)))
-        for key, r in records.items()
-        if "/risk/" in key and r.value is not None
-    }
-    return {key: view for key, view in views.items() if not _pristine(view)}
-
-
-def portfolio_view(state: dict[str, Any], *, reservations: bool = True) -> dict[str, Any]:
-    """What is compared for ``<bot>/portfolio``: the latch, the bot halt, the reservations.
-
-    Reservations are ``{intent_id: (symbol, remaining notional)}``; leave them out
-    (``reservations=False``) where the worker's differ legitimately: they depend on
-    when an intent was decided relative to its fill (another topic) and to the TTL.
-    """
-    view: dict[str, Any] = {
-        "latched": state["latched"],
-        "manual_halt": _halt_tuple(state["manual_halt"]),
-    }
-    if reservations:
-        view["reservations"] = {i: (r[0], _num(r[-1])) for i, r in state["reservations"].items()}
-    return view
+    return snapshot_symbols(_values(records))
 
 
 def expected_portfolios(model: Model, *, reservations: bool = True) -> dict[str, dict[str, Any]]:
-    views = {
-        bot: portfolio_view(state, reservations=reservations)
-        for bot, state in model.bot_states().items()
-    }
-    return {bot: view for bot, view in views.items() if not _pristine(view)}
+    """The model's portfolios (see :func:`support.compare.portfolio_view`)."""
+    return model_portfolios(model, reservations=reservations)
 
 
 def persisted_portfolios(
     records: dict[str, Record], *, reservations: bool = True
 ) -> dict[str, dict[str, Any]]:
     """``<bot>/portfolio`` snapshots from the compacted topic, as the model's."""
-    views = {}
-    for key, r in records.items():
-        if key.endswith("/portfolio") and r.value is not None:
-            value = msgspec.json.decode(r.value)
-            state = {
-                "latched": value["halted"],
-                "manual_halt": value.get("manual_halt"),
-                "reservations": {
-                    i: (res["symbol"], res["notional"])
-                    for i, res in (value.get("reservations") or {}).items()
-                },
-            }
-            views[key.split("/")[0]] = portfolio_view(state, reservations=reservations)
-    return {bot: view for bot, view in views.items() if not _pristine(view)}
-
-
-class HaltView(NamedTuple):
-    """A HaltEvent's comparable content: the id and what it says (not the reason's wording)."""
-
-    event_id: str
-    bot: str
-    symbol: str | None
-    kind: str
-    gate: str
-    ts: int
-    until_ts: int | None
+    return snapshot_portfolios(_values(records), reservations=reservations)
 
 
 def expected_halts(model: Model) -> list[HaltView]:
-    return [_view_of(h) for h in model.halts]
-
-
-def _view_of(h: Halt) -> HaltView:
-    return HaltView(h.event_id, h.bot, h.symbol, h.kind, h.gate, h.ts, h.until_ts)
+    return model_halts(model)
 
 
 def published_halts(records: Iterable[Record]) -> list[HaltView]:
     """The halt topic's events, in the order read."""
-    views = []
-    for r in records:
-        if r.value is not None:
-            v = msgspec.json.decode(r.value)
-            views.append(
-                HaltView(
-                    v["event_id"],
-                    v["bot"],
-                    v["symbol"],
-                    v["kind"],
-                    v["gate"],
-                    v["ts"],
-                    v.get("until_ts"),
-                )
-            )
-    return views
-
-
-def total_trades(model: Model) -> int:
-    return sum(state["trades"] for state in model.symbol_states().values())
+    return halt_views(msgspec.json.decode(r.value) for r in records if r.value is not None)

@@ -40,12 +40,12 @@ from harness import (
     reference,
     running_worker,
     same_day_window,
-    total_trades,
     wait_processed,
     wait_until,
 )
 from opskit import Samples, http_status, logged, parse_metrics, scrape
 from prometheus_client import generate_latest
+from support.compare import total_trades
 
 from worker.app import Worker
 from worker.config import load_config

@@ -38,10 +38,10 @@ from harness import (
     reference,
     rewind_commits,
     same_day_window,
-    total_trades,
     wait_processed,
     wait_until,
 )
+from support.compare import total_trades
 
 from worker.config import load_config
 from worker.messages import TradeOutcome

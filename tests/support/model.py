@@ -729,6 +729,9 @@ class Model:
         self._roll_day(bot, now_ms)
         for name in bot.symbols:
             self._tick_symbol(bot, name, now_ms)
+        if not bot.latched and bot.daily_loss_breached():  # e.g. a reset of a winner
+            bot.latched = True
+            self._emit(bot, None, "halted", "portfolio_daily_loss", now_ms, (bot.day + 1) * DAY_MS)
         for intent_id, r in list(bot.reservations.items()):
             if r.expires_ts <= now_ms:
                 del bot.reservations[intent_id]

@@ -9,8 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import random
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
+import msgspec
 import pytest
+from support.compare import (
+    model_halts,
+    model_portfolios,
+    model_symbols,
+    snapshot_portfolios,
+    snapshot_symbols,
+)
 from support.model import (
     DAY_MS,
     BotLimits,
@@ -23,7 +35,10 @@ from support.model import (
 )
 
 from worker.config import load_config
-from worker.messages import ControlCommand, Fill, OrderIntent, TradeOutcome
+from worker.engine import Effects, RiskEngine
+from worker.engine import Rejected as EngineRejected
+from worker.kafka.records import snapshot_records
+from worker.messages import ControlCommand, Event, Fill, OrderIntent, TradeOutcome
 
 MIN = 60_000
 HOUR = 3_600_000
@@ -99,7 +114,7 @@ def cmd(
     return ControlCommand(command, "a", symbol, reason, "ops", ts)  # type: ignore[arg-type]
 
 
-def state(m: Model, sym: str = "BTC") -> dict[str, object]:
+def state(m: Model, sym: str = "BTC") -> dict[str, Any]:
     return m.symbol_states()[f"a/risk/{sym}"]
 
 
@@ -597,3 +612,128 @@ def test_the_reservation_cap_denies_opens_and_closes_alike() -> None:
         (False, "max_concurrent_positions"),
         (False, "max_concurrent_positions"),
     ]
+
+
+def test_resetting_a_winning_symbol_past_the_daily_loss_latches_at_the_sweep() -> None:
+    m = Model(limits(session=-1000.0, daily=-50.0))
+    m.apply(out(30.0, sym="A"), NOON)
+    m.apply(out(-70.0, sym="B"), NOON)  # account -40: above the limit
+    m.apply(cmd("reset_session", "A", ts=NOON + MIN), NOON + MIN)  # account -70
+    m.apply(intent("open", "buy", 1.0, sym="C", ts=NOON + MIN), NOON + MIN)
+    assert (m.bot_states()["a"]["latched"], gates(m)) == (False, [(False, "portfolio_daily_loss")])
+    m.sweep(NOON + 2 * MIN)
+    assert m.bot_states()["a"]["latched"] is True
+    assert halts(m) == [(None, "portfolio_daily_loss", "halted", NOON + 2 * MIN, DAY0 + DAY_MS)]
+
+
+# -- the engine against the model ----------------------------------------------------------
+
+DIFF_CONFIG = """
+[defaults.session]
+loss_limit = -40.0
+[defaults.breaker]
+loss_limit = 3
+window_secs = 1800
+cooldown_secs = 600
+[bots.o]
+symbols = ["A", "B", "C"]
+[bots.o.portfolio]
+max_daily_loss = -60.0
+max_concurrent_positions = 2
+max_gross_exposure = 3000.0
+[bots.f]
+symbols = ["A", "B", "C"]
+pnl_source = "fills"
+[bots.f.portfolio]
+max_daily_loss = -80.0
+max_concurrent_positions = 2
+max_gross_exposure = 2500.0
+[worker]
+reservation_ttl_ms = 60000
+"""
+
+
+def _random_event(rng: random.Random, n: int, now: int, asked: list[OrderIntent]) -> Event:
+    """Any input, stamped now, minutes late, up to 200 s ahead or a day late; some re-sent."""
+    bot, sym = rng.choice("of"), rng.choice("ABC")
+    ts = now + rng.choice([0, 0, 0, -rng.randint(0, 600_000), rng.randint(0, 200_000), -DAY_MS])
+    again = n - 3 if rng.random() < 0.1 else n  # a producer retry of an earlier id
+    roll = rng.random()
+    if roll < 0.3 and bot == "o":
+        gross, fee = round(rng.uniform(-25, 15), 1), round(rng.uniform(0, 1), 1)
+        return TradeOutcome(f"o{again}", bot, sym, gross, fee, ts)
+    if roll < 0.6:
+        side = rng.choice(("buy", "sell"))
+        qty, price = float(rng.randint(1, 4)), float(rng.randint(90, 110))
+        fill_for = rng.choice(asked).intent_id if asked and rng.random() < 0.5 else None
+        fee = round(rng.uniform(0, 0.5), 2)
+        return Fill(f"f{again}", bot, sym, side, qty, price, fee, ts, 1.0, fill_for)  # type: ignore[arg-type]
+    if roll < 0.9:
+        if asked and rng.random() < 0.1:
+            return rng.choice(asked)  # a client retry
+        action, side = rng.choice(("open", "close")), rng.choice(("buy", "sell"))
+        qty, price = float(rng.randint(1, 4)), float(rng.randint(90, 110))
+        intent = OrderIntent(f"i{n}", bot, sym, action, side, qty, price, min(ts, now))  # type: ignore[arg-type]
+        asked.append(intent)
+        return intent
+    command = rng.choice(("halt", "resume", "reset_breaker", "reset_session"))
+    target = sym if rng.random() < 0.6 else None
+    return ControlCommand(command, bot, target, "r", "ops", ts - rng.randint(0, 5_000))  # type: ignore[arg-type]
+
+
+def _engine_view(engine: RiskEngine) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What the engine would persist for every key, as the model's views."""
+    everything = Effects()
+    everything.dirty_bots.update(engine.bots)
+    everything.dirty_symbols.update((b, s) for b, bot in engine.bots.items() for s in bot.symbols)
+    config = engine.config
+    records = snapshot_records(engine, everything, config.topics, dict.fromkeys(engine.bots, 0))
+    values = [(r.key.decode(), msgspec.json.decode(r.value)) for r in records if r.key and r.value]
+    return snapshot_symbols(values), snapshot_portfolios(values)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_engine_agrees_with_the_model_on_random_streams(seed: int) -> None:
+    """Every input kind, clock moves across midnight, late and early stamps, retries.
+
+    After each step: the same rejections, persisted state, halt events (ids too)
+    and decisions. The one comparison of the engine with the model outside the
+    integration suite; its inputs are ordered (one topic), so nothing may differ.
+    """
+    rng = random.Random(seed)
+    config = load_config(text=DIFF_CONFIG, env={})
+    engine, model = RiskEngine(config), Model(limits_from_config(config))
+    now = DAY0 + rng.choice([12 * HOUR, DAY_MS - 20 * MIN])
+    effects = engine.sweep(now)
+    model.sweep(now)
+    asked: list[OrderIntent] = []
+    for n in range(250):
+        now += rng.randint(0, 20_000)
+        if rng.random() < 0.1:
+            engine.sweep(now, effects)
+            model.sweep(now)
+            event: object = f"sweep at {now}"
+        else:
+            event = _random_event(rng, n, now, asked)
+            by_engine = _reason(partial(engine.apply, event, now, None, effects), EngineRejected)
+            by_model = _reason(partial(model.apply, event, now), Rejected)
+            assert by_engine == by_model, (n, event)
+        symbols, portfolios = _engine_view(engine)
+        assert symbols == model_symbols(model), (n, event)
+        assert portfolios == model_portfolios(model), (n, event)
+        assert sorted(effects_halts(effects)) == sorted(model_halts(model)), (n, event)
+        decided = [(d.intent_id, d.allowed, d.gate) for d in effects.decisions]
+        assert decided == [(d.intent_id, d.allowed, d.gate) for d in model.decisions], (n, event)
+
+
+def _reason(call: Callable[[], object], rejected: type[EngineRejected | Rejected]) -> str | None:
+    """The rejection reason of ``call``, None when it was applied."""
+    try:
+        call()
+    except rejected as exc:
+        return exc.reason
+    return None
+
+
+def effects_halts(effects: Effects) -> list[tuple[Any, ...]]:
+    return [(h.event_id, h.bot, h.symbol, h.kind, h.gate, h.ts, h.until_ts) for h in effects.halts]
