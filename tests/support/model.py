@@ -427,13 +427,140 @@ _COMMAND_GATE = {
 }
 
 
-class Model:
+class _State:
+    """Every bot's state and its halt events, and what the wall clock does to them."""
+
+    def __init__(self) -> None:
+        self.bots: dict[str, BotState] = {}
+        self.halts: list[Halt] = []
+
+    def _symbol_transitions(
+        self,
+        bot: BotState,
+        symbol: str,
+        before: tuple[bool, bool, bool],
+        ts: int,
+        cause: str | None,
+    ) -> None:
+        sym = bot.symbols[symbol]
+        until = {
+            "manual_halt": None,
+            "session_halt": (sym.session.day + 1) * DAY_MS,
+            "circuit_breaker": (
+                (sym.tripped_at + sym.limits.cooldown_secs) * 1000
+                if sym.tripped_at is not None
+                else None
+            ),
+        }
+        for gate, was, now in zip(_SYMBOL_GATES, before, sym.blocks(), strict=True):
+            if was != now:
+                kind = "halted" if now else "resumed"
+                self._emit(bot, symbol, kind, gate, ts, until[gate] if now else None, cause)
+
+    def _emit(
+        self,
+        bot: BotState,
+        symbol: str | None,
+        kind: str,
+        gate: str,
+        ts: int,
+        until_ts: int | None,
+        cause: str | None = None,
+    ) -> None:
+        """One HaltEvent; ids: ``cmd-<digest>`` for commands, else a per-gate count."""
+        if cause is None:
+            seq = bot.seqs.get((symbol, gate), 0) + 1
+            bot.seqs[(symbol, gate)] = seq
+            cause = str(seq)
+        event_id = f"{bot.name}/{symbol or '*'}/{gate}/{cause}"
+        self.halts.append(Halt(event_id, bot.name, symbol, kind, gate, ts, until_ts))
+
+    # -- the wall clock ------------------------------------------------------------------
+
+    def sweep(self, now_ms: int) -> None:
+        """Everything the wall clock ends by ``now_ms``: rollover, cooldowns, eviction, expiry."""
+        for bot in self.bots.values():
+            self._sweep_bot(bot, now_ms)
+
+    def _sweep_bot(self, bot: BotState, now_ms: int) -> None:
+        self._roll_day(bot, now_ms)
+        for name in bot.symbols:
+            self._tick_symbol(bot, name, now_ms)
+        if not bot.latched and bot.daily_loss_breached():  # e.g. a reset of a winner
+            bot.latched = True
+            self._emit(bot, None, "halted", "portfolio_daily_loss", now_ms, (bot.day + 1) * DAY_MS)
+        for intent_id, r in list(bot.reservations.items()):
+            if r.expires_ts <= now_ms:
+                del bot.reservations[intent_id]
+
+    def _roll_day(self, bot: BotState, now_ms: int) -> None:
+        """The bot's UTC day to the wall clock's: a new day releases the latch."""
+        day = utc_day(now_ms)
+        if day > bot.day:
+            bot.day = day
+            if bot.latched:
+                bot.latched = False
+                self._emit(bot, None, "resumed", "portfolio_daily_loss", now_ms, None)
+
+    def _tick_symbol(self, bot: BotState, name: str, now_ms: int) -> None:
+        """One symbol to the wall clock: rollover, cooldown end, eviction."""
+        sym = bot.symbols[name]
+        before = sym.blocks()
+        day = utc_day(now_ms)
+        if day > sym.session.day:
+            sym.session.clear()
+            sym.session.day = day
+        sym.tick(now_ms)
+        self._symbol_transitions(bot, name, before, now_ms, cause=None)
+
+    # -- comparable state ------------------------------------------------------------------
+
+    def symbol_states(self) -> dict[str, dict[str, Any]]:
+        """``<bot>/risk/<symbol>`` → the state that gates orders (see :func:`symbol_view`)."""
+        out: dict[str, dict[str, Any]] = {}
+        for bot in self.bots.values():
+            for name, sym in bot.symbols.items():
+                s, p = sym.session, sym.position
+                out[f"{bot.name}/risk/{name}"] = {
+                    "net_pnl": s.net,
+                    "realised": s.realised,
+                    "fees": s.fees,
+                    "trades": s.trades,
+                    "wins": s.wins,
+                    "losses": s.losses,
+                    "breakevens": s.breakevens,
+                    "halted": s.halted,
+                    "day": s.day,
+                    "recent_losses": list(sym.losses),
+                    "tripped_at": sym.tripped_at,
+                    "position_qty": p.qty,
+                    "avg_price": p.avg_price,
+                    "entry_fees": p.entry_fees,
+                    "manual_halt": sym.manual_halt,
+                }
+        return out
+
+    def bot_states(self) -> dict[str, dict[str, Any]]:
+        """``<bot>/portfolio`` → latch, day, bot-level halt and outstanding reservations."""
+        return {
+            bot.name: {
+                "latched": bot.latched,
+                "day": bot.day,
+                "manual_halt": bot.manual_halt,
+                "reservations": {
+                    i: (r.symbol, r.qty, r.notional) for i, r in bot.reservations.items()
+                },
+            }
+            for bot in self.bots.values()
+        }
+
+
+class Model(_State):
     """Every bot's state, fed one event at a time; collects halts and decisions."""
 
     def __init__(self, limits: Limits) -> None:
+        super().__init__()
         self.limits = limits
-        self.bots: dict[str, BotState] = {}
-        self.halts: list[Halt] = []
         self.decisions: list[Decision] = []
 
     # -- input ---------------------------------------------------------------------
@@ -589,47 +716,6 @@ class Model:
             bot.latched = True
             self._emit(bot, None, "halted", "portfolio_daily_loss", ts, (bot.day + 1) * DAY_MS)
 
-    def _symbol_transitions(
-        self,
-        bot: BotState,
-        symbol: str,
-        before: tuple[bool, bool, bool],
-        ts: int,
-        cause: str | None,
-    ) -> None:
-        sym = bot.symbols[symbol]
-        until = {
-            "manual_halt": None,
-            "session_halt": (sym.session.day + 1) * DAY_MS,
-            "circuit_breaker": (
-                (sym.tripped_at + sym.limits.cooldown_secs) * 1000
-                if sym.tripped_at is not None
-                else None
-            ),
-        }
-        for gate, was, now in zip(_SYMBOL_GATES, before, sym.blocks(), strict=True):
-            if was != now:
-                kind = "halted" if now else "resumed"
-                self._emit(bot, symbol, kind, gate, ts, until[gate] if now else None, cause)
-
-    def _emit(
-        self,
-        bot: BotState,
-        symbol: str | None,
-        kind: str,
-        gate: str,
-        ts: int,
-        until_ts: int | None,
-        cause: str | None = None,
-    ) -> None:
-        """One HaltEvent; ids: ``cmd-<digest>`` for commands, else a per-gate count."""
-        if cause is None:
-            seq = bot.seqs.get((symbol, gate), 0) + 1
-            bot.seqs[(symbol, gate)] = seq
-            cause = str(seq)
-        event_id = f"{bot.name}/{symbol or '*'}/{gate}/{cause}"
-        self.halts.append(Halt(event_id, bot.name, symbol, kind, gate, ts, until_ts))
-
     # -- intents ---------------------------------------------------------------------
 
     def _intent(self, bot: BotState, i: Any, now_ms: int) -> None:
@@ -717,82 +803,3 @@ class Model:
             sym.losses, sym.tripped_at = [], None
         else:
             sym.session.clear()
-
-    # -- the wall clock ------------------------------------------------------------------
-
-    def sweep(self, now_ms: int) -> None:
-        """Everything the wall clock ends by ``now_ms``: rollover, cooldowns, eviction, expiry."""
-        for bot in self.bots.values():
-            self._sweep_bot(bot, now_ms)
-
-    def _sweep_bot(self, bot: BotState, now_ms: int) -> None:
-        self._roll_day(bot, now_ms)
-        for name in bot.symbols:
-            self._tick_symbol(bot, name, now_ms)
-        if not bot.latched and bot.daily_loss_breached():  # e.g. a reset of a winner
-            bot.latched = True
-            self._emit(bot, None, "halted", "portfolio_daily_loss", now_ms, (bot.day + 1) * DAY_MS)
-        for intent_id, r in list(bot.reservations.items()):
-            if r.expires_ts <= now_ms:
-                del bot.reservations[intent_id]
-
-    def _roll_day(self, bot: BotState, now_ms: int) -> None:
-        """The bot's UTC day to the wall clock's: a new day releases the latch."""
-        day = utc_day(now_ms)
-        if day > bot.day:
-            bot.day = day
-            if bot.latched:
-                bot.latched = False
-                self._emit(bot, None, "resumed", "portfolio_daily_loss", now_ms, None)
-
-    def _tick_symbol(self, bot: BotState, name: str, now_ms: int) -> None:
-        """One symbol to the wall clock: rollover, cooldown end, eviction."""
-        sym = bot.symbols[name]
-        before = sym.blocks()
-        day = utc_day(now_ms)
-        if day > sym.session.day:
-            sym.session.clear()
-            sym.session.day = day
-        sym.tick(now_ms)
-        self._symbol_transitions(bot, name, before, now_ms, cause=None)
-
-    # -- comparable state ------------------------------------------------------------------
-
-    def symbol_states(self) -> dict[str, dict[str, Any]]:
-        """``<bot>/risk/<symbol>`` → the state that gates orders (see :func:`symbol_view`)."""
-        out: dict[str, dict[str, Any]] = {}
-        for bot in self.bots.values():
-            for name, sym in bot.symbols.items():
-                s, p = sym.session, sym.position
-                out[f"{bot.name}/risk/{name}"] = {
-                    "net_pnl": s.net,
-                    "realised": s.realised,
-                    "fees": s.fees,
-                    "trades": s.trades,
-                    "wins": s.wins,
-                    "losses": s.losses,
-                    "breakevens": s.breakevens,
-                    "halted": s.halted,
-                    "day": s.day,
-                    "recent_losses": list(sym.losses),
-                    "tripped_at": sym.tripped_at,
-                    "position_qty": p.qty,
-                    "avg_price": p.avg_price,
-                    "entry_fees": p.entry_fees,
-                    "manual_halt": sym.manual_halt,
-                }
-        return out
-
-    def bot_states(self) -> dict[str, dict[str, Any]]:
-        """``<bot>/portfolio`` → latch, day, bot-level halt and outstanding reservations."""
-        return {
-            bot.name: {
-                "latched": bot.latched,
-                "day": bot.day,
-                "manual_halt": bot.manual_halt,
-                "reservations": {
-                    i: (r.symbol, r.qty, r.notional) for i, r in bot.reservations.items()
-                },
-            }
-            for bot in self.bots.values()
-        }
