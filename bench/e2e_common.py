@@ -102,6 +102,9 @@ def fast_produce(
             "queue.buffering.max.kbytes": 2_000_000,
             "acks": "1",
             "enable.idempotence": False,
+            # The producer contract: keys placed as Java/aiokafka place them (the
+            # worker dead-letters a bot off its murmur2 partition).
+            "partitioner": "murmur2_random",
         }
     )
     errors: list[str] = []
