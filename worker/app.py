@@ -721,7 +721,8 @@ class Worker:
         positions: dict[TopicPartition, int | None] = {}
         for tp in tps:
             positions[tp] = await self._position(consumer, tp)
-        highwaters = {tp: consumer.highwater(tp) for tp in tps if tp in self._assigned}
+        owned = consumer.assignment()  # highwater() asserts the partition is assigned
+        highwaters = {tp: consumer.highwater(tp) for tp in tps if tp in owned}
         stalled = self._progress.stalled(since, positions, highwaters)
         self.metrics.stalled_partitions.set(len(stalled))
         fresh = self._progress.numbers() - {tp.partition for tp in stalled}
