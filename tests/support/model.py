@@ -630,12 +630,12 @@ class Model(_State):
             if c.ts == last_ts and command_digest(c) in digests:
                 raise Rejected("replayed_command", "already applied")
 
-    def _symbol(self, bot: BotState, name: str, now_ms: int) -> SymbolState:
+    def _symbol(self, bot: BotState, name: str) -> SymbolState:
         sym = bot.symbols.get(name)
         if sym is None:
-            sym = bot.symbols[name] = SymbolState(
-                bot.limits.for_symbol(name), Session(day=utc_day(now_ms))
-            )
+            # On the bot's day: only the clock (a sweep) moves days, so every
+            # holder of a bot is on the same day.
+            sym = bot.symbols[name] = SymbolState(bot.limits.for_symbol(name), Session(day=bot.day))
         return sym
 
     def _first_time(self, bot: BotState, topic: str, event_id: str) -> bool:
@@ -653,7 +653,7 @@ class Model(_State):
     def _outcome(self, bot: BotState, o: Any, now_ms: int) -> None:
         if not self._first_time(bot, "outcomes", o.outcome_id):
             return
-        sym = self._symbol(bot, o.symbol, now_ms)
+        sym = self._symbol(bot, o.symbol)
         before = sym.blocks()
         net = o.gross_pnl - o.fee
         self._book(sym, o.gross_pnl, o.fee, o.ts)
@@ -671,7 +671,7 @@ class Model(_State):
             else:
                 release.notional *= left / release.qty
                 release.qty = left
-        sym = self._symbol(bot, f.symbol, now_ms)
+        sym = self._symbol(bot, f.symbol)
         before = sym.blocks()
         signed = f.qty if f.side == "buy" else -f.qty
         gross, fees, trip_net = sym.position.fill(signed, f.price, f.fee, f.contract_value)
@@ -777,7 +777,7 @@ class Model(_State):
         gate = _COMMAND_GATE[c.command]
         kind = "halted" if c.command == "halt" else "resumed"
         if c.symbol is not None:
-            sym = self._symbol(bot, c.symbol, now_ms)
+            sym = self._symbol(bot, c.symbol)
             before = sym.blocks()
             self._command_on(sym, c)
             changed = sym.blocks() != before
@@ -792,6 +792,10 @@ class Model(_State):
         # A halt always answers (the operator waits for it); the rest only on a change.
         if changed or c.command == "halt":
             self._emit(bot, c.symbol, kind, gate, c.ts, None, cause)
+        if not bot.latched and bot.daily_loss_breached():  # a winner's session was reset
+            bot.latched = True
+            until = (bot.day + 1) * DAY_MS
+            self._emit(bot, None, "halted", "portfolio_daily_loss", c.ts, until, cause)
 
     @staticmethod
     def _command_on(sym: SymbolState, c: Any) -> None:

@@ -614,16 +614,19 @@ def test_the_reservation_cap_denies_opens_and_closes_alike() -> None:
     ]
 
 
-def test_resetting_a_winning_symbol_past_the_daily_loss_latches_at_the_sweep() -> None:
+def test_resetting_a_winning_symbol_past_the_daily_loss_latches_for_the_day() -> None:
     m = Model(limits(session=-1000.0, daily=-50.0))
     m.apply(out(30.0, sym="A"), NOON)
     m.apply(out(-70.0, sym="B"), NOON)  # account -40: above the limit
-    m.apply(cmd("reset_session", "A", ts=NOON + MIN), NOON + MIN)  # account -70
-    m.apply(intent("open", "buy", 1.0, sym="C", ts=NOON + MIN), NOON + MIN)
-    assert (m.bot_states()["a"]["latched"], gates(m)) == (False, [(False, "portfolio_daily_loss")])
-    m.sweep(NOON + 2 * MIN)
-    assert m.bot_states()["a"]["latched"] is True
-    assert halts(m) == [(None, "portfolio_daily_loss", "halted", NOON + 2 * MIN, DAY0 + DAY_MS)]
+    reset = cmd("reset_session", "A", ts=NOON + MIN)
+    m.apply(reset, NOON + MIN)  # account -70: breached, by the command
+    m.apply(out(25.0, sym="B", ts=NOON + 2 * MIN), NOON + 2 * MIN)  # -45: recovered
+    m.apply(intent("open", "buy", 1.0, sym="C", ts=NOON + 3 * MIN), NOON + 3 * MIN)
+    assert (m.bot_states()["a"]["latched"], gates(m)) == (True, [(False, "portfolio_daily_loss")])
+    digest = hashlib.sha256(canonical_command(reset, with_sig=True)).hexdigest()[:16]
+    assert [(h.event_id, h.kind, h.ts, h.until_ts) for h in m.halts] == [
+        (f"a/*/portfolio_daily_loss/cmd-{digest}", "halted", NOON + MIN, DAY0 + DAY_MS)
+    ]
 
 
 # -- the engine against the model ----------------------------------------------------------
