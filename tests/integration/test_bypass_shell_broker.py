@@ -282,3 +282,45 @@ async def test_sigterm_stops_a_worker_whose_broker_froze_while_it_joined(
     finally:
         embedded_broker.resume()
         await asyncio.to_thread(worker.kill)
+
+
+async def test_recreated_input_topic_is_said_loudly(
+    kafka_bootstrap: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Suspected item (issue 9): offsets restart below the snapshots' watermarks."""
+    config = load_config(text=config_text(kafka_bootstrap, BODY, partitions=2), env={})
+    await create_topics(config)
+    topic = config.topics.outcomes
+    t = clock() - 10 * MIN_MS
+    before = produce_confluent(
+        config,
+        [
+            (topic, b"alpha", _encode(outcome("alpha", "BTC", 1.0, ts=t + i)), None)
+            for i in range(5)
+        ],
+        partitioner="murmur2_random",
+    )
+    async with running_worker(config) as running:
+        await wait_processed(config, before, alive=running.check_alive, within=60)
+    async with admin_client(config.kafka) as admin:
+        await admin.delete_topics([topic])
+    await ensure_topics(config.kafka, config.topics)  # recreated: offsets restart at 0
+    after = produce_confluent(
+        config,
+        [(topic, b"alpha", _encode(outcome("alpha", "BTC", -9.0, ts=t + 9)), None)],
+        partitioner="murmur2_random",
+    )
+    assert (after[0].partition, after[0].offset) == (before[0].partition, 0)
+    capsys.readouterr()
+    async with running_worker(config) as running:
+        resets = running.worker.metrics.offset_resets.labels(topic, str(after[0].partition))
+
+        async def said() -> bool:
+            return bool(resets._value.get())
+
+        await wait_until(said, within=60, what="offset reset detected", alive=running.check_alive)
+        assert resets._value.get() == 1
+        assert running.worker.engine.bots["alpha"].symbols["BTC"].session.trades == 5
+    lines = [line for line in capsys.readouterr().out.splitlines() if "restarted below" in line]
+    assert len(lines) == 1
+    assert "[error" in lines[0]
