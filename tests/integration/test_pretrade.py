@@ -241,7 +241,7 @@ async def test_reservation_released_by_a_fill_with_its_intent_id(env: GateEnv) -
     # The rest fills: 600 open, nothing reserved.
     await env.fill_and_wait("fill_release", "S1", "buy", 5.0, intent_id=first.intent_id)
     allowed(await env.check("fill_release", "S2", qty=4.0))  # 600 + 400 <= 1000
-    assert first.reservation_expires_ts is not None
+    assert first.reservation_expires_ts == first.ts + TTL_MS
     assert env.clock() < first.reservation_expires_ts, "released by the fill, not by the TTL"
 
 

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from worker.engine import Effects, Origin
 from worker.messages import HaltEvent
+from worker.snapshot import ManualHalt
 
 BODY = """
 [bots.alpha]
@@ -78,7 +79,9 @@ def test_regression_a_replay_in_another_order_reuses_no_id_for_another_event() -
         ]
     )
     assert {h.event_id: h.kind for h in first} == {h.event_id: h.kind for h in replay}
-    assert eng.bots["alpha"].symbols["BTCUSDT"].manual_halt is not None
+    assert eng.bots["alpha"].symbols["BTCUSDT"].manual_halt == ManualHalt(
+        reason=halt.reason, issued_by=halt.issued_by, ts=halt.ts
+    )
     assert consumer_view(first, replay)[("BTCUSDT", "manual_halt")] == "halted"
 
 

@@ -198,7 +198,7 @@ def test_portfolio_snapshot_round_trips_latch_halt_and_reservations() -> None:
     restored = fresh.bot("alpha")
     restored.restore_portfolio(back, T0 + 1, Effects())
     assert restored.portfolio.halted, "the latch survives a restart even with no symbol PnL"
-    assert restored.manual_halt is not None
+    assert restored.manual_halt == snap.manual_halt
     assert set(restored.portfolio.reservations) == {"r1"}
     assert restored.portfolio_snapshot() == snap
 
