@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +60,12 @@ accept_unknown_bots = true
 """
 
 
+Headers = list[tuple[str, str | bytes | None]] | None
+
+
 def produce_confluent(
     config: Config,
-    records: list[tuple[str, bytes, bytes, list[tuple[Any, bytes | None]] | None]],
+    records: Sequence[tuple[str, bytes, bytes, Headers]],
     *,
     partitioner: str | None = None,
 ) -> list[Produced]:
@@ -138,7 +142,7 @@ async def test_bad_records_from_librdkafka_are_dead_lettered_and_the_worker_move
     )
     first = _encode(outcome("alpha", "BTC", 1.0, ts=t))
     produced.append(await produce_undecodable_header(config, topic, b"alpha", first, monkeypatch))
-    later = [
+    later: list[tuple[str, bytes, bytes, Headers]] = [
         (topic, b"alpha", _encode(outcome("alpha", "BTC", 2.0, ts=t + 1)), [("n", None)]),
         (topic, b"alpha", _encode(outcome("alpha", "BTC", 3.0, ts=t + 2)), None),
     ]
@@ -152,13 +156,12 @@ async def test_bad_records_from_librdkafka_are_dead_lettered_and_the_worker_move
         running.check_alive()
     letters = dead_letters(await read_topic(config.kafka, config.topics.deadletter))
     by_offset = {int(d["riskgate.errors.offset"]): d for d in letters}
-    first, second = produced[0].offset, produced[1].offset
-    assert sorted(by_offset) == [first, second]
-    malformed = by_offset[first]
+    assert sorted(by_offset) == [produced[0].offset, produced[1].offset]
+    malformed = by_offset[produced[0].offset]
     assert (malformed["key"], malformed["value"]) == (b"alpha", broken)
     assert malformed["headers"][0] == ("trace", None), "the null header value kept as null"
     assert malformed["riskgate.errors.exception"] == b"malformed_json"
-    undecodable = by_offset[second]
+    undecodable = by_offset[produced[1].offset]
     assert (undecodable["key"], undecodable["value"]) == (None, b"")
     assert undecodable["riskgate.errors.value.null"] == b"true"
     assert undecodable["riskgate.errors.exception"] == b"undecodable_record"
