@@ -252,6 +252,39 @@ async def test_fetch_returns_the_good_records_around_an_unreadable_one(
     assert ([r.offset for r in fetched.batch[tp]], fetched.unreadable) == ([4], [])
 
 
+class Slow(Poisoned):
+    """Isolation reads that hang once the position reaches 2 (a bound or stop() ends them)."""
+
+    hung: ClassVar[asyncio.Event]
+
+    async def getmany(self, *partitions: TopicPartition, **kwargs: Any) -> Any:
+        if partitions and self.positions[partitions[0]] == 2:
+            self.hung.set()
+            await asyncio.Event().wait()
+        return await super().getmany(*partitions, **kwargs)
+
+
+async def test_an_interrupted_isolation_puts_the_positions_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Records read one by one but never returned must be read again, not skipped."""
+    broker = InMemoryBroker({"in": 1})
+    tp = TopicPartition("in", 0)
+    for n in range(5):
+        broker.append("in", b"k", str(n).encode(), partition=0)
+    consumer = Slow(broker, max_records=10)
+    monkeypatch.setattr(Poisoned, "bad", {(tp, 3)})
+    monkeypatch.setattr(Slow, "hung", asyncio.Event(), raising=False)
+    consumer.take([tp])
+    reading = asyncio.create_task(fetch(consumer, 0, 100))
+    await Slow.hung.wait()
+    assert consumer.positions[tp] == 2
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    assert consumer.positions[tp] == 0
+
+
 # -- issue 9 item 4: the Kafka record timestamp reaches the engine ---------------------
 
 

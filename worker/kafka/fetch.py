@@ -55,6 +55,26 @@ async def fetch(consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int) -
 async def _isolate(consumer: AIOKafkaConsumer, max_records: int) -> Fetched:
     batch: Batch = {}
     unreadable: list[Unreadable] = []
+    try:
+        await _read_one_by_one(consumer, max_records, batch, unreadable)
+    except BaseException:
+        # Cancelled (a fetch bound, stop()) or a broker error: nothing read here
+        # reaches the caller. Put every position back where this read started, or
+        # those records would be skipped (and an offset beyond them committed).
+        starts: dict[TopicPartition, int] = {}
+        for tp, records in batch.items():
+            starts[tp] = records[0].offset
+        for bad in unreadable:
+            starts[bad.tp] = min(starts.get(bad.tp, bad.offset), bad.offset)
+        for tp, offset in starts.items():
+            consumer.seek(tp, offset)
+        raise
+    return Fetched(batch, unreadable)
+
+
+async def _read_one_by_one(
+    consumer: AIOKafkaConsumer, max_records: int, batch: Batch, unreadable: list[Unreadable]
+) -> None:
     budget = max_records
     for tp in sorted(consumer.assignment() - consumer.paused()):
         # Only partitions with something left to read: the caught-up ones would
@@ -75,7 +95,6 @@ async def _isolate(consumer: AIOKafkaConsumer, max_records: int) -> Fetched:
                 break
             batch.setdefault(tp, []).extend(records)
             budget -= len(records)
-    return Fetched(batch, unreadable)
 
 
 async def _behind(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
