@@ -447,7 +447,7 @@ class BotRisk(_Holder):
         ts = o.ts
         sym = self.symbols.get(o.symbol) or self._created(o.symbol, ts, origin)
         fresh = self.fresh(origin)  # the portfolio's own watermark (D2)
-        if not self._admit(sym, self.outcome_ids, o.outcome_id, origin, out):
+        if not self._admit(sym, self.outcome_ids.first(o.outcome_id, origin, fresh), origin, out):
             out.skipped += 1
             return
         session = sym.session
@@ -467,7 +467,7 @@ class BotRisk(_Holder):
         ts = f.ts
         sym = self.symbols.get(f.symbol) or self._created(f.symbol, ts, origin)
         fresh = self.fresh(origin)  # the portfolio's own watermark (D2)
-        if not self._admit(sym, self.fill_ids, f.fill_id, origin, out):
+        if not self._admit(sym, self.fill_ids.first(f.fill_id, origin, fresh), origin, out):
             out.skipped += 1
             return
         if f.intent_id is not None and fresh:
@@ -553,22 +553,16 @@ class BotRisk(_Holder):
             sym.born = dict(self.applied)
         return sym
 
-    def _admit(
-        self,
-        sym: SymbolRisk,
-        window: IdWindow,
-        event_id: str,
-        origin: Origin | None,
-        out: Effects,
-    ) -> bool:
+    def _admit(self, sym: SymbolRisk, first: bool, origin: Origin | None, out: Effects) -> bool:
         """Replay guards of a fill/outcome: its topic's id window, then the symbol's watermark.
 
-        The window judges every record first, even one the symbol's watermark then
-        skips, so a replay after a crash rebuilds it exactly (D1). It is part of
-        the portfolio record, which must therefore be persisted again.
+        ``first`` is the window's verdict (``IdWindow.first``), taken for every
+        record, even one the symbol's watermark then skips, so a replay after a
+        crash rebuilds the window exactly (D1). The window is part of the
+        portfolio record, which must therefore be persisted again.
         """
         out.dirty_bots.add(self.bot)
-        return window.first(event_id, origin) and sym.fresh(origin)
+        return first and sym.fresh(origin)
 
     def decide(self, i: OrderIntent, now_ms: int, origin: Origin | None, out: Effects) -> None:
         if not self.fresh(origin):

@@ -480,5 +480,5 @@ def test_portfolio_snapshot_carries_the_command_guard_and_windows() -> None:
     assert snap.last_command_ts == T0
     assert snap.command_digests == [signing.command_digest(control("halt", symbol=None, ts=T0))]
     assert snap.outcome_ids is not None
-    assert len(snap.outcome_ids.entries) == 12
-    assert snap.outcome_ids.seen == {"trading.outcomes/0": 0}
+    assert (len(snap.outcome_ids.ids), len(snap.outcome_ids.offsets)) == (8, 4)
+    assert snap.applied_offsets["trading.outcomes/0"] == 0  # the window's watermark

@@ -276,7 +276,7 @@ def test_our_portfolio_fixture_restores_and_re_encodes_identically() -> None:
     assert {field: doc[field] for field in old} == old
     assert (doc["intent_ids"], doc["outcome_ids"], doc["last_command_ts"]) == (
         "",
-        {"entries": "", "seen": {}},
+        {"ids": "", "offsets": ""},
         None,
     )
     assert bot.portfolio.halted and bot.manual_halt is not None

@@ -11,89 +11,110 @@ checked (the cascade of a window that evicts on every lookup).
 The window is persisted in the bot's portfolio snapshot and judged replays
 must agree with the first pass whatever was persisted when a worker died: the
 window may be *ahead* of a symbol's state (its snapshot landed, the symbol's did
-not). So each entry keeps the (low 32 bits of the) offset that inserted it and
-the window keeps its own watermark: a record at or below the watermark was
-judged already, and it was a first occurrence exactly when the entry of its id
-was inserted by that very offset (or has been evicted since, when the symbol's
-own watermark decides).
+not). So each entry keeps the (low 32 bits of the) offset that inserted it. A
+record at or below the portfolio's watermark (persisted with the window) was
+judged already: it was a first occurrence exactly when the entry of its id was
+inserted by that very offset (or has been evicted since, when the symbol's own
+watermark decides).
 
-Entries are one ``bytearray`` of fixed 12-byte records (a ring once full) that
-is the persisted form as is: 64-bit blake2b digest of the id, offset. 10,000
-ids cost 120 KB (160 KB as base64 JSON) per topic in the snapshot.
+In memory: a dict (digest -> offset) and a deque of the digests in insertion
+order. Persisted: the 64-bit blake2b digest of each id and the low 32 bits of
+the offset that inserted it, 12 bytes an id: 10,000 ids cost 120 KB (160 KB as
+base64 JSON) per topic in the snapshot.
 """
 
 from __future__ import annotations
 
 import hashlib
-import struct
+import sys
+from array import array
+from collections import deque
 
 import msgspec
 
-_ENTRY = struct.Struct("<QI")
-"""id digest, low 32 bits of the inserting offset."""
-ENTRY_BYTES = _ENTRY.size
 _LOW = 0xFFFFFFFF
 _HALF = 1 << 31
+
+_SWAP = sys.byteorder != "little"
+_blake2b = hashlib.blake2b
+
 
 Origin = tuple[str, int]
 """``(topic/partition, offset)`` of a record (the engine's ``Origin``)."""
 
-_blake2b = hashlib.blake2b
-_from_bytes = int.from_bytes
-
 
 class IdWindowSnapshot(msgspec.Struct, kw_only=True):
-    """A persisted window: entries oldest first (base64 in JSON) and its watermarks."""
+    """A persisted window, oldest entry first (bytes are base64 in JSON)."""
 
-    entries: bytes = b""
-    seen: dict[str, int] = {}
-    """Per input partition, the last offset the window judged."""
+    ids: bytes = b""
+    """8-byte id digests (blake2b), concatenated."""
+    offsets: bytes = b""
+    """The low 32 bits of the offset that inserted each id, little-endian."""
 
 
-def digest(event_id: str) -> int:
-    """Stable across processes (unlike ``hash``): the window is persisted."""
-    return _from_bytes(_blake2b(event_id.encode(), digest_size=8).digest(), "little")
+def digest(event_id: str) -> bytes:
+    """8 bytes, stable across processes (unlike ``hash``): the window is persisted."""
+    return _blake2b(event_id.encode(), digest_size=8).digest()
+
+
+def _array(code: str, data: bytes = b"") -> array[int]:
+    """An array read from its persisted, little-endian bytes (a torn tail is dropped)."""
+    values = array(code)
+    values.frombytes(data[: len(data) - len(data) % values.itemsize])
+    if _SWAP:
+        values.byteswap()
+    return values
+
+
+def _bytes(values: array[int]) -> bytes:
+    """The persisted, little-endian bytes of an array."""
+    if _SWAP:
+        values = array(values.typecode, values)
+        values.byteswap()
+    return values.tobytes()
 
 
 class IdWindow:
     """The last ``keep`` distinct event ids of one bot and input topic."""
 
-    __slots__ = ("_buf", "_head", "_slots", "keep", "seen")
+    __slots__ = ("_order", "_slots", "keep")
 
     def __init__(self, keep: int) -> None:
         self.keep = keep
         """Ids remembered (``[worker] dedupe_ids_per_bot``); 0 remembers none."""
-        self._buf = bytearray()
-        self._slots: dict[int, int] = {}
-        """id digest -> index of its entry in ``_buf``."""
-        self._head = 0
-        """Once the ring is full: the slot of the oldest entry (overwritten next)."""
-        self.seen: dict[str, int] = {}
+        self._slots: dict[bytes, int] = {}
+        """id digest -> low 32 bits of the offset that inserted it."""
+        self._order: deque[bytes] = deque()
+        """The digests, oldest first (evicted from the left)."""
 
     def __len__(self) -> int:
         return len(self._slots)
 
-    def first(self, event_id: str, origin: Origin | None) -> bool:
+    def first(self, event_id: str, origin: Origin | None, fresh: bool = True) -> bool:
         """True for the first occurrence of ``event_id`` (to apply), False for a re-send.
 
-        Hot path: one digest and one dict lookup for a new record.
+        ``fresh``: False when the record is at or below the watermark persisted with
+        the window (a replay), which then judges it as it did the first time.
+        Hot path (once per fill or outcome): a digest and two O(1) container ops.
         """
-        key = _from_bytes(_blake2b(event_id.encode(), digest_size=8).digest(), "little")
-        offset = 0
-        if origin is not None:
-            source, offset = origin
-            seen = self.seen
-            last = seen.get(source)
-            if last is not None and offset <= last:
-                return self._judged(key, offset)
-            seen[source] = offset
-        if key in self._slots:
+        if not self.keep:
+            return True
+        key = _blake2b(event_id.encode(), digest_size=8).digest()
+        offset = 0 if origin is None else origin[1]
+        slots = self._slots
+        if not fresh:
+            return self._judged(slots.get(key), offset)
+        if key in slots:
             return False
-        if self.keep:
-            self._insert(key, offset & _LOW)
+        slots[key] = offset & _LOW
+        order = self._order
+        order.append(key)
+        if len(order) > self.keep:
+            del slots[order.popleft()]
         return True
 
-    def _judged(self, key: int, offset: int) -> bool:
+    @staticmethod
+    def _judged(inserted_by: int | None, offset: int) -> bool:
         """A record the window judged before (a replay): what did it say then?
 
         The entry of its id was inserted by an earlier offset: it was a re-send.
@@ -101,64 +122,42 @@ class IdWindow:
         evicted entry cannot tell; the symbol's watermark then decides alone).
         Offsets compare modulo 2**32: a replay spans far fewer records.
         """
-        slot = self._slots.get(key)
-        if slot is None:
+        if inserted_by is None:
             return True
-        _, low = _ENTRY.unpack_from(self._buf, slot * ENTRY_BYTES)
-        return not 0 < ((offset - low) & _LOW) < _HALF
-
-    def _insert(self, key: int, low: int) -> None:
-        entry = _ENTRY.pack(key, low)
-        buf = self._buf
-        count = len(buf) // ENTRY_BYTES
-        if count < self.keep:
-            buf += entry
-            self._slots[key] = count
-            return
-        slot = self._head
-        at = slot * ENTRY_BYTES
-        (evicted,) = struct.unpack_from("<Q", buf, at)
-        slots = self._slots
-        if slots.get(evicted) == slot:
-            del slots[evicted]
-        buf[at : at + ENTRY_BYTES] = entry
-        slots[key] = slot
-        self._head = (slot + 1) % self.keep
+        return not 0 < ((offset - inserted_by) & _LOW) < _HALF
 
     def adopt(self, event_ids: list[str]) -> None:
         """Remember ids of an older snapshot format as the oldest entries, while room is left.
 
-        They come without offsets and never displace a newer id.
+        They come without offsets (0: judged re-sends on replay) and never displace a
+        newer id.
         """
         room = self.keep - len(self._slots)
-        if room <= 0:
-            return
-        old = bytearray()
-        known = set(self._slots)
-        for event_id in event_ids[-room:]:
+        slots = self._slots
+        for event_id in reversed(event_ids[-room:] if room > 0 else ()):
             key = digest(event_id)
-            if key not in known:
-                known.add(key)
-                old += _ENTRY.pack(key, 0)
-        if old:
-            self.load(IdWindowSnapshot(entries=bytes(old) + self.dump().entries, seen=self.seen))
+            if key not in slots:
+                slots[key] = 0
+                self._order.appendleft(key)
 
     def dump(self) -> IdWindowSnapshot:
         """Entries oldest first: the persisted form."""
-        head = self._head * ENTRY_BYTES
+        order = self._order
         return IdWindowSnapshot(
-            entries=bytes(self._buf[head:] + self._buf[:head]), seen=dict(self.seen)
+            ids=b"".join(order),
+            offsets=_bytes(array("I", map(self._slots.__getitem__, order))),
         )
 
     def load(self, snap: IdWindowSnapshot) -> None:
         """Replace the window by a dumped one (its newest ``keep`` entries).
 
-        A truncated trailing entry (never written by :meth:`dump`) is ignored.
+        Arrays of different lengths (never written by :meth:`dump`) keep the
+        newest entries both describe.
         """
-        data = snap.entries
-        usable = len(data) - len(data) % ENTRY_BYTES
-        start = max(0, usable - self.keep * ENTRY_BYTES)
-        self._buf = bytearray(data[start:usable])
-        self._head = 0
-        self._slots = {key: slot for slot, (key, _) in enumerate(_ENTRY.iter_unpack(self._buf))}
-        self.seen = dict(snap.seen)
+        raw = snap.ids
+        ids = [raw[at : at + 8] for at in range(0, len(raw) - len(raw) % 8, 8)]
+        offsets = _array("I", snap.offsets)
+        count = min(len(ids), len(offsets), self.keep)
+        ids, offsets = ids[len(ids) - count :], offsets[len(offsets) - count :]
+        self._order = deque(ids)
+        self._slots = dict(zip(ids, offsets, strict=True))
