@@ -14,12 +14,18 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import Generator, Iterator
 from typing import Any
 
 import pytest
 
 from worker.kafka.broker import EmbeddedBroker
+
+DAY_MS = 86_400_000
+GUARD_BEFORE_MS = 3 * 60_000
+"""Longer than any one broker test: none that starts outside the guard crosses 00:00 UTC."""
+GUARD_AFTER_MS = 60_000
 
 _used: list[str] = []
 """The session broker once started (header and summary report it)."""
@@ -91,6 +97,26 @@ def pytest_report_header(config: pytest.Config) -> str:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     used = _used[0] if _used else "none started (no test needed the session broker)"
     terminalreporter.write_line(f"riskgate broker used: {used}")
+
+
+def midnight_wait_ms(now_ms: int) -> int:
+    """How long to wait so a test starting now runs clear of 00:00 UTC (0 if it already does)."""
+    into_day = now_ms % DAY_MS
+    if into_day >= DAY_MS - GUARD_BEFORE_MS:
+        return DAY_MS - into_day + GUARD_AFTER_MS
+    return max(0, GUARD_AFTER_MS - into_day)
+
+
+@pytest.fixture(autouse=True)
+def _clear_of_utc_midnight(request: pytest.FixtureRequest) -> None:
+    """Broker tests run workers in subprocesses on the real clock (they cannot be given
+    one), which roll sessions over at 00:00 UTC: a test must not straddle it."""
+    if request.node.get_closest_marker("broker") is None:
+        return
+    wait = midnight_wait_ms(time.time_ns() // 1_000_000)
+    if wait:
+        print(f"waiting {wait / 1000:.0f} s to start clear of 00:00 UTC")
+        time.sleep(wait / 1000)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -226,3 +226,21 @@ def test_effects_collect_across_calls() -> None:
     assert [(h.symbol, h.gate, h.kind) for h in out.halts] == [
         ("BTCUSDT", "circuit_breaker", "halted")
     ]
+
+
+@pytest.mark.parametrize(
+    ("into_day", "wait"),
+    [
+        (0, 60_000),
+        (59_999, 1),
+        (60_000, 0),
+        (DAY_MS - 3 * MIN_MS - 1, 0),
+        (DAY_MS - 3 * MIN_MS, 4 * MIN_MS),
+        (DAY_MS - 1, MIN_MS + 1),
+    ],
+)
+def test_broker_tests_start_clear_of_utc_midnight(into_day: int, wait: int) -> None:
+    """The conftest guard: 3 min before to 1 min after 00:00 UTC, a broker test waits."""
+    from conftest import midnight_wait_ms
+
+    assert midnight_wait_ms(MIDNIGHT + into_day) == wait
