@@ -255,7 +255,18 @@ async def test_cli_halt_state_and_resume(env: GateEnv, config_path: Path) -> Non
     rc, out = await _cli("state", "--config", str(config_path), "--bot", "cli")
     assert rc == 0, out
     [row] = [line for line in out.splitlines() if " S1 " in line]
-    assert "manual_halt" in row and "2" in row, out
+    cells = [cell.strip() for cell in row.split("│")[1:-1]]
+    # symbol, net PnL, trades, W/L/BE, breaker losses, cooldown left, position, gates
+    assert cells == [
+        "S1",
+        "0.00",
+        "0",
+        "0/0/0",
+        "0",
+        "-",
+        "2",
+        "manual_halt: halted by carol: maintenance window",
+    ], out
 
     rc, out = await _cli("resume", *common, "--reason", "done", "--issued-by", "carol")
     assert rc == 0, out
