@@ -31,11 +31,13 @@ from harness import (
     Produced,
     Record,
     WorkerProcess,
+    expected_gates,
     expected_halts,
     expected_portfolios,
     expected_snapshots,
     persisted_portfolios,
     persisted_snapshots,
+    published_gates,
     published_halts,
     reference,
     same_day_window,
@@ -548,6 +550,7 @@ Answer = tuple[bool, str | None, str, str, str, float, float]
 class Verdict:
     symbols_compared: int = 0
     portfolios_compared: int = 0
+    gates_compared: int = 0
     state_mismatches: list[str] = field(default_factory=list)
     halts_expected: int = 0
     halts_published: int = 0
@@ -582,6 +585,7 @@ class Verdict:
         out = [
             f"symbol states compared:   {self.symbols_compared}",
             f"portfolio states compared: {self.portfolios_compared}",
+            f"gate records compared:    {self.gates_compared}",
             f"state mismatches:         {len(self.state_mismatches)}",
             f"halts expected/published: {self.halts_expected}/{self.halts_published}"
             f" (missing {len(self.halts_missing)}, unexpected {len(self.halts_unexpected)},"
@@ -627,6 +631,7 @@ def judge(
     intents: Iterable[OrderIntent | str],
     rejected_at: Iterable[Produced],
     exact_bots: Iterable[str] = (),
+    gates: dict[str, Record] | None = None,
 ) -> Verdict:
     """Compare what the worker left on the topics with the reference model.
 
@@ -635,11 +640,14 @@ def judge(
     record the model rejected was produced. For ``exact_bots`` (bots whose
     decisions depend on the intents topic alone, see :meth:`Workload.worker_toml`)
     the content of every decision and the outstanding reservations are compared
-    too; for the others a decision must answer its intent and echo it.
+    too; for the others a decision must answer its intent and echo it. ``gates``
+    (the last gate record per key), when given, must block exactly as the model.
     """
     v = Verdict()
     exact = set(exact_bots)
     _judge_state(v, expected, snapshots, exact)
+    if gates is not None:
+        _judge_gates(v, expected_gates(expected), published_gates(gates))
     _judge_halts(v, expected_halt_views, published_halts(halts))
     _judge_decisions(v, expected, decisions, list(intents), exact)
     dead = set()
@@ -684,6 +692,14 @@ def _judge_state(v: Verdict, model: Model, snapshots: dict[str, Record], exact: 
         w, h = (full_want, full_have) if bot in exact else (plain_want, plain_have)
         if w.get(bot, {}) != h.get(bot, {}):
             v.state_mismatches.append(f"{bot}/portfolio: {_diff(w.get(bot, {}), h.get(bot, {}))}")
+
+
+def _judge_gates(v: Verdict, want: dict[str, list[str]], have: dict[str, list[str]]) -> None:
+    """Each gate record the model implies blocks as modelled; any other blocks nothing."""
+    v.gates_compared = len(want.keys() | have.keys())
+    for key in sorted(want.keys() | have.keys()):
+        if have.get(key, []) != want.get(key, []):
+            v.state_mismatches.append(f"{key}: blocks {have.get(key)} want {want.get(key, [])}")
 
 
 def _judge_halts(v: Verdict, want: Sequence[HaltView], got: Sequence[HaltView]) -> None:

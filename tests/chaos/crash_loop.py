@@ -268,6 +268,7 @@ async def run_crash_loop(
         intents=[e for e in workload.valid if isinstance(e, OrderIntent)],
         rejected_at=[produced[i] for i in sorted(workload.invalid)],
         exact_bots=workload.exact_bots,
+        gates=await latest(config.kafka, topics.gates),
     )
     report.error_log_lines = len(error_lines(worker.log_path))
     report.seconds = time.monotonic() - started

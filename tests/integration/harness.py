@@ -32,9 +32,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from support.compare import (
     HaltView,
     halt_views,
+    model_gates,
     model_halts,
     model_portfolios,
     model_symbols,
+    record_gates,
     snapshot_portfolios,
     snapshot_symbols,
 )
@@ -592,3 +594,13 @@ def expected_halts(model: Model) -> list[HaltView]:
 def published_halts(records: Iterable[Record]) -> list[HaltView]:
     """The halt topic's events, in the order read."""
     return halt_views(msgspec.json.decode(r.value) for r in records if r.value is not None)
+
+
+def expected_gates(model: Model) -> dict[str, list[str]]:
+    """The blocking gates per gate record key (see :func:`support.compare.model_gates`)."""
+    return model_gates(model)
+
+
+def published_gates(records: dict[str, Record]) -> dict[str, list[str]]:
+    """The blocking gates of the last gate record per key."""
+    return record_gates(_values(records))

@@ -17,6 +17,7 @@ from harness import (
     create_topics,
     decoded,
     default_partition,
+    expected_gates,
     expected_halts,
     expected_portfolios,
     expected_snapshots,
@@ -27,6 +28,7 @@ from harness import (
     persisted_snapshots,
     produce,
     produce_events,
+    published_gates,
     published_halts,
     read_topic,
     reference,
@@ -108,8 +110,10 @@ async def test_outcomes_halt_flip_gates_and_persist_seed_shaped_snapshots(
     assert breaker.until_ts == ((t + 2 * MIN_MS) // 1000 + 7200) * 1000
     assert by_id["alpha/ETHUSDT/session_halt/1"].kind == "halted"
 
-    # Gate states flipped for the halted symbols only.
-    gates = decoded(await latest(config.kafka, topics.gates))
+    # Gate states flipped for the halted symbols only, as the model says.
+    gate_records = await latest(config.kafka, topics.gates)
+    assert published_gates(gate_records) == expected_gates(expected)
+    gates = decoded(gate_records)
     assert gates["alpha/gate/BTCUSDT"]["entries_allowed"] is False
     assert [b["gate"] for b in gates["alpha/gate/BTCUSDT"]["blocks"]] == ["circuit_breaker"]
     assert gates["alpha/gate/ETHUSDT"]["entries_allowed"] is False

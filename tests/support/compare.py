@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from support.model import Halt, Model
+from support.model import SYMBOL_GATES, Halt, Model
 
 
 class Approx(float):
@@ -183,3 +183,28 @@ def halt_views(values: Iterable[dict[str, Any]]) -> list[HaltView]:
 
 def total_trades(model: Model) -> int:
     return sum(state["trades"] for state in model.symbol_states().values())
+
+
+def model_gates(model: Model) -> dict[str, list[str]]:
+    """Which gates block, per gate record key (``<bot>/gate/<symbol>``, ``<bot>/gate``).
+
+    In the spec's gate order; untouched symbols left out (a worker need not
+    publish them), every bot's account record included.
+    """
+    out: dict[str, list[str]] = {}
+    for bot in model.bots.values():
+        account = ["manual_halt"] if bot.manual_halt is not None else []
+        if bot.latched or bot.daily_loss_breached():
+            account.append("portfolio_daily_loss")
+        out[f"{bot.name}/gate"] = account
+        states = model.symbol_states()
+        for name, sym in bot.symbols.items():
+            if not pristine(symbol_view(states[f"{bot.name}/risk/{name}"])):
+                blocking = zip(SYMBOL_GATES, sym.blocks(), strict=True)
+                out[f"{bot.name}/gate/{name}"] = [gate for gate, on in blocking if on]
+    return out
+
+
+def record_gates(values: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, list[str]]:
+    """``(key, decoded gate record)`` pairs → the blocking gates per key, as published."""
+    return {key: [b["gate"] for b in v["blocks"]] for key, v in values}

@@ -418,7 +418,7 @@ def command_digest(c: Any) -> str:
 
 # -- the model --------------------------------------------------------------------------
 
-_SYMBOL_GATES = ("manual_halt", "session_halt", "circuit_breaker")
+SYMBOL_GATES = ("manual_halt", "session_halt", "circuit_breaker")
 _COMMAND_GATE = {
     "halt": "manual_halt",
     "resume": "manual_halt",
@@ -452,7 +452,7 @@ class _State:
                 else None
             ),
         }
-        for gate, was, now in zip(_SYMBOL_GATES, before, sym.blocks(), strict=True):
+        for gate, was, now in zip(SYMBOL_GATES, before, sym.blocks(), strict=True):
             if was != now:
                 kind = "halted" if now else "resumed"
                 self._emit(bot, symbol, kind, gate, ts, until[gate] if now else None, cause)
