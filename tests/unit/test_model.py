@@ -740,3 +740,27 @@ def _reason(call: Callable[[], object], rejected: type[EngineRejected | Rejected
 
 def effects_halts(effects: Effects) -> list[tuple[Any, ...]]:
     return [(h.event_id, h.bot, h.symbol, h.kind, h.gate, h.ts, h.until_ts) for h in effects.halts]
+
+
+@pytest.mark.xfail(strict=True, reason="findings E1-1: the engine never latches on a reset")
+def test_the_engine_latches_when_a_reset_session_of_a_winner_breaches_the_daily_loss() -> None:
+    """The model's scenario above, through the engine: the same latch and the same answer."""
+    config = load_config(
+        text="[defaults.session]\nloss_limit = -1000.0\n"
+        "[bots.a]\n[bots.a.portfolio]\nmax_daily_loss = -50.0\n",
+        env={},
+    )
+    engine, model = RiskEngine(config), Model(limits_from_config(config))
+    effects = engine.sweep(NOON)
+    model.sweep(NOON)
+    for event, now in (
+        (out(30.0, sym="A"), NOON),
+        (out(-70.0, sym="B"), NOON),
+        (cmd("reset_session", "A", ts=NOON + MIN), NOON + MIN),
+        (out(25.0, sym="B", ts=NOON + 2 * MIN), NOON + 2 * MIN),
+        (intent("open", "buy", 1.0, sym="C", ts=NOON + 3 * MIN), NOON + 3 * MIN),
+    ):
+        engine.apply(event, now, None, effects)
+        model.apply(event, now)
+    assert [(d.allowed, d.gate) for d in effects.decisions] == gates(model)
+    assert sorted(effects_halts(effects)) == sorted(model_halts(model))
