@@ -57,14 +57,14 @@ hostile: $(STAMP)
 # Both adversarial state machines (engine, worker shell), pass after pass with
 # fresh random seeds, until FUZZ_MINUTES are up; any failure stops it (exit 1)
 # and hypothesis prints the minimal failing sequence (also kept in .hypothesis/).
-fuzz: $(STAMP)  ## FUZZ_MINUTES=10 FUZZ_EXAMPLES=300
+fuzz: $(STAMP)  ## FUZZ_MINUTES=10 FUZZ_EXAMPLES=100 (RISKGATE_FUZZ_STEPS: steps per example)
 	@end=$$(( $$(date +%s) + 60 * $${FUZZ_MINUTES:-10} )); passes=0; \
 	while [ $$(date +%s) -lt $$end ]; do \
-	  RISKGATE_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-300} $(BIN)/python -m pytest -q -p no:cacheprovider \
+	  RISKGATE_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-100} $(BIN)/python -m pytest -q -p no:cacheprovider \
 	    --timeout=0 --hypothesis-show-statistics tests/adversarial || exit 1; \
 	  passes=$$((passes + 1)); \
 	done; \
-	echo "fuzz: $$passes passes x $${FUZZ_EXAMPLES:-300} examples per state machine, no failure"
+	echo "fuzz: $$passes passes x $${FUZZ_EXAMPLES:-100} examples per state machine, no failure"
 
 # Mutation score of the core (worker/engine.py, worker/risk/) against the unit
 # suite; config in pyproject.toml [tool.mutmut]. Survivors: `mutmut results`,

@@ -765,7 +765,7 @@ class EngineMachine(RuleBasedStateMachine):
 
 EngineMachine.TestCase.settings = settings(
     max_examples=int(os.environ.get("RISKGATE_FUZZ_EXAMPLES", "25")),
-    stateful_step_count=40,
+    stateful_step_count=int(os.environ.get("RISKGATE_FUZZ_STEPS", "40")),
     deadline=None,
     suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow],
 )
