@@ -349,44 +349,44 @@ class BotState:
         return held + sum(r.notional for r in self.reservations.values() if r.action == "open")
 
 
-def evaluate(bot: BotState, intent: Any, max_reservations: int) -> tuple[str | None, str]:
-    """The gate order of the spec for an intent: (blocking gate or None, reason)."""
+def evaluate(bot: BotState, intent: Any, max_reservations: int) -> str | None:
+    """The gate order of the spec for an intent: the gate that blocks it, or None."""
     sym = bot.symbols.get(intent.symbol)
     held = sym.position.qty if sym is not None else 0.0
     if intent.action == "close":
         if not ((held > 0 and intent.side == "sell") or (held < 0 and intent.side == "buy")):
-            return "no_position", "nothing to reduce"
+            return "no_position"  # nothing to reduce
         pending = sum(
             r.qty
             for r in bot.reservations.values()
             if r.symbol == intent.symbol and r.action == "close"
         )
         if intent.qty - (abs(held) - pending) > FLAT_TOLERANCE * max(abs(held), intent.qty):
-            return "reduce_only_exceeds_position", "close exceeds the reducible position"
+            return "reduce_only_exceeds_position"  # close exceeds the reducible position
         if len(bot.reservations) >= max_reservations:
-            return "max_concurrent_positions", "too many outstanding reservations"
-        return None, "reduce-only exit"
+            return "max_concurrent_positions"  # too many outstanding reservations
+        return None  # reduce-only exit
     if bot.manual_halt is not None or (sym is not None and sym.manual_halt is not None):
-        return "manual_halt", "halted by an operator"
+        return "manual_halt"  # halted by an operator
     if sym is not None and sym.session.halted:
-        return "session_halt", "session loss limit"
+        return "session_halt"  # session loss limit
     if sym is not None and sym.tripped_at is not None:
-        return "circuit_breaker", "breaker tripped"
+        return "circuit_breaker"  # breaker tripped
     if bot.latched or bot.daily_loss_breached():
-        return "portfolio_daily_loss", "account daily loss"
+        return "portfolio_daily_loss"  # account daily loss
     lim = bot.limits
     cap = lim.max_concurrent_positions
     taken = {s for s, st in bot.symbols.items() if st.position.qty != 0.0}
     taken |= {r.symbol for r in bot.reservations.values() if r.action == "open"}
     if cap and intent.symbol not in taken and len(taken) >= cap:
-        return "max_concurrent_positions", "no free position slot"
+        return "max_concurrent_positions"  # no free position slot
     notional = intent.qty * intent.price * intent.contract_value
     exposure_cap = lim.max_gross_exposure
     if exposure_cap is not None and bot.gross_exposure() + notional > exposure_cap:
-        return "gross_exposure", "gross exposure cap"
+        return "gross_exposure"  # gross exposure cap
     if len(bot.reservations) >= max_reservations:
-        return "max_concurrent_positions", "too many outstanding reservations"
-    return None, "entries allowed"
+        return "max_concurrent_positions"  # too many outstanding reservations
+    return None  # entries allowed
 
 
 def _valid_name(name: str) -> bool:
@@ -735,7 +735,7 @@ class Model(_State):
         if i.symbol in bot.symbols:  # the bot's day and the symbol's gates as of now
             self._roll_day(bot, now_ms)
             self._tick_symbol(bot, i.symbol, now_ms)
-        gate, _ = evaluate(bot, i, self.limits.max_reservations_per_bot)
+        gate = evaluate(bot, i, self.limits.max_reservations_per_bot)
         expires: int | None = None
         if gate is None:
             expires = now_ms + ttl
