@@ -30,13 +30,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from hypothesis import HealthCheck, assume, settings
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
     initialize,
     invariant,
+    precondition,
     rule,
 )
 
@@ -366,9 +367,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     @rule(before=st.sampled_from([1_000, 30_000, 90_000]))
     def wall_clock_to_just_before_midnight(self, before: int) -> None:
-        target = (self.model.today + 1) * DAY_MS - before
-        assume(target > self.model.now)
-        self._sweep_to(target)
+        self._sweep_to(max(self.model.now + 1_000, (self.model.today + 1) * DAY_MS - before))
 
     def _sweep_to(self, now: int) -> None:
         before = self._flags()
@@ -407,11 +406,11 @@ class EngineMachine(RuleBasedStateMachine):
     def outcome_resent(self, o: TradeOutcome) -> None:
         self._send_outcome(o)
 
+    @precondition(lambda self: self.sent_outcomes)
     @rule(data=st.data())
     def run_of_outcomes_resent(self, data: st.DataObject) -> None:
         """A producer re-sends a whole run (issue 9 item 8): nothing counts twice."""
         sent = self.sent_outcomes
-        assume(sent)
         start = data.draw(st.integers(0, len(sent) - 1))
         for o in sent[start:]:
             self._send_outcome(o)
@@ -481,11 +480,11 @@ class EngineMachine(RuleBasedStateMachine):
         self._send_fill(f)
         return f
 
+    @precondition(lambda self: self.model.reservations)
     @rule(target=fills, data=st.data(), part=st.sampled_from([1.0, 0.5, 0.25, 1.5]))
     def fill_of_reservation(self, data: st.DataObject, part: float) -> Fill:
         """A (partial, full or over-) fill reported with its intent_id."""
         live = sorted(self.model.reservations)
-        assume(live)
         rid = data.draw(st.sampled_from(live))
         r = self.model.reservations[rid]
         side = self.intent_sides[rid]
@@ -546,11 +545,11 @@ class EngineMachine(RuleBasedStateMachine):
         self._decide(i)
         return i
 
+    @precondition(lambda self: any(s.qty != 0.0 for s in self.model.symbols.values()))
     @rule(target=intents, data=st.data())
     def close_what_is_held(self, data: st.DataObject) -> OrderIntent:
         """A close for exactly the reducible quantity, or a bit more (issue 9 item 1)."""
         held = [(n, s.qty) for n, s in self.model.symbols.items() if s.qty != 0.0]
-        assume(held)
         symbol, qty = data.draw(st.sampled_from(held))
         extra = data.draw(st.sampled_from([0.0, 0.0, 0.0005, 1.0, -abs(qty) / 2]))
         side = "sell" if qty > 0 else "buy"
@@ -764,7 +763,7 @@ class EngineMachine(RuleBasedStateMachine):
 
 
 EngineMachine.TestCase.settings = settings(
-    max_examples=int(os.environ.get("RISKGATE_FUZZ_EXAMPLES", "25")),
+    max_examples=int(os.environ.get("RISKGATE_FUZZ_EXAMPLES", "150")),
     stateful_step_count=int(os.environ.get("RISKGATE_FUZZ_STEPS", "40")),
     deadline=None,
     suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow],
