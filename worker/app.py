@@ -26,16 +26,16 @@ from typing import Any, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import IllegalStateError, KafkaError
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from worker.config import Config
 from worker.engine import Effects, Origin, Rejected, RiskEngine
+from worker.health import Health
 from worker.inbound import InputKind, decode_input
 from worker.kafka.fetch import Fetched, Unreadable, fetch
 from worker.kafka.options import RETRY_BACKOFF_MAX_MS, client_kwargs, consumer_kwargs
-from worker.kafka.progress import InputProgress, applied_watermarks
 from worker.kafka.records import (
     OutRecord,
     deadletter_record,
@@ -45,6 +45,7 @@ from worker.kafka.records import (
 )
 from worker.kafka.restore import SnapshotRead, read_snapshot_partitions
 from worker.kafka.topics import check_topics
+from worker.kafka.watch import InputWatch
 from worker.messages import Event, HaltEvent
 from worker.metrics import Metrics
 
@@ -137,17 +138,13 @@ class Worker:
         self._assigned: set[TopicPartition] = set()
         self._restoring: dict[frozenset[int], asyncio.Task[SnapshotRead]] = {}
         self._next_sweep = 0
-        self._next_heartbeat = 0
-        self._last_heartbeat_ms = clock()
-        self._progress = InputProgress(self._kinds)
+        self._watch = InputWatch(
+            self._kinds, config.worker.heartbeat_interval_ms, self.metrics, clock()
+        )
+        """Per input partition: progress (heartbeats) and restarted offsets."""
         self._fetching: asyncio.Future[Fetched] | None = None
         """The loop's fetch in flight; ``stop()`` cancels it (a join may never finish)."""
-        self._last_commit_ms = 0
-        self._owed_since: dict[TopicPartition, int] = {}
-        """Per partition, since when applied offsets wait for a successful commit."""
-        self._last_round_trip_ms: int | None = None
-        """Last successful broker round trip; None while starting (none yet)."""
-        self._last_tick_ms = clock()
+        self.health = Health(clock, config.worker, self.metrics)
         self.started = asyncio.Event()
         """Set once the clients are connected and the loop is running."""
         self._register_state_gauges()
@@ -156,39 +153,22 @@ class Worker:
 
     @property
     def healthy(self) -> bool:
-        """Liveness: the worker's loop (or its connect retries) ticked recently.
-
-        Every broker wait on the loop's path is bounded and ticks when it ends,
-        so a missing or frozen broker keeps this true (restarting cannot bring
-        a broker back, and a crash loop would only delay recovery); a loop that
-        stopped ticking is stuck and a restart is the cure.
-        """
-        return self.clock() - self._last_tick_ms < self.config.worker.stuck_after_ms
+        """Liveness (see :mod:`worker.health`): a missing broker never fails it."""
+        return self.health.alive
 
     @property
     def starting(self) -> bool:
         """No broker round trip completed yet (the startup state)."""
-        return self._last_round_trip_ms is None
+        return self.health.starting
 
     @property
     def ready(self) -> bool:
-        """Assigned, restored, a recent broker round trip, and no commit overdue.
-
-        A commit is overdue when applied offsets have waited longer than
-        ``ready_commit_max_age_ms`` without a successful commit; an idle worker
-        owes none, and an idle metadata probe never counts as a commit.
-        """
-        now = self.clock()
-        max_age = self.config.worker.ready_commit_max_age_ms
-        trip = self._last_round_trip_ms
-        owed = min(self._owed_since.values(), default=None)
+        """Assigned, restored, not stopping, a recent broker round trip, no commit overdue."""
         return (
-            trip is not None
-            and now - trip < max_age
-            and bool(self._assigned)
+            bool(self._assigned)
             and not self._restoring
             and not self._stopping.is_set()
-            and (owed is None or now - owed < max_age)
+            and self.health.talking
         )
 
     def stop(self) -> None:
@@ -330,20 +310,24 @@ class Worker:
             now = self.clock()
             offsets = self._apply_batch(batch, now, effects, deadletters)
             self._skip_unreadable(fetched.unreadable, offsets, deadletters)
-            self._observe_inputs(consumer, offsets, now)
+            self._watch.observe(
+                consumer, self._assigned, self.engine, self._partition_of, offsets=offsets, now=now
+            )
+            self.health.forgive(self._assigned)
             if now >= self._next_sweep:
                 halts_before = len(effects.halts)
                 self.engine.sweep(now, effects)
                 _log_halts(effects.halts[halts_before:], cause="sweep")
                 self._next_sweep = now + worker_cfg.sweep_interval_ms
-            heartbeat = await self._heartbeat_bots(consumer, now)
+            heartbeat = await self._watch.heartbeat_bots(
+                consumer, self.engine, self._partition_of, now
+            )
             if not await self._publish_outputs(effects, deadletters, heartbeat, now):
                 return
             self._unpersisted.dirty_symbols |= effects.dirty_symbols
             self._unpersisted.dirty_bots |= effects.dirty_bots
             self._uncommitted.update(offsets)
-            for tp in offsets:
-                self._owed_since.setdefault(tp, now)
+            self.health.owe(offsets, now)
             if self._persist_due(now) and not await self._persist(now):
                 return
             if self._flush_requested.is_set():
@@ -352,7 +336,7 @@ class Worker:
                 self._mark_progress(commit=False)  # records came from the broker
                 self.metrics.batch_size.observe(sum(len(r) for r in batch.values()))
                 self.metrics.batch_seconds.observe(time.perf_counter() - started)
-            elif now - (self._last_round_trip_ms or 0) >= worker_cfg.sweep_interval_ms:
+            elif now - (self.health.last_round_trip_ms or 0) >= worker_cfg.sweep_interval_ms:
                 await self._probe_broker()
             self._update_gauges(batch)
             self._tick()
@@ -659,84 +643,16 @@ class Worker:
         self._mark_progress(commit=False)
 
     def _mark_progress(self, *, commit: bool) -> None:
-        """A broker round trip succeeded; ``commit``: it was a successful offset commit.
+        """A broker round trip succeeded; ``commit``: a successful offset commit.
 
         A commit pays what was owed when it was taken; offsets applied since
         (none, while the loop awaits its own persist) stay owed.
         """
-        now = self.clock()
-        self._last_round_trip_ms = now
-        if commit:
-            self._last_commit_ms = now
-            owed = self._owed_since
-            self._owed_since = {tp: t for tp, t in owed.items() if tp in self._uncommitted}
-        self._tick(now)
+        self.health.round_trip(commit=commit, still_owed=self._uncommitted)
 
-    def _tick(self, now: int | None = None) -> None:
+    def _tick(self) -> None:
         """The loop (or a bounded wait on its path) is alive: what liveness checks."""
-        now = self.clock() if now is None else now
-        self._last_tick_ms = now
-        self.metrics.last_progress.set(now / 1000)
-
-    # -- input partitions: progress, heartbeats, recreated topics ------------------
-
-    def _observe_inputs(
-        self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int], now: int
-    ) -> None:
-        """Record fetch and consume progress per fetchable partition; detect restarted offsets."""
-        progress = self._progress
-        fetchable = (consumer.assignment() & self._assigned) - consumer.paused()
-        progress.forget(fetchable)
-        new = [tp for tp in fetchable if tp not in progress]
-        if new:
-            for tp, mark in applied_watermarks(self.engine, self._partition_of, new).items():
-                progress.track(tp, mark)
-        for tp, end in offsets.items():
-            progress.consumed(tp, end - 1, now)
-        for tp in fetchable:
-            progress.polled(tp, consumer.last_poll_timestamp(tp), now)
-            highwater = consumer.highwater(tp)
-            reset_at = progress.offsets_reset(tp, highwater)
-            if reset_at is not None:
-                self.metrics.offset_resets.labels(tp.topic, str(tp.partition)).inc()
-                log.error(
-                    "input partition restarted below the offsets already applied: topic "
-                    "recreated or truncated? Its new events at or below the applied offset "
-                    "are skipped as replays until its log passes it",
-                    topic=tp.topic,
-                    partition=tp.partition,
-                    log_end=highwater,
-                    applied=reset_at,
-                )
-        # The offsets owed for partitions we no longer own are nobody's debt here.
-        self._owed_since = {tp: t for tp, t in self._owed_since.items() if tp in self._assigned}
-
-    async def _heartbeat_bots(self, consumer: AIOKafkaConsumer, now: int) -> list[str]:
-        """Bots due a heartbeat: only those whose every input partition is progressing."""
-        if now < self._next_heartbeat:
-            return []
-        since, self._last_heartbeat_ms = self._last_heartbeat_ms, now
-        self._next_heartbeat = now + self.config.worker.heartbeat_interval_ms
-        tps = [TopicPartition(t, n) for n in self._progress.numbers() for t in self._kinds]
-        positions: dict[TopicPartition, int | None] = {}
-        for tp in tps:
-            positions[tp] = await self._position(consumer, tp)
-        owned = consumer.assignment()  # highwater() asserts the partition is assigned
-        highwaters = {tp: consumer.highwater(tp) for tp in tps if tp in owned}
-        stalled = self._progress.stalled(since, positions, highwaters)
-        self.metrics.stalled_partitions.set(len(stalled))
-        fresh = self._progress.numbers() - {tp.partition for tp in stalled}
-        bots = self.engine.bots
-        return [b for b, p in self._partition_of.items() if p in fresh and b in bots]
-
-    @staticmethod
-    async def _position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
-        """The consumer's position, or None when it has none right now (never waits long)."""
-        try:
-            async with asyncio.timeout(0.05):
-                return int(await consumer.position(tp))
-        except (TimeoutError, IllegalStateError, KafkaError):
-            return None
+        self.health.tick()
 
     def _update_gauges(self, batch: dict[TopicPartition, list[Any]]) -> None:
         consumer = self._consumer

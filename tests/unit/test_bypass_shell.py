@@ -355,7 +355,7 @@ async def test_readyz_requires_a_recent_successful_commit(monkeypatch: pytest.Mo
         broker.append(cfg.topics.outcomes, alpha.encode(), outcome(alpha, 1))
         assert await shell.idle()
         assert worker.ready, "committed: nothing owed"
-        committed_at = worker._last_commit_ms
+        committed_at = worker.health.last_commit_ms
 
         async def refused(offsets: Any) -> None:
             raise KafkaConnectionError("commit refused")
@@ -367,8 +367,8 @@ async def test_readyz_requires_a_recent_successful_commit(monkeypatch: pytest.Mo
         assert worker.ready, "owed, but not for long yet"
         shell.now_ms += MAX_AGE_MS
         assert await shell.idle()  # idle: the loop probes the broker, which answers
-        assert worker._last_round_trip_ms == shell.now_ms
-        assert worker._last_commit_ms == committed_at, "a probe is not a commit"
+        assert worker.health.last_round_trip_ms == shell.now_ms
+        assert worker.health.last_commit_ms == committed_at, "a probe is not a commit"
         assert not worker.ready
 
         monkeypatch.undo()
@@ -389,7 +389,7 @@ async def test_an_idle_worker_owes_no_commit_and_stays_ready() -> None:
             shell.now_ms += MAX_AGE_MS
             assert await shell.idle()
             assert worker.ready
-        assert worker._last_commit_ms == 0
+        assert worker.health.last_commit_ms == 0
         assert await shell.stop()
 
 
