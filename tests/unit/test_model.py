@@ -667,10 +667,12 @@ def _random_event(rng: random.Random, n: int, now: int, asked: list[OrderIntent]
         return TradeOutcome(f"o{again}", bot, sym, gross, fee, ts)
     if roll < 0.6:
         side = rng.choice(("buy", "sell"))
-        qty, price = float(rng.randint(1, 4)), float(rng.randint(90, 110))
+        # Whole lots, tiny ones, and one a float residue short of a lot (flat tolerance).
+        qty = rng.choice((float(rng.randint(1, 4)), round(rng.uniform(1e-4, 1e-2), 4), 1 - 1e-12))
+        price, fee = float(rng.randint(90, 110)), round(rng.uniform(0, 0.5), 2)
         fill_for = rng.choice(asked).intent_id if asked and rng.random() < 0.5 else None
-        fee = round(rng.uniform(0, 0.5), 2)
-        return Fill(f"f{again}", bot, sym, side, qty, price, fee, ts, 1.0, fill_for)  # type: ignore[arg-type]
+        value = rng.choice((1.0, 1.0, 0.5, 10.0))
+        return Fill(f"f{again}", bot, sym, side, qty, price, fee, ts, value, fill_for)  # type: ignore[arg-type]
     if roll < 0.9:
         if asked and rng.random() < 0.1:
             return rng.choice(asked)  # a client retry
@@ -695,7 +697,10 @@ def _engine_view(engine: RiskEngine) -> tuple[dict[str, Any], dict[str, Any]]:
     return snapshot_symbols(values), snapshot_portfolios(values)
 
 
-@pytest.mark.parametrize("seed", range(8))
+E1_1 = pytest.mark.xfail(strict=True, reason="findings E1-1: the engine never latches on a reset")
+
+
+@pytest.mark.parametrize("seed", [*range(8), pytest.param(8, marks=E1_1), 9])
 def test_the_engine_agrees_with_the_model_on_random_streams(seed: int) -> None:
     """Every input kind, clock moves across midnight, late and early stamps, retries.
 
@@ -711,7 +716,7 @@ def test_the_engine_agrees_with_the_model_on_random_streams(seed: int) -> None:
     model.sweep(now)
     asked: list[OrderIntent] = []
     for n in range(250):
-        now += rng.randint(0, 20_000)
+        now += rng.choice((rng.randint(0, 20_000), rng.randint(0, 20_000), rng.randint(0, 900_000)))
         if rng.random() < 0.1:
             engine.sweep(now, effects)
             model.sweep(now)
@@ -742,7 +747,7 @@ def effects_halts(effects: Effects) -> list[tuple[Any, ...]]:
     return [(h.event_id, h.bot, h.symbol, h.kind, h.gate, h.ts, h.until_ts) for h in effects.halts]
 
 
-@pytest.mark.xfail(strict=True, reason="findings E1-1: the engine never latches on a reset")
+@E1_1
 def test_the_engine_latches_when_a_reset_session_of_a_winner_breaches_the_daily_loss() -> None:
     """The model's scenario above, through the engine: the same latch and the same answer."""
     config = load_config(
