@@ -57,7 +57,7 @@ SESSION_LIMIT = -50.0
 BREAKER_LIMIT = 3
 BREAKER_WINDOW_S = 1_200
 COOLDOWN_S = 900
-DAILY_LOSS = -80.0
+DAILY_LOSS = -45.0
 MAX_OPEN = 2
 MAX_EXPOSURE = 1_000.0
 EPS = 1e-6
@@ -89,6 +89,11 @@ max_future_skew_ms = {SKEW_MS}
 secret = "{SECRET}"
 replay_window_ms = {WINDOW_MS}
 """
+
+RESET_BREACH_LATCHES = False
+"""Spec §4: the daily loss is "checked live and latched", so a ``reset_session`` of a
+winning symbol that takes the account past the limit latches. The engine does not yet
+(/work/notes/findings.md E1-1; this machine finds it in ~400 examples): True once fixed."""
 
 _CMD_EVENT_ID = re.compile(r"/cmd-[0-9a-f]{16}$")
 
@@ -688,6 +693,17 @@ class EngineMachine(RuleBasedStateMachine):
         self._send_command(c)
         return c
 
+    @precondition(lambda self: any(s.net > 0 for s in self.model.symbols.values()))
+    @rule(target=commands, data=st.data())
+    def reset_session_of_a_winner(self, data: st.DataObject) -> ControlCommand:
+        """Resetting a winning symbol lowers the account net: it may breach the daily loss."""
+        winners = sorted(n for n, s in self.model.symbols.items() if s.net > 0)
+        symbol = data.draw(st.sampled_from(winners))
+        c = ControlCommand("reset_session", BOT, symbol, "fuzz", "ops", self.model.now)
+        c = signing.signed(c, SECRET.encode())
+        self._send_command(c)
+        return c
+
     @rule(c=commands)
     def command_replayed(self, c: ControlCommand) -> None:
         """A captured command appended again (issue 9 item 4b)."""
@@ -724,6 +740,8 @@ class EngineMachine(RuleBasedStateMachine):
                 s.reset_breaker()
             else:
                 s.reset_session()
+        if c.command == "reset_session" and RESET_BREACH_LATCHES:
+            model.observe_latch()  # resetting a winner can take the account past the limit
         for h in out.halts:
             assert _CMD_EVENT_ID.search(h.event_id), f"command event id {h.event_id}"
             assert h.issued_by == "ops"
