@@ -463,7 +463,9 @@ def expected(kind: InputKind, key: bytes | None, value: bytes) -> frozenset[str]
     if key != event.bot.encode():
         return frozenset({"key_mismatch"})
     if kind == "control" and event.sig is None:
-        return frozenset({"bad_signature"})
+        # The bot is judged before the signature: a bot that is not configured, or
+        # whose name is not a valid one, is refused as such first.
+        return frozenset({"bad_signature", "unknown_bot", "invalid_name"})
     return ENGINE_REASONS | {APPLIED}
 
 
