@@ -80,6 +80,7 @@ max_gross_exposure = {MAX_EXPOSURE}
 
 [bots.{BOT}]
 symbols = {list(SYMBOLS)!r}
+pnl_source = "{{pnl_source}}"
 
 [worker]
 reservation_ttl_ms = {TTL_MS}
@@ -116,25 +117,38 @@ class MSymbol:
     tripped_at: int | None = None
     qty: float = 0.0
     avg: float = 0.0
+    entry_fees: float = 0.0
+    trip_net: float = 0.0
     manual: bool = False
 
     def notional(self) -> float:
         return abs(self.qty) * self.avg
 
-    def fill(self, signed: float, price: float) -> None:
-        held = self.qty
+    def fill(self, signed: float, price: float, fee: float) -> tuple[float, float, float | None]:
+        """Average-cost position (spec §4 "Fills"): realised gross and fees of this
+        fill, and the net of the round trip it ended (flat or flip), if any."""
+        held, size = self.qty, abs(signed)
         if held == 0.0 or (held > 0.0) == (signed > 0.0):
-            size = abs(held) + abs(signed)
-            self.avg = (abs(held) * self.avg + abs(signed) * price) / size
-            self.qty = held + signed
-            return
+            self.avg = (abs(held) * self.avg + size * price) / (abs(held) + size)
+            self.qty, self.entry_fees = held + signed, self.entry_fees + fee
+            return 0.0, 0.0, None
+        closed = min(size, abs(held))
+        gross = (price - self.avg) * closed * (1.0 if held > 0 else -1.0)
+        entry_share = self.entry_fees * closed / abs(held)
+        fees = fee * closed / size + entry_share
+        self.trip_net += gross - fees
         remaining = held + signed
-        if abs(remaining) <= FLAT_TOLERANCE * max(abs(held), abs(signed)):
-            self.qty, self.avg = 0.0, 0.0
-        elif (remaining > 0.0) != (held > 0.0):
+        if abs(remaining) <= FLAT_TOLERANCE * max(abs(held), size):
+            ended, self.trip_net = self.trip_net, 0.0
+            self.qty, self.avg, self.entry_fees = 0.0, 0.0, 0.0
+            return gross, fees, ended
+        if (remaining > 0.0) != (held > 0.0):
+            ended, self.trip_net = self.trip_net, 0.0
             self.qty, self.avg = remaining, price
-        else:
-            self.qty = remaining
+            self.entry_fees = fee * abs(remaining) / size
+            return gross, fees, ended
+        self.qty, self.entry_fees = remaining, self.entry_fees - entry_share
+        return gross, fees, None
 
     def loss(self, ts_s: int) -> set[int]:
         """Record a loss at its own time; the acceptable trip starts if it trips.
@@ -284,6 +298,9 @@ starts = st.sampled_from(
 class EngineMachine(RuleBasedStateMachine):
     """One engine, one model, one wall clock; compared after every step."""
 
+    PNL_SOURCE = "outcomes"
+    """Where session PnL comes from; ``FillsEngineMachine`` books it from fills."""
+
     outcomes = Bundle("outcomes")
     fills = Bundle("fills")
     intents = Bundle("intents")
@@ -291,7 +308,8 @@ class EngineMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.engine = RiskEngine(load_config(text=CONFIG, env={}))
+        config = CONFIG.replace("{pnl_source}", self.PNL_SOURCE)
+        self.engine = RiskEngine(load_config(text=config, env={}))
         self.model = Model(now=DAY0 * DAY_MS)
         self.offsets: dict[str, int] = {}
         self.event_ids: dict[str, tuple[str | None, str, str]] = {}
@@ -424,27 +442,30 @@ class EngineMachine(RuleBasedStateMachine):
         model = self.model
         was_before = self._model_gate_flags()
         result = self._apply(o, "trading.outcomes")
-        if o.ts > model.now + SKEW_MS:
-            self._reject(result, {"future_event"})
+        if o.ts > model.now + SKEW_MS or self.PNL_SOURCE == "fills":
+            future = {"future_event"} if o.ts > model.now + SKEW_MS else set()
+            self._reject(result, future | ({"pnl_source"} if self.PNL_SOURCE == "fills" else set()))
             return
         out = self._accepted(result)
         if o.outcome_id in model.seen["outcomes"]:
             return
         model.seen["outcomes"].add(o.outcome_id)
         self.sent_outcomes.append(o)
-        m = model.symbols[o.symbol]
         net = o.gross_pnl - o.fee
-        trip_starts: set[int] = set()
-        if net < 0.0:
-            trip_starts = m.loss(o.ts // 1000)
-        if utc_day(o.ts) >= model.today:  # later days are clamped to today (T2)
-            m.net += net
-            m.trades += 1
+        self._book(o.symbol, o.ts, net, net)
+        self._check_transitions(was_before, out.halts)
+
+    def _book(self, symbol: str, ts: int, booked: float, trade: float | None) -> None:
+        """Book PnL at ``ts`` and count the trade it ended (a loss enters the breaker)."""
+        model, m = self.model, self.model.symbols[symbol]
+        trip_starts = m.loss(ts // 1000) if trade is not None and trade < 0.0 else set()
+        if utc_day(ts) >= model.today:  # later days are clamped to today (T2)
+            m.net += booked
+            m.trades += trade is not None
             m.halted = m.halted or m.net <= SESSION_LIMIT
             model.observe_latch()
         if trip_starts:
-            self._adopt_trip_start(o.symbol, trip_starts)
-        self._check_transitions(was_before, out.halts)
+            self._adopt_trip_start(symbol, trip_starts)
 
     def _adopt_trip_start(self, symbol: str, acceptable: set[int]) -> None:
         snap = self.engine.bots[BOT].symbols[symbol].snapshot()
@@ -479,9 +500,9 @@ class EngineMachine(RuleBasedStateMachine):
 
     # -- fills ----------------------------------------------------------------------
 
-    @rule(target=fills, symbol=symbols, side=sides, qty=qtys, price=prices, skew=skews)
-    def fill(self, symbol: str, side: str, qty: float, price: float, skew: int) -> Fill:
-        f = Fill(self._uid("f"), BOT, symbol, side, qty, price, 0.0, self.model.now + skew)  # type: ignore[arg-type]
+    @rule(target=fills, symbol=symbols, side=sides, qty=qtys, price=prices, fee=fees, skew=skews)
+    def fill(self, symbol: str, side: str, qty: float, price: float, fee: float, skew: int) -> Fill:
+        f = Fill(self._uid("f"), BOT, symbol, side, qty, price, fee, self.model.now + skew)  # type: ignore[arg-type]
         self._send_fill(f)
         return f
 
@@ -527,7 +548,10 @@ class EngineMachine(RuleBasedStateMachine):
             r.qty -= f.qty
             if r.qty <= FLAT_TOLERANCE * f.qty:
                 del model.reservations[f.intent_id or ""]
-        model.symbols[f.symbol].fill(f.qty if f.side == "buy" else -f.qty, f.price)
+        signed = f.qty if f.side == "buy" else -f.qty
+        gross, fees, ended = model.symbols[f.symbol].fill(signed, f.price, f.fee)
+        if self.PNL_SOURCE == "fills" and (gross or fees or ended is not None):
+            self._book(f.symbol, f.ts, gross - fees, ended)
         self._check_transitions(flags, out.halts)
 
     # -- intents --------------------------------------------------------------------
@@ -780,10 +804,20 @@ class EngineMachine(RuleBasedStateMachine):
             assert math.isclose(qty, m.qty, abs_tol=1e-12), (where, qty, m.qty)
 
 
-EngineMachine.TestCase.settings = settings(
-    max_examples=int(os.environ.get("RISKGATE_FUZZ_EXAMPLES", "150")),
+class FillsEngineMachine(EngineMachine):
+    """The same machine for a bot booking PnL from fills: round trips are its trades
+    and its breaker losses; outcomes are bad input (``pnl_source``)."""
+
+    PNL_SOURCE = "fills"
+
+
+_SETTINGS = settings(
+    max_examples=int(os.environ.get("RISKGATE_FUZZ_EXAMPLES", "100")),
     stateful_step_count=int(os.environ.get("RISKGATE_FUZZ_STEPS", "40")),
     deadline=None,
     suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow],
 )
+EngineMachine.TestCase.settings = _SETTINGS
+FillsEngineMachine.TestCase.settings = _SETTINGS
 test_engine_machine = EngineMachine.TestCase
+test_engine_machine_booking_from_fills = FillsEngineMachine.TestCase
