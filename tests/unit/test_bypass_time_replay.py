@@ -13,6 +13,7 @@ from worker import signing
 from worker.engine import Effects, Origin, Rejected, RiskEngine
 from worker.messages import ControlCommand, Event, HaltEvent, TradeOutcome
 from worker.risk import CircuitBreakerSnapshot, SessionPnlSnapshot
+from worker.risk.dedupe import IdWindow, IdWindowSnapshot
 from worker.snapshot import (
     PortfolioSnapshot,
     SymbolSnapshot,
@@ -482,3 +483,22 @@ def test_portfolio_snapshot_carries_the_command_guard_and_windows() -> None:
     assert snap.outcome_ids is not None
     assert (len(snap.outcome_ids.ids), len(snap.outcome_ids.offsets)) == (8, 4)
     assert snap.applied_offsets["trading.outcomes/0"] == 0  # the window's watermark
+
+
+def test_an_id_window_restored_from_its_snapshot_judges_like_the_original() -> None:
+    window = IdWindow(3)
+    for n, event_id in enumerate("abcde"):  # wraps: keeps c, d, e
+        assert window.first(event_id, ("trading.outcomes/0", n))
+    restored = IdWindow(3)
+    restored.load(msgspec.json.decode(encode(window.dump()), type=IdWindowSnapshot))
+    for w in (window, restored):
+        assert len(w) == 3
+        assert [w.first(x, ("trading.outcomes/0", 9), fresh=False) for x in "abcde"] == [
+            True,  # evicted: the symbol's watermark decides
+            True,
+            False,  # inserted by an earlier offset: a re-send
+            False,
+            False,
+        ]
+        assert w.first("e", ("trading.outcomes/0", 4), fresh=False), "inserted by this record"
+    assert [restored.first(x, ("trading.outcomes/0", 10)) for x in "adf"] == [True, False, True]
