@@ -25,8 +25,9 @@ import aiokafka.producer.message_accumulator as accumulator_module
 import aiokafka.producer.producer as producer_module
 import msgspec
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import NewTopic
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from confluent_kafka import Producer
 from harness import (
@@ -44,7 +45,7 @@ from harness import (
     wait_processed,
     wait_until,
 )
-from opskit import logged
+from opskit import http_status, logged
 
 from worker.app import Worker
 from worker.config import Config, load_config
@@ -327,3 +328,59 @@ async def test_recreated_input_topic_is_said_loudly(
     lines = [line for line in capsys.readouterr().out.splitlines() if "restarted below" in line]
     assert len(lines) == 1
     assert "[error" in lines[0]
+
+
+async def test_sigterm_stops_a_worker_stuck_joining_behind_a_ghost_member(
+    embedded_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """Issue 15 item 13 with a valid config: a static member that died without leaving
+    (session 30 s) holds every JoinGroup; the worker is alive, not ready, and stops on
+    SIGTERM at once instead of after the join."""
+    text = config_text(
+        embedded_broker.bootstrap_servers,
+        BODY,
+        partitions=2,
+        session_timeout_ms=3_000,
+        kafka_extra="request_timeout_ms = 5000\n",
+    )
+    config = load_config(text=text, env={})
+    await create_topics(config)
+    ghost = AIOKafkaConsumer(
+        *config.topics.inputs(),
+        bootstrap_servers=config.kafka.bootstrap_servers,
+        group_id=config.kafka.group_id,
+        group_instance_id="ghost",
+        session_timeout_ms=30_000,
+        heartbeat_interval_ms=3_000,
+        request_timeout_ms=40_000,
+        partition_assignment_strategy=(RangePartitionAssignor,),
+    )
+    await ghost.start()
+    try:
+        async with asyncio.timeout(60):
+            while not ghost.assignment():
+                await ghost.getmany(timeout_ms=100)
+    finally:
+        await ghost.stop()  # a static member leaves no LeaveGroup behind
+    path = tmp_path / "riskgate.toml"
+    path.write_text(text)
+    worker = WorkerProcess(path, tmp_path / "worker.log")
+    try:
+        worker.start()
+
+        async def clients_started() -> bool:
+            return bool(logged(worker.log_path, "worker started"))
+
+        await wait_until(clients_started, within=60, what="clients started", interval=0.05)
+        await asyncio.sleep(6)  # past one JoinGroup request timeout: stuck joining
+        http = worker.http_port()
+        assert (await http_status(http, "/healthz"), await http_status(http, "/readyz")) == (
+            200,
+            503,
+        )
+        assert not logged(worker.log_path, "partitions assigned; restoring")
+        code = await asyncio.to_thread(worker.terminate, Worker(config).shutdown_bound_s + 5)
+        assert code == 0, worker.log_tail()
+        assert logged(worker.log_path, "worker stopped")
+    finally:
+        await asyncio.to_thread(worker.kill)
