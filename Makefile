@@ -73,8 +73,9 @@ mutate: $(STAMP)
 	$(BIN)/mutmut run --max-children $${JOBS:-2}
 	$(BIN)/mutmut export-cicd-stats
 	$(BIN)/python -c 'import json; s = json.load(open("mutants/mutmut-cicd-stats.json")); \
-	  k, v = s["killed"] + s["timeout"], s["total"] - s["no_tests"] - s["skipped"]; \
-	  print(f"mutation score {k}/{v} = {100 * k / max(v, 1):.1f}% (survived {s[\"survived\"]}, no tests {s[\"no_tests\"]})")'
+	  k, n = s["killed"] + s["timeout"], s["total"] - s["skipped"]; \
+	  print(f"mutation score: {k}/{n} killed = {100 * k / max(n, 1):.1f}%", \
+	        {x: s[x] for x in ("survived", "no_tests", "suspicious")})'
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache mutants
