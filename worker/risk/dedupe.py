@@ -86,7 +86,7 @@ class IdWindow:
         self.keep = keep
         """Ids remembered (``[worker] dedupe_ids_per_bot``); 0 remembers none."""
         self._slots: dict[bytes, int] = {}
-        """id digest -> low 32 bits of the offset that inserted it."""
+        """id digest -> the offset that inserted it (its low 32 bits once restored)."""
         self._order: deque[bytes] = deque()
         """The digests, oldest first (evicted from the left)."""
 
@@ -111,7 +111,7 @@ class IdWindow:
             return self._judged(slots.get(key), offset)
         if key in slots:
             return False
-        slots[key] = offset & _LOW
+        slots[key] = offset  # the record's own int: no allocation (masked when dumped)
         order = self._order
         order.append(key)
         if len(order) > self.keep:
@@ -150,7 +150,7 @@ class IdWindow:
         order = self._order
         return IdWindowSnapshot(
             ids=b"".join(order),
-            offsets=_bytes(array("I", map(self._slots.__getitem__, order))),
+            offsets=_bytes(array("I", [self._slots[key] & _LOW for key in order])),
         )
 
     def load(self, snap: IdWindowSnapshot) -> None:
