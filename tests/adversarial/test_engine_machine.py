@@ -60,6 +60,7 @@ COOLDOWN_S = 900
 DAILY_LOSS = -45.0
 MAX_OPEN = 2
 MAX_EXPOSURE = 1_000.0
+MAX_RESERVATIONS = 4
 EPS = 1e-6
 FLAT_TOLERANCE = 1e-9
 DAY0 = 20_254  # 2025-06-15
@@ -84,6 +85,7 @@ pnl_source = "{{pnl_source}}"
 
 [worker]
 reservation_ttl_ms = {TTL_MS}
+max_reservations_per_bot = {MAX_RESERVATIONS}
 max_future_skew_ms = {SKEW_MS}
 
 [control]
@@ -650,6 +652,13 @@ class EngineMachine(RuleBasedStateMachine):
         return natural
 
     def _natural_gates(self, i: OrderIntent) -> set[str | None]:
+        """The gate order of spec §4, then the cap on outstanding reservations."""
+        gates = self._gates_in_order(i)
+        if None in gates and len(self.model.reservations) >= MAX_RESERVATIONS:
+            return (gates - {None}) | {"max_concurrent_positions"}
+        return gates
+
+    def _gates_in_order(self, i: OrderIntent) -> set[str | None]:
         model = self.model
         s = model.symbols[i.symbol]
         if i.action == "close":
@@ -785,7 +794,7 @@ class EngineMachine(RuleBasedStateMachine):
         assert (p.manual_halt is not None) == model.bot_manual, "bot manual halt"
         assert p.halted == model.latch, f"latch {p.halted}, model {model.latch}"
         assert set(p.reservations) == set(model.reservations), "reservations"
-        assert len(p.reservations) <= 1_000
+        assert len(p.reservations) <= MAX_RESERVATIONS
         for name, sym in bot.symbols.items():
             m = model.symbols[name]
             snap = sym.snapshot()
