@@ -270,6 +270,75 @@ class Model:
             or self.account_net() <= DAILY_LOSS
         )
 
+    def lift_times(self) -> dict[tuple[str | None, str], int]:
+        """When each time-driven block may lift, from the model's own clock rules."""
+        midnight = (self.today + 1) * DAY_MS
+        times: dict[tuple[str | None, str], int] = {(None, "portfolio_daily_loss"): midnight}
+        for name, s in self.symbols.items():
+            times[name, "session_halt"] = midnight
+            if s.tripped_at is not None:
+                times[name, "circuit_breaker"] = (s.tripped_at + COOLDOWN_S) * 1000
+        return times
+
+    def gate_flags(self) -> dict[tuple[str | None, str], bool]:
+        flags: dict[tuple[str | None, str], bool] = {
+            (None, "manual_halt"): self.bot_manual,
+            (None, "portfolio_daily_loss"): self.latch,
+        }
+        for name, s in self.symbols.items():
+            flags[name, "manual_halt"] = s.manual
+            flags[name, "session_halt"] = s.halted
+            flags[name, "circuit_breaker"] = s.tripped_at is not None
+        return flags
+
+    def expected_gates(self, i: OrderIntent) -> set[str | None]:
+        """The gates an intent may be answered with (more than one where the order is open)."""
+        natural = self._natural_gates(i)
+        if self.now - i.ts > TTL_MS:
+            return {"expired"} | (natural - {None})
+        return natural
+
+    def _natural_gates(self, i: OrderIntent) -> set[str | None]:
+        """The gate order of spec §4, then the cap on outstanding reservations."""
+        gates = self._gates_in_order(i)
+        if None in gates and len(self.reservations) >= MAX_RESERVATIONS:
+            return (gates - {None}) | {"max_concurrent_positions"}
+        return gates
+
+    def _gates_in_order(self, i: OrderIntent) -> set[str | None]:
+        s = self.symbols[i.symbol]
+        if i.action == "close":
+            if s.qty == 0.0 or (s.qty > 0) == (i.side == "buy"):
+                return {"no_position"}
+            closing = sum(
+                r.qty
+                for r in self.reservations.values()
+                if r.symbol == i.symbol and r.action == "close"
+            )
+            reducible = abs(s.qty) - closing
+            if i.qty > reducible + FLAT_TOLERANCE * max(abs(s.qty), i.qty):
+                return {"reduce_only_exceeds_position"}
+            return {None}
+        if self.bot_manual or s.manual:
+            return {"manual_halt"}
+        if s.halted:
+            return {"session_halt"}
+        if s.tripped_at is not None:
+            return {"circuit_breaker"}
+        if self.latch or self.account_net() <= DAILY_LOSS:
+            return {"portfolio_daily_loss"}
+        taken, ambiguous = self.taken()
+        if i.symbol not in taken and len(taken) >= MAX_OPEN:
+            return {"max_concurrent_positions"}
+        exposure = self._exposure_gates(i)
+        return exposure | {"max_concurrent_positions"} if ambiguous else exposure
+
+    def _exposure_gates(self, i: OrderIntent) -> set[str | None]:
+        total = self.exposure() + i.qty * i.price * i.contract_value
+        if abs(total - MAX_EXPOSURE) <= EPS * MAX_EXPOSURE:
+            return {"gross_exposure", None}  # on the cap: float summation order decides
+        return {"gross_exposure"} if total > MAX_EXPOSURE else {None}
+
 
 def _content(i: OrderIntent) -> tuple[Any, ...]:
     return (i.symbol, i.action, i.side, i.qty, i.price, i.contract_value, i.ts)
@@ -297,16 +366,11 @@ starts = st.sampled_from(
 )
 
 
-class EngineMachine(RuleBasedStateMachine):
-    """One engine, one model, one wall clock; compared after every step."""
+class EngineHarness(RuleBasedStateMachine):
+    """One engine, one model, one wall clock, and the checks run at and after every step."""
 
     PNL_SOURCE = "outcomes"
     """Where session PnL comes from; ``FillsEngineMachine`` books it from fills."""
-
-    outcomes = Bundle("outcomes")
-    fills = Bundle("fills")
-    intents = Bundle("intents")
-    commands = Bundle("commands")
 
     def __init__(self) -> None:
         super().__init__()
@@ -384,6 +448,81 @@ class EngineMachine(RuleBasedStateMachine):
         assert not isinstance(result, Rejected), f"rejected: {result.reason}: {result}"
         return result
 
+    # -- checks ---------------------------------------------------------------------
+
+    def _adopt_trip_start(self, symbol: str, acceptable: set[int]) -> None:
+        snap = self.engine.bots[BOT].symbols[symbol].snapshot()
+        tripped_at = snap.circuit_breaker.tripped_at_unix_secs
+        assert tripped_at in acceptable, f"{symbol} trip starts at {tripped_at}, not {acceptable}"
+        self.model.symbols[symbol].tripped_at = tripped_at
+
+    def _check_transitions(
+        self, before: dict[tuple[str | None, str], bool], halts: list[HaltEvent]
+    ) -> None:
+        """Every gate the model flipped has exactly one halt event, and nothing else has."""
+        after = self.model.gate_flags()
+        expected = sorted(
+            (str(k[0]), k[1], "halted" if after[k] else "resumed")
+            for k in after
+            if after[k] != before[k]
+        )
+        got = sorted((str(h.symbol), h.gate, h.kind) for h in halts)
+        assert got == expected, f"halt events {got}, expected {expected}"
+
+    def _check_open_within_caps(
+        self, i: OrderIntent, exposure: float, reserved: dict[str, MReservation]
+    ) -> None:
+        """The safety invariants of an allowed open, whatever the model predicts."""
+        model = self.model
+        assert not model.blocked(i.symbol), "an open was allowed while a gate blocks"
+        notional = i.qty * i.price * i.contract_value
+        assert exposure + notional <= MAX_EXPOSURE * (1 + EPS), (exposure, notional)
+        held = {n for n, s in model.symbols.items() if s.qty != 0.0}
+        taken = held | {r.symbol for r in reserved.values()} | {i.symbol}
+        assert len(taken) <= MAX_OPEN or i.symbol in held | {r.symbol for r in reserved.values()}
+
+    def _reservation_ids(self) -> set[str]:
+        return set(self.engine.bots[BOT].portfolio_snapshot().reservations)
+
+    # -- after every step -----------------------------------------------------------------
+
+    @invariant()
+    def engine_matches_model(self) -> None:
+        bot = self.engine.bots.get(BOT)
+        if bot is None:
+            return
+        model = self.model
+        p = bot.portfolio_snapshot()
+        assert (p.manual_halt is not None) == model.bot_manual, "bot manual halt"
+        assert p.halted == model.latch, f"latch {p.halted}, model {model.latch}"
+        assert set(p.reservations) == set(model.reservations), "reservations"
+        assert len(p.reservations) <= MAX_RESERVATIONS
+        for name, sym in bot.symbols.items():
+            m = model.symbols[name]
+            snap = sym.snapshot()
+            s, b = snap.session_pnl, snap.circuit_breaker
+            where = f"{name} at {model.now}"
+            assert s.last_reset_day == model.today, f"{where}: session day {s.last_reset_day}"
+            assert math.isclose(s.realised - s.fees, m.net, abs_tol=1e-9), (where, s, m.net)
+            assert s.trades == m.trades, (where, s.trades, m.trades)
+            assert s.halted == m.halted, (where, "session halted", s.halted)
+            assert b.tripped_at_unix_secs == m.tripped_at, (where, b, m.tripped_at)
+            # A loss already outside the window may leave at once or at the next sweep.
+            live = [t for t in sorted(b.recent_losses) if t > model.now // 1000 - BREAKER_WINDOW_S]
+            assert live == m.live_losses(model.now), (where, b.recent_losses, m.losses)
+            assert (snap.manual_halt is not None) == m.manual, (where, "manual")
+            qty = snap.position.qty if snap.position is not None else 0.0
+            assert math.isclose(qty, m.qty, abs_tol=1e-12), (where, qty, m.qty)
+
+
+class EngineMachine(EngineHarness):
+    """The rules: what a hostile producer, operator and clock can do."""
+
+    outcomes = Bundle("outcomes")
+    fills = Bundle("fills")
+    intents = Bundle("intents")
+    commands = Bundle("commands")
+
     # -- clock ----------------------------------------------------------------------
 
     @rule(step=clock_steps)
@@ -396,8 +535,8 @@ class EngineMachine(RuleBasedStateMachine):
 
     def _sweep_to(self, now: int) -> None:
         before = self._flags()
-        until = self._lift_times()
-        flags = self._model_gate_flags()
+        until = self.model.lift_times()
+        flags = self.model.gate_flags()
         out = self.engine.sweep(now)
         self._check_halts(out.halts)
         after = self._flags()
@@ -407,16 +546,6 @@ class EngineMachine(RuleBasedStateMachine):
                 assert now >= until[key], f"{key} lifted at {now}, before {until[key]}"
         self.model.sweep(now)
         self._check_transitions(flags, out.halts)
-
-    def _lift_times(self) -> dict[tuple[str | None, str], int]:
-        """When each time-driven block may lift, from the model's own clock rules."""
-        midnight = (self.model.today + 1) * DAY_MS
-        times: dict[tuple[str | None, str], int] = {(None, "portfolio_daily_loss"): midnight}
-        for name, s in self.model.symbols.items():
-            times[name, "session_halt"] = midnight
-            if s.tripped_at is not None:
-                times[name, "circuit_breaker"] = (s.tripped_at + COOLDOWN_S) * 1000
-        return times
 
     # -- outcomes -------------------------------------------------------------------
 
@@ -442,7 +571,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     def _send_outcome(self, o: TradeOutcome) -> None:
         model = self.model
-        was_before = self._model_gate_flags()
+        was_before = self.model.gate_flags()
         result = self._apply(o, "trading.outcomes")
         if o.ts > model.now + SKEW_MS or self.PNL_SOURCE == "fills":
             future = {"future_event"} if o.ts > model.now + SKEW_MS else set()
@@ -468,37 +597,6 @@ class EngineMachine(RuleBasedStateMachine):
             model.observe_latch()
         if trip_starts:
             self._adopt_trip_start(symbol, trip_starts)
-
-    def _adopt_trip_start(self, symbol: str, acceptable: set[int]) -> None:
-        snap = self.engine.bots[BOT].symbols[symbol].snapshot()
-        tripped_at = snap.circuit_breaker.tripped_at_unix_secs
-        assert tripped_at in acceptable, f"{symbol} trip starts at {tripped_at}, not {acceptable}"
-        self.model.symbols[symbol].tripped_at = tripped_at
-
-    def _model_gate_flags(self) -> dict[tuple[str | None, str], bool]:
-        m = self.model
-        flags: dict[tuple[str | None, str], bool] = {
-            (None, "manual_halt"): m.bot_manual,
-            (None, "portfolio_daily_loss"): m.latch,
-        }
-        for name, s in m.symbols.items():
-            flags[name, "manual_halt"] = s.manual
-            flags[name, "session_halt"] = s.halted
-            flags[name, "circuit_breaker"] = s.tripped_at is not None
-        return flags
-
-    def _check_transitions(
-        self, before: dict[tuple[str | None, str], bool], halts: list[HaltEvent]
-    ) -> None:
-        """Every gate the model flipped has exactly one halt event, and nothing else has."""
-        after = self._model_gate_flags()
-        expected = sorted(
-            (str(k[0]), k[1], "halted" if after[k] else "resumed")
-            for k in after
-            if after[k] != before[k]
-        )
-        got = sorted((str(h.symbol), h.gate, h.kind) for h in halts)
-        assert got == expected, f"halt events {got}, expected {expected}"
 
     # -- fills ----------------------------------------------------------------------
 
@@ -536,7 +634,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     def _send_fill(self, f: Fill) -> None:
         model = self.model
-        flags = self._model_gate_flags()
+        flags = self.model.gate_flags()
         result = self._apply(f, "trading.fills")
         if f.ts > model.now + SKEW_MS:
             self._reject(result, {"future_event"})
@@ -602,7 +700,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     def _decide(self, i: OrderIntent) -> None:
         model = self.model
-        flags = self._model_gate_flags()
+        flags = self.model.gate_flags()
         exposure_before = model.exposure()
         reserved_before = dict(model.reservations)
         result = self._apply(i, "trading.intents")
@@ -627,7 +725,7 @@ class EngineMachine(RuleBasedStateMachine):
             assert self._reservation_ids() == set(model.reservations)
             return
         model.decided[i.intent_id] = (_content(i), answer)
-        expected = self._expected(i)
+        expected = self.model.expected_gates(i)
         assert d.gate in expected, f"{i.action} {i.side} {i.qty} -> {answer}, expected {expected}"
         assert d.allowed == (d.gate is None)
         if not d.allowed:
@@ -643,70 +741,6 @@ class EngineMachine(RuleBasedStateMachine):
             i.symbol, i.action, i.qty, unit, model.now + TTL_MS
         )
         self.intent_sides[i.intent_id] = i.side
-
-    def _expected(self, i: OrderIntent) -> set[str | None]:
-        """The gates an intent may be answered with (more than one where the order is open)."""
-        natural = self._natural_gates(i)
-        if self.model.now - i.ts > TTL_MS:
-            return {"expired"} | (natural - {None})
-        return natural
-
-    def _natural_gates(self, i: OrderIntent) -> set[str | None]:
-        """The gate order of spec §4, then the cap on outstanding reservations."""
-        gates = self._gates_in_order(i)
-        if None in gates and len(self.model.reservations) >= MAX_RESERVATIONS:
-            return (gates - {None}) | {"max_concurrent_positions"}
-        return gates
-
-    def _gates_in_order(self, i: OrderIntent) -> set[str | None]:
-        model = self.model
-        s = model.symbols[i.symbol]
-        if i.action == "close":
-            if s.qty == 0.0 or (s.qty > 0) == (i.side == "buy"):
-                return {"no_position"}
-            closing = sum(
-                r.qty
-                for r in model.reservations.values()
-                if r.symbol == i.symbol and r.action == "close"
-            )
-            reducible = abs(s.qty) - closing
-            if i.qty > reducible + FLAT_TOLERANCE * max(abs(s.qty), i.qty):
-                return {"reduce_only_exceeds_position"}
-            return {None}
-        if model.bot_manual or s.manual:
-            return {"manual_halt"}
-        if s.halted:
-            return {"session_halt"}
-        if s.tripped_at is not None:
-            return {"circuit_breaker"}
-        if model.latch or model.account_net() <= DAILY_LOSS:
-            return {"portfolio_daily_loss"}
-        taken, ambiguous = model.taken()
-        if i.symbol not in taken and len(taken) >= MAX_OPEN:
-            return {"max_concurrent_positions"}
-        exposure = self._exposure_gates(i)
-        return exposure | {"max_concurrent_positions"} if ambiguous else exposure
-
-    def _exposure_gates(self, i: OrderIntent) -> set[str | None]:
-        total = self.model.exposure() + i.qty * i.price * i.contract_value
-        if abs(total - MAX_EXPOSURE) <= EPS * MAX_EXPOSURE:
-            return {"gross_exposure", None}  # on the cap: float summation order decides
-        return {"gross_exposure"} if total > MAX_EXPOSURE else {None}
-
-    def _check_open_within_caps(
-        self, i: OrderIntent, exposure: float, reserved: dict[str, MReservation]
-    ) -> None:
-        """The safety invariants of an allowed open, whatever the model predicts."""
-        model = self.model
-        assert not model.blocked(i.symbol), "an open was allowed while a gate blocks"
-        notional = i.qty * i.price * i.contract_value
-        assert exposure + notional <= MAX_EXPOSURE * (1 + EPS), (exposure, notional)
-        held = {n for n, s in model.symbols.items() if s.qty != 0.0}
-        taken = held | {r.symbol for r in reserved.values()} | {i.symbol}
-        assert len(taken) <= MAX_OPEN or i.symbol in held | {r.symbol for r in reserved.values()}
-
-    def _reservation_ids(self) -> set[str]:
-        return set(self.engine.bots[BOT].portfolio_snapshot().reservations)
 
     # -- operator commands ------------------------------------------------------------
 
@@ -744,7 +778,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     def _send_command(self, c: ControlCommand) -> None:
         model = self.model
-        flags = self._model_gate_flags()
+        flags = self.model.gate_flags()
         result = self._apply(c, "risk.control")
         good = c.sig is not None and c.sig == signing.sign(c, SECRET.encode())
         if not good or abs(model.now - c.ts) > WINDOW_MS:
@@ -778,39 +812,9 @@ class EngineMachine(RuleBasedStateMachine):
         for h in out.halts:
             assert _CMD_EVENT_ID.search(h.event_id), f"command event id {h.event_id}"
             assert h.issued_by == "ops"
-        after = self._model_gate_flags()
+        after = self.model.gate_flags()
         if after == flags and c.command != "halt":
             assert out.halts == [], f"{c.command} changed no gate but published {out.halts}"
-
-    # -- after every step -----------------------------------------------------------------
-
-    @invariant()
-    def engine_matches_model(self) -> None:
-        bot = self.engine.bots.get(BOT)
-        if bot is None:
-            return
-        model = self.model
-        p = bot.portfolio_snapshot()
-        assert (p.manual_halt is not None) == model.bot_manual, "bot manual halt"
-        assert p.halted == model.latch, f"latch {p.halted}, model {model.latch}"
-        assert set(p.reservations) == set(model.reservations), "reservations"
-        assert len(p.reservations) <= MAX_RESERVATIONS
-        for name, sym in bot.symbols.items():
-            m = model.symbols[name]
-            snap = sym.snapshot()
-            s, b = snap.session_pnl, snap.circuit_breaker
-            where = f"{name} at {model.now}"
-            assert s.last_reset_day == model.today, f"{where}: session day {s.last_reset_day}"
-            assert math.isclose(s.realised - s.fees, m.net, abs_tol=1e-9), (where, s, m.net)
-            assert s.trades == m.trades, (where, s.trades, m.trades)
-            assert s.halted == m.halted, (where, "session halted", s.halted)
-            assert b.tripped_at_unix_secs == m.tripped_at, (where, b, m.tripped_at)
-            # A loss already outside the window may leave at once or at the next sweep.
-            live = [t for t in sorted(b.recent_losses) if t > model.now // 1000 - BREAKER_WINDOW_S]
-            assert live == m.live_losses(model.now), (where, b.recent_losses, m.losses)
-            assert (snap.manual_halt is not None) == m.manual, (where, "manual")
-            qty = snap.position.qty if snap.position is not None else 0.0
-            assert math.isclose(qty, m.qty, abs_tol=1e-12), (where, qty, m.qty)
 
 
 class FillsEngineMachine(EngineMachine):
