@@ -244,3 +244,36 @@ def test_broker_tests_start_clear_of_utc_midnight(into_day: int, wait: int) -> N
     from conftest import midnight_wait_ms
 
     assert midnight_wait_ms(MIDNIGHT + into_day) == wait
+
+
+# -- partial fills ---------------------------------------------------------------------------
+
+CAPPED = f"""
+[defaults]
+accept_unknown_bots = true
+[defaults.portfolio]
+max_gross_exposure = 1000.0
+[worker]
+reservation_ttl_ms = {TTL}
+"""
+
+
+def test_partial_fill_leaves_exactly_the_unfilled_room_reserved() -> None:
+    """9@100 reserved, 1 filled: 100 held + 800 reserved, so exactly 100 more fits."""
+    eng = engine(CAPPED)
+    eng.apply(intent(qty=9.0, intent_id="a"), T0)
+    eng.apply(fill("buy", 1.0, 100.0, intent_id="a"), T0)
+    fits = eng.apply(intent(qty=1.0, intent_id="b", symbol="ETHUSDT"), T0).decisions[0]
+    over = eng.apply(intent(qty=0.01, intent_id="c", symbol="SOLUSDT"), T0).decisions[0]
+    assert (fits.allowed, over.allowed, over.gate) == (True, False, "gross_exposure")
+
+
+def test_a_full_fill_removes_its_reservation() -> None:
+    eng = engine(CAPPED)
+    eng.apply(intent(qty=2.0, intent_id="a"), T0)
+    eng.apply(fill("buy", 1.5, 100.0, intent_id="a"), T0)
+    assert _reservations(eng) == ["a"]
+    eng.apply(fill("buy", 0.5, 100.0, intent_id="a"), T0)
+    assert _reservations(eng) == []
+    room = eng.apply(intent(qty=8.0, intent_id="b", symbol="ETHUSDT"), T0).decisions[0]
+    assert room.allowed is True  # 200 held + 800 = the cap: nothing left reserved for "a"
