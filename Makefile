@@ -70,7 +70,7 @@ fuzz: $(STAMP)  ## FUZZ_MINUTES=10 FUZZ_EXAMPLES=100 (RISKGATE_FUZZ_STEPS: steps
 # suite; config in pyproject.toml [tool.mutmut]. Survivors: `mutmut results`,
 # one diff: `mutmut show <name>`.
 mutate: $(STAMP)
-	$(BIN)/mutmut run --max-children $${JOBS:-2}
+	RISKGATE_PROPERTY_EXAMPLES=25 $(BIN)/mutmut run --max-children $${JOBS:-2}
 	$(BIN)/mutmut export-cicd-stats
 	$(BIN)/python -c 'import json; s = json.load(open("mutants/mutmut-cicd-stats.json")); \
 	  k, n = s["killed"] + s["timeout"], s["total"] - s["skipped"]; \

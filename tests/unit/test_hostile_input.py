@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -404,7 +405,8 @@ def test_regression_dead_letter_keeps_a_null_key_null() -> None:
 
 KINDS: tuple[InputKind, ...] = ("fill", "outcome", "intent", "control")
 FUZZ = settings(
-    max_examples=500,
+    # ``make mutate`` runs the suite once per mutant: it asks for fewer examples.
+    max_examples=int(os.environ.get("RISKGATE_PROPERTY_EXAMPLES", "500")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,8 @@ from worker.snapshot import (
 )
 
 FAST = settings(
-    max_examples=200,
+    # ``make mutate`` runs the suite once per mutant: it asks for fewer examples.
+    max_examples=int(os.environ.get("RISKGATE_PROPERTY_EXAMPLES", "200")),
     deadline=None,
     database=None,  # no .hypothesis/ directory in the repository
     suppress_health_check=[HealthCheck.too_slow],
