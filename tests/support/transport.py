@@ -314,10 +314,31 @@ class FakeConsumer:
         return None
 
 
+_BROKERS: dict[str, InMemoryBroker] = {}
+"""In-memory brokers by the ``bootstrap_servers`` their workers are given."""
+
+
+def address_of(broker: InMemoryBroker) -> str:
+    address = f"memory:{id(broker)}"
+    _BROKERS[address] = broker
+    return address
+
+
+async def _read_snapshots(
+    client_kwargs: dict[str, Any], topic: str, partitions: Iterable[int] | None = None
+) -> SnapshotRead:
+    broker = _BROKERS[client_kwargs["bootstrap_servers"]]
+    return await broker.read_snapshots(client_kwargs, topic, partitions)
+
+
 @contextmanager
 def snapshot_reads_from(broker: InMemoryBroker) -> Iterator[None]:
-    """Route the worker's restores to ``broker`` instead of a real one."""
-    with mock.patch.object(worker.app, "read_snapshot_partitions", broker.read_snapshots):
+    """Route restores to the in-memory broker of each worker (see :func:`address_of`).
+
+    Patches may nest (several shells at once, each on its own broker or the same).
+    """
+    address_of(broker)
+    with mock.patch.object(worker.app, "read_snapshot_partitions", _read_snapshots):
         yield
 
 
@@ -361,6 +382,7 @@ class Shell:
         """A new worker process owning ``partitions``; its loop runs until idle/crash/stop."""
         self.kill()
         worker = Worker(self.config, clock=lambda: self.now_ms)
+        worker._client_kwargs = {"bootstrap_servers": address_of(self.broker)}
         consumer = FakeConsumer(self.broker, max_records=max_records)
         worker._producer = FakeProducer(self.broker)
         worker._consumer = consumer
