@@ -23,9 +23,9 @@ from corekit import (
     outcome,
 )
 
-from worker.config import WorkerConfig
+from worker.config import BreakerConfig, WorkerConfig
 from worker.engine import Effects, RiskEngine
-from worker.risk import Position
+from worker.risk import CircuitBreaker, Position
 from worker.snapshot import encode, portfolio_key
 
 TTL = 1_000
@@ -277,3 +277,85 @@ def test_a_full_fill_removes_its_reservation() -> None:
     assert _reservations(eng) == []
     room = eng.apply(intent(qty=8.0, intent_id="b", symbol="ETHUSDT"), T0).decisions[0]
     assert room.allowed is True  # 200 held + 800 = the cap: nothing left reserved for "a"
+
+
+def test_fully_filling_one_reservation_keeps_the_others_notional() -> None:
+    """Only an empty book resets the running reserved notional to zero."""
+    eng = engine(CAPPED)
+    eng.apply(intent(qty=5.0, intent_id="a"), T0)
+    eng.apply(intent(qty=4.0, intent_id="b", symbol="ETHUSDT"), T0)
+    eng.apply(fill("buy", 5.0, 100.0, intent_id="a"), T0)  # 500 held + 400 reserved
+    over = eng.apply(intent(qty=1.5, intent_id="c", symbol="SOLUSDT"), T0).decisions[0]
+    fits = eng.apply(intent(qty=1.0, intent_id="d", symbol="SOLUSDT"), T0).decisions[0]
+    assert (over.gate, fits.allowed) == ("gross_exposure", True)
+
+
+# -- the reservation byte budget (ids and symbols of outstanding reservations) ----------------
+
+BUDGETED = f"""
+[defaults]
+accept_unknown_bots = true
+[worker]
+max_reservations_per_bot = 1000
+reservation_ttl_ms = {TTL}
+"""
+
+
+def _budget_id(n: int, length: int = 251) -> str:
+    """An id whose JSON costs ``length + 2`` bytes; with symbol "S" (3) a reservation
+    costs ``length + 5``: 256 by default, so 384 of them are the 96 KiB budget."""
+    return f"{n:04d}".ljust(length, "x")
+
+
+def _open(eng: RiskEngine, intent_id: str) -> tuple[bool, str | None]:
+    d = eng.apply(intent(intent_id=intent_id, symbol="S", qty=0.001), T0).decisions[0]
+    return d.allowed, d.gate
+
+
+def test_reservation_byte_budget_is_exact_and_survives_a_restore() -> None:
+    """98,303 bytes held: one byte under the budget, so one more fits, live and restored."""
+    eng = engine(BUDGETED)
+    for n in range(383):
+        assert _open(eng, _budget_id(n)) == (True, None)
+    assert _open(eng, _budget_id(383, length=250)) == (True, None)  # 383 * 256 + 255
+    restored = engine(BUDGETED)
+    restored.restore({portfolio_key("alpha"): encode(eng.bots["alpha"].portfolio_snapshot())}, T0)
+    for e in (eng, restored):
+        assert _open(e, _budget_id(384)) == (True, None)  # now at or over the budget
+        assert _open(e, _budget_id(385)) == (False, "max_concurrent_positions")
+
+
+def test_a_filled_reservation_gives_back_its_bytes_of_the_budget() -> None:
+    eng = engine(BUDGETED)
+    for n in range(384):
+        assert _open(eng, _budget_id(n)) == (True, None)
+    assert _open(eng, _budget_id(384)) == (False, "max_concurrent_positions")
+    eng.apply(fill("buy", 0.001, 100.0, symbol="S", intent_id=_budget_id(0)), T0)
+    assert _open(eng, _budget_id(385)) == (True, None)  # exactly the 256 bytes given back
+    assert _open(eng, _budget_id(386)) == (False, "max_concurrent_positions")
+
+
+# -- breaker cooldown end -------------------------------------------------------------------------
+
+
+def _breaker(cooldown: int) -> CircuitBreaker:
+    return CircuitBreaker(BreakerConfig(loss_limit=2, window_secs=100, cooldown_secs=cooldown))
+
+
+def test_a_zero_cooldown_ends_with_the_tripping_losses_forgotten() -> None:
+    b = _breaker(0)
+    b.record_loss(1_000)
+    assert b.record_loss(1_000) is True
+    b.record_loss(1_001)  # stamped after the (empty) cooldown: kept for afterwards
+    assert b.tick(1_001) is True
+    assert (b.tripped_at, b.recent_losses) == (None, [1_001])
+
+
+def test_losses_stamped_after_the_cooldown_trip_again_when_it_ends() -> None:
+    b = _breaker(10)
+    b.record_loss(1_000)
+    b.record_loss(1_000)
+    b.record_loss(1_010)  # after the cooldown's end (1,010): waits
+    b.record_loss(1_011)
+    assert b.tick(1_011) is True
+    assert (b.tripped_at, b.recent_losses) == (1_011, [1_010, 1_011])
