@@ -359,3 +359,30 @@ def test_losses_stamped_after_the_cooldown_trip_again_when_it_ends() -> None:
     b.record_loss(1_011)
     assert b.tick(1_011) is True
     assert (b.tripped_at, b.recent_losses) == (1_011, [1_010, 1_011])
+
+
+def test_a_sweep_evicts_every_loss_older_than_the_window() -> None:
+    b = CircuitBreaker(BreakerConfig(loss_limit=5, window_secs=100, cooldown_secs=10))
+    for t in (1_000, 1_001, 1_050, 1_150):
+        b.record_loss(t)
+    b.tick(1_151)
+    assert b.recent_losses == [1_150]
+
+
+EDGE = f"""
+[defaults]
+accept_unknown_bots = true
+[defaults.portfolio]
+max_gross_exposure = 1000.0
+[worker]
+reservation_ttl_ms = {TTL}
+"""
+
+
+def test_an_intent_a_hair_over_the_exposure_cap_is_denied() -> None:
+    """Within the float edge of the cap the exact sum decides: 1000.0000001 > 1000."""
+    eng = engine(EDGE)
+    eng.apply(intent(qty=9.999999999, price=100.0, intent_id="a"), T0)  # 999.9999999 reserved
+    over = eng.apply(intent(qty=2e-9, price=100.0, intent_id="b", symbol="ETHUSDT"), T0)
+    fits = eng.apply(intent(qty=1e-9, price=100.0, intent_id="c", symbol="ETHUSDT"), T0)
+    assert (over.decisions[0].gate, fits.decisions[0].allowed) == ("gross_exposure", True)
