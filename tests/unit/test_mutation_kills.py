@@ -386,3 +386,41 @@ def test_an_intent_a_hair_over_the_exposure_cap_is_denied() -> None:
     over = eng.apply(intent(qty=2e-9, price=100.0, intent_id="b", symbol="ETHUSDT"), T0)
     fits = eng.apply(intent(qty=1e-9, price=100.0, intent_id="c", symbol="ETHUSDT"), T0)
     assert (over.decisions[0].gate, fits.decisions[0].allowed) == ("gross_exposure", True)
+
+
+# -- per-symbol reservation books ----------------------------------------------------------------
+
+ONE_SLOT = f"""
+[defaults]
+accept_unknown_bots = true
+[defaults.portfolio]
+max_concurrent_positions = 1
+[worker]
+reservation_ttl_ms = {TTL}
+"""
+
+
+def test_a_symbol_frees_its_slot_once_every_open_on_it_is_filled_and_closed() -> None:
+    eng = engine(ONE_SLOT)
+    eng.apply(intent(intent_id="a"), T0)
+    eng.apply(intent(intent_id="b"), T0)  # the same symbol: no new slot
+    eng.apply(fill("buy", 1.0, 100.0, intent_id="a"), T0)
+    eng.apply(fill("buy", 1.0, 100.0, intent_id="b"), T0)
+    eng.apply(fill("sell", 2.0, 100.0), T0)  # flat, nothing reserved
+    d = eng.apply(intent(intent_id="c", symbol="ETHUSDT"), T0).decisions[0]
+    assert (d.allowed, _reservations(eng)) == (True, ["c"])
+
+
+def test_concurrent_closes_add_up_against_the_position() -> None:
+    eng = engine(RESERVING)
+    eng.apply(fill("buy", 3.0, 100.0), T0)
+    first = eng.apply(intent("close", "sell", 1.0, intent_id="x"), T0).decisions[0]
+    second = eng.apply(intent("close", "sell", 1.0, intent_id="y"), T0).decisions[0]
+    third = eng.apply(intent("close", "sell", 1.5, intent_id="z"), T0).decisions[0]
+    last = eng.apply(intent("close", "sell", 1.0, intent_id="w"), T0).decisions[0]
+    assert [d.gate for d in (first, second, third, last)] == [
+        None,
+        None,
+        "reduce_only_exceeds_position",
+        None,
+    ]
