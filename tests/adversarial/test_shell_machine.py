@@ -230,8 +230,8 @@ def _tp(topic: str, partition: int) -> TopicPartition:
 
 
 ShellMachine.TestCase.settings = settings(
-    max_examples=int(os.environ.get("RISKGATE_FUZZ_EXAMPLES", "15")),
-    stateful_step_count=int(os.environ.get("RISKGATE_FUZZ_STEPS", "12")),
+    max_examples=int(os.environ.get("RISKGATE_FUZZ_EXAMPLES", "40")),
+    stateful_step_count=int(os.environ.get("RISKGATE_FUZZ_STEPS", "15")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )

@@ -435,3 +435,22 @@ async def test_configured_bot_that_sent_nothing_gets_an_account_gate_record_at_a
     assert set(gates) == {b"alpha/gate", b"quiet/gate"}
     assert gates[b"quiet/gate"]["entries_allowed"] is True
     assert gates[b"quiet/gate"]["blocks"] == []
+
+
+SWAP_STREAM: list[Event] = [
+    outcome(1, "ETH", -300.0),
+    outcome(2, "BTC", 0.0),  # persisted: ETH -300, BTC 0 (account -300)
+    outcome(3, "ETH", +300.0),
+    outcome(4, "BTC", -300.0),  # persisted: ETH 0, BTC -300 (account -300)
+]
+
+
+async def test_a_partial_persist_never_latches_the_daily_loss_on_a_mixed_account() -> None:
+    """D2: BTC of the second persist with ETH of the first read -600, a loss never incurred;
+    the restore's sweep must not latch on it (nor may the replay: the portfolio's watermark)."""
+    cfg = config()
+    reference, sent = await run(cfg, SWAP_STREAM, None, max_records=2)
+    assert reference["alpha"]["portfolio"]["halted"] is False
+    for crash in range(sent):
+        state, _ = await run(cfg, SWAP_STREAM, crash, max_records=2)
+        assert state == reference, f"crash after {crash} of {sent} records"
