@@ -424,3 +424,13 @@ def test_concurrent_closes_add_up_against_the_position() -> None:
         "reduce_only_exceeds_position",
         None,
     ]
+
+
+def test_a_fill_within_float_tolerance_of_the_rest_releases_the_whole_reservation() -> None:
+    """2000 left, 1999.8999999 filled: the 1e-7 rest is within 1e-9 x 2000, not a reservation."""
+    eng = engine(RESERVING)
+    eng.apply(intent(qty=3000.0, price=1.0, intent_id="a"), T0)
+    eng.apply(fill("buy", 1000.1, 1.0, intent_id="a"), T0)
+    assert _reservations(eng) == ["a"]
+    eng.apply(fill("buy", 1999.8999999, 1.0, intent_id="a"), T0)
+    assert _reservations(eng) == []
