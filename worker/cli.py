@@ -48,13 +48,14 @@ def main() -> None:
 @config_option
 def run(config_path: Path) -> None:
     """Run the worker until SIGTERM/SIGINT."""
+    from worker.app import PublishRefused
     from worker.kafka.topics import TopicLayoutError
     from worker.service import serve
 
     config = _load(config_path)
     try:
         asyncio.run(serve(config))
-    except (ConfigError, TopicLayoutError) as exc:
+    except (ConfigError, TopicLayoutError, PublishRefused) as exc:
         raise click.ClickException(str(exc)) from exc
 
 
