@@ -25,7 +25,7 @@ from corekit import (
 
 from worker.config import BreakerConfig, WorkerConfig
 from worker.engine import Effects, RiskEngine
-from worker.risk import CircuitBreaker, Position
+from worker.risk import CircuitBreaker, Position, PositionSnapshot
 from worker.snapshot import encode, portfolio_key
 
 TTL = 1_000
@@ -434,3 +434,18 @@ def test_a_fill_within_float_tolerance_of_the_rest_releases_the_whole_reservatio
     assert _reservations(eng) == ["a"]
     eng.apply(fill("buy", 1999.8999999, 1.0, intent_id="a"), T0)
     assert _reservations(eng) == []
+
+
+def test_a_residue_within_float_tolerance_of_a_large_position_is_flat() -> None:
+    """1e-7 left of a 1999.9 position is 5e-11 of it: float residue, a finished round trip."""
+    p = Position()
+    p.apply(1999.9, 1.0, 0.0, 1.0)
+    trip = p.apply(-1999.8999999, 1.0, 0.0, 1.0)
+    assert (p.qty, p.is_flat, trip.closed_net) == (0.0, True, 0.0)
+
+
+def test_a_position_never_filled_snapshots_with_contract_value_one() -> None:
+    """The seed's shape: an untouched position reads as flat, 1 unit per contract."""
+    assert Position().snapshot() == PositionSnapshot(
+        qty=0.0, avg_price=0.0, entry_fees=0.0, contract_value=1.0, round_trip_net=0.0
+    )
