@@ -346,6 +346,8 @@ def test_a_zero_cooldown_ends_with_the_tripping_losses_forgotten() -> None:
     b = _breaker(0)
     b.record_loss(1_000)
     assert b.record_loss(1_000) is True
+    b.record_loss(1_000)  # in the tripping second: cooling down, dropped
+    assert b.recent_losses == [1_000, 1_000]
     b.record_loss(1_001)  # stamped after the (empty) cooldown: kept for afterwards
     assert b.tick(1_001) is True
     assert (b.tripped_at, b.recent_losses) == (None, [1_001])
