@@ -139,11 +139,9 @@ class InMemoryBroker:
         log = self.logs[TopicPartition(topic, partition)]
         self._seq += 1
         ts = self.timestamp_ms if timestamp_ms is None else timestamp_ms
-        log.append(Stored(topic, partition, len(log), ts, key, value, tuple(headers), self._seq))
-        return Sent(topic, partition, len(log) - 1)
-
-    def end(self, tp: TopicPartition) -> int:
-        return len(self.logs[tp])
+        offset = self.end(TopicPartition(topic, partition))  # compaction leaves gaps
+        log.append(Stored(topic, partition, offset, ts, key, value, tuple(headers), self._seq))
+        return Sent(topic, partition, offset)
 
     def records(self, topic: str) -> list[Stored]:
         """Every record of ``topic``, in append order."""
@@ -151,6 +149,20 @@ class InMemoryBroker:
             (r for tp, log in self.logs.items() if tp.topic == topic for r in log),
             key=lambda r: r.seq,
         )
+
+    def compact(self, topic: str) -> None:
+        """Log compaction: only the last record of each key stays, at its offset.
+
+        For the snapshot topic only: consumers of input topics index logs by offset.
+        """
+        for tp, log in self.logs.items():
+            if tp.topic == topic:
+                last = {r.key: r.offset for r in log}
+                log[:] = [r for r in log if r.key is None or last[r.key] == r.offset]
+
+    def end(self, tp: TopicPartition) -> int:
+        log = self.logs[tp]
+        return log[-1].offset + 1 if log else 0
 
     def last_per_key(self, topic: str) -> dict[bytes, Stored]:
         return {r.key: r for r in self.records(topic) if r.key is not None}

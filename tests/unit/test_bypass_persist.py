@@ -33,7 +33,12 @@ from worker.kafka.records import (
     output_records,
     snapshot_records,
 )
-from worker.kafka.restore import epoch_headers, fold_snapshot_records, record_epoch
+from worker.kafka.restore import (
+    CLAIM_KEY,
+    epoch_headers,
+    fold_snapshot_records,
+    record_epoch,
+)
 from worker.messages import ControlCommand, Event, Fill, OrderIntent, TradeOutcome
 
 NOW = 1_767_268_800_000  # 2026-01-01 12:00 UTC
@@ -356,7 +361,20 @@ def test_snapshot_fold_ignores_an_older_epoch_written_after_a_newer_one() -> Non
     read = fold_snapshot_records(frozenset({0, 1}), logs)
     assert read.records == {"a/portfolio": b"legacy", "a/risk/X": b"new-owner"}
     assert read.epochs == {0: 2, 1: 0}
-    assert read.fenced == 2
+    assert read.fenced == ("a/risk/X", "a/portfolio")
+
+
+def test_the_latest_ownership_claim_fences_what_compaction_left_of_a_zombie() -> None:
+    """Compaction dropped the new owner's records of a key; its claim still fences."""
+    claim = Stored("risk.snapshots", 0, 0, NOW, CLAIM_KEY, b"2", tuple(epoch_headers(2)), 0)
+    zombie = Stored("risk.snapshots", 0, 5, NOW, b"a/risk/X", b"zombie", tuple(epoch_headers(1)), 0)
+    other = Stored("risk.snapshots", 0, 6, NOW, b"a/risk/Y", b"zombie", tuple(epoch_headers(1)), 0)
+    owner = Stored("risk.snapshots", 0, 7, NOW, b"a/risk/Y", b"owner", tuple(epoch_headers(2)), 0)
+    read = fold_snapshot_records(frozenset({0}), {0: [claim, zombie, other, owner]})
+    # X has nothing but the zombie's record left: used, flagged for rewriting.
+    assert read.records == {"a/risk/X": b"zombie", "a/risk/Y": b"owner"}
+    assert read.epochs == {0: 2}
+    assert read.fenced == ("a/risk/X", "a/risk/Y")
 
 
 async def test_zombie_writer_snapshots_after_the_new_owner_are_ignored_on_restore() -> None:
@@ -394,6 +412,14 @@ async def test_zombie_writer_snapshots_after_the_new_owner_are_ignored_on_restor
         assert await successor.idle()
         assert successor.worker is not None
         assert engine_state(successor.worker.engine) == expected
+        assert await successor.stop()  # it rewrote the fenced keys under its own epoch
+    broker.compact(cfg.topics.snapshots)  # so compaction cannot bring the zombie back
+    assert record_epoch(broker.last_per_key(cfg.topics.snapshots)[b"alpha/risk/BTC"].headers) == 3
+    with Shell(cfg, broker, NOW) as next_owner:
+        next_owner.start(partitions)
+        assert await next_owner.idle()
+        assert next_owner.worker is not None
+        assert engine_state(next_owner.worker.engine) == expected
 
 
 # -- suspected / issue 15 item 17: gate records after restore and for silent bots -----

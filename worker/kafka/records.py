@@ -13,7 +13,7 @@ import msgspec
 
 from worker.config import TopicsConfig
 from worker.engine import Effects, RiskEngine
-from worker.kafka.restore import epoch_headers
+from worker.kafka.restore import CLAIM_KEY, epoch_headers
 from worker.snapshot import encode, portfolio_key, symbol_key
 
 Headers = list[tuple[str, bytes]]
@@ -126,6 +126,13 @@ def snapshot_records(
                     )
                 )
     return records
+
+
+def claim_record(topics: TopicsConfig, partition: int, epoch: int) -> OutRecord:
+    """An owner's claim on a snapshot partition, ahead of its first snapshots there."""
+    return OutRecord(
+        topics.snapshots, CLAIM_KEY, str(epoch).encode(), partition, epoch_headers(epoch)
+    )
 
 
 DEADLETTER_MAX_BYTES = 1_000_000

@@ -20,6 +20,20 @@ only come from such a zombie, and the fold ignores it. (A zombie record written
 before the new owner's first write is harmless: the new owner replays from the
 group's committed offset — commits of an old generation are refused by the
 coordinator — and rewrites every key whose state moves.)
+
+Each owner's first persist starts with an *ownership claim*, key ``/owner``
+(no bot key can start with ``/``, N1), carrying its epoch: compaction keeps the
+latest claim, so the epoch numbering and the fence never depend on which other
+records compaction left. An owner that fenced records rewrites their keys with
+its own state at once, so compaction then drops the zombie's records.
+
+Limit: between a zombie's write and the next restore, compaction may remove
+every older record of that key (it keeps the last one, the zombie's). The fold
+then has nothing else and uses the zombie's value (logged as fenced, and
+rewritten by the restoring owner) rather than lose the key. Closing that gap
+needs broker-side producer fencing (a transactional id), which the embedded
+broker does not support; a long ``min.compaction.lag.ms`` on the snapshots
+topic makes it practically unreachable.
 """
 
 from __future__ import annotations
@@ -31,6 +45,8 @@ from typing import Any, NamedTuple, Protocol
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 EPOCH_HEADER = "riskgate.epoch"
+CLAIM_KEY = b"/owner"
+"""The key of an owner's claim on a snapshot partition (see the module docstring)."""
 
 
 class SnapshotRead(NamedTuple):
@@ -43,8 +59,8 @@ class SnapshotRead(NamedTuple):
     seconds: float
     epochs: dict[int, int]
     """Per partition, the highest owner epoch found (0: none, or written before epochs)."""
-    fenced: int = 0
-    """Records ignored as written by a zombie (an older epoch after a newer one)."""
+    fenced: tuple[str, ...] = ()
+    """Keys of the records ignored as written by a zombie (an older epoch after a newer one)."""
 
 
 class _Record(Protocol):
@@ -79,7 +95,9 @@ class _Fold:
         self.bot_partitions: dict[str, int] = {}
         self.epochs: dict[int, int] = {}
         self.read = 0
-        self.fenced = 0
+        self.fenced: list[str] = []
+        self._fallback: dict[str, bytes | None] = {}
+        """The last fenced value per key: used only if the key has no other (compaction)."""
 
     def add(self, partition: int, records: Iterable[_Record]) -> None:
         top = self.epochs.get(partition, 0)
@@ -88,16 +106,22 @@ class _Fold:
             if record.key is None:
                 continue
             epoch = record_epoch(record.headers)
+            key = record.key.decode("utf-8", "replace")
             if epoch < top:
-                self.fenced += 1
+                self.fenced.append(key)
+                self._fallback[key] = record.value
+                self.bot_partitions.setdefault(key.partition("/")[0], partition)
                 continue
             top = epoch
-            key = record.key.decode("utf-8", "replace")
+            if record.key == CLAIM_KEY:
+                continue
             self.records[key] = record.value
             self.bot_partitions[key.partition("/")[0]] = partition
         self.epochs[partition] = top
 
     def result(self, partitions: frozenset[int], seconds: float) -> SnapshotRead:
+        for key, value in self._fallback.items():
+            self.records.setdefault(key, value)
         return SnapshotRead(
             partitions,
             self.records,
@@ -105,7 +129,7 @@ class _Fold:
             self.read,
             seconds,
             {p: self.epochs.get(p, 0) for p in partitions},
-            self.fenced,
+            tuple(dict.fromkeys(self.fenced)),
         )
 
 
