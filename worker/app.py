@@ -26,9 +26,27 @@ from typing import Any, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    CorruptRecordException,
+    InvalidMessageError,
+    InvalidTimestampError,
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    PolicyViolationError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+    UnsupportedForMessageFormatError,
+)
 from aiokafka.partitioner import murmur2
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    retry_if_exception_type,
+    wait_exponential,
+)
 
 from worker.config import Config
 from worker.engine import Effects, Origin, Rejected, RiskEngine
@@ -38,6 +56,7 @@ from worker.kafka.fetch import Fetched, Unreadable, fetch
 from worker.kafka.options import RETRY_BACKOFF_MAX_MS, client_kwargs, consumer_kwargs
 from worker.kafka.records import (
     OutRecord,
+    claim_record,
     deadletter_record,
     heartbeat_records,
     output_records,
@@ -48,6 +67,7 @@ from worker.kafka.topics import check_topics
 from worker.kafka.watch import InputWatch
 from worker.messages import Event, HaltEvent
 from worker.metrics import Metrics
+from worker.snapshot import SnapshotError, parse_key
 
 Clock = Callable[[], int]
 """Wall clock in epoch milliseconds; injected so tests can move time."""
@@ -90,6 +110,63 @@ def _log_halts(halts: Iterable[HaltEvent], **context: object) -> None:
             event_id=halt.event_id,
             **context,
         )
+
+
+class PublishRefused(RuntimeError):
+    """The broker or client refused records in a way no retry can fix: the worker stops."""
+
+
+_REFUSED = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    InvalidMessageError,
+    CorruptRecordException,
+    InvalidTimestampError,
+    UnsupportedForMessageFormatError,
+    InvalidTopicError,
+    PolicyViolationError,
+    TopicAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+)
+"""Errors about the records or our right to write them: permanent, never retried.
+
+Everything else (connections, leaders, timeouts, even ones aiokafka marks not
+retriable such as a batch expiring while the broker is away) is a broker
+outage, retried until it ends."""
+
+
+def _retriable_send_error(exc: BaseException) -> bool:
+    return isinstance(exc, KafkaError | asyncio.TimeoutError) and not isinstance(exc, _REFUSED)
+
+
+async def _send(producer: AIOKafkaProducer, r: OutRecord) -> asyncio.Future[Any]:
+    try:
+        future: asyncio.Future[Any] = await producer.send(
+            r.topic, r.value, key=r.key, partition=r.partition, headers=r.headers
+        )
+    except _REFUSED as exc:
+        raise _refused(r, exc) from exc
+    return _refusal_explained(future, r)
+
+
+def _refusal_explained(future: asyncio.Future[Any], r: OutRecord) -> asyncio.Future[Any]:
+    """``future``, whose permanent failure names the record (topic, key, size)."""
+
+    async def explained() -> Any:
+        try:
+            return await future
+        except _REFUSED as exc:
+            raise _refused(r, exc) from exc
+
+    return asyncio.ensure_future(explained())
+
+
+def _refused(r: OutRecord, exc: BaseException) -> PublishRefused:
+    size = len(r.key or b"") + len(r.value or b"") + sum(len(v) for _, v in r.headers or ())
+    key = _printable(r.key)
+    log.error("record refused; stopping", topic=r.topic, key=key, bytes=size, error=repr(exc))
+    return PublishRefused(f"{r.topic} refused a record (key {key!r}, {size} bytes): {exc!r}")
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -137,6 +214,14 @@ class Worker:
         """Bot → input partition number, which is also its snapshot partition."""
         self._assigned: set[TopicPartition] = set()
         self._restoring: dict[frozenset[int], asyncio.Task[SnapshotRead]] = {}
+        self._restored: set[TopicPartition] = set()
+        """Assigned partitions whose restore is applied: the only ones whose offsets commit."""
+        self._epochs: dict[int, int] = {}
+        """Per owned partition, the owner epoch written with its snapshots (zombie fence)."""
+        self._claims: dict[int, OutRecord] = {}
+        """Ownership claims owed, sent ahead of the next persist's snapshots."""
+        self._republish = Effects()
+        """Gate records owed after a restore (published with the next outputs, not persisted)."""
         self._next_sweep = 0
         self._watch = InputWatch(
             self._kinds, config.worker.heartbeat_interval_ms, self.metrics, clock()
@@ -550,6 +635,10 @@ class Worker:
         """
         topics = self.config.topics
         outputs = output_records(self.engine, effects, topics, now)
+        republish, self._republish = self._republish, Effects()
+        republish.dirty_symbols -= effects.dirty_symbols
+        republish.dirty_bots -= effects.dirty_bots
+        outputs.extend(output_records(self.engine, republish, topics, now))
         outputs.extend(deadletters)
         outputs.extend(heartbeat_records(self.engine, heartbeat, topics, now))
         for halt in effects.halts:
@@ -565,8 +654,10 @@ class Worker:
         acknowledged phase 1, so a crash after this point never loses one.
         """
         snapshots = snapshot_records(
-            self.engine, self._unpersisted, self.config.topics, self._partition_of
+            self.engine, self._unpersisted, self.config.topics, self._partition_of, self._epochs
         )
+        claims, self._claims = list(self._claims.values()), {}
+        snapshots[:0] = claims
         offsets = self._uncommitted
         self._unpersisted = Effects()
         self._uncommitted = {}
@@ -579,26 +670,26 @@ class Worker:
         return True
 
     async def _send_acked(self, records: list[OutRecord], timer: Any) -> bool:
-        """Send and wait for every ack, retrying the whole set on broker errors."""
+        """Send and wait for every ack, retrying the whole set on broker errors.
+
+        An error about the records themselves (too large, refused by policy or
+        ACL) can never succeed: retrying it would wedge every bot of this worker
+        forever, so it stops the worker with :class:`PublishRefused` instead.
+        """
         if not records:
             return True
         producer = self._producer
         assert producer is not None
         started = time.perf_counter()
         async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type((KafkaError, asyncio.TimeoutError)),
+            retry=retry_if_exception(_retriable_send_error),
             wait=wait_exponential(multiplier=0.2, max=5),
             before_sleep=self._log_send_retry,
         ):
             with attempt:
                 if self._stopping.is_set() and attempt.retry_state.attempt_number > 1:
                     return False
-                futures = [
-                    await producer.send(
-                        r.topic, r.value, key=r.key, partition=r.partition, headers=r.headers
-                    )
-                    for r in records
-                ]
+                futures = [await _send(producer, r) for r in records]
                 await asyncio.gather(*futures)
         timer.observe(time.perf_counter() - started)
         return True
@@ -612,7 +703,9 @@ class Worker:
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         consumer = self._consumer
         assert consumer is not None
-        owned = {tp: o for tp, o in offsets.items() if tp in self._assigned}
+        # Owned *and restored* now (P3): offsets taken before a revoke whose persist
+        # timed out must not commit even if the partition has come back since.
+        owned = {tp: o for tp, o in offsets.items() if tp in self._restored}
         if not owned:
             return
         started = time.perf_counter()
@@ -708,6 +801,7 @@ class Worker:
             finally:
                 self._flush_requested.clear()
         self._assigned -= revoked
+        self._restored -= revoked
         for tp in revoked:
             # If the persist above timed out, the state behind these offsets is about
             # to be forgotten unpersisted: never commit them, even if the partition
@@ -722,6 +816,8 @@ class Worker:
             if key & partitions:
                 task.cancel()
                 del self._restoring[key]
+        for partition in partitions:
+            self._epochs.pop(partition, None)
         gone = {bot for bot, p in self._partition_of.items() if p in partitions}
         self.engine.forget(gone)
         for bot in gone:
@@ -746,18 +842,52 @@ class Worker:
                 )
                 continue
             self._restore_into_engine(task.result(), now, effects)
+            for tp in owned:
+                # Applied before a revoke and reassignment (the partition was paused
+                # since): their state was forgotten, never commit them (P3).
+                self._uncommitted.pop(tp, None)
+            self._restored |= owned
             consumer.resume(*owned)
 
     def _restore_into_engine(self, read: SnapshotRead, now: int, effects: Effects) -> None:
+        """Restore, take the next owner epoch, and owe the gate record of every bot held.
+
+        Gate records are republished because the gates topic may have lost them
+        (recreated, truncated) and a reader must never take a missing record for
+        "allowed"; every configured bot homed on these partitions gets its
+        account record even before it sends anything, so a silent bot is not
+        denied forever as unknown.
+        """
         for bot, partition in read.bot_partitions.items():
             self._partition_of.setdefault(bot, partition)
+        topics = self.config.topics
+        for partition in read.partitions:
+            epoch = self._epochs[partition] = read.epochs.get(partition, 0) + 1
+            self._claims[partition] = claim_record(topics, partition, epoch)
         ignored = self.engine.restore(read.records, now, effects)
+        if read.fenced:
+            log.warning(
+                "ignored snapshots of a previous owner written after a newer one (zombie writer)",
+                partitions=sorted(read.partitions),
+                keys=len(read.fenced),
+            )
+            self._rewrite(read.fenced)
         for key, why in ignored:
             log.warning("ignoring snapshot", key=key, reason=why)
+        self._adopt_configured_bots(read.partitions, now)
+        republish = self._republish
+        for bot_id, partition in self._partition_of.items():
+            held = self.engine.bots.get(bot_id)
+            if partition in read.partitions and held is not None:
+                republish.dirty_bots.add(bot_id)
+                republish.dirty_symbols.update((bot_id, symbol) for symbol in held.symbols)
         m = self.metrics
         m.restore_seconds.observe(read.seconds)
-        m.restore_records.labels("restored").inc(read.read - len(ignored))
+        # Keys, not records read: a key written many times (or a claim) restores once.
+        m.restore_records.labels("restored").inc(len(read.records) - len(ignored))
         m.restore_records.labels("ignored").inc(len(ignored))
+        if read.fenced:
+            m.restore_records.labels("fenced").inc(len(read.fenced))
         log.info(
             "restored",
             partitions=sorted(read.partitions),
@@ -766,3 +896,34 @@ class Worker:
             ignored=len(ignored),
             seconds=round(read.seconds, 3),
         )
+
+    def _rewrite(self, keys: Iterable[str]) -> None:
+        """Persist these keys again under our epoch, so compaction drops the zombie's records."""
+        bots = self.engine.bots
+        for key in keys:
+            with contextlib.suppress(SnapshotError):
+                bot_id, symbol = parse_key(key)
+                held = bots.get(bot_id)
+                if held is None:
+                    continue
+                if symbol is None:
+                    self._unpersisted.dirty_bots.add(bot_id)
+                elif symbol in held.symbols:
+                    self._unpersisted.dirty_symbols.add((bot_id, symbol))
+
+    def _adopt_configured_bots(self, partitions: frozenset[int], now: int) -> None:
+        """Hold every configured bot whose home (murmur2 of its id) is one of ``partitions``."""
+        count = self._input_partitions
+        if not count:
+            return
+        for bot_id in self.config.bots:
+            if bot_id in self._partition_of:
+                continue
+            home = home_partition(bot_id.encode(), count)
+            if home in partitions:
+                try:
+                    self.engine.bot(bot_id, now)
+                except Rejected as exc:
+                    log.warning("configured bot not held", bot=bot_id, error=str(exc))
+                    continue
+                self._partition_of[bot_id] = home

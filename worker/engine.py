@@ -568,6 +568,7 @@ class BotRisk(_Holder):
         if not self.fresh(origin):
             out.skipped += 1
             return
+        out.dirty_bots.add(self.bot)  # its watermark moved, even for a repeat or a denial (D2)
         out.decisions.append(self._answer(i, now_ms, out))
 
     def _answer(self, i: OrderIntent, now_ms: int, out: Effects) -> GateDecision:
@@ -769,8 +770,11 @@ class BotRisk(_Holder):
         for sym in self.symbols.values():
             self._tick_symbol(sym, now_ms, out)
             self._wake_for_breaker(sym)
+        # No latch judgement here: the latch moves on events only, each above the
+        # portfolio's own watermark. A sweep right after a restore may see symbols of
+        # two persists (a crash between their records), whose sum is no account net
+        # that ever was, and would latch on a loss never incurred (D2).
         portfolio = self.portfolio
-        portfolio.observe(self.account_net(self.day), now_ms)
         if portfolio.expire_reservations(now_ms):
             out.dirty_bots.add(self.bot)
         for r in portfolio.reservations.values():
