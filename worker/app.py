@@ -140,31 +140,30 @@ def _retriable_send_error(exc: BaseException) -> bool:
     return isinstance(exc, KafkaError | asyncio.TimeoutError) and not isinstance(exc, _REFUSED)
 
 
-async def _send(producer: AIOKafkaProducer, r: OutRecord) -> asyncio.Future[Any]:
-    try:
-        future: asyncio.Future[Any] = await producer.send(
-            r.topic, r.value, key=r.key, partition=r.partition, headers=r.headers
-        )
-    except _REFUSED as exc:
-        raise _refused(r, exc) from exc
-    return _refusal_explained(future, r)
-
-
-def _refusal_explained(future: asyncio.Future[Any], r: OutRecord) -> asyncio.Future[Any]:
-    """``future``, whose permanent failure names the record (topic, key, size)."""
-
-    async def explained() -> Any:
+async def _send_all(producer: AIOKafkaProducer, records: list[OutRecord]) -> None:
+    """Send ``records`` and wait for every ack; a permanent refusal names the record."""
+    futures = []
+    for r in records:
         try:
-            return await future
-        except _REFUSED as exc:
+            futures.append(
+                await producer.send(
+                    r.topic, r.value, key=r.key, partition=r.partition, headers=r.headers
+                )
+            )
+        except _REFUSED as exc:  # the client's own checks (size) name this record
             raise _refused(r, exc) from exc
+    try:
+        await asyncio.gather(*futures)
+    except _REFUSED as exc:  # the broker's answer: name the biggest record sent
+        raise _refused(max(records, key=_size), exc) from exc
 
-    return asyncio.ensure_future(explained())
+
+def _size(r: OutRecord) -> int:
+    return len(r.key or b"") + len(r.value or b"") + sum(len(v) for _, v in r.headers or ())
 
 
 def _refused(r: OutRecord, exc: BaseException) -> PublishRefused:
-    size = len(r.key or b"") + len(r.value or b"") + sum(len(v) for _, v in r.headers or ())
-    key = _printable(r.key)
+    size, key = _size(r), _printable(r.key)
     log.error("record refused; stopping", topic=r.topic, key=key, bytes=size, error=repr(exc))
     return PublishRefused(f"{r.topic} refused a record (key {key!r}, {size} bytes): {exc!r}")
 
@@ -689,8 +688,7 @@ class Worker:
             with attempt:
                 if self._stopping.is_set() and attempt.retry_state.attempt_number > 1:
                     return False
-                futures = [await _send(producer, r) for r in records]
-                await asyncio.gather(*futures)
+                await _send_all(producer, records)
         timer.observe(time.perf_counter() - started)
         return True
 

@@ -89,6 +89,8 @@ class InMemoryBroker:
         self._seq = 0
         self._crash_in: int | None = None
         self.max_request_size = MAX_REQUEST_SIZE
+        self.refuse_with: Exception | None = None
+        """When set, every record is appended but its ack fails with this (a broker refusal)."""
         self._held: list[tuple[asyncio.Future[Sent], Sent]] | None = None
 
     # -- acknowledgements ------------------------------------------------------
@@ -105,7 +107,9 @@ class InMemoryBroker:
 
     def _acknowledge(self, sent: Sent) -> asyncio.Future[Sent]:
         future: asyncio.Future[Sent] = asyncio.get_running_loop().create_future()
-        if self._held is None:
+        if self.refuse_with is not None:
+            future.set_exception(self.refuse_with)
+        elif self._held is None:
             future.set_result(sent)
         else:
             self._held.append((future, sent))

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import RecordTooLargeError
 
 from tests.support.transport import (
     MAX_REQUEST_SIZE,
@@ -282,6 +283,19 @@ async def test_non_retriable_send_error_stops_the_worker_instead_of_retrying_for
     with Shell(cfg, broker, NOW) as shell:
         shell.start(range(cfg.topics.partitions))
         with pytest.raises(PublishRefused, match=r"refused a record .*MessageSizeTooLarge"):
+            await shell.idle()
+    assert broker.committed == {}
+
+
+async def test_a_record_the_broker_refuses_stops_the_worker_instead_of_retrying_forever() -> None:
+    """Issue 9 item 9 (send side): the broker's non-retriable answer, not the client's."""
+    cfg = config()
+    broker = broker_for(cfg, timestamp_ms=NOW)
+    broker.refuse_with = RecordTooLargeError("the broker's message.max.bytes is smaller")
+    produce(broker, cfg, LATCH_STREAM[:1])
+    with Shell(cfg, broker, NOW) as shell:
+        shell.start(range(cfg.topics.partitions))
+        with pytest.raises(PublishRefused, match=r"refused a record .*RecordTooLarge"):
             await shell.idle()
     assert broker.committed == {}
 
