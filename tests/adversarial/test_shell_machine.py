@@ -6,8 +6,9 @@ filling earlier intents), outcomes, open and close intents (new and reused
 ids), operator commands on a symbol or a whole bot (halts, resumes, resets),
 and between them it
 
-- crashes the worker process between any two records it writes (outputs or
-  snapshots: ``crash_after(n)`` for any n), then starts a new one;
+- crashes the worker process between any two records it writes (outputs,
+  snapshots, claims: ``crash_after(n)`` for any n, during any step), then
+  starts a new one;
 - re-sends any run of earlier input records (same bytes, new offsets);
 - takes a partition away and gives it back (the revoke flushes), or hands every
   partition to a new worker (a rolling restart);
@@ -37,9 +38,9 @@ from typing import Any
 
 import msgspec
 from aiokafka import TopicPartition
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from tests.support.transport import Shell, Stored, broker_for, engine_state
 from worker.config import Config, load_config
@@ -72,6 +73,9 @@ symbols = {list(SYMBOLS)!r}
 symbols = {list(SYMBOLS)!r}
 [bots.silent]
 """.replace("'", '"')
+
+crashes = st.none() | st.integers(0, 24)
+"""Where the step's worker dies: after that many more records it writes (None: it does not)."""
 
 Spec = tuple[str, int, int, int, int]
 """(kind, bot, symbol, amount, variant): what one input record will be."""
@@ -113,6 +117,7 @@ class ShellMachine(RuleBasedStateMachine):
     async def _settle(self, shell: Shell) -> None:
         """Run to idle; a crash (at most one is armed) starts a new worker process."""
         while not await shell.idle():
+            event("worker crashed at a record boundary")
             shell.start(self.partitions)
 
     def event(self, spec: Spec) -> Event:
@@ -155,36 +160,36 @@ class ShellMachine(RuleBasedStateMachine):
 
     def settle_both(self) -> None:
         self.run(self._settle(self.shell))
+        self.broker.crash_after(None)  # a crash armed but not reached does not carry over
         self.run(self._settle(self.reference))
 
     # -- rules -------------------------------------------------------------------
 
-    @rule(batch=st.lists(specs, min_size=1, max_size=6))
-    def produce(self, batch: list[Spec]) -> None:
+    @rule(batch=st.lists(specs, min_size=1, max_size=6), crash=crashes)
+    def produce(self, batch: list[Spec], crash: int | None) -> None:
+        self.broker.crash_after(crash)
         for spec in batch:
             event = self.event(spec)
             self.append(self.topic(event), event.bot.encode(), msgspec.json.encode(event))
         self.settle_both()
 
-    @precondition(lambda self: bool(self.inputs))
-    @rule(data=st.data())
-    def resend(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), crash=crashes)
+    def resend(self, data: st.DataObject, crash: int | None) -> None:
         """A producer retry: a run of earlier records again, under new offsets."""
+        if not self.inputs:
+            return
+        self.broker.crash_after(crash)
         start = data.draw(st.integers(0, len(self.inputs) - 1))
         length = data.draw(st.integers(1, min(8, len(self.inputs) - start)))
         for record in self.inputs[start : start + length]:
             self.append(record.topic, record.key, record.value)
         self.settle_both()
 
-    @rule(after=st.integers(0, 40))
-    def crash_soon(self, after: int) -> None:
-        """The worker dies after ``after`` more records it writes, whichever they are."""
-        self.broker.crash_after(after)
-
-    @rule(partition=st.integers(0, 1))
-    def rebalance(self, partition: int) -> None:
+    @rule(partition=st.integers(0, 1), crash=crashes)
+    def rebalance(self, partition: int, crash: int | None) -> None:
         """The partition goes away (its persist is flushed) and comes back."""
         shell = self.shell
+        self.broker.crash_after(crash)
 
         async def move() -> None:
             if not await shell.revoke([partition]):
@@ -193,12 +198,16 @@ class ShellMachine(RuleBasedStateMachine):
 
         self.run(move())
         self.run(self._settle(shell))
+        self.broker.crash_after(None)
 
-    @rule(max_records=st.integers(1, 9))
-    def rolling_restart(self, max_records: int) -> None:
+    @rule(max_records=st.integers(1, 9), crash=crashes)
+    def rolling_restart(self, max_records: int, crash: int | None) -> None:
         """Every partition goes to a new worker (graceful stop: persist and commit)."""
-        self.run(self.shell.stop())
+        self.broker.crash_after(crash)
+        if not self.run(self.shell.stop()):
+            event("worker crashed at a record boundary")
         self.run(self._start(self.shell, max_records))
+        self.broker.crash_after(None)
 
     # -- checks ------------------------------------------------------------------
 
