@@ -655,8 +655,9 @@ class Worker:
         snapshots = snapshot_records(
             self.engine, self._unpersisted, self.config.topics, self._partition_of, self._epochs
         )
-        claims, self._claims = list(self._claims.values()), {}
-        snapshots[:0] = claims
+        # Our claim on a partition goes just ahead of our first snapshot there.
+        written = {r.partition for r in snapshots if r.partition in self._claims}
+        snapshots[:0] = [self._claims.pop(p) for p in sorted(written)]
         offsets = self._uncommitted
         self._unpersisted = Effects()
         self._uncommitted = {}
