@@ -331,8 +331,10 @@ def test_a_filled_reservation_gives_back_its_bytes_of_the_budget() -> None:
         assert _open(eng, _budget_id(n)) == (True, None)
     assert _open(eng, _budget_id(384)) == (False, "max_concurrent_positions")
     eng.apply(fill("buy", 0.001, 100.0, symbol="S", intent_id=_budget_id(0)), T0)
-    assert _open(eng, _budget_id(385)) == (True, None)  # exactly the 256 bytes given back
-    assert _open(eng, _budget_id(386)) == (False, "max_concurrent_positions")
+    # Exactly its 256 bytes given back (98,048 held): 250 more leave 6 bytes of room.
+    assert _open(eng, _budget_id(385, length=245)) == (True, None)
+    assert _open(eng, _budget_id(386)) == (True, None)
+    assert _open(eng, _budget_id(387)) == (False, "max_concurrent_positions")
 
 
 # -- breaker cooldown end -------------------------------------------------------------------------
@@ -451,3 +453,14 @@ def test_a_position_never_filled_snapshots_with_contract_value_one() -> None:
     assert Position().snapshot() == PositionSnapshot(
         qty=0.0, avg_price=0.0, entry_fees=0.0, contract_value=1.0, round_trip_net=0.0
     )
+
+
+def test_after_an_expiry_an_intent_up_to_the_exposure_cap_is_allowed() -> None:
+    """Expiry re-sums the reserved notional from nothing: 0 + 1000 is the cap, not over it."""
+    eng = engine(CAPPED)
+    eng.apply(intent(qty=5.0, intent_id="a"), T0)
+    eng.apply(intent(qty=1.0, intent_id="b", symbol="ETHUSDT"), T0 + 1)
+    eng.sweep(T0 + TTL)  # "a" expires, "b" stays
+    assert _reservations(eng) == ["b"]
+    d = eng.apply(intent(qty=9.0, intent_id="c", symbol="SOLUSDT"), T0 + TTL).decisions[0]
+    assert (d.allowed, d.gate) == (True, None)
