@@ -465,9 +465,11 @@ def expected(kind: InputKind, key: bytes | None, value: bytes) -> frozenset[str]
     if key != event.bot.encode():
         return frozenset({"key_mismatch"})
     if kind == "control" and not event.sig:
-        # The bot is judged before the signature: a bot that is not configured, or
-        # whose name is not a valid one, is refused as such first.
-        return frozenset({"bad_signature", "unknown_bot", "invalid_name"})
+        # Names and time are judged before the signature: a bot or symbol that is not
+        # configured or badly named, or a ts too far ahead, is refused as such first.
+        return frozenset(
+            {"bad_signature", "unknown_bot", "invalid_name", "unknown_symbol", "future_event"}
+        )
     return ENGINE_REASONS | {APPLIED}
 
 
