@@ -58,13 +58,15 @@ hostile: $(STAMP)
 # fresh random seeds, until FUZZ_MINUTES are up; any failure stops it (exit 1)
 # and hypothesis prints the minimal failing sequence (also kept in .hypothesis/).
 fuzz: $(STAMP)  ## FUZZ_MINUTES=10 FUZZ_EXAMPLES=100 (RISKGATE_FUZZ_STEPS: steps per example)
-	@end=$$(( $$(date +%s) + 60 * $${FUZZ_MINUTES:-10} )); passes=0; \
+	@end=$$(( $$(date +%s) + 60 * $${FUZZ_MINUTES:-10} )); passes=0; examples=0; log=$$(mktemp); \
 	while [ $$(date +%s) -lt $$end ]; do \
 	  RISKGATE_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-100} $(BIN)/python -m pytest -q -p no:cacheprovider \
-	    --timeout=0 --hypothesis-show-statistics tests/adversarial || exit 1; \
-	  passes=$$((passes + 1)); \
-	done; \
-	echo "fuzz: $$passes passes x $${FUZZ_EXAMPLES:-100} examples per state machine, no failure"
+	    --timeout=0 --hypothesis-show-statistics tests/adversarial > $$log 2>&1 || { cat $$log; exit 1; }; \
+	  n=$$(awk '/ passing, [0-9]+ failing/ {s += $$2} END {print s + 0}' $$log); \
+	  passes=$$((passes + 1)); examples=$$((examples + n)); \
+	  echo "pass $$passes: $$(tail -n 1 $$log), $$n examples"; \
+	done; rm -f $$log; \
+	echo "fuzz: $$passes passes, $$examples examples over every state machine, no failure"
 
 # Mutation score of the core (worker/engine.py, worker/risk/) against the unit
 # suite; config in pyproject.toml [tool.mutmut]. Survivors: `mutmut results`,
