@@ -7,10 +7,11 @@ without a broker, deterministically and fast enough for hypothesis.
 
 Two properties make crash tests exact:
 
-- **Record-boundary crashes.** ``broker.crash_after(n)`` lets the producer append
-  ``n`` more records and raises :class:`Crash` on the next send. The record that
-  raised is not appended, so a crash lands between two records of a publish or a
-  persist — every boundary can be hit by choosing ``n``.
+- **Record-boundary crashes.** ``broker.crash_after(n)`` lets the worker make
+  ``n`` more writes (records appended, offset commits) and raises :class:`Crash`
+  on the next one, which does not happen. So a crash lands between two records
+  of a publish or a persist, or between a persist and its commit — every
+  boundary can be hit by choosing ``n``.
 - **Deterministic interleaving.** Every appended record gets a broker-wide
   sequence number, and one ``getmany`` returns a run of consecutive records of a
   *single* partition in that order. A replay after a crash therefore applies the
@@ -84,6 +85,8 @@ class InMemoryBroker:
         self.committed: dict[TopicPartition, int] = {}
         self.generation = 0
         """The group's generation: bumped by every assignment; older members cannot commit."""
+        self.commits = 0
+        """Offset commits made (each is a crash boundary, like a record)."""
         self.timestamp_ms = timestamp_ms
         """Record timestamp (CreateTime) given to every appended record."""
         self._seq = 0
@@ -124,6 +127,15 @@ class InMemoryBroker:
     @property
     def crash_armed(self) -> bool:
         return self._crash_in is not None
+
+    def crash_point(self, what: str) -> None:
+        """Every write (a record, a commit) is a boundary: die here if the count ran out."""
+        if self._crash_in is None:
+            return
+        if self._crash_in <= 0:
+            self._crash_in = None
+            raise Crash(f"injected crash before {what}")
+        self._crash_in -= 1
 
     # -- log ------------------------------------------------------------------
 
@@ -203,11 +215,7 @@ class FakeProducer:
         if size > broker.max_request_size:
             # What aiokafka raises from send() itself: not retriable.
             raise MessageSizeTooLargeError(f"the message is {size} bytes")
-        if broker._crash_in is not None:
-            if broker._crash_in <= 0:
-                broker._crash_in = None
-                raise Crash(f"injected crash before a record to {topic}")
-            broker._crash_in -= 1
+        broker.crash_point(f"a record to {topic}")
         sent = broker.append(
             topic, key, value, partition=partition, headers=headers or (), timestamp_ms=timestamp_ms
         )
@@ -293,8 +301,10 @@ class FakeConsumer:
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         await asyncio.sleep(0)
+        self.broker.crash_point("a commit")
         if self.generation != self.broker.generation:
             raise CommitFailedError("the group has rebalanced since this member joined")
+        self.broker.commits += 1
         self.broker.committed.update(offsets)
 
     def pause(self, *tps: TopicPartition) -> None:

@@ -69,6 +69,7 @@ def produce(broker: InMemoryBroker, cfg: Config, events: list[Event]) -> None:
         Fill: cfg.topics.fills,
         TradeOutcome: cfg.topics.outcomes,
         OrderIntent: cfg.topics.intents,
+        ControlCommand: cfg.topics.control,
     }
     for event in events:
         broker.append(topic[type(event)], event.bot.encode(), msgspec.json.encode(event))
@@ -89,10 +90,11 @@ def intent(n: int, symbol: str, qty: float) -> OrderIntent:
 async def run(
     cfg: Config, events: list[Event], crash_after: int | None, max_records: int = 5
 ) -> tuple[Any, int]:
-    """State after the events, crashing once after ``crash_after`` records; and records sent.
+    """State after the events, crashing once after ``crash_after`` writes; and writes made.
 
-    The crash may land anywhere, the final persist of a graceful stop included;
-    a new process then starts from what the broker holds.
+    Writes are records appended and offset commits: every boundary between two
+    of them is a crash point. The crash may land anywhere, the final persist of
+    a graceful stop included; a new process then starts from what the broker holds.
     """
     broker = broker_for(cfg, timestamp_ms=NOW)
     produce(broker, cfg, events)
@@ -103,7 +105,7 @@ async def run(
         shell.start(partitions, max_records=max_records)
         while not (await shell.idle() and await shell.stop()):
             shell.start(partitions, max_records=max_records)  # the restarted process
-        sent = sum(broker.end(tp) for tp in broker.logs) - before
+        sent = sum(broker.end(tp) for tp in broker.logs) - before + broker.commits
         worker = shell.worker
         assert worker is not None
         live = engine_state(worker.engine)
@@ -130,7 +132,7 @@ async def test_daily_loss_latch_survives_a_crash_between_symbol_and_portfolio_re
     assert reference["alpha"]["portfolio"]["halted"] is True
     for crash in range(sent):
         state, _ = await run(cfg, LATCH_STREAM, crash)
-        assert state == reference, f"crash after {crash} of {sent} records"
+        assert state == reference, f"crash after {crash} of {sent} writes"
 
 
 MIXED_STREAM: list[Event] = [
@@ -155,7 +157,7 @@ async def test_crash_at_every_record_boundary_rebuilds_the_uninterrupted_state()
     assert reference["alpha"]["portfolio"]["halted"] is True
     for crash in range(sent):
         state, _ = await run(cfg, MIXED_STREAM, crash)
-        assert state == reference, f"crash after {crash} of {sent} records"
+        assert state == reference, f"crash after {crash} of {sent} writes"
 
 
 @pytest.mark.parametrize("records_per_poll", [1, 3, 100])
@@ -165,7 +167,7 @@ async def test_crash_boundaries_hold_for_every_batch_size(records_per_poll: int)
     reference, sent = await run(cfg, stream, None, records_per_poll)
     for crash in range(0, sent, 2):
         state, _ = await run(cfg, stream, crash, records_per_poll)
-        assert state == reference, f"crash after {crash} of {sent} records"
+        assert state == reference, f"crash after {crash} of {sent} writes"
 
 
 # -- item 9: every record riskgate writes fits, and a refused one stops the worker ----
@@ -497,4 +499,22 @@ async def test_a_partial_persist_never_latches_the_daily_loss_on_a_mixed_account
     assert reference["alpha"]["portfolio"]["halted"] is False
     for crash in range(sent):
         state, _ = await run(cfg, SWAP_STREAM, crash, max_records=2)
-        assert state == reference, f"crash after {crash} of {sent} records"
+        assert state == reference, f"crash after {crash} of {sent} writes"
+
+
+RESET_STREAM: list[Event] = [
+    intent(1, "BTC", 1.0),  # the bot exists, no symbol yet (a decision creates none)
+    ControlCommand("reset_session", "alpha", None, "new day", "ops", NOW - 2 * MIN),
+    outcome(9, "SOL", -100.0),  # SOL is created after the reset
+]
+
+
+async def test_a_replayed_bot_wide_reset_never_reaches_a_symbol_created_after_it() -> None:
+    """D2: the crash persisted the portfolio and SOL, not the commit; the replayed reset
+    found SOL fresh for the control partition and wiped the loss it never saw live."""
+    cfg = config()
+    reference, sent = await run(cfg, RESET_STREAM, None, max_records=1)
+    assert reference["alpha"]["symbols"]["SOL"]["session_pnl"]["realised"] == -100.0
+    for crash in range(sent):
+        state, _ = await run(cfg, RESET_STREAM, crash, max_records=1)
+        assert state == reference, f"crash after {crash} of {sent} writes"
