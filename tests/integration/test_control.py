@@ -23,6 +23,7 @@ from harness import PROJECT_ROOT, config_text, decoded, latest, now_ms, read_top
 
 from worker.config import load_config
 from worker.messages import ControlCommand, GateDecision
+from worker.signing import command_digest
 
 pytestmark = pytest.mark.broker
 
@@ -83,7 +84,7 @@ async def test_signed_symbol_halt_blocks_entries_not_exits_until_resume(env: Gat
         "alice",
     )
     assert event.reason == "halt by alice: exchange incident"
-    assert re.fullmatch(r"ctl/S1/manual_halt/\d+", event.event_id)
+    assert event.event_id == f"ctl/S1/manual_halt/cmd-{command_digest(halt)}"
 
     decision = denied(await env.check("ctl", "S1"), "manual_halt")
     assert decision.reason == "halted by alice: exchange incident"
@@ -107,9 +108,10 @@ async def test_signed_symbol_halt_blocks_entries_not_exits_until_resume(env: Gat
 
 async def test_signed_bot_halt_blocks_every_symbol_until_resume(env: GateEnv) -> None:
     await env.fill_and_wait("ctlbot", "S1", "buy", 1.0)
-    event = await env.control(env.command("halt", "ctlbot", None, reason="risk review"))
+    halt = env.command("halt", "ctlbot", None, reason="risk review")
+    event = await env.control(halt)
     assert (event.kind, event.gate, event.symbol) == ("halted", "manual_halt", None)
-    assert re.fullmatch(r"ctlbot/\*/manual_halt/\d+", event.event_id)
+    assert event.event_id == f"ctlbot/*/manual_halt/cmd-{command_digest(halt)}"
 
     for symbol in ("S1", "S9"):
         denied(await env.check("ctlbot", symbol), "manual_halt")
