@@ -564,6 +564,8 @@ async def test_recreated_input_topic_is_detected_loudly(
         resets = worker.metrics.offset_resets.labels(tp.topic, "3")._value.get()
         assert resets == 1
         assert await shell.stop()
-    logged = [line for line in capsys.readouterr().out.splitlines() if "restarted below" in line]
+    captured = capsys.readouterr()  # stdout or stderr, as structlog was configured before
+    lines = (captured.out + captured.err).splitlines()
+    logged = [line for line in lines if "restarted below" in line]
     assert len(logged) == 1
     assert "error" in logged[0].lower()
