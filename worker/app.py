@@ -882,11 +882,14 @@ class Worker:
                 republish.dirty_symbols.update((bot_id, symbol) for symbol in held.symbols)
         m = self.metrics
         m.restore_seconds.observe(read.seconds)
-        # Keys, not records read: a key written many times (or a claim) restores once.
-        m.restore_records.labels("restored").inc(len(read.records) - len(ignored))
+        # Keys, not records read: a key written many times (or a claim) restores once;
+        # a tombstone restores nothing. "fenced": the zombie records the epoch fence
+        # left out, never among the restored (findings E1-2).
+        values = sum(value is not None for value in read.records.values())
+        m.restore_records.labels("restored").inc(values - len(ignored))
         m.restore_records.labels("ignored").inc(len(ignored))
-        if read.fenced:
-            m.restore_records.labels("fenced").inc(len(read.fenced))
+        if read.fenced_records:
+            m.restore_records.labels("fenced").inc(read.fenced_records)
         log.info(
             "restored",
             partitions=sorted(read.partitions),

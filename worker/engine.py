@@ -701,6 +701,10 @@ class BotRisk(_Holder):
         out.dirty_symbols.add(sym.key)
         if c.command == "halt" or sym.signature() != before:
             self._emit_command(sym, sym.symbol, gate, c, digest=digest, out=out)
+        # The portfolio's own watermark moves too (the portfolio record goes with the
+        # symbol's): a replay that finds the latch persisted must not judge it again (D3).
+        if self.fresh(origin) and c.command == "reset_session":
+            self._latch_on_reset(c, digest, out)
 
     def _control_bot(
         self, c: ControlCommand, digest: str, origin: Origin | None, out: Effects
@@ -735,6 +739,27 @@ class BotRisk(_Holder):
         if changed:
             gate: Gate = "manual_halt" if c.command in ("halt", "resume") else _command_gate(c)
             self._emit_command(self, None, gate, c, digest=digest, out=out)
+        # No latch judgement: a bot-wide ``reset_session`` zeroes every session of
+        # today, so the account is at 0, above any limit (limits are negative).
+
+    def _latch_on_reset(self, c: ControlCommand, digest: str, out: Effects) -> None:
+        """Latch the daily loss if a ``reset_session`` took the account to the limit.
+
+        Resetting one *winning* session lowers the account net. Left to the live
+        check alone, the bot would be blocked only while breached and trade again
+        the same day once the account recovered: a bypass of the latch (findings
+        E1-1; SPEC §4.4 "checked live and latched"). Judged on the exact sum and
+        whatever the command's ``ts``: the reset cleared a session of today. The
+        event is the command's (C3: ``cmd-<digest>``, at its ``ts``); callers run
+        this only above the portfolio's own watermark, so a replay after a crash
+        neither re-latches nor publishes it twice (D3).
+        """
+        portfolio = self.portfolio
+        if portfolio.halted or not portfolio.daily_loss_breached(self.account_net(self.day)):
+            return
+        before = self.signature()
+        portfolio.halted = True
+        self._bot_transitions(before, c.ts, out, issued_by=c.issued_by, command=digest)
 
     def _emit_command(
         self,
@@ -892,7 +917,17 @@ class BotRisk(_Holder):
                     sym, sym.symbol, "resumed", gate, _RESUME_REASONS[gate], ts_ms=ts_ms, out=out
                 )
 
-    def _bot_transitions(self, before: tuple[bool, bool], ts_ms: int, out: Effects) -> None:
+    def _bot_transitions(
+        self,
+        before: tuple[bool, bool],
+        ts_ms: int,
+        out: Effects,
+        *,
+        issued_by: str | None = None,
+        command: str | None = None,
+    ) -> None:
+        """Events for the bot-level gates that flipped; ``command``: the digest of the
+        command that caused them (their ids name it, C3)."""
         after = self.signature()
         if after == before:
             return
@@ -911,9 +946,21 @@ class BotRisk(_Holder):
                     ts_ms=ts_ms,
                     out=out,
                     until_ts=block.until_ts,
+                    issued_by=issued_by,
+                    command=command,
                 )
             else:
-                self._emit(self, None, "resumed", gate, _RESUME_REASONS[gate], ts_ms=ts_ms, out=out)
+                self._emit(
+                    self,
+                    None,
+                    "resumed",
+                    gate,
+                    _RESUME_REASONS[gate],
+                    ts_ms=ts_ms,
+                    out=out,
+                    issued_by=issued_by,
+                    command=command,
+                )
 
     def _emit(
         self,

@@ -93,11 +93,6 @@ secret = "{SECRET}"
 replay_window_ms = {WINDOW_MS}
 """
 
-RESET_BREACH_LATCHES = False
-"""Spec §4: the daily loss is "checked live and latched", so a ``reset_session`` of a
-winning symbol that takes the account past the limit latches. The engine does not yet
-(/work/notes/findings.md E1-1; this machine finds it in ~400 examples): True once fixed."""
-
 _CMD_EVENT_ID = re.compile(r"/cmd-[0-9a-f]{16}$")
 
 
@@ -213,9 +208,6 @@ class Model:
     symbols: dict[str, MSymbol] = field(default_factory=lambda: {s: MSymbol() for s in SYMBOLS})
     bot_manual: bool = False
     latch: bool = False
-    latch_open: bool = False
-    """A reset took the account past the limit without latching (E1-1 open): the engine
-    may latch at any later event this day; the model follows what it does."""
     reservations: dict[str, MReservation] = field(default_factory=dict)
     decided: dict[str, tuple[tuple[Any, ...], tuple[bool, str | None, int | None]]] = field(
         default_factory=dict
@@ -258,7 +250,7 @@ class Model:
                 s.expire()
             s.losses = [t for t in s.losses if t > now_s - BREAKER_WINDOW_S]
         if rolled:
-            self.latch = self.latch_open = False
+            self.latch = False
         for rid in [i for i, r in self.reservations.items() if r.expires <= now]:
             del self.reservations[rid]
 
@@ -408,8 +400,6 @@ class EngineHarness(RuleBasedStateMachine):
             out = self.engine.apply(event, self.model.now, self._origin(topic))
         except Rejected as exc:
             return exc
-        if self.model.latch_open:
-            self.model.latch = self.engine.bots[BOT].portfolio_snapshot().halted
         self._check_halts(out.halts)
         self._check_nothing_lifted(before, event)
         return out
@@ -812,10 +802,10 @@ class EngineMachine(EngineHarness):
                 s.reset_breaker()
             else:
                 s.reset_session()
-        if c.command == "reset_session" and RESET_BREACH_LATCHES:
-            model.observe_latch()  # resetting a winner can take the account past the limit
-        elif c.command == "reset_session" and model.account_net() <= DAILY_LOSS:
-            model.latch_open = not model.latch
+        if c.command == "reset_session":
+            # Spec §4: "checked live and latched": resetting a winner can take the account
+            # past the limit, and the latch holds for the day (findings E1-1, E2-1).
+            model.observe_latch()
         for h in out.halts:
             assert _CMD_EVENT_ID.search(h.event_id), f"command event id {h.event_id}"
             assert h.issued_by == "ops"

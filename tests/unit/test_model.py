@@ -697,10 +697,7 @@ def _engine_view(engine: RiskEngine) -> tuple[dict[str, Any], dict[str, Any]]:
     return snapshot_symbols(values), snapshot_portfolios(values)
 
 
-E1_1 = pytest.mark.xfail(strict=True, reason="findings E1-1: the engine never latches on a reset")
-
-
-@pytest.mark.parametrize("seed", [*range(8), pytest.param(8, marks=E1_1), 9])
+@pytest.mark.parametrize("seed", range(10))
 def test_the_engine_agrees_with_the_model_on_random_streams(seed: int) -> None:
     """Every input kind, clock moves across midnight, late and early stamps, retries.
 
@@ -747,7 +744,6 @@ def effects_halts(effects: Effects) -> list[tuple[Any, ...]]:
     return [(h.event_id, h.bot, h.symbol, h.kind, h.gate, h.ts, h.until_ts) for h in effects.halts]
 
 
-@E1_1
 def test_the_engine_latches_when_a_reset_session_of_a_winner_breaches_the_daily_loss() -> None:
     """The model's scenario above, through the engine: the same latch and the same answer."""
     config = load_config(

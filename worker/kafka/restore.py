@@ -61,6 +61,9 @@ class SnapshotRead(NamedTuple):
     """Per partition, the highest owner epoch found (0: none, or written before epochs)."""
     fenced: tuple[str, ...] = ()
     """Keys of the records ignored as written by a zombie (an older epoch after a newer one)."""
+    fenced_records: int = 0
+    """Zombie records the fence left out, for the restore metrics (findings E1-2): not
+    the one used for a key that has no other value (``fenced`` still names that key)."""
 
 
 class _Record(Protocol):
@@ -120,8 +123,11 @@ class _Fold:
         self.epochs[partition] = top
 
     def result(self, partitions: frozenset[int], seconds: float) -> SnapshotRead:
+        used = 0
         for key, value in self._fallback.items():
-            self.records.setdefault(key, value)
+            if key not in self.records:
+                self.records[key] = value
+                used += 1
         return SnapshotRead(
             partitions,
             self.records,
@@ -130,6 +136,7 @@ class _Fold:
             seconds,
             {p: self.epochs.get(p, 0) for p in partitions},
             tuple(dict.fromkeys(self.fenced)),
+            len(self.fenced) - used,
         )
 
 
