@@ -23,8 +23,9 @@ from corekit import (
     outcome,
 )
 
+from worker import signing
 from worker.config import BreakerConfig, WorkerConfig
-from worker.engine import Effects, RiskEngine
+from worker.engine import Effects, Rejected, RiskEngine
 from worker.risk import CircuitBreaker, Position, PositionSnapshot
 from worker.snapshot import encode, portfolio_key
 
@@ -464,3 +465,56 @@ def test_after_an_expiry_an_intent_up_to_the_exposure_cap_is_allowed() -> None:
     assert _reservations(eng) == ["b"]
     d = eng.apply(intent(qty=9.0, intent_id="c", symbol="SOLUSDT"), T0 + TTL).decisions[0]
     assert (d.allowed, d.gate) == (True, None)
+
+
+# -- engine: decisions and commands -----------------------------------------------------------
+
+
+def test_a_repeated_intent_gets_the_first_decisions_time_and_expiry() -> None:
+    """Stamped 1 s before it was decided at T0; re-sent at T0 + 0.5 s: the same answer."""
+    eng = engine("[defaults]\naccept_unknown_bots = true\n[worker]\nreservation_ttl_ms = 60000\n")
+    i = intent(intent_id="a", ts=T0 - 1000)
+    first = eng.apply(i, T0).decisions[0]
+    again = eng.apply(i, T0 + 500).decisions[0]
+    assert (again.ts, again.reservation_expires_ts) == (first.ts, first.reservation_expires_ts)
+    assert (first.ts, first.reservation_expires_ts) == (T0, T0 + 60_000)
+
+
+def test_a_concurrency_denial_names_the_cap() -> None:
+    eng = engine(ONE_SLOT)
+    eng.apply(intent(intent_id="a"), T0)
+    d = eng.apply(intent(intent_id="b", symbol="ETHUSDT"), T0).decisions[0]
+    assert (d.gate, d.reason) == (
+        "max_concurrent_positions",
+        "1 positions already open or reserved",
+    )
+
+
+def test_a_close_within_float_tolerance_of_a_large_position_is_allowed() -> None:
+    """1e-7 over a 1999.9 position is 5e-11 of it: float residue, not an oversize close."""
+    eng = engine(RESERVING)
+    eng.apply(fill("buy", 1999.9, 1.0), T0)
+    d = eng.apply(intent("close", "sell", 1999.9000001, 1.0, intent_id="x"), T0).decisions[0]
+    assert (d.allowed, d.gate) == (True, None)
+
+
+SIGNED = """
+[defaults]
+accept_unknown_bots = true
+[control]
+secret = "kill-secret"
+"""
+
+
+def test_stale_and_replayed_commands_say_why() -> None:
+    eng = engine(SIGNED)
+    halt = signing.signed(control("halt", ts=T0), b"kill-secret")
+    older = signing.signed(control("resume", ts=T0 - 1000), b"kill-secret")
+    eng.apply(halt, T0, origin(0, "risk.control/0"))
+    with pytest.raises(Rejected) as replayed:
+        eng.apply(halt, T0, origin(1, "risk.control/0"))
+    with pytest.raises(Rejected) as stale:
+        eng.apply(older, T0, origin(2, "risk.control/0"))
+    assert (replayed.value.reason, stale.value.reason) == ("replayed_command", "stale_command")
+    assert "applied already" in str(replayed.value)
+    assert str(stale.value) == f"command ts {T0 - 1000} is older than the last applied ({T0})"
