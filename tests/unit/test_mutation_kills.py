@@ -518,3 +518,43 @@ def test_stale_and_replayed_commands_say_why() -> None:
     assert (replayed.value.reason, stale.value.reason) == ("replayed_command", "stale_command")
     assert "applied already" in str(replayed.value)
     assert str(stale.value) == f"command ts {T0 - 1000} is older than the last applied ({T0})"
+
+
+def test_an_open_is_denied_while_the_account_is_past_the_daily_loss_even_unlatched() -> None:
+    """Resetting a winner takes the account from -35 to -60 (limit -45): checked live."""
+    eng = engine(LATCH.replace("max_daily_loss = -80", "max_daily_loss = -45"))
+    eng.apply(outcome(25.0, symbol="ETHUSDT", ts=T0), T0)
+    eng.apply(outcome(-60.0, symbol="BTCUSDT", ts=T0), T0)
+    eng.apply(control("reset_session", symbol="ETHUSDT", ts=T0), T0)
+    d = eng.apply(intent(symbol="SOLUSDT", intent_id="x"), T0).decisions[0]
+    assert (d.allowed, d.gate) == (False, "portfolio_daily_loss")
+
+
+def test_gate_records_carry_every_field() -> None:
+    eng = engine(BREAKER_2)
+    eng.apply(fill("buy", 2.0, 100.0), T0)
+    eng.apply(outcome(-1.0, ts=T0), T0)
+    eng.apply(outcome(-2.0, ts=T0 + 1000), T0 + 1000)
+    eng.apply(control("halt", symbol=None, ts=T0 + 2000, reason="ops", issued_by="alice"), T0)
+    bot = eng.bots["alpha"]
+    gate = bot.gate_state(bot.symbols["BTCUSDT"], T0 + 5000)
+    account = bot.account_gate_state(T0 + 5000)
+    assert (gate.bot, gate.symbol, gate.entries_allowed, gate.updated_ts) == (
+        "alpha",
+        "BTCUSDT",
+        False,
+        T0 + 5000,
+    )
+    assert [b.gate for b in gate.blocks] == ["circuit_breaker"]
+    assert (gate.net_pnl, gate.trades, gate.recent_losses, gate.position_qty) == (-3.0, 2, 2, 2.0)
+    assert (account.bot, account.entries_allowed, account.account_net_pnl) == ("alpha", False, -3.0)
+    assert (account.open_positions, account.gross_exposure, account.updated_ts) == (
+        1,
+        200.0,
+        T0 + 5000,
+    )
+    assert [(b.gate, b.reason, b.until_ts) for b in account.blocks] == [
+        ("manual_halt", "halted by alice: ops", None)
+    ]
+    again = bot.account_gate_state(T0 + 6000)
+    assert (gate.seq, account.seq, again.seq) == (1, 1, 2)  # one count per record kind
