@@ -27,7 +27,7 @@ from worker import signing
 from worker.config import BreakerConfig, WorkerConfig
 from worker.engine import Effects, Rejected, RiskEngine
 from worker.risk import CircuitBreaker, Position, PositionSnapshot
-from worker.snapshot import encode, portfolio_key
+from worker.snapshot import encode, portfolio_key, symbol_key
 
 TTL = 1_000
 RESERVING = f"""
@@ -558,3 +558,18 @@ def test_gate_records_carry_every_field() -> None:
     ]
     again = bot.account_gate_state(T0 + 6000)
     assert (gate.seq, account.seq, again.seq) == (1, 1, 2)  # one count per record kind
+
+
+def test_a_corrupt_snapshot_record_does_not_stop_the_restore_of_the_next_ones() -> None:
+    live = engine(BREAKER_2)
+    live.apply(outcome(-1.0, ts=T0), T0)
+    bot = live.bots["alpha"]
+    records = {
+        symbol_key("alpha", "ETHUSDT"): b"{not json",
+        symbol_key("alpha", "BTCUSDT"): encode(bot.symbols["BTCUSDT"].snapshot()),
+        portfolio_key("alpha"): encode(bot.portfolio_snapshot()),
+    }
+    restored = engine(BREAKER_2)
+    ignored = restored.restore(records, T0)
+    assert [key for key, _ in ignored] == [symbol_key("alpha", "ETHUSDT")]
+    assert _losses(restored) == [T0 // 1000]
