@@ -1,14 +1,24 @@
-"""Regression tests of the findings E1-1 and E1-2 (/work/notes/findings.md).
+"""Regression tests of the findings E1-1, E1-2 and E1-3 (/work/notes/findings.md).
 
 E1-1: a ``reset_session`` of a winning symbol took the account past the daily
 loss without latching; once the account recovered the same day, entries were
 allowed again (SPEC §4.4: "checked live and latched").
 E1-2: restore metrics counted snapshot records the epoch fence dropped as restored.
+E1-3: a SIGTERM while ``riskgate run`` was starting ended it with -15 and no log line.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import msgspec
+import pytest
 from corekit import DAY_MS, MIN_MS, T0, config, control, intent, outcome
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -254,3 +264,80 @@ def test_e1_1_a_replayed_reset_never_judges_the_latch_on_a_partly_restored_accou
     again = restarted.bots["alpha"]
     assert again.portfolio_snapshot() == bot.portfolio_snapshot()
     assert again.symbols["SOL"].snapshot() == bot.symbols["SOL"].snapshot()
+
+
+# -- E1-3: SIGTERM while ``riskgate run`` starts -----------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+LAUNCHER = """
+import asyncio, importlib.abc, os, runpy, signal, sys
+
+MODULE, THEN, CONFIG = sys.argv[1:]
+
+class SigtermAt(importlib.abc.MetaPathFinder):
+    '''SIGTERM to this process as MODULE is first imported: inside the start-up.'''
+    def find_spec(self, name, path, target=None):
+        if name == MODULE:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return None
+
+if THEN == "again-at-loop-close":
+    close = asyncio.unix_events._UnixSelectorEventLoop.close
+    def close_then_sigterm(loop):
+        close(loop)
+        os.kill(os.getpid(), signal.SIGTERM)
+    asyncio.unix_events._UnixSelectorEventLoop.close = close_then_sigterm
+
+sys.meta_path.insert(0, SigtermAt())
+sys.argv = ["riskgate", "run", "--config", CONFIG]
+runpy.run_module("worker.cli", run_name="__main__", alter_sys=True)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("module", "then"),
+    [
+        ("click", "once"),  # the CLI's own imports: no command parsed yet
+        ("worker.service", "once"),  # ``run`` importing the service
+        ("aiohttp", "once"),  # deep in the service's imports
+        ("click", "again-at-loop-close"),  # and a second one while the loop closes
+    ],
+)
+def test_e1_3_sigterm_while_riskgate_run_starts_exits_0_with_a_log_line(
+    tmp_path: Path, module: str, then: str
+) -> None:
+    """Before, SIGTERM took the default action until ``serve`` installed its handlers:
+    exit -15, no log line. The signal is sent by the child itself as ``module`` is
+    first imported, so it lands inside the start-up deterministically."""
+    path = tmp_path / "rg.toml"
+    path.write_text(
+        f'[kafka]\nbootstrap_servers = "127.0.0.1:{_free_port()}"\n'
+        '[http]\nhost = "127.0.0.1"\nport = 0\n[log]\nformat = "json"\n[bots.desk]\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RISKGATE")}
+    child = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, module, then, str(path)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _, stderr = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait()
+    assert child.returncode == 0, stderr
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    stops = [line for line in lines if line["event"] == "stopping"]
+    assert [line["signal"] for line in stops] == ["SIGTERM"], stderr
