@@ -2,7 +2,8 @@
 
 Pre-generates 1,000,000 encoded TradeOutcome payloads and 1,000,000 Fill payloads
 over 8 bots x 50 symbols, then times decode + apply in batches (one Effects per
-batch, with Origin offsets per input partition, as the Kafka shell does).
+batch, with Origin offsets per input partition, and one ``sweep`` after each
+batch at the batch's clock, as the Kafka shell does).
 
     python bench/core.py [--events N] [--batch N]
 
@@ -134,6 +135,7 @@ def run(
         for i in range(0, len(payloads), batch)
     ]
     apply = engine.apply
+    sweep = engine.sweep
     halts = decisions = dirty = 0
     gc.collect()
     gc.disable()
@@ -145,6 +147,10 @@ def run(
             offset = offsets[partition]
             offsets[partition] = offset + 1
             apply(decode(raw), now, Origin(sources[partition], offset), out)
+        # Once per batch after applying it, as the worker does: cooldowns and the
+        # daily-loss latch end only by the wall clock (decisions T1), so without a
+        # sweep a tripped breaker never resumes and the halt count means nothing.
+        sweep(now, out)
         halts += len(out.halts)
         decisions += len(out.decisions)
         dirty += len(out.dirty_symbols)

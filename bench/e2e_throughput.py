@@ -23,15 +23,16 @@ from e2e_common import (
     committed_offsets,
     create_topics,
     fast_produce,
-    latest,
     log_event_time,
     now_ms,
     peak_rss_mb,
+    read_topic,
     start_profiler,
     stop_profiler,
     workdir,
     worker_process,
 )
+from harness import last_per_key
 
 from worker.kafka.broker import EmbeddedBroker
 from worker.messages import TradeOutcome
@@ -105,7 +106,9 @@ async def main(args: argparse.Namespace) -> None:
                 rss = peak_rss_mb(worker.pid)
                 metrics = await worker.metrics()
 
-            snapshots = await latest(config.kafka, config.topics.snapshots)
+            log = await read_topic(config.kafka, config.topics.snapshots)
+            snapshots = last_per_key(log)
+            written = snapshot_bytes(log)
             trades = sum(
                 msgspec.json.decode(r.value)["session_pnl"]["trades"]
                 for k, r in snapshots.items()
@@ -133,11 +136,36 @@ async def main(args: argparse.Namespace) -> None:
         "time in batches {batch:.2f}s, of which waiting for output acks {output_send:.2f}s, "
         "snapshot acks {snapshot_send:.2f}s, commits {commit:.2f}s".format(**phases)
     )
+    print(
+        "snapshot bytes written: {total:,} ({per_write:,.0f} a record); portfolio records "
+        "{portfolio:,} ({per_portfolio:,.0f} each), symbol {symbol:,}, id chunks {ids:,}".format(
+            **written
+        )
+    )
     print(f"worker peak RSS: {rss:.0f} MiB")
     print(f"snapshots: {symbol_keys} symbol keys, {trades:,} trades (expected {sent:,})")
     if symbol_keys != len(bots) * len(symbols) or trades != sent:
         raise SystemExit("persisted snapshots do not add up")
     print("PASS" if rate >= TARGET_EVENTS_PER_SEC else "BELOW TARGET")
+
+
+def snapshot_bytes(log: list) -> dict[str, float]:
+    """Key + value bytes written to the snapshots topic, by record kind (the write volume)."""
+    sizes = {"portfolio": 0, "symbol": 0, "ids": 0, "other": 0}
+    portfolios = 0
+    for r in log:
+        key = (r.key or b"").decode()
+        kind = key.split("/")[1] if key.count("/") >= 1 and not key.startswith("/") else "other"
+        kind = {"portfolio": "portfolio", "risk": "symbol", "ids": "ids"}.get(kind, "other")
+        sizes[kind] += len(r.key or b"") + len(r.value or b"")
+        portfolios += kind == "portfolio"
+    total = sum(sizes.values())
+    return {
+        **sizes,
+        "total": total,
+        "per_write": total / max(len(log), 1),
+        "per_portfolio": sizes["portfolio"] / max(portfolios, 1),
+    }
 
 
 async def exact_ends(config, tps: list[TopicPartition]) -> dict[TopicPartition, int]:

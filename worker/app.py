@@ -67,7 +67,7 @@ from worker.kafka.topics import check_topics
 from worker.kafka.watch import InputWatch
 from worker.messages import Event, HaltEvent
 from worker.metrics import Metrics
-from worker.snapshot import SnapshotError, parse_key
+from worker.snapshot import SnapshotError, parse_chunk_key, parse_key
 
 Clock = Callable[[], int]
 """Wall clock in epoch milliseconds; injected so tests can move time."""
@@ -903,6 +903,14 @@ class Worker:
         """Persist these keys again under our epoch, so compaction drops the zombie's records."""
         bots = self.engine.bots
         for key in keys:
+            chunk = parse_chunk_key(key)
+            if chunk is not None:
+                # Chunks are immutable: the bot's windows are written afresh, under new numbers.
+                held = bots.get(chunk[0])
+                if held is not None:
+                    held.renumber_id_logs()
+                    self._unpersisted.dirty_bots.add(chunk[0])
+                continue
             with contextlib.suppress(SnapshotError):
                 bot_id, symbol = parse_key(key)
                 held = bots.get(bot_id)

@@ -53,6 +53,7 @@ from worker.risk import (
     utc_day,
 )
 from worker.risk.dedupe import IdWindow
+from worker.risk.idlog import ChunkedLog, IdLogRef
 from worker.risk.intents import Seen, content_digest, id_digest
 from worker.risk.portfolio import QTY_TOLERANCE
 from worker.risk.session import MS_PER_DAY
@@ -61,10 +62,15 @@ from worker.snapshot import (
     PortfolioSnapshot,
     SnapshotError,
     SymbolSnapshot,
+    chunk_key,
+    decode_chunk,
     decode_snapshot,
+    parse_chunk_key,
 )
 
 _NEVER = 1 << 62
+IdChunkOut = tuple[str, int, bytes]
+"""A chunk record to write: window name, chunk number, entries (:mod:`worker.risk.idlog`)."""
 _NET_RESYNC = 256
 """Deltas folded into a bot's running account net before it is summed afresh."""
 _SYMBOL_GATES: tuple[Gate, Gate, Gate] = ("manual_halt", "session_halt", "circuit_breaker")
@@ -316,6 +322,7 @@ class BotRisk(_Holder):
         "_open",
         "bot",
         "fill_ids",
+        "id_logs",
         "max_reservations",
         "outcome_ids",
         "portfolio",
@@ -346,6 +353,12 @@ class BotRisk(_Holder):
         # order, which replays reproduce exactly whatever the interleaving.
         self.outcome_ids = IdWindow(dedupe_keep)
         self.fill_ids = IdWindow(dedupe_keep)
+        self.id_logs = {
+            "outcomes": ChunkedLog(self.outcome_ids),
+            "fills": ChunkedLog(self.fill_ids),
+            "intents": ChunkedLog(self.portfolio.intents),
+        }
+        """How the id windows are persisted: chunk records beside the portfolio record."""
         self._deadline = (day + 1) * MS_PER_DAY
         """Earliest wall time at which a sweep can change anything (rollover, expiry)."""
         self._net_day = -1
@@ -1027,17 +1040,53 @@ class BotRisk(_Holder):
             seq=self.next_gate_seq(),
         )
 
-    def portfolio_snapshot(self) -> PortfolioSnapshot:
+    def portfolio_snapshot(self, id_logs: dict[str, IdLogRef] | None = None) -> PortfolioSnapshot:
+        """The portfolio state, id windows whole (a self-contained record, the older format)
+        or, given ``id_logs`` (:meth:`persist`), by reference to their chunk records."""
         p = self.portfolio
+        if id_logs is None:
+            fields = self.seqs_snapshot()
+        else:
+            fields = {**_Holder.seqs_snapshot(self), "id_logs": id_logs}
         return PortfolioSnapshot(
             halted=p.halted,
             last_reset_day=p.last_reset_day,
             manual_halt=self.manual_halt,
             reservations=dict(p.reservations),
-            intent_ids=p.intents.dump(),
+            intent_ids=p.intents.dump() if id_logs is None else b"",
             applied_offsets=dict(self.applied),
-            **self.seqs_snapshot(),
+            **fields,
         )
+
+    def persist(self) -> tuple[list[IdChunkOut], PortfolioSnapshot, list[tuple[str, int]]]:
+        """A persist's portfolio record, with the id chunks to write before it and those to
+        tombstone after it (:mod:`worker.risk.idlog`): the record stays small, and the ids
+        that did not change are not written again."""
+        chunks: list[IdChunkOut] = []
+        drops: list[tuple[str, int]] = []
+        refs: dict[str, IdLogRef] = {}
+        for name, log in self.id_logs.items():
+            sealed, refs[name], dropped = log.persist()
+            chunks.extend((name, n, data) for n, data in sealed)
+            drops.extend((name, n) for n in dropped)
+        return chunks, self.portfolio_snapshot(refs), drops
+
+    def restore_id_logs(
+        self, refs: Mapping[str, IdLogRef], chunks: Mapping[str, Mapping[int, bytes]]
+    ) -> list[str]:
+        """The id windows a portfolio record references; returns the keys of missing chunks."""
+        missing: list[str] = []
+        for name, ref in refs.items():
+            log = self.id_logs.get(name)
+            if log is not None:
+                lost = log.restore(ref, chunks.get(name, {}))
+                missing.extend(chunk_key(self.bot, name, n) for n in lost)
+        return missing
+
+    def renumber_id_logs(self) -> None:
+        """Write every id window again under new chunk numbers (see ``ChunkedLog.renumber``)."""
+        for log in self.id_logs.values():
+            log.renumber()
 
     # -- restore -------------------------------------------------------------------
 
@@ -1295,8 +1344,20 @@ class RiskEngine:
         ignored: list[tuple[str, str]] = []
         restored: dict[str, BotRisk] = {}
         legacy: list[tuple[BotRisk, SymbolSnapshot]] = []
+        chunks: dict[str, dict[str, dict[int, bytes]]] = {}
+        """bot -> window -> chunk number -> entries"""
+        refs: dict[str, dict[str, IdLogRef]] = {}
         for key, value in records.items():
             if value is None:
+                continue
+            chunk = parse_chunk_key(key)
+            if chunk is not None:
+                bot_id, window, number = chunk
+                try:
+                    entries = decode_chunk(value)
+                    chunks.setdefault(bot_id, {}).setdefault(window, {})[number] = entries
+                except SnapshotError as exc:
+                    ignored.append((key, str(exc)))
                 continue
             try:
                 bot_id, symbol, snap = decode_snapshot(key, value)
@@ -1313,9 +1374,15 @@ class RiskEngine:
                     legacy.append((bot, snap))
             elif isinstance(snap, PortfolioSnapshot):
                 bot.restore_portfolio(snap, now_ms, out)
+                if snap.id_logs is not None:
+                    refs[bot_id] = snap.id_logs
+        for bot_id, bot_refs in refs.items():
+            missing = restored[bot_id].restore_id_logs(bot_refs, chunks.get(bot_id, {}))
+            ignored.extend((key, "id chunk missing: newer entries kept") for key in missing)
         for bot, snap in legacy:  # after the portfolios, whose windows they join
             bot.outcome_ids.adopt(snap.recent_outcome_ids)
             bot.fill_ids.adopt(snap.recent_fill_ids)
+            bot.renumber_id_logs()  # entries added before the oldest: written afresh
         for bot in restored.values():
             bot.sweep(now_ms, out)
         return ignored

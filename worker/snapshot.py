@@ -12,6 +12,7 @@ import msgspec
 
 from worker.risk import CircuitBreakerSnapshot, PositionSnapshot, Reservation, SessionPnlSnapshot
 from worker.risk.dedupe import IdWindowSnapshot
+from worker.risk.idlog import IdChunk, IdLogRef
 
 SNAPSHOT_VERSION = 1
 """Bump on any incompatible change; other versions are ignored on restore."""
@@ -81,6 +82,9 @@ class PortfolioSnapshot(msgspec.Struct, kw_only=True):
     """The bot's window of recent outcome ids (absent in older snapshots)."""
     fill_ids: IdWindowSnapshot | None = None
     """The same for fill ids."""
+    id_logs: dict[str, IdLogRef] | None = None
+    """Written instead of the three windows above (then empty): per window (``outcomes``,
+    ``fills``, ``intents``) its chunk records and unsealed tail (:mod:`worker.risk.idlog`)."""
 
 
 class SnapshotError(ValueError):
@@ -94,6 +98,7 @@ class _VersionProbe(msgspec.Struct):
 _probe = msgspec.json.Decoder(_VersionProbe)
 _symbol_decoder = msgspec.json.Decoder(SymbolSnapshot)
 _portfolio_decoder = msgspec.json.Decoder(PortfolioSnapshot)
+_chunk_decoder = msgspec.json.Decoder(IdChunk)
 encode = msgspec.json.Encoder().encode
 
 
@@ -104,6 +109,27 @@ def symbol_key(bot: str, symbol: str) -> str:
 
 def portfolio_key(bot: str) -> str:
     return f"{bot}/portfolio"
+
+
+def chunk_key(bot: str, window: str, number: int) -> str:
+    """``<bot>/ids/<window>/<n>``: one sealed chunk of an id window (:mod:`worker.risk.idlog`)."""
+    return f"{bot}/ids/{window}/{number}"
+
+
+def parse_chunk_key(key: str) -> tuple[str, str, int] | None:
+    """``(bot, window, n)`` of a chunk key; None for any other key."""
+    parts = key.split("/")
+    if len(parts) != 4 or parts[1] != "ids" or not parts[0] or not parts[3].isdigit():
+        return None
+    return parts[0], parts[2], int(parts[3])
+
+
+def decode_chunk(value: bytes) -> bytes:
+    """A chunk's entries; raises SnapshotError when the record must be ignored."""
+    try:
+        return _chunk_decoder.decode(value).entries
+    except msgspec.DecodeError as exc:
+        raise SnapshotError(f"corrupt id chunk: {exc}") from exc
 
 
 def parse_key(key: str) -> tuple[str, str | None]:

@@ -45,6 +45,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from tests.support.transport import Shell, Stored, broker_for, engine_state
 from worker.config import Config, load_config
 from worker.messages import ControlCommand, Event, Fill, OrderIntent, TradeOutcome
+from worker.risk import idlog
 
 NOW = 1_767_268_800_000  # 2026-01-01 12:00 UTC: every event of a run is of this day
 BOTS = ("alpha", "bravo")  # murmur2 puts them on partitions 0 and 1 of 2
@@ -89,10 +90,19 @@ specs = st.tuples(
 )
 
 
+CHUNK_ENTRIES = 2
+"""Id chunks of two entries (:mod:`worker.risk.idlog`): a few events seal chunks, so
+crashes land between chunk, portfolio and tombstone records too."""
+
+
 class ShellMachine(RuleBasedStateMachine):
+    config_text = CONFIG
+
     def __init__(self) -> None:
         super().__init__()
-        self.config: Config = load_config(text=CONFIG, env={})
+        self._chunk_entries = idlog.CHUNK_ENTRIES
+        idlog.CHUNK_ENTRIES = CHUNK_ENTRIES
+        self.config: Config = load_config(text=self.config_text, env={})
         self.loop = asyncio.new_event_loop()
         self.broker = broker_for(self.config, timestamp_ms=NOW)
         self.reference_broker = broker_for(self.config, timestamp_ms=NOW)
@@ -232,6 +242,13 @@ class ShellMachine(RuleBasedStateMachine):
             self.shell.__exit__(None, None, None)
             self.run(asyncio.sleep(0))
             self.loop.close()
+            idlog.CHUNK_ENTRIES = self._chunk_entries
+
+
+class SmallWindowShellMachine(ShellMachine):
+    """Id windows of three entries: chunks fall out of them and are tombstoned mid-run."""
+
+    config_text = CONFIG.replace("[worker]\n", "[worker]\ndedupe_ids_per_bot = 3\n", 1)
 
 
 def _tp(topic: str, partition: int) -> TopicPartition:
@@ -245,3 +262,8 @@ ShellMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_shell_machine = ShellMachine.TestCase
+SmallWindowShellMachine.TestCase.settings = settings(
+    ShellMachine.TestCase.settings,
+    max_examples=int(os.environ.get("RISKGATE_FUZZ_EXAMPLES", "20")),
+)
+test_shell_machine_small_id_windows = SmallWindowShellMachine.TestCase

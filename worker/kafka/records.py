@@ -14,7 +14,8 @@ import msgspec
 from worker.config import TopicsConfig
 from worker.engine import Effects, RiskEngine
 from worker.kafka.restore import CLAIM_KEY, epoch_headers
-from worker.snapshot import encode, portfolio_key, symbol_key
+from worker.risk.idlog import IdChunk
+from worker.snapshot import chunk_key, encode, portfolio_key, symbol_key
 
 Headers = list[tuple[str, bytes]]
 
@@ -92,6 +93,10 @@ def snapshot_records(
     intents, reservation releases) against a partly caught-up account — each
     holder takes only the events above its own watermark. Every record carries
     its writer's owner epoch (the zombie fence of :mod:`worker.kafka.restore`).
+
+    The bot's id windows go as chunk records (:mod:`worker.risk.idlog`): the
+    newly sealed ones just before the portfolio record that references them,
+    tombstones of those out of the window after the bot's last record.
     """
     records: list[OutRecord] = []
     bots = engine.bots
@@ -104,11 +109,22 @@ def snapshot_records(
             continue
         partition = partition_of[bot_id]
         headers = epoch_headers(epochs.get(partition, 0)) if epochs else None
+        chunks, portfolio, drops = bot.persist()
+        records.extend(
+            OutRecord(
+                topics.snapshots,
+                chunk_key(bot_id, window, number).encode(),
+                encode(IdChunk(entries=entries)),
+                partition,
+                headers,
+            )
+            for window, number, entries in chunks
+        )
         records.append(
             OutRecord(
                 topics.snapshots,
                 portfolio_key(bot_id).encode(),
-                encode(bot.portfolio_snapshot()),
+                encode(portfolio),
                 partition,
                 headers,
             )
@@ -125,6 +141,16 @@ def snapshot_records(
                         headers,
                     )
                 )
+        records.extend(
+            OutRecord(
+                topics.snapshots,
+                chunk_key(bot_id, window, number).encode(),
+                None,
+                partition,
+                headers,
+            )
+            for window, number in drops
+        )
     return records
 
 

@@ -26,9 +26,11 @@ base64 JSON) per topic in the snapshot.
 from __future__ import annotations
 
 import hashlib
+import struct
 import sys
 from array import array
 from collections import deque
+from itertools import islice
 
 import msgspec
 
@@ -36,6 +38,8 @@ _LOW = 0xFFFFFFFF
 _HALF = 1 << 31
 
 _SWAP = sys.byteorder != "little"
+_ENTRY = struct.Struct("<8sI")
+"""A chunk entry (:mod:`worker.risk.idlog`): the id digest and the low 32 bits of its offset."""
 _fresh_hash = hashlib.blake2b(digest_size=8).copy
 """A blank 8-byte blake2b state: copying it is ~40% cheaper than building one."""
 
@@ -80,7 +84,9 @@ def _bytes(values: array[int]) -> bytes:
 class IdWindow:
     """The last ``keep`` distinct event ids of one bot and input topic."""
 
-    __slots__ = ("_order", "_slots", "keep")
+    __slots__ = ("_order", "_slots", "keep", "total")
+
+    entry_bytes = _ENTRY.size
 
     def __init__(self, keep: int) -> None:
         self.keep = keep
@@ -89,9 +95,15 @@ class IdWindow:
         """id digest -> the offset that inserted it (its low 32 bits once restored)."""
         self._order: deque[bytes] = deque()
         """The digests, oldest first (evicted from the left)."""
+        self.total = 0
+        """Ids ever inserted: the newest entry is number ``total - 1`` (its chunk's place)."""
 
     def __len__(self) -> int:
         return len(self._slots)
+
+    @property
+    def entries(self) -> int:
+        return len(self._order)
 
     def first(self, event_id: str, origin: Origin | None, fresh: bool = True) -> bool:
         """True for the first occurrence of ``event_id`` (to apply), False for a re-send.
@@ -114,6 +126,7 @@ class IdWindow:
         slots[key] = offset  # the record's own int: no allocation (masked when dumped)
         order = self._order
         order.append(key)
+        self.total += 1
         if len(order) > self.keep:
             del slots[order.popleft()]
         return True
@@ -145,6 +158,25 @@ class IdWindow:
                 slots[key] = 0
                 self._order.appendleft(key)
 
+    def segment(self, first: int, end: int) -> bytes:
+        """Chunk bytes of entries ``[first, end)``, read from the newest end (persists
+        write the newest entries: this costs what they write, not the window's size)."""
+        skip = self.total - end
+        keys = list(islice(reversed(self._order), skip, skip + end - first))
+        keys.reverse()
+        slots, pack = self._slots, _ENTRY.pack
+        return b"".join([pack(key, slots[key] & _LOW) for key in keys])
+
+    def load_segment(self, data: bytes, total: int) -> None:
+        """Replace the window by chunk bytes (its newest ``keep`` entries); see :meth:`segment`."""
+        width = _ENTRY.size
+        usable = len(data) - len(data) % width
+        count = min(usable // width, self.keep)
+        entries = list(_ENTRY.iter_unpack(data[usable - count * width : usable]))
+        self._order = deque(key for key, _ in entries)
+        self._slots = dict(entries)
+        self.total = total
+
     def dump(self) -> IdWindowSnapshot:
         """Entries oldest first: the persisted form."""
         order = self._order
@@ -166,3 +198,4 @@ class IdWindow:
         ids, offsets = ids[len(ids) - count :], offsets[len(offsets) - count :]
         self._order = deque(ids)
         self._slots = dict(zip(ids, offsets, strict=True))
+        self.total = count

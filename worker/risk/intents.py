@@ -71,7 +71,9 @@ class Seen(NamedTuple):
 class IntentWindow:
     """The last ``keep`` decided intents of one bot, oldest evicted first."""
 
-    __slots__ = ("_buf", "_head", "_slots", "keep")
+    __slots__ = ("_buf", "_head", "_slots", "keep", "total")
+
+    entry_bytes = ENTRY_BYTES
 
     def __init__(self, keep: int = DEFAULT_KEEP) -> None:
         self.keep = keep
@@ -80,9 +82,16 @@ class IntentWindow:
         """id digest -> index of its entry in ``_buf``."""
         self._head = 0
         """Once the ring is full: the slot of the oldest entry (overwritten next)."""
+        self.total = 0
+        """Intents ever remembered: the newest entry is number ``total - 1`` (its chunk's
+        place, :mod:`worker.risk.idlog`)."""
 
     def __len__(self) -> int:
         return len(self._slots)
+
+    @property
+    def entries(self) -> int:
+        return len(self._buf) // ENTRY_BYTES
 
     def get(self, key: int) -> Seen | None:
         slot = self._slots.get(key)
@@ -95,6 +104,7 @@ class IntentWindow:
         """Record a new id (the caller checked it is not remembered)."""
         delay = min(max(delay, _DELAY_MIN), _DELAY_MAX)
         entry = _ENTRY.pack(key, content, delay, outcome_code(gate))
+        self.total += 1
         count = len(self._buf) // ENTRY_BYTES
         if count < self.keep:
             self._buf += entry
@@ -108,6 +118,23 @@ class IntentWindow:
         self._buf[offset : offset + ENTRY_BYTES] = entry
         self._slots[key] = slot
         self._head = (slot + 1) % self.keep
+
+    def segment(self, first: int, end: int) -> bytes:
+        """Entries ``[first, end)`` in the persisted form, oldest first (the ring may wrap)."""
+        count = len(self._buf) // ENTRY_BYTES
+        if end <= first:
+            return b""
+        at = (self._head + first - (self.total - count)) % count
+        stop = at + end - first
+        buf = self._buf
+        if stop <= count:
+            return bytes(buf[at * ENTRY_BYTES : stop * ENTRY_BYTES])
+        return bytes(buf[at * ENTRY_BYTES :] + buf[: (stop - count) * ENTRY_BYTES])
+
+    def load_segment(self, data: bytes, total: int) -> None:
+        """Replace the window by persisted entries, the newest being number ``total - 1``."""
+        self.load(data)
+        self.total = total
 
     def dump(self) -> bytes:
         """Entries oldest first: the persisted form."""
@@ -125,3 +152,4 @@ class IntentWindow:
         self._head = 0
         keys = [key for (key,) in _KEY.iter_unpack(self._buf)]
         self._slots = dict(zip(keys, range(len(keys)), strict=True))
+        self.total = len(keys)
