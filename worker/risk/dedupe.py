@@ -8,7 +8,8 @@ neither inserts nor evicts, so re-sending any run of up to ``keep`` events
 counts nothing twice, and re-sent ids never push out the ones still to be
 checked (the cascade of a window that evicts on every lookup).
 
-The window is persisted in the bot's portfolio snapshot and judged replays
+The window is persisted with the bot's portfolio snapshot (its chunk records
+and tail, :mod:`worker.risk.idlog`, atomic with the portfolio's watermark) and judged replays
 must agree with the first pass whatever was persisted when a worker died: the
 window may be *ahead* of a symbol's state (its snapshot landed, the symbol's did
 not). So each entry keeps the (low 32 bits of the) offset that inserted it. A
@@ -19,8 +20,15 @@ watermark decides).
 
 In memory: a dict (digest -> offset) and a deque of the digests in insertion
 order. Persisted: the 64-bit blake2b digest of each id and the low 32 bits of
-the offset that inserted it, 12 bytes an id: 10,000 ids cost 120 KB (160 KB as
-base64 JSON) per topic in the snapshot.
+the offset that inserted it, 12 bytes an id (16 as base64 JSON), each written
+once in its chunk record and at most ~C times in the portfolio's tail.
+
+Exactness bound (D1): a judged replay can only tell "evicted since" from "first
+occurrence" by the symbol's watermark, so a re-send is recognised after a crash
+only while the window still holds its original at the end of the replayed span:
+the window must exceed the records between two persists plus the re-send distance
+(windows of 3 to 6 ids broke it in the chunked crash test of test_bypass_persist.py,
+with the whole window in the portfolio record as before: the bound is D1's own).
 """
 
 from __future__ import annotations

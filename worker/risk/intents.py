@@ -7,10 +7,10 @@ every gate). So each bot remembers, for its last ``keep`` decided intents, a
 64-bit digest of the id, a 64-bit digest of the whole intent, when it was
 decided (relative to the intent's own ``ts``) and how (allowed, or the denying gate).
 
-The window is persisted in the bot's portfolio snapshot, so it must stay small
-and cheap to write at every persist: entries live in one ``bytearray`` of
-fixed-size records (a ring once full) that is the snapshot form as is —
-21 bytes an entry, 210 KB (280 KB as base64 JSON) for the default 10,000.
+The window is persisted incrementally beside the bot's portfolio snapshot
+(:mod:`worker.risk.idlog`): entries live in one ``bytearray`` of fixed-size
+records (a ring once full) whose slices are the persisted form as is — 21
+bytes an entry, 210 KB in memory for the default 10,000.
 Forgetting an old id is safe: an intent whose id is no longer remembered is
 simply judged afresh by every gate.
 """
