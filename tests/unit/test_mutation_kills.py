@@ -8,6 +8,9 @@ the behaviour fails it.
 
 from __future__ import annotations
 
+import struct
+
+import msgspec
 import pytest
 from corekit import (
     DAY_MS,
@@ -26,8 +29,9 @@ from corekit import (
 from worker import signing
 from worker.config import BreakerConfig, WorkerConfig
 from worker.engine import Effects, Rejected, RiskEngine
-from worker.risk import CircuitBreaker, Position, PositionSnapshot
-from worker.snapshot import encode, portfolio_key, symbol_key
+from worker.risk import CircuitBreaker, Position, PositionSnapshot, idlog
+from worker.risk.dedupe import IdWindow, IdWindowSnapshot, digest
+from worker.snapshot import chunk_key, encode, portfolio_key, symbol_key
 
 TTL = 1_000
 RESERVING = f"""
@@ -573,3 +577,106 @@ def test_a_corrupt_snapshot_record_does_not_stop_the_restore_of_the_next_ones() 
     ignored = restored.restore(records, T0)
     assert [key for key, _ in ignored] == [symbol_key("alpha", "ETHUSDT")]
     assert _losses(restored) == [T0 // 1000]
+
+
+# -- restore: names and id windows (make mutate over engine.py, dedupe, idlog) -------------------
+
+
+def test_a_symbol_snapshot_named_star_is_ignored_on_restore() -> None:
+    """``*`` names the whole bot in event ids: a restored symbol may not use it either."""
+    live = engine(RESERVING)
+    live.apply(outcome(-1.0, ts=T0), T0)
+    record = encode(live.bots["alpha"].symbols["BTCUSDT"].snapshot())
+    restored = engine(RESERVING)
+    ignored = restored.restore({symbol_key("alpha", "*"): record}, T0)
+    assert ignored == [(symbol_key("alpha", "*"), "symbol '*' '*' names the whole bot")]
+    assert list(restored.bots["alpha"].symbols) == []
+    assert restored.bots["alpha"].day == T0 // DAY_MS  # created in the wall clock's day
+
+
+def test_a_corrupt_id_chunk_record_is_ignored_with_its_key_and_why() -> None:
+    key = chunk_key("alpha", "outcomes", 0)
+    ignored = engine(RESERVING).restore({key: b"{not json"}, T0)
+    assert ignored == [
+        (key, "corrupt id chunk: JSON is malformed: object keys must be strings (byte 1)")
+    ]
+
+
+def test_legacy_outcome_ids_without_fill_ids_are_still_adopted() -> None:
+    """An older symbol snapshot carried its own id windows: either one alone still counts."""
+    live = engine(RESERVING)
+    live.apply(outcome(-1.0, ts=T0), T0)
+    snap = live.bots["alpha"].symbols["BTCUSDT"].snapshot()
+    legacy = msgspec.structs.replace(snap, recent_outcome_ids=["o9"], recent_fill_ids=[])
+    restored = engine(RESERVING)
+    assert restored.restore({symbol_key("alpha", "BTCUSDT"): encode(legacy)}, T0) == []
+    resent = restored.apply(outcome(-1.0, outcome_id="o9"), T0, origin(50))
+    assert (resent.skipped, _session(restored)) == (1, (-1.0, 1))
+
+
+def _window(keep: int, *ids: str) -> IdWindow:
+    window = IdWindow(keep)
+    for n, event_id in enumerate(ids):
+        assert window.first(event_id, ("trading.outcomes/0", 5 + n))
+    return window
+
+
+def _dumped(ids: list[str], offsets: list[int]) -> IdWindowSnapshot:
+    return IdWindowSnapshot(
+        ids=b"".join(digest(x) for x in ids), offsets=struct.pack(f"<{len(offsets)}I", *offsets)
+    )
+
+
+@pytest.mark.parametrize(
+    ("keep", "adopted"), [(4, ["y", "z"]), (3, ["z"]), (2, [])], ids=["room2", "room1", "full"]
+)
+def test_legacy_ids_are_adopted_as_the_oldest_only_into_the_room_left(
+    keep: int, adopted: list[str]
+) -> None:
+    """Adopted ids come without offsets (0) and never displace a newer id."""
+    window = _window(keep, "a", "b")
+    window.adopt(["w", "x", "y", "z"])
+    assert window.dump() == _dumped([*adopted, "a", "b"], [0] * len(adopted) + [5, 6])
+
+
+@pytest.mark.parametrize(
+    ("keep", "ids", "offsets", "kept"),
+    [
+        (9, digest("a") + digest("b") + digest("c") + b"tor", b"\1\0\0\0\2\0\0\0\3\0\0\0\4", 3),
+        (9, digest("a") + digest("b"), struct.pack("<3I", 1, 2, 3), 2),
+        (9, digest("a") + digest("b") + digest("c"), struct.pack("<2I", 2, 3), 2),
+        (2, digest("a") + digest("b") + digest("c"), struct.pack("<3I", 1, 2, 3), 2),
+    ],
+    ids=["torn-tails", "more-offsets", "more-ids", "over-keep"],
+)
+def test_a_whole_window_snapshot_keeps_the_newest_entries_its_arrays_both_describe(
+    keep: int, ids: bytes, offsets: bytes, kept: int
+) -> None:
+    """The older whole-window format still restores, torn or mismatched, never misaligned."""
+    window = IdWindow(keep)
+    window.load(IdWindowSnapshot(ids=ids, offsets=offsets))
+    newest = ["a", "b", "c"][3 - kept :] if len(ids) >= 24 else ["a", "b"]
+    assert window.dump() == _dumped(newest, [1, 2, 3][3 - kept :])
+    assert window.total == kept
+
+
+def test_an_id_chunk_with_a_torn_trailing_entry_loads_its_whole_entries() -> None:
+    window = _window(9, "a", "b", "c")
+    restored = IdWindow(9)
+    restored.load_segment(window.segment(0, 3) + b"\1", 3)
+    assert (restored.dump(), restored.total) == (window.dump(), 3)
+
+
+def test_a_short_id_chunk_below_the_newest_is_missing_and_older_ones_are_not_read() -> None:
+    """Only the oldest chunk of a window may hold fewer than CHUNK_ENTRIES entries."""
+    size = idlog.CHUNK_ENTRIES
+    names = [f"o{n}" for n in range(3 * size + 10)]
+    window = _window(10_000, *names)
+    chunks, ref, _ = idlog.ChunkedLog(window).persist()
+    assert [n for n, _ in chunks] == [0, 1, 2]
+    stored = dict(chunks)
+    stored[1] = stored[1][: size // 2 * window.entry_bytes]  # aligned, but short
+    restored = IdWindow(10_000)
+    assert idlog.ChunkedLog(restored).restore(ref, stored) == [1]
+    assert (restored.entries, restored.total) == (size + 10, 3 * size + 10)
+    assert restored.segment(2 * size, 3 * size + 10) == window.segment(2 * size, 3 * size + 10)
