@@ -502,6 +502,20 @@ def test_a_close_within_float_tolerance_of_a_large_position_is_allowed() -> None
     assert (d.allowed, d.gate) == (True, None)
 
 
+def test_a_close_exactly_the_tolerance_over_what_is_not_being_closed_is_allowed() -> None:
+    """The tolerance is inclusive: 1e-9 of a 1.0 position over an all-reserved rest of 0."""
+    eng = engine(RESERVING)
+    eng.apply(fill("buy", 1.0, 100.0), T0)
+    first = eng.apply(intent("close", "sell", 1.0, intent_id="c1"), T0).decisions[0]
+    hair = eng.apply(intent("close", "sell", 1e-9, intent_id="c2"), T0).decisions[0]
+    over = eng.apply(intent("close", "sell", 2e-9, intent_id="c3"), T0).decisions[0]
+    assert [(d.allowed, d.gate) for d in (first, hair, over)] == [
+        (True, None),
+        (True, None),
+        (False, "reduce_only_exceeds_position"),
+    ]
+
+
 SIGNED = """
 [defaults]
 accept_unknown_bots = true
