@@ -31,6 +31,7 @@ from worker.config import BreakerConfig, WorkerConfig
 from worker.engine import Effects, Rejected, RiskEngine
 from worker.risk import CircuitBreaker, Position, PositionSnapshot, idlog
 from worker.risk.dedupe import IdWindow, IdWindowSnapshot, digest
+from worker.risk.intents import IntentWindow, id_digest
 from worker.snapshot import chunk_key, encode, portfolio_key, symbol_key
 
 TTL = 1_000
@@ -694,3 +695,60 @@ def test_a_short_id_chunk_below_the_newest_is_missing_and_older_ones_are_not_rea
     assert idlog.ChunkedLog(restored).restore(ref, stored) == [1]
     assert (restored.entries, restored.total) == (size + 10, 3 * size + 10)
     assert restored.segment(2 * size, 3 * size + 10) == window.segment(2 * size, 3 * size + 10)
+
+
+def test_a_fill_that_consumes_a_reservation_marks_the_portfolio_dirty() -> None:
+    """The released reservation lives in the portfolio record: it must be persisted."""
+    eng = engine(RESERVING)
+    _allowed(eng, "a", T0)
+    out = Effects()
+    eng.apply(fill("buy", 1.0, 100.0, intent_id="a"), T0, origin(1, "trading.fills/0"), out)
+    assert (out.dirty_bots, _reservations(eng)) == ({"alpha"}, [])
+
+
+def test_an_open_is_denied_when_a_restored_account_is_past_a_lowered_daily_loss() -> None:
+    """Restored unlatched at -60 under a new limit of -45: the live check at decision denies."""
+    live = engine(LATCH)
+    live.apply(outcome(-60.0, ts=T0), T0)
+    bot = live.bots["alpha"]
+    records = {
+        symbol_key("alpha", "BTCUSDT"): encode(bot.symbols["BTCUSDT"].snapshot()),
+        portfolio_key("alpha"): encode(bot.portfolio_snapshot()),
+    }
+    restored = engine(LATCH.replace("max_daily_loss = -80", "max_daily_loss = -45"))
+    assert restored.restore(records, T0 + 10) == []
+    assert restored.bots["alpha"].portfolio.halted is False
+    d = restored.apply(intent(symbol="SOLUSDT", intent_id="x"), T0 + 10).decisions[0]
+    assert (d.allowed, d.gate) == (False, "portfolio_daily_loss")
+
+
+@pytest.mark.parametrize(
+    ("offset", "first"), [(5, True), (6, False), (5 + 2**31 - 1, False), (5 + 2**31, True)]
+)
+def test_a_judged_replay_is_a_resend_only_when_its_id_was_inserted_by_an_earlier_offset(
+    offset: int, first: bool
+) -> None:
+    """Offsets compare modulo 2**32: up to 2**31 - 1 back is earlier, 2**31 is not."""
+    window = _window(9, "a")  # inserted by offset 5
+    assert window.first("a", ("trading.outcomes/0", offset), fresh=False) is first
+
+
+def _intents(keep: int, count: int) -> IntentWindow:
+    window = IntentWindow(keep)
+    for n in range(count):
+        window.remember(id_digest(f"i{n}"), n, n, None)
+    return window
+
+
+def test_an_intent_window_dump_loads_only_its_newest_keep_entries() -> None:
+    restored = IntentWindow(2)
+    restored.load(_intents(9, 3).dump())
+    assert (restored.dump(), restored.total) == (_intents(2, 3).dump(), 2)
+    assert restored.get(id_digest("i0")) is None
+
+
+def test_an_intent_window_dump_with_a_torn_trailing_entry_loads_its_whole_entries() -> None:
+    window = _intents(9, 3)
+    restored = IntentWindow(9)
+    restored.load(window.dump() + b"\1")
+    assert (restored.dump(), restored.get(id_digest("i2"))) == (window.dump(), (2, 2, None))
