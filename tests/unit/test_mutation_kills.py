@@ -706,8 +706,12 @@ def test_a_fill_that_consumes_a_reservation_marks_the_portfolio_dirty() -> None:
     assert (out.dirty_bots, _reservations(eng)) == ({"alpha"}, [])
 
 
-def test_an_open_is_denied_when_a_restored_account_is_past_a_lowered_daily_loss() -> None:
-    """Restored unlatched at -60 under a new limit of -45: the live check at decision denies."""
+@pytest.mark.parametrize("limit", ["-45", "-60"], ids=["past", "exactly-at"])
+def test_an_open_is_denied_when_a_restored_account_is_past_a_lowered_daily_loss(
+    limit: str,
+) -> None:
+    """Restored unlatched at -60 under a new limit: the live check at decision denies
+    (at the limit exactly too: decided on the exact sum)."""
     live = engine(LATCH)
     live.apply(outcome(-60.0, ts=T0), T0)
     bot = live.bots["alpha"]
@@ -715,7 +719,7 @@ def test_an_open_is_denied_when_a_restored_account_is_past_a_lowered_daily_loss(
         symbol_key("alpha", "BTCUSDT"): encode(bot.symbols["BTCUSDT"].snapshot()),
         portfolio_key("alpha"): encode(bot.portfolio_snapshot()),
     }
-    restored = engine(LATCH.replace("max_daily_loss = -80", "max_daily_loss = -45"))
+    restored = engine(LATCH.replace("max_daily_loss = -80", f"max_daily_loss = {limit}"))
     assert restored.restore(records, T0 + 10) == []
     assert restored.bots["alpha"].portfolio.halted is False
     d = restored.apply(intent(symbol="SOLUSDT", intent_id="x"), T0 + 10).decisions[0]
@@ -752,3 +756,12 @@ def test_an_intent_window_dump_with_a_torn_trailing_entry_loads_its_whole_entrie
     restored = IntentWindow(9)
     restored.load(window.dump() + b"\1")
     assert (restored.dump(), restored.get(id_digest("i2"))) == (window.dump(), (2, 2, None))
+
+
+def test_a_sweep_marks_dirty_only_the_symbols_whose_breaker_changed() -> None:
+    """Evicting BTCUSDT's loss rewrites its record; ETHUSDT, unchanged, is not persisted."""
+    eng = engine(BREAKER_2)
+    eng.apply(outcome(-1.0, ts=T0), T0)
+    eng.apply(outcome(1.0, ts=T0, symbol="ETHUSDT"), T0)
+    out = eng.sweep(T0 + HOUR_MS)
+    assert (out.dirty_symbols, _losses(eng)) == ({("alpha", "BTCUSDT")}, [])
