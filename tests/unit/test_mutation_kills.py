@@ -765,3 +765,13 @@ def test_a_sweep_marks_dirty_only_the_symbols_whose_breaker_changed() -> None:
     eng.apply(outcome(1.0, ts=T0, symbol="ETHUSDT"), T0)
     out = eng.sweep(T0 + HOUR_MS)
     assert (out.dirty_symbols, _losses(eng)) == ({("alpha", "BTCUSDT")}, [])
+
+
+def test_a_sweep_past_midnight_marks_the_portfolio_dirty() -> None:
+    """The rolled day (and released latch) live in the portfolio record: persist it."""
+    eng = engine(LATCH)
+    eng.apply(outcome(-90.0, ts=T0), T0)
+    assert eng.bots["alpha"].portfolio.halted is True
+    next_day = (T0 // DAY_MS + 1) * DAY_MS
+    out = eng.sweep(next_day)
+    assert (out.dirty_bots, eng.bots["alpha"].portfolio.halted) == ({"alpha"}, False)
