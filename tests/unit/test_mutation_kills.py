@@ -767,7 +767,7 @@ def test_a_sweep_marks_dirty_only_the_symbols_whose_breaker_changed() -> None:
     assert (out.dirty_symbols, _losses(eng)) == ({("alpha", "BTCUSDT")}, [])
 
 
-def test_a_sweep_past_midnight_marks_the_portfolio_dirty() -> None:
+def test_midnight_releases_the_latch_saying_why_and_marks_the_portfolio_dirty() -> None:
     """The rolled day (and released latch) live in the portfolio record: persist it."""
     eng = engine(LATCH)
     eng.apply(outcome(-90.0, ts=T0), T0)
@@ -775,3 +775,6 @@ def test_a_sweep_past_midnight_marks_the_portfolio_dirty() -> None:
     next_day = (T0 // DAY_MS + 1) * DAY_MS
     out = eng.sweep(next_day)
     assert (out.dirty_bots, eng.bots["alpha"].portfolio.halted) == ({"alpha"}, False)
+    assert [(h.kind, h.gate, h.reason, h.ts, h.issued_by) for h in out.halts] == [
+        ("resumed", "portfolio_daily_loss", "portfolio latch cleared at 00:00 UTC", next_day, None)
+    ]
