@@ -778,3 +778,18 @@ def test_midnight_releases_the_latch_saying_why_and_marks_the_portfolio_dirty() 
     assert [(h.kind, h.gate, h.reason, h.ts, h.issued_by) for h in out.halts] == [
         ("resumed", "portfolio_daily_loss", "portfolio latch cleared at 00:00 UTC", next_day, None)
     ]
+
+
+def test_a_breaker_trip_publishes_its_reason_and_end() -> None:
+    eng = engine(BREAKER_2)
+    eng.apply(outcome(-1.0, ts=T0), T0)
+    out = eng.apply(outcome(-1.0, ts=T0 + 1000), T0 + 1000)
+    assert [(h.event_id, h.kind, h.reason, h.ts, h.until_ts) for h in out.halts] == [
+        (
+            "alpha/BTCUSDT/circuit_breaker/1",
+            "halted",
+            "2 losses within 3600s; cooling down for 600s",
+            T0 + 1000,
+            T0 + 601_000,
+        )
+    ]
