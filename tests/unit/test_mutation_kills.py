@@ -780,7 +780,7 @@ def test_midnight_releases_the_latch_saying_why_and_marks_the_portfolio_dirty() 
     ]
 
 
-def test_a_breaker_trip_publishes_its_reason_and_end() -> None:
+def test_a_breaker_trip_and_its_end_publish_their_reasons() -> None:
     eng = engine(BREAKER_2)
     eng.apply(outcome(-1.0, ts=T0), T0)
     out = eng.apply(outcome(-1.0, ts=T0 + 1000), T0 + 1000)
@@ -793,3 +793,38 @@ def test_a_breaker_trip_publishes_its_reason_and_end() -> None:
             T0 + 601_000,
         )
     ]
+    ended = eng.sweep(T0 + 601_000)
+    assert [(h.event_id, h.kind, h.reason, h.ts) for h in ended.halts] == [
+        ("alpha/BTCUSDT/circuit_breaker/2", "resumed", "breaker cooldown elapsed", T0 + 601_000)
+    ]
+
+
+def test_a_wrapped_intent_window_reads_the_same_segments_as_an_unwrapped_one() -> None:
+    """Chunks are cut by entry number whatever slot of the ring holds the oldest entry."""
+    wrapped, plain = _intents(5, 7), _intents(9, 7)  # the ring holds i2..i6, head at slot 2
+    assert [wrapped.segment(a, b) for a, b in ((2, 7), (3, 6), (6, 7))] == [
+        plain.segment(a, b) for a, b in ((2, 7), (3, 6), (6, 7))
+    ]
+
+
+def test_a_window_of_whole_chunks_persists_an_empty_tail() -> None:
+    window = _intents(10_000, idlog.CHUNK_ENTRIES)
+    chunks, ref, drops = idlog.ChunkedLog(window).persist()
+    assert ([n for n, _ in chunks], ref.total, ref.count, ref.tail, drops) == (
+        [0],
+        idlog.CHUNK_ENTRIES,
+        idlog.CHUNK_ENTRIES,
+        b"",
+        [],
+    )
+
+
+def test_each_id_chunk_that_leaves_the_window_is_tombstoned_once() -> None:
+    window = _window(300, *(f"o{n}" for n in range(600)))  # chunks 1 and 2 in the window
+    log = idlog.ChunkedLog(window)
+    chunks, _, drops = log.persist()
+    assert ([n for n, _ in chunks], drops) == ([1], [0])  # 0 left before it was written
+    for n in range(600, 900):
+        window.first(f"o{n}", ("trading.outcomes/0", n))
+    chunks, _, drops = log.persist()
+    assert ([n for n, _ in chunks], drops) == ([2], [1])
