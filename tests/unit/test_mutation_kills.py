@@ -724,6 +724,10 @@ def test_an_open_is_denied_when_a_restored_account_is_past_a_lowered_daily_loss(
     assert restored.bots["alpha"].portfolio.halted is False
     d = restored.apply(intent(symbol="SOLUSDT", intent_id="x"), T0 + 10).decisions[0]
     assert (d.allowed, d.gate) == (False, "portfolio_daily_loss")
+    account = restored.bots["alpha"].account_gate_state(T0 + 10)
+    assert [(b.gate, b.until_ts) for b in account.blocks] == [
+        ("portfolio_daily_loss", (T0 // DAY_MS + 1) * DAY_MS)
+    ]
 
 
 @pytest.mark.parametrize(
