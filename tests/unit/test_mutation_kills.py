@@ -29,9 +29,10 @@ from corekit import (
 from worker import signing
 from worker.config import BreakerConfig, WorkerConfig
 from worker.engine import Effects, Rejected, RiskEngine
+from worker.messages import OrderIntent
 from worker.risk import CircuitBreaker, Position, PositionSnapshot, idlog
 from worker.risk.dedupe import IdWindow, IdWindowSnapshot, digest
-from worker.risk.intents import IntentWindow, id_digest
+from worker.risk.intents import IntentWindow, content_digest, id_digest
 from worker.snapshot import chunk_key, encode, portfolio_key, symbol_key
 
 TTL = 1_000
@@ -832,3 +833,14 @@ def test_each_id_chunk_that_leaves_the_window_is_tombstoned_once() -> None:
         window.first(f"o{n}", ("trading.outcomes/0", n))
     chunks, _, drops = log.persist()
     assert ([n for n, _ in chunks], drops) == ([2], [1])
+
+
+def test_intent_digests_are_pinned_because_the_window_is_persisted() -> None:
+    """A changed digest (byte order, encoding) would forget every persisted intent id."""
+    same = OrderIntent("i1", "alpha", "BTCUSDT", "open", "buy", 1.0, 100.0, 1_700_000_000_000)
+    assert (id_digest("i1"), content_digest(same)) == (778860755400141486, 7339633094567023992)
+
+
+def test_an_intent_window_numbers_every_remembered_entry() -> None:
+    """``total`` places each entry in its chunk: it counts evicted entries too."""
+    assert [_intents(5, n).total for n in (1, 5, 7)] == [1, 5, 7]
