@@ -844,3 +844,32 @@ def test_intent_digests_are_pinned_because_the_window_is_persisted() -> None:
 def test_an_intent_window_numbers_every_remembered_entry() -> None:
     """``total`` places each entry in its chunk: it counts evicted entries too."""
     assert [_intents(5, n).total for n in (1, 5, 7)] == [1, 5, 7]
+
+
+def test_an_id_window_persists_offsets_past_2_to_the_31() -> None:
+    window = IdWindow(9)
+    assert window.first("a", ("trading.outcomes/0", 2**31 + 5))
+    assert window.dump() == _dumped(["a"], [2**31 + 5])
+
+
+def test_a_replay_of_a_command_is_refused_after_another_at_the_same_ts() -> None:
+    eng = engine(RESERVING)
+    halt = control("halt", symbol=None, ts=T0)
+    eng.apply(halt, T0)
+    eng.apply(control("resume", symbol=None, ts=T0), T0)
+    with pytest.raises(Rejected) as refused:
+        eng.apply(halt, T0)
+    assert refused.value.reason == "replayed_command"
+
+
+def test_a_target_remembers_at_most_64_command_digests_of_one_ts() -> None:
+    """The digests are in the portfolio record: bounded, whatever an operator sends."""
+    eng = engine(RESERVING)
+    for n in range(66):
+        eng.apply(control("halt", symbol=None, ts=T0, reason=f"r{n}"), T0)
+    digests = eng.bots["alpha"].portfolio_snapshot().command_digests
+    expected = [
+        signing.command_digest(control("halt", symbol=None, ts=T0, reason=f"r{n}"))
+        for n in range(64)
+    ]
+    assert digests == expected
