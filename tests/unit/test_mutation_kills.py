@@ -873,3 +873,13 @@ def test_a_target_remembers_at_most_64_command_digests_of_one_ts() -> None:
         for n in range(64)
     ]
     assert digests == expected
+
+
+def test_replayed_bot_wide_reset_does_not_wipe_pnl_of_a_symbol_a_fill_created_after_it() -> None:
+    eng = engine(LATCH.replace("[defaults]\n", '[defaults]\npnl_source = "fills"\n'))
+    reset = control("reset_session", symbol=None, ts=T0)
+    eng.apply(reset, T0, origin(0, "risk.control/0"))
+    eng.apply(fill("buy", 1.0, 100.0, ts=T0 + 1), T0 + 1, origin(0, "trading.fills/0"))
+    eng.apply(fill("sell", 1.0, 90.0, ts=T0 + 2), T0 + 2, origin(1, "trading.fills/0"))
+    replay = eng.apply(reset, T0 + 3, origin(0, "risk.control/0"))
+    assert (replay.skipped, replay.halts, _session(eng)) == (1, [], (-10.0, 1))
