@@ -707,12 +707,8 @@ def test_a_fill_that_consumes_a_reservation_marks_the_portfolio_dirty() -> None:
     assert (out.dirty_bots, _reservations(eng)) == ({"alpha"}, [])
 
 
-@pytest.mark.parametrize("limit", ["-45", "-60"], ids=["past", "exactly-at"])
-def test_an_open_is_denied_when_a_restored_account_is_past_a_lowered_daily_loss(
-    limit: str,
-) -> None:
-    """Restored unlatched at -60 under a new limit: the live check at decision denies
-    (at the limit exactly too: decided on the exact sum)."""
+def _restored_at_minus_60(limit: str) -> RiskEngine:
+    """Restored unlatched at -60 under a lowered ``max_daily_loss``."""
     live = engine(LATCH)
     live.apply(outcome(-60.0, ts=T0), T0)
     bot = live.bots["alpha"]
@@ -722,6 +718,15 @@ def test_an_open_is_denied_when_a_restored_account_is_past_a_lowered_daily_loss(
     }
     restored = engine(LATCH.replace("max_daily_loss = -80", f"max_daily_loss = {limit}"))
     assert restored.restore(records, T0 + 10) == []
+    return restored
+
+
+@pytest.mark.parametrize("limit", ["-45", "-60"], ids=["past", "exactly-at"])
+def test_an_open_is_denied_when_a_restored_account_is_past_a_lowered_daily_loss(
+    limit: str,
+) -> None:
+    """The live check at decision denies (at the limit exactly too: the exact sum decides)."""
+    restored = _restored_at_minus_60(limit)
     assert restored.bots["alpha"].portfolio.halted is False
     d = restored.apply(intent(symbol="SOLUSDT", intent_id="x"), T0 + 10).decisions[0]
     assert (d.allowed, d.gate) == (False, "portfolio_daily_loss")
@@ -883,3 +888,12 @@ def test_replayed_bot_wide_reset_does_not_wipe_pnl_of_a_symbol_a_fill_created_af
     eng.apply(fill("sell", 1.0, 90.0, ts=T0 + 2), T0 + 2, origin(1, "trading.fills/0"))
     replay = eng.apply(reset, T0 + 3, origin(0, "risk.control/0"))
     assert (replay.skipped, replay.halts, _session(eng)) == (1, [], (-10.0, 1))
+
+
+def test_a_fill_that_books_nothing_still_latches_an_account_past_the_daily_loss() -> None:
+    restored = _restored_at_minus_60("-45")
+    out = restored.apply(fill("buy", 1.0, 100.0, ts=T0 + 20), T0 + 20, origin(5, "trading.fills/0"))
+    assert restored.bots["alpha"].portfolio.halted is True
+    assert [(h.kind, h.gate, h.ts) for h in out.halts] == [
+        ("halted", "portfolio_daily_loss", T0 + 20)
+    ]
