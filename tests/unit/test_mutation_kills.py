@@ -897,3 +897,13 @@ def test_a_fill_that_books_nothing_still_latches_an_account_past_the_daily_loss(
     assert [(h.kind, h.gate, h.ts) for h in out.halts] == [
         ("halted", "portfolio_daily_loss", T0 + 20)
     ]
+
+
+def test_a_losing_round_trip_while_the_breaker_is_tripped_publishes_nothing() -> None:
+    eng = engine(BREAKER_2.replace("[defaults]\n", '[defaults]\npnl_source = "fills"\n'))
+    halts: list[list[tuple[str, str]]] = []
+    for n in range(3):
+        eng.apply(fill("buy", 1.0, 100.0, ts=T0 + 10 * n), T0 + 10 * n)
+        out = eng.apply(fill("sell", 1.0, 90.0, ts=T0 + 10 * n + 1), T0 + 10 * n + 1)
+        halts.append([(h.kind, h.gate) for h in out.halts])
+    assert halts == [[], [("halted", "circuit_breaker")], []]
