@@ -458,7 +458,14 @@ def expected(kind: InputKind, key: bytes | None, value: bytes) -> frozenset[str]
     """What a record must come to, judged from its bytes without the decoder under test:
     a decoding reason, ``key_mismatch``, or (a valid message) applied or an engine reason."""
     try:
-        doc = json.loads(value)
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        # Not UTF-8: undecodable, except that msgspec skips an unknown key without
+        # validating its bytes, so such a record may also mean what it says without it.
+        lenient = value.decode("utf-8", "replace").encode()
+        return UNDECODABLE | expected(kind, key, lenient)
+    try:
+        doc = json.loads(text)
         event = msgspec.convert(doc, type=_TYPES[kind])
     except (ValueError, RecursionError, msgspec.ValidationError):
         return UNDECODABLE
