@@ -907,3 +907,13 @@ def test_a_losing_round_trip_while_the_breaker_is_tripped_publishes_nothing() ->
         out = eng.apply(fill("sell", 1.0, 90.0, ts=T0 + 10 * n + 1), T0 + 10 * n + 1)
         halts.append([(h.kind, h.gate) for h in out.halts])
     assert halts == [[], [("halted", "circuit_breaker")], []]
+
+
+def test_a_persisted_portfolio_keeps_its_intent_ids_only_in_the_chunks_and_tail() -> None:
+    """With id logs, the whole-window field stays empty: the ids are not written twice."""
+    eng = engine(RESERVING)
+    _allowed(eng, "a", T0)
+    chunks, snap, drops = eng.bots["alpha"].persist()
+    assert (chunks, snap.intent_ids, drops) == ([], b"", [])
+    assert snap.id_logs is not None
+    assert (snap.id_logs["intents"].total, snap.id_logs["intents"].count) == (1, 1)
