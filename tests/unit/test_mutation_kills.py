@@ -29,10 +29,10 @@ from corekit import (
 from worker import signing
 from worker.config import BreakerConfig, WorkerConfig
 from worker.engine import Effects, Rejected, RiskEngine
-from worker.messages import OrderIntent
+from worker.messages import GateDecision, OrderIntent
 from worker.risk import CircuitBreaker, Position, PositionSnapshot, idlog
 from worker.risk.dedupe import IdWindow, IdWindowSnapshot, digest
-from worker.risk.intents import IntentWindow, content_digest, id_digest
+from worker.risk.intents import DEFAULT_KEEP, IntentWindow, content_digest, id_digest
 from worker.snapshot import chunk_key, encode, portfolio_key, symbol_key
 
 TTL = 1_000
@@ -917,3 +917,34 @@ def test_a_persisted_portfolio_keeps_its_intent_ids_only_in_the_chunks_and_tail(
     assert (chunks, snap.intent_ids, drops) == ([], b"", [])
     assert snap.id_logs is not None
     assert (snap.id_logs["intents"].total, snap.id_logs["intents"].count) == (1, 1)
+
+
+def _answered(d: GateDecision) -> tuple[bool, str | None, str, int]:
+    return (d.allowed, d.gate, d.reason, d.ts)
+
+
+def test_an_expired_intent_is_answered_at_the_wall_clock_saying_how_old_it_is() -> None:
+    eng = engine(RESERVING)
+    late = T0 + TTL + 1
+    d = eng.apply(intent(ts=T0, intent_id="x"), late).decisions[0]
+    reason = f"intent is {TTL + 1} ms old; reservations last {TTL} ms"
+    assert _answered(d) == (False, "expired", reason, late)
+
+
+def test_an_intent_id_reused_for_a_different_order_is_denied_at_the_wall_clock() -> None:
+    eng = engine(RESERVING)
+    _allowed(eng, "a", T0)
+    d = eng.apply(intent(qty=2.0, ts=T0, intent_id="a"), T0 + 5).decisions[0]
+    reused = "intent_id already used for a different intent"
+    assert _answered(d) == (False, "duplicate_intent_id", reused, T0 + 5)
+
+
+def test_a_reused_id_still_reserved_but_no_longer_remembered_says_why() -> None:
+    eng = engine(RESERVING)
+    _allowed(eng, "a", T0)
+    for n in range(DEFAULT_KEEP):  # pushes "a" out of the intent window
+        eng.apply(intent(ts=T0, intent_id=f"n{n}", symbol="ETHUSDT"), T0)
+    assert _reservations(eng)[0] == "a"
+    d = eng.apply(intent(qty=2.0, ts=T0, intent_id="a"), T0 + 5).decisions[0]
+    reused = "intent_id already used for a different intent"
+    assert _answered(d) == (False, "duplicate_intent_id", reused, T0 + 5)
