@@ -211,7 +211,13 @@ async def test_unsigned_forged_and_stale_commands_are_dead_lettered(env: GateEnv
             f"control command ts is outside the {REPLAY_WINDOW_MS} ms replay window",
         ]
     )
-    snaps = decoded(await latest(env.config.kafka, topics.snapshots))
+
+    async def persisted() -> dict[str, Any] | None:
+        # Snapshots follow the commit interval, not the fill's gate record: wait for S1's.
+        snaps = decoded(await latest(env.config.kafka, topics.snapshots))
+        return snaps if "bad/risk/S1" in snaps else None
+
+    snaps = await wait_until(persisted, within=10.0, what="bad/risk/S1 persisted")
     assert snaps["bad/risk/S1"]["manual_halt"] is None
     assert snaps.get("bad/portfolio", {}).get("manual_halt") is None
 
