@@ -224,9 +224,7 @@ class ShellMachine(RuleBasedStateMachine):
     @invariant()
     def same_state_as_the_uninterrupted_run(self) -> None:
         assert self.shell.worker is not None and self.reference.worker is not None
-        assert engine_state(self.shell.worker.engine) == engine_state(
-            self.reference.worker.engine
-        )
+        assert engine_state(self.shell.worker.engine) == engine_state(self.reference.worker.engine)
 
     def teardown(self) -> None:
         try:
