@@ -272,10 +272,7 @@ def test_event_ids_name_the_command_or_count_data_transitions_per_gate() -> None
     ]
     out = apply_all(eng, [*commands, outcome(-1.0, ts=T0 + 4)])
     assert [h.event_id for h in out.halts] == [
-        *(
-            f"alpha/{c.symbol or '*'}/manual_halt/cmd-{signing.command_digest(c)}"
-            for c in commands
-        ),
+        *(f"alpha/{c.symbol or '*'}/manual_halt/cmd-{signing.command_digest(c)}" for c in commands),
         "alpha/BTCUSDT/session_halt/1",
         "alpha/BTCUSDT/circuit_breaker/1",
     ]
