@@ -750,7 +750,7 @@ class BotRisk(_Holder):
         self.record_command(c, digest)
         out.dirty_bots.add(self.bot)
         if changed:
-            gate: Gate = "manual_halt" if c.command in ("halt", "resume") else _command_gate(c)
+            gate = _command_gate(c)
             self._emit_command(self, None, gate, c, digest=digest, out=out)
         # No latch judgement: a bot-wide ``reset_session`` zeroes every session of
         # today, so the account is at 0, above any limit (limits are negative).
