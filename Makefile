@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint schemas bench bench-e2e reliability chaos soak hostile stall fuzz mutate clean
+.PHONY: demo test system-deps lint schemas bench bench-e2e reliability chaos soak hostile stall fuzz mutate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,21 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/riskgate demo --duration $${DURATION:-30}
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
+
+# Debian packages the tests drive: chromium + chromium-driver (browser tests of the
+# replay report and the console, via Selenium with the system driver, never a
+# downloaded browser) and kcat (interop tests). Installed with apt when missing
+# and we are root; otherwise the tests that need them say so (and fail under CI).
+SYSTEM_DEPS := chromium chromium-driver kcat
+system-deps:
+	@missing=""; for p in $(SYSTEM_DEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing Debian packages:$$missing (browser/interop tests will report it)"; fi; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check worker tests bench
@@ -27,15 +40,16 @@ schemas: $(STAMP)
 	$(BIN)/python -m worker.schemas
 
 # Benchmarks print numbers; they are not tests. Each starts its own embedded broker.
+# Run as modules from the root so `bench.*` and `tests.support.*` import without sys.path edits.
 bench: $(STAMP)
-	$(BIN)/python bench/core.py
-	$(BIN)/python bench/gateview_cost.py
+	$(BIN)/python -m bench.core
+	$(BIN)/python -m bench.gateview_cost
 
 bench-e2e: $(STAMP)
-	$(BIN)/python bench/e2e_throughput.py
-	$(BIN)/python bench/e2e_latency.py --seconds 30 --worker-fetch-max-wait-ms 5
-	$(BIN)/python bench/e2e_restore.py
-	$(BIN)/python bench/check_latency.py
+	$(BIN)/python -m bench.e2e_throughput
+	$(BIN)/python -m bench.e2e_latency --seconds 30 --worker-fetch-max-wait-ms 5
+	$(BIN)/python -m bench.e2e_restore
+	$(BIN)/python -m bench.check_latency
 
 # Reliability suite (tests/chaos/README.md). `reliability` is its default-run part;
 # the others are the long variants.
