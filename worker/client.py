@@ -319,12 +319,20 @@ class GateView(_Follower):
         account = self.accounts.get(bot)
         if account is None or not account.entries_allowed:
             return False
-        # The owner re-publishes the account record at least every heartbeat.
-        heard = self._heard.get(bot)
-        if heard is None or self._clock() - heard > self.staleness_ms:
+        if self.stale(bot):
             return False
         state = self.symbols.get((bot, symbol))
         return state is None or state.entries_allowed
+
+    def stale(self, bot: str) -> bool:
+        """Has ``bot``'s owner gone quiet? True until an account record of it is received live.
+
+        The owner re-publishes the account record at least every heartbeat, so
+        one not received within ``staleness_ms`` (this process's clock) means no
+        live worker vouches for the bot's gates (the console shows it blocked).
+        """
+        heard = self._heard.get(bot)
+        return heard is None or self._clock() - heard > self.staleness_ms
 
     def subscribe(self, callback: HaltCallback) -> None:
         """Call ``callback(event)`` for every halt/resume event, once the table shows it.

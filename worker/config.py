@@ -86,6 +86,8 @@ class TopicsConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     halts: str = "risk.halts"
     decisions: str = "risk.decisions"
     deadletter: str = "risk.deadletter"
+    audit: str = "risk.audit"
+    """Who did what, why and when through ``riskgate console`` (the worker never reads it)."""
     partitions: PositiveInt = 8
     """Partition count used by ``riskgate topics`` for every topic (co-partitioning)."""
     replication_factor: PositiveInt = 1
@@ -222,6 +224,46 @@ class HttpConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True
     """0 picks a free port (tests)."""
 
 
+ConsoleRole = Literal["viewer", "operator"]
+"""``viewer`` sees everything; only ``operator`` may act (halt, resume, resets)."""
+
+
+class ConsoleUser(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One console login: a role and a bearer token, given as its hash or in a file.
+
+    Tokens are long random strings, so a plain SHA-256 of one is safe to keep
+    in a config file (nothing to brute-force); ``token_file`` holds the token
+    itself (a secret mount) and wins when both are set.
+    """
+
+    role: ConsoleRole = "viewer"
+    token_sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")] | None = None
+    token_file: str | None = None
+
+    def __repr__(self) -> str:
+        return f"ConsoleUser(role={self.role!r})"
+
+
+class ConsoleConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``riskgate console``: the operators' web page (``worker/console``)."""
+
+    host: str = "127.0.0.1"
+    port: NonNegativeInt = 8787
+    """0 picks a free port (tests)."""
+    users: dict[str, ConsoleUser] = {}
+    """Nobody can log in until a user is configured."""
+    tls_certfile: str | None = None
+    tls_keyfile: str | None = None
+    secure_cookies: bool = True
+    """The session cookie's ``Secure`` flag. Browsers keep Secure cookies from
+    ``http://127.0.0.1``/``localhost``; turn it off only for plain HTTP elsewhere."""
+    session_ttl_s: PositiveInt = 12 * 3600
+    staleness_ms: PositiveInt = 15_000
+    """A bot not heard from for this long (its worker's heartbeat) shows as stale, blocked."""
+    timeline_size: PositiveInt = 2_000
+    """Halt/resume events kept for the timeline (latest first)."""
+
+
 class LogConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -236,6 +278,7 @@ class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     control: ControlConfig = ControlConfig()
     http: HttpConfig = HttpConfig()
     log: LogConfig = LogConfig()
+    console: ConsoleConfig = ConsoleConfig()
 
 
 def _env_value(raw: str) -> Any:
