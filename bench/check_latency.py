@@ -15,8 +15,8 @@ up to that long. 1 ms is fastest at low rates; at 1000/s it makes the worker and
 the client poll the broker a thousand times a second each, which on a small
 machine costs more than it saves, so the default here is 10.
 
-    .venv/bin/python bench/check_latency.py                        # 1000/s for 10 s
-    .venv/bin/python bench/check_latency.py --fetch-max-wait-ms 1 --rate 100
+    .venv/bin/python -m bench.check_latency                        # 1000/s for 10 s
+    .venv/bin/python -m bench.check_latency --fetch-max-wait-ms 1 --rate 100
 """
 
 from __future__ import annotations

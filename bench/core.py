@@ -5,7 +5,7 @@ over 8 bots x 50 symbols, then times decode + apply in batches (one Effects per
 batch, with Origin offsets per input partition, and one ``sweep`` after each
 batch at the batch's clock, as the Kafka shell does).
 
-    python bench/core.py [--events N] [--batch N]
+    python -m bench.core [--events N] [--batch N]
 
 Targets on one core: >= 300k outcomes/s, >= 200k fills/s.
 """
@@ -15,14 +15,10 @@ from __future__ import annotations
 import argparse
 import gc
 import random
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import msgspec
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from worker.config import load_config
 from worker.engine import Effects, Origin, RiskEngine

@@ -4,17 +4,13 @@ Fills both windows of a bot (outcomes and fills) to ``--keep`` ids through the
 engine and measures with tracemalloc what the windows hold, then the encoded
 size of the windows in the bot's portfolio snapshot.
 
-    .venv/bin/python bench/dedupe_memory.py [--keep 10000]
+    .venv/bin/python -m bench.dedupe_memory [--keep 10000]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tracemalloc
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from worker.config import load_config
 from worker.engine import Origin, RiskEngine

@@ -25,10 +25,7 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests" / "integration"), str(ROOT / "tests")]  # harness, support
-
-from harness import (  # noqa: E402
+from tests.support.harness import (
     WorkerProcess,
     committed_offsets,
     config_text,
@@ -37,8 +34,9 @@ from harness import (  # noqa: E402
     now_ms,
     read_topic,
 )
+from worker.config import Config, load_config
 
-from worker.config import Config, load_config  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 __all__ = [
     "ROOT",

@@ -9,7 +9,7 @@ which halts that symbol's session at once. For every probe it measures
 - in the worker: probe sent -> the worker's producer stamped the halted record
   (its CreateTime), i.e. without the subscriber's own fetch delay.
 
-    .venv/bin/python bench/e2e_latency.py [--seconds 60] [--rate 1000]
+    .venv/bin/python -m bench.e2e_latency [--seconds 60] [--rate 1000]
         [--worker-fetch-max-wait-ms 20] [--subscriber-fetch-max-wait-ms 2]
 
 Tansu, the embedded broker, does not complete a waiting fetch when records
@@ -27,7 +27,8 @@ import time
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from e2e_common import (
+
+from bench.e2e_common import (
     bench_config,
     cpu_seconds,
     create_topics,
@@ -40,7 +41,6 @@ from e2e_common import (
     workdir,
     worker_process,
 )
-
 from worker.kafka.broker import EmbeddedBroker
 from worker.kafka.options import client_kwargs
 from worker.messages import HaltEvent, TradeOutcome

@@ -11,7 +11,7 @@ partition as the worker writes them, then starts one worker process and times
 and reports the worker's peak RSS with N symbols in state. Checks that every
 snapshot was restored (``riskgate_symbols`` == N).
 
-    .venv/bin/python bench/e2e_restore.py [--symbols 100000] [--recent-ids 16]
+    .venv/bin/python -m bench.e2e_restore [--symbols 100000] [--recent-ids 16]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from e2e_common import (
+from bench.e2e_common import (
     bench_config,
     create_topics,
     fast_produce,
@@ -32,7 +32,6 @@ from e2e_common import (
     workdir,
     worker_process,
 )
-
 from worker.config import Config
 from worker.engine import RiskEngine
 from worker.kafka.broker import EmbeddedBroker

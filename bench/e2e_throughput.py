@@ -6,7 +6,7 @@ until the group's committed offset reached the end of every input partition -
 which, by the commit protocol, also means every snapshot and output of those
 events was acknowledged. Then checks the persisted snapshots add up to N trades.
 
-    .venv/bin/python bench/e2e_throughput.py [--events 1000000]
+    .venv/bin/python -m bench.e2e_throughput [--events 1000000]
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import time
 
 import msgspec
 from aiokafka import TopicPartition
-from e2e_common import (
+
+from bench.e2e_common import (
     bench_config,
     committed_offsets,
     create_topics,
@@ -32,8 +33,7 @@ from e2e_common import (
     workdir,
     worker_process,
 )
-from harness import last_per_key
-
+from tests.support.harness import last_per_key
 from worker.kafka.broker import EmbeddedBroker
 from worker.messages import TradeOutcome
 

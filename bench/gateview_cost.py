@@ -6,7 +6,7 @@ them to the end, then times ``entries_allowed`` with ``timeit`` for the cases
 an execution service hits: an allowed symbol, a symbol with a block, a symbol
 with no record yet, a blocked account, and a bot with no record.
 
-    .venv/bin/python bench/gateview_cost.py
+    .venv/bin/python -m bench.gateview_cost
 """
 
 from __future__ import annotations

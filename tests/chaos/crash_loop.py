@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import (
+from tests.support.harness import (
     Feed,
     Produced,
     as_raw,
@@ -51,12 +51,7 @@ from harness import (
     read_topic,
     wait_until,
 )
-
-from worker.config import load_config
-from worker.kafka.broker import EmbeddedBroker
-from worker.messages import OrderIntent
-
-from .common import (
+from tests.support.reliability import (
     OffsetWatcher,
     RiskgateProcess,
     Verdict,
@@ -67,6 +62,9 @@ from .common import (
     reference_run,
     stopping,
 )
+from worker.config import load_config
+from worker.kafka.broker import EmbeddedBroker
+from worker.messages import OrderIntent
 
 
 @dataclass

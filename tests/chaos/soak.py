@@ -34,12 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
-from harness import config_text, create_topics
 
-from worker.config import Config, load_config
-from worker.kafka.broker import EmbeddedBroker
-
-from .common import (
+from tests.support.harness import config_text, create_topics
+from tests.support.reliability import (
     OffsetWatcher,
     RiskgateProcess,
     error_lines,
@@ -47,6 +44,8 @@ from .common import (
     stopping,
     warning_count,
 )
+from worker.config import Config, load_config
+from worker.kafka.broker import EmbeddedBroker
 
 _encode = msgspec.json.encode
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from harness import (
+
+from tests.support.harness import (
     DAY_MS,
     PROJECT_ROOT,
     config_text,
@@ -31,7 +32,6 @@ from harness import (
     wait_processed,
     wait_until,
 )
-
 from worker.config import Config, load_config
 from worker.kafka.broker import free_port
 from worker.operator import SECRET_ENV, make_command

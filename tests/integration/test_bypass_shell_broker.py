@@ -30,7 +30,8 @@ from aiokafka.admin import NewTopic
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from confluent_kafka import Producer
-from harness import (
+
+from tests.support.harness import (
     MIN_MS,
     Produced,
     WorkerProcess,
@@ -45,8 +46,7 @@ from harness import (
     wait_processed,
     wait_until,
 )
-from opskit import http_status, logged
-
+from tests.support.ops import http_status, logged
 from worker.app import Worker
 from worker.config import Config, load_config
 from worker.kafka.broker import EmbeddedBroker

@@ -19,9 +19,9 @@ from typing import Any
 import msgspec
 import pytest
 import pytest_asyncio
-from gatekit import GateEnv, eventually, gate_env
-from harness import Raw, make_config, now_ms, produce
 
+from tests.support.gate_env import GateEnv, eventually, gate_env
+from tests.support.harness import Raw, make_config, now_ms, produce
 from worker.client import GateClient, GateView
 from worker.kafka.topics import TopicLayoutError, ensure_topics
 from worker.messages import (

@@ -18,9 +18,17 @@ from typing import Any
 import msgspec
 import pytest
 import pytest_asyncio
-from gatekit import GateEnv, eventually, gate_env
-from harness import PROJECT_ROOT, config_text, decoded, latest, now_ms, read_topic, wait_until
 
+from tests.support.gate_env import GateEnv, eventually, gate_env
+from tests.support.harness import (
+    PROJECT_ROOT,
+    config_text,
+    decoded,
+    latest,
+    now_ms,
+    read_topic,
+    wait_until,
+)
 from worker.config import load_config
 from worker.messages import ControlCommand, GateDecision
 from worker.signing import command_digest

@@ -11,7 +11,9 @@ import asyncio
 import uuid
 
 import pytest
-from harness import (
+
+import worker.app as app_module
+from tests.support.harness import (
     MIN_MS,
     Raw,
     clock,
@@ -23,9 +25,7 @@ from harness import (
     wait_processed,
     wait_until,
 )
-from opskit import Samples, http_get, http_status, scrape, served
-
-import worker.app as app_module
+from tests.support.ops import Samples, http_get, http_status, scrape, served
 from worker.config import load_config
 from worker.kafka.restore import SnapshotRead
 from worker.kafka.restore import read_snapshot_partitions as real_read

@@ -2,7 +2,7 @@
 
 The worker runs as a subprocess with ``[log] format = "json"`` and SASL/PLAIN
 credentials (from a password file), talking to a private broker through a
-SASL-terminating gateway (Tansu itself cannot authenticate, see opskit), so the
+SASL-terminating gateway (Tansu itself cannot authenticate, see tests.support.ops), so the
 run exercises the code paths that handle the password. Its stderr is the log.
 """
 
@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from harness import (
+
+from tests.support.harness import (
     MIN_MS,
     Raw,
     WorkerProcess,
@@ -27,8 +28,7 @@ from harness import (
     wait_processed,
     wait_until,
 )
-from opskit import Gateway, behind_gateway, http_status, json_lines, logged
-
+from tests.support.ops import Gateway, behind_gateway, http_status, json_lines, logged
 from worker.config import Config, load_config
 
 pytestmark = pytest.mark.broker

@@ -16,7 +16,10 @@ import random
 from pathlib import Path
 
 import pytest
-from harness import (
+from prometheus_client import generate_latest
+
+from tests.support.compare import total_trades
+from tests.support.harness import (
     MIN_MS,
     Feed,
     WorkerProcess,
@@ -43,10 +46,7 @@ from harness import (
     wait_processed,
     wait_until,
 )
-from opskit import Samples, http_status, logged, parse_metrics, scrape
-from prometheus_client import generate_latest
-from support.compare import total_trades
-
+from tests.support.ops import Samples, http_status, logged, parse_metrics, scrape
 from worker.app import Worker
 from worker.config import load_config
 from worker.messages import TradeOutcome

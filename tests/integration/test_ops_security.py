@@ -3,7 +3,7 @@
 Tansu cannot serve TLS (its ``--cert``/``--key`` flags are mutually exclusive
 in the shipped build) nor authenticate without users only an authenticated
 client can create, so a private Tansu advertises the port of
-:class:`opskit.Gateway`, which terminates TLS (optionally requiring a client
+:class:`tests.support.ops.Gateway`, which terminates TLS (optionally requiring a client
 certificate) and/or requires SASL (PLAIN, SCRAM-SHA-256/512) in front of it.
 Nothing reaches the broker but through the gateway. Certificates come from a
 throwaway CA made with the ``openssl`` CLI.
@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
-from harness import (
+
+from tests.support.harness import (
     MIN_MS,
     clock,
     config_text,
@@ -35,8 +36,7 @@ from harness import (
     wait_processed,
     wait_until,
 )
-from opskit import Gateway, Pki, behind_gateway, make_pki, openssl_available
-
+from tests.support.ops import Gateway, Pki, behind_gateway, make_pki, openssl_available
 from worker.app import Worker
 from worker.client import GateClient, GateView
 from worker.config import Config, load_config

@@ -18,7 +18,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from harness import (
+
+from tests.support.harness import (
     MIN_MS,
     WorkerProcess,
     config_text,
@@ -31,8 +32,7 @@ from harness import (
     wait_processed,
     wait_until,
 )
-from opskit import http_get, http_status, logged
-
+from tests.support.ops import http_get, http_status, logged
 from worker.config import Config, load_config
 from worker.kafka.broker import EmbeddedBroker, free_port
 

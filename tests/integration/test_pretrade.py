@@ -14,9 +14,9 @@ from typing import Any
 import msgspec
 import pytest
 import pytest_asyncio
-from gatekit import GateEnv, gate_env
-from harness import MIN_MS, decoded, latest, make_config, wait_until
 
+from tests.support.gate_env import GateEnv, gate_env
+from tests.support.harness import MIN_MS, decoded, latest, make_config, wait_until
 from worker.messages import GateDecision
 
 pytestmark = pytest.mark.broker

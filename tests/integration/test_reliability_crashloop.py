@@ -16,8 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from chaos.common import seconds_to_utc_midnight
-from chaos.crash_loop import run_crash_loop
+
+from tests.chaos.crash_loop import run_crash_loop
+from tests.support.reliability import seconds_to_utc_midnight
 
 pytestmark = pytest.mark.broker
 

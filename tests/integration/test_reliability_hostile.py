@@ -15,8 +15,9 @@ from __future__ import annotations
 import msgspec
 import pytest
 from aiokafka import AIOKafkaProducer
-from chaos.hostile import BODY, Case, rejected_cases
-from harness import (
+
+from tests.chaos.hostile import BODY, Case, rejected_cases
+from tests.support.harness import (
     Produced,
     Raw,
     clock,
@@ -29,7 +30,6 @@ from harness import (
     running_worker,
     wait_processed,
 )
-
 from worker.config import Config
 from worker.kafka.options import client_kwargs
 

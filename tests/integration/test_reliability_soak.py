@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from chaos.soak import run_soak
 
+from tests.chaos.soak import run_soak
 from worker.kafka.broker import EmbeddedBroker
 
 pytestmark = pytest.mark.broker

@@ -18,8 +18,8 @@ import time
 
 import msgspec
 import pytest
-from chaos.common import generate_workload, judge, reference_run
-from harness import (
+
+from tests.support.harness import (
     MIN_MS,
     Feed,
     Produced,
@@ -34,7 +34,7 @@ from harness import (
     wait_ready,
     wait_until,
 )
-
+from tests.support.reliability import generate_workload, judge, reference_run
 from worker.config import load_config
 from worker.kafka.broker import EmbeddedBroker
 from worker.messages import OrderIntent

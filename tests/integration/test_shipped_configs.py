@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from harness import running_worker
 
+from tests.support.harness import running_worker
 from worker.config import Config, load_config
 from worker.kafka.topics import ensure_topics
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from harness import (
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.harness import (
     MIN_MS,
     Raw,
     as_raw,
@@ -25,9 +28,6 @@ from harness import (
     running_worker,
     wait_processed,
 )
-from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
-
 from worker.messages import ControlCommand, Fill
 from worker.signing import signed
 

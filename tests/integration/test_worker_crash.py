@@ -16,7 +16,9 @@ import random
 from pathlib import Path
 
 import pytest
-from harness import (
+
+from tests.support.compare import total_trades
+from tests.support.harness import (
     MIN_MS,
     Feed,
     WorkerProcess,
@@ -41,8 +43,6 @@ from harness import (
     wait_processed,
     wait_until,
 )
-from support.compare import total_trades
-
 from worker.config import load_config
 from worker.messages import TradeOutcome
 

@@ -10,7 +10,10 @@ import asyncio
 
 import msgspec
 import pytest
-from harness import (
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.harness import (
     MIN_MS,
     Raw,
     clock,
@@ -35,9 +38,6 @@ from harness import (
     running_worker,
     wait_processed,
 )
-from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
-
 from worker.engine import RiskEngine
 from worker.snapshot import encode
 

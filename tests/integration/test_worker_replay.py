@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from harness import (
+
+from tests.support.harness import (
     HOUR_MS,
     MIN_MS,
     clock,
@@ -29,7 +30,6 @@ from harness import (
     wait_processed,
     wait_until,
 )
-
 from worker.messages import HaltEvent
 
 pytestmark = pytest.mark.broker

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from harness import (
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.harness import (
     MIN_MS,
     Feed,
     Raw,
@@ -31,9 +34,6 @@ from harness import (
     running_worker,
     wait_processed,
 )
-from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
-
 from worker.kafka.options import client_kwargs
 from worker.kafka.restore import read_snapshot_partitions
 

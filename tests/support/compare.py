@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from support.model import SYMBOL_GATES, Halt, Model
+from tests.support.model import SYMBOL_GATES, Halt, Model
 
 
 class Approx(float):

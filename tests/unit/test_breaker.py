@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from corekit import DAY_MS, HOUR_MS, T0, apply_all, engine, intent, outcome
-
+from tests.support.builders import DAY_MS, HOUR_MS, T0, apply_all, engine, intent, outcome
 from worker.config import BreakerConfig
 from worker.engine import Effects
 from worker.risk import CircuitBreaker

@@ -12,7 +12,8 @@ import functools
 import msgspec
 import pytest
 from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
-from test_client_unit import (
+
+from tests.unit.test_client_unit import (
     DECISIONS_TP,
     GATES_TP,
     HALTS_TP,
@@ -37,7 +38,6 @@ from test_client_unit import (
     symbol,
     worker_answer,
 )
-
 from worker.client import FollowerFailed
 from worker.messages import Block, GateDecision, HaltEvent, OrderIntent
 

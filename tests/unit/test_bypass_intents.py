@@ -8,8 +8,8 @@ from typing import Any
 
 import msgspec
 import pytest
-from corekit import T0, apply_all, control, engine, fill, intent, origin, outcome
 
+from tests.support.builders import T0, apply_all, control, engine, fill, intent, origin, outcome
 from worker.engine import Effects, RiskEngine
 from worker.messages import GateDecision, OrderIntent
 from worker.risk import Reservation

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from corekit import T0, config, control, engine, outcome
 from rich.console import Console
 
+from tests.support.builders import T0, config, control, engine, outcome
 from worker.cli import main
 from worker.engine import Effects
 from worker.messages import Command, ControlCommand
@@ -200,8 +200,7 @@ def test_state_is_not_cut_at_80_columns() -> None:
     """Piped output (no terminal) is as wide as the content, not 80 columns."""
     reason = "R" * 200 + "-END"
     script = (
-        "import sys; sys.path.insert(0, 'tests/unit')\n"
-        "from corekit import T0, control, engine, outcome\n"
+        "from tests.support.builders import T0, control, engine, outcome\n"
         "from worker.operator import BotState, Lag, print_wide, render_state\n"
         "eng = engine()\n"
         "eng.apply(outcome(-1.0, bot='b', symbol='S'), T0)\n"

@@ -7,8 +7,19 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from corekit import DAY_MS, MIDNIGHT, MIN_MS, T0, config, control, fill, intent, origin, outcome
 
+from tests.support.builders import (
+    DAY_MS,
+    MIDNIGHT,
+    MIN_MS,
+    T0,
+    config,
+    control,
+    fill,
+    intent,
+    origin,
+    outcome,
+)
 from worker import signing
 from worker.engine import Effects, Origin, Rejected, RiskEngine
 from worker.messages import ControlCommand, Event, HaltEvent, TradeOutcome

@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import msgspec
 import pytest
-from corekit import (
+
+from tests.support.builders import (
     DAY_MS,
     MIDNIGHT,
     T0,
@@ -20,7 +21,6 @@ from corekit import (
     origin,
     outcome,
 )
-
 from worker import signing
 from worker.config import load_config
 from worker.engine import Effects, Origin, Rejected, RiskEngine

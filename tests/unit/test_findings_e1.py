@@ -19,15 +19,15 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from corekit import DAY_MS, MIN_MS, T0, config, control, intent, outcome
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from test_bypass_persist import CONFIG, NOW, produce, run
-from test_bypass_persist import config as persist_config
-from test_bypass_persist import intent as persist_intent
-from test_bypass_persist import outcome as persist_outcome
 
+from tests.support.builders import DAY_MS, MIN_MS, T0, config, control, intent, outcome
 from tests.support.transport import Shell, Stored, broker_for
+from tests.unit.test_bypass_persist import CONFIG, NOW, produce, run
+from tests.unit.test_bypass_persist import config as persist_config
+from tests.unit.test_bypass_persist import intent as persist_intent
+from tests.unit.test_bypass_persist import outcome as persist_outcome
 from worker import signing
 from worker.engine import Effects, Origin, RiskEngine
 from worker.kafka.restore import epoch_headers, fold_snapshot_records

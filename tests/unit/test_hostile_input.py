@@ -33,7 +33,10 @@ from typing import Any
 
 import msgspec
 import pytest
-from chaos.hostile import (
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.chaos.hostile import (
     APPLIED,
     BODY,
     MAX_BYTES,
@@ -45,10 +48,7 @@ from chaos.hostile import (
     intent,
     outcome,
 )
-from corekit import HOUR_MS, T0
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
+from tests.support.builders import HOUR_MS, T0
 from worker.config import TopicsConfig, load_config
 from worker.engine import Effects, Origin, Rejected, RiskEngine
 from worker.inbound import InputKind, decode_input

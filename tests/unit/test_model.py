@@ -16,14 +16,15 @@ from typing import Any
 
 import msgspec
 import pytest
-from support.compare import (
+
+from tests.support.compare import (
     model_halts,
     model_portfolios,
     model_symbols,
     snapshot_portfolios,
     snapshot_symbols,
 )
-from support.model import (
+from tests.support.model import (
     DAY_MS,
     BotLimits,
     Limits,
@@ -33,7 +34,6 @@ from support.model import (
     canonical_command,
     limits_from_config,
 )
-
 from worker.config import load_config
 from worker.engine import Effects, RiskEngine
 from worker.engine import Rejected as EngineRejected

@@ -12,7 +12,8 @@ import struct
 
 import msgspec
 import pytest
-from corekit import (
+
+from tests.support.builders import (
     DAY_MS,
     HOUR_MS,
     MIDNIGHT,
@@ -25,7 +26,6 @@ from corekit import (
     origin,
     outcome,
 )
-
 from worker import signing
 from worker.config import BreakerConfig, WorkerConfig
 from worker.engine import Effects, Rejected, RiskEngine
@@ -248,7 +248,7 @@ def test_effects_collect_across_calls() -> None:
 )
 def test_broker_tests_start_clear_of_utc_midnight(into_day: int, wait: int) -> None:
     """The conftest guard: 3 min before to 1 min after 00:00 UTC, a broker test waits."""
-    from conftest import midnight_wait_ms
+    from tests.conftest import midnight_wait_ms
 
     assert midnight_wait_ms(MIDNIGHT + into_day) == wait
 

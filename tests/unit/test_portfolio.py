@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import pytest
-from corekit import DAY_MS, MIDNIGHT, T0, apply_all, control, engine, fill, intent, outcome
 
+from tests.support.builders import (
+    DAY_MS,
+    MIDNIGHT,
+    T0,
+    apply_all,
+    control,
+    engine,
+    fill,
+    intent,
+    outcome,
+)
 from worker.config import PortfolioConfig
 from worker.engine import Effects
 from worker.risk import PortfolioRisk

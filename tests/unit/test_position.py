@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from corekit import T0, apply_all, engine, fill
 
+from tests.support.builders import T0, apply_all, engine, fill
 from worker.engine import Effects, RiskEngine
 from worker.risk import Position
 

@@ -8,10 +8,10 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from corekit import DAY_MS, T0, config, next_id
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.builders import DAY_MS, T0, config, next_id
 from worker.config import BreakerConfig
 from worker.engine import Effects, Origin, Rejected, RiskEngine, SymbolRisk
 from worker.messages import ControlCommand, Fill, OrderIntent, TradeOutcome

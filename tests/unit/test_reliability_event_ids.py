@@ -20,10 +20,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from corekit import T0, control, engine, outcome
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.builders import T0, control, engine, outcome
 from worker.engine import Effects, Origin
 from worker.messages import HaltEvent
 from worker.snapshot import ManualHalt

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from corekit import T0, config
 
+from tests.support.builders import T0, config
 from worker.config import BotSettings, bot_settings
 from worker.engine import BotRisk, Effects, SymbolRisk
 from worker.snapshot import (

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from corekit import DAY0, DAY_MS, MIDNIGHT, T0
 
+from tests.support.builders import DAY0, DAY_MS, MIDNIGHT, T0
 from worker.config import SessionConfig
 from worker.risk import SessionPnl, utc_day
 from worker.risk.session import next_midnight_ms

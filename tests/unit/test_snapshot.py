@@ -6,8 +6,8 @@ import json
 
 import msgspec
 import pytest
-from corekit import DAY0, T0, apply_all, control, engine, fill, intent, outcome
 
+from tests.support.builders import DAY0, T0, apply_all, control, engine, fill, intent, outcome
 from worker.engine import Effects
 from worker.snapshot import (
     PortfolioSnapshot,

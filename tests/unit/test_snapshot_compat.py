@@ -21,10 +21,10 @@ from typing import Annotated, Any
 
 import msgspec
 import pytest
-from corekit import DAY0, MIDNIGHT, T0, control, engine, fill, intent, outcome
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.builders import DAY0, MIDNIGHT, T0, control, engine, fill, intent, outcome
 from worker import signing
 from worker.engine import Effects, Origin, RiskEngine
 from worker.snapshot import (

@@ -3,7 +3,7 @@
 Everything here drives the real thing: ``riskgate run --config FILE`` as a
 child process (stopped by PID), the broker through aiokafka, and checks it
 against the contract's independent reference model (``tests/support/model.py``,
-via the harness), so the scripts in this package and the short tests in
+via the harness), so the scripts in ``tests/chaos`` and the short tests in
 ``tests/integration`` check the same way. The engine is never its own oracle.
 """
 
@@ -24,7 +24,9 @@ from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from harness import (
+
+from tests.support.compare import HaltView
+from tests.support.harness import (
     DAY_MS,
     MIN_MS,
     PROJECT_ROOT,
@@ -42,9 +44,7 @@ from harness import (
     reference,
     same_day_window,
 )
-from support.compare import HaltView
-from support.model import Model
-
+from tests.support.model import Model
 from worker.config import Config, KafkaConfig
 from worker.kafka.options import client_kwargs
 from worker.messages import ControlCommand, Event, Fill, OrderIntent, TradeOutcome

@@ -1,4 +1,4 @@
-"""Helpers for the operations tests (``test_ops_*.py``); the worker helpers live in harness.
+"""Helpers for the operations tests (``test_ops_*.py``); the worker helpers live in ``harness``.
 
 - HTTP: probe ``/healthz`` ``/readyz``, scrape and parse ``/metrics``;
 - :func:`served`: ``serve(config, install_signals=False)`` as a task on this loop;
@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from harness import clock
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.harness import clock
 from worker.app import Clock, Worker
 from worker.config import Config
 from worker.http import HttpServer

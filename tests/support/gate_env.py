@@ -1,7 +1,7 @@
 """Shared setup of the pre-trade, control and client tests (``test_pretrade.py`` & co).
 
 One :class:`GateEnv` per test module: unique topics and group id (from
-``harness.make_config``), one in-process worker (a group join costs seconds on
+``tests.support.harness.make_config``), one in-process worker (a group join costs seconds on
 the embedded broker, so tests share it and keep apart by using different bots),
 a :class:`GateClient` for checks and a :class:`GateView` whose halt callback
 records every HaltEvent. Inputs on different topics are not ordered against
@@ -20,8 +20,15 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import msgspec
-from harness import InProcess, create_topics, now_ms, produce_events, wait_ready, wait_until
 
+from tests.support.harness import (
+    InProcess,
+    create_topics,
+    now_ms,
+    produce_events,
+    wait_ready,
+    wait_until,
+)
 from worker.app import Worker, wall_clock_ms
 from worker.client import GateClient, GateView
 from worker.config import Config

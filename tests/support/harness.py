@@ -29,7 +29,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client.parser import text_string_to_metric_families
-from support.compare import (
+
+from tests.support.compare import (
     HaltView,
     halt_views,
     model_gates,
@@ -40,8 +41,7 @@ from support.compare import (
     snapshot_portfolios,
     snapshot_symbols,
 )
-from support.model import Model, limits_from_config
-
+from tests.support.model import Model, limits_from_config
 from worker.app import Clock, Worker
 from worker.config import Config, KafkaConfig, load_config
 from worker.kafka.options import client_kwargs

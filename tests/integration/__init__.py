@@ -1,0 +1,1 @@
+"""Tests against a real Kafka-protocol broker (embedded Tansu unless configured)."""

@@ -1,0 +1,1 @@
+"""Pure-core and in-memory-shell tests (no broker)."""
