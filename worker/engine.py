@@ -44,7 +44,7 @@ from worker.messages import (
     OrderIntent,
     TradeOutcome,
 )
-from worker.risk import (
+from worker.core import (
     CircuitBreaker,
     PortfolioRisk,
     PortfolioRiskSnapshot,
@@ -52,12 +52,12 @@ from worker.risk import (
     SessionPnl,
     utc_day,
 )
-from worker.risk.dedupe import IdWindow
-from worker.risk.idlog import ChunkedLog, IdLogRef
-from worker.risk.intents import Seen, content_digest, id_digest
-from worker.risk.portfolio import QTY_TOLERANCE
-from worker.risk.session import MS_PER_DAY
-from worker.snapshot import (
+from worker.core.dedupe import IdWindow
+from worker.core.idlog import ChunkedLog, IdLogRef
+from worker.core.intents import Seen, content_digest, id_digest
+from worker.core.portfolio import QTY_TOLERANCE
+from worker.core.session import MS_PER_DAY
+from worker.core.snapshot import (
     ManualHalt,
     PortfolioSnapshot,
     SnapshotError,

@@ -1,25 +1,9 @@
-"""Risk primitives: plain state machines over explicit event/wall-clock times.
+"""TEMPORARY alias of :mod:`worker.core` while imports move (removed before the final commit)."""
 
-Nothing here reads a clock, logs or does I/O: every method that depends on time
-takes it as an argument, so the same code serves live processing, replay and
-tests (the clock is injected one layer up, in the engine's caller).
-"""
+import sys
 
-from worker.risk.breaker import CircuitBreaker, CircuitBreakerSnapshot
-from worker.risk.portfolio import PortfolioRisk, PortfolioRiskSnapshot, Reservation
-from worker.risk.position import Position, PositionSnapshot, RoundTrip
-from worker.risk.session import SessionPnl, SessionPnlSnapshot, utc_day
+from worker.core import *  # noqa: F403
+from worker.core import breaker, dedupe, idlog, intents, portfolio, position, session
 
-__all__ = [
-    "CircuitBreaker",
-    "CircuitBreakerSnapshot",
-    "PortfolioRisk",
-    "PortfolioRiskSnapshot",
-    "Position",
-    "PositionSnapshot",
-    "Reservation",
-    "RoundTrip",
-    "SessionPnl",
-    "SessionPnlSnapshot",
-    "utc_day",
-]
+for _m in (breaker, dedupe, idlog, intents, portfolio, position, session):
+    sys.modules[f"worker.risk.{_m.__name__.rsplit('.', 1)[1]}"] = _m

@@ -25,7 +25,7 @@ only chunks written before it, never rewritten with other content (chunk
 numbers only grow) and not yet tombstoned (tombstones come after a portfolio
 that no longer references them): restore rebuilds exactly the window that
 portfolio held, atomically with its watermark — what judged replays need
-(:mod:`worker.risk.dedupe`). Chunks written without their portfolio are
+(:mod:`worker.core.dedupe`). Chunks written without their portfolio are
 unreferenced and written again (same numbers) when the window gets there.
 
 A window that must be written again from scratch (restored from the older
@@ -65,8 +65,8 @@ class IdChunk(msgspec.Struct, kw_only=True):
 
 
 class Window(Protocol):
-    """What a persisted id window offers (:class:`~worker.risk.dedupe.IdWindow`,
-    :class:`~worker.risk.intents.IntentWindow`): fixed-size entries numbered by insertion."""
+    """What a persisted id window offers (:class:`~worker.core.dedupe.IdWindow`,
+    :class:`~worker.core.intents.IntentWindow`): fixed-size entries numbered by insertion."""
 
     entry_bytes: int
     total: int

@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgspec
 
 from worker.config import PortfolioConfig
-from worker.risk.intents import IntentWindow
-from worker.risk.session import utc_day
+from worker.core.intents import IntentWindow
+from worker.core.session import utc_day
 
 QTY_TOLERANCE = 1e-9
 """Relative tolerance of quantity comparisons (float residue of partial fills)."""

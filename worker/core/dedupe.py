@@ -9,7 +9,7 @@ counts nothing twice, and re-sent ids never push out the ones still to be
 checked (the cascade of a window that evicts on every lookup).
 
 The window is persisted with the bot's portfolio snapshot (its chunk records
-and tail, :mod:`worker.risk.idlog`, atomic with the portfolio's watermark) and judged replays
+and tail, :mod:`worker.core.idlog`, atomic with the portfolio's watermark) and judged replays
 must agree with the first pass whatever was persisted when a worker died: the
 window may be *ahead* of a symbol's state (its snapshot landed, the symbol's did
 not). So each entry keeps the (low 32 bits of the) offset that inserted it. A
@@ -47,7 +47,7 @@ _HALF = 1 << 31
 
 _SWAP = sys.byteorder != "little"
 _ENTRY = struct.Struct("<8sI")
-"""A chunk entry (:mod:`worker.risk.idlog`): the id digest and the low 32 bits of its offset."""
+"""A chunk entry (:mod:`worker.core.idlog`): the id digest and the low 32 bits of its offset."""
 _fresh_hash = hashlib.blake2b(digest_size=8).copy
 """A blank 8-byte blake2b state: copying it is ~40% cheaper than building one."""
 

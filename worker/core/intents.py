@@ -8,7 +8,7 @@ every gate). So each bot remembers, for its last ``keep`` decided intents, a
 decided (relative to the intent's own ``ts``) and how (allowed, or the denying gate).
 
 The window is persisted incrementally beside the bot's portfolio snapshot
-(:mod:`worker.risk.idlog`): entries live in one ``bytearray`` of fixed-size
+(:mod:`worker.core.idlog`): entries live in one ``bytearray`` of fixed-size
 records (a ring once full) whose slices are the persisted form as is — 21
 bytes an entry, 210 KB in memory for the default 10,000.
 Forgetting an old id is safe: an intent whose id is no longer remembered is
@@ -84,7 +84,7 @@ class IntentWindow:
         """Once the ring is full: the slot of the oldest entry (overwritten next)."""
         self.total = 0
         """Intents ever remembered: the newest entry is number ``total - 1`` (its chunk's
-        place, :mod:`worker.risk.idlog`)."""
+        place, :mod:`worker.core.idlog`)."""
 
     def __len__(self) -> int:
         return len(self._slots)
