@@ -6,7 +6,15 @@ until the group's committed offset reached the end of every input partition -
 which, by the commit protocol, also means every snapshot and output of those
 events was acknowledged. Then checks the persisted snapshots add up to N trades.
 
-    .venv/bin/python -m bench.e2e_throughput [--events 1000000]
+In the same invocation, on the same broker and backlog, the client's ceiling:
+a bare aiokafka loop (``bench/baseline.py loop``: consume -> update a dict ->
+produce one record per changed key -> wait for acks -> commit; no gates, no
+dedupe, no watermarks, no snapshots) reads the same topic under another group.
+Both rates are *steady* rates: records committed per second between 10% and
+90% of the backlog, so the group join, restore and the tail do not count.
+The ratio riskgate / bare loop is the number to watch (target >= 0.90).
+
+    .venv/bin/python -m bench.e2e_throughput [--events 1000000] [--order bare-first]
 """
 
 from __future__ import annotations
@@ -19,9 +27,15 @@ import time
 import msgspec
 from aiokafka import TopicPartition
 
+from bench.baseline import (
+    CommitWatch,
+    baseline_process,
+    create_plain_topics,
+    loop_argv,
+    steady_rate,
+)
 from bench.e2e_common import (
     bench_config,
-    committed_offsets,
     create_topics,
     fast_produce,
     log_event_time,
@@ -38,6 +52,7 @@ from worker.kafka.broker import EmbeddedBroker
 from worker.messages import TradeOutcome
 
 TARGET_EVENTS_PER_SEC = 100_000
+TARGET_RATIO = 0.90
 
 
 def body(bots: list[str], symbols: list[str]) -> str:
@@ -84,23 +99,44 @@ async def main(args: argparse.Namespace) -> None:
             ends = await exact_ends(config, tps)
             assert sum(ends.values()) == sent, (ends, sent)
 
+            async def progress(group: str, alive) -> tuple[list[tuple[float, int]], float]:
+                """(time, records committed) samples until the group committed every end."""
+                samples: list[tuple[float, int]] = []
+                started = time.time()
+                async with CommitWatch(broker.bootstrap_servers, group) as watch:
+                    while True:
+                        alive()
+                        committed = await watch.committed(tps)
+                        done = sum(min(committed[tp], ends[tp]) for tp in tps)
+                        samples.append((time.time(), done))
+                        if done >= sent:
+                            return samples, samples[-1][0]
+                        if time.time() - started > args.timeout:
+                            raise TimeoutError(f"{group}: only {done:,} of {sent:,} committed")
+                        await asyncio.sleep(0.05)
+
+            async def bare() -> float:
+                out_topic = f"{topic}.bare-out"
+                await create_plain_topics(broker.bootstrap_servers, [out_topic], args.partitions)
+                argv = loop_argv(
+                    broker.bootstrap_servers,
+                    topic,
+                    out_topic,
+                    f"{config.kafka.group_id}.bare",
+                    fetch_max_wait_ms=config.kafka.fetch_max_wait_ms,
+                    poll_timeout_ms=config.worker.poll_timeout_ms,
+                    max_records=config.worker.max_batch_records,
+                )
+                with baseline_process(argv, tmp / "bare.log") as loop:
+                    samples, _ = await progress(f"{config.kafka.group_id}.bare", loop.check_alive)
+                return steady_rate(samples, sent)
+
+            bare_rate = await bare() if args.order == "bare-first" else None
             with worker_process(config_path) as worker:
                 started = time.time()
                 worker.start()
                 profiler = start_profiler(args.py_spy, worker.pid)
-                first_commit = None
-                while True:
-                    worker.check_alive()
-                    committed = await committed_offsets(config.kafka, config.kafka.group_id, tps)
-                    done = sum(min(committed[tp], ends[tp]) for tp in tps)
-                    if done and first_commit is None:
-                        first_commit = time.time()
-                    if done >= sent:
-                        finished = time.time()
-                        break
-                    if time.time() - started > args.timeout:
-                        raise TimeoutError(f"only {done:,} of {sent:,} committed")
-                    await asyncio.sleep(0.1)
+                samples, finished = await progress(config.kafka.group_id, worker.check_alive)
                 stop_profiler(profiler)
                 assigned = log_event_time(worker, "partitions assigned; restoring") or started
                 rss = peak_rss_mb(worker.pid)
@@ -115,7 +151,10 @@ async def main(args: argparse.Namespace) -> None:
                 if "/risk/" in k and r.value is not None
             )
             symbol_keys = sum(1 for k in snapshots if "/risk/" in k)
+            if bare_rate is None:
+                bare_rate = await bare()
 
+    steady = steady_rate(samples, sent)
     processing = finished - assigned
     rate = sent / processing
     batches = metrics.get(("riskgate_batch_records_count", ()), 0.0)
@@ -147,6 +186,13 @@ async def main(args: argparse.Namespace) -> None:
     if symbol_keys != len(bots) * len(symbols) or trades != sent:
         raise SystemExit("persisted snapshots do not add up")
     print("PASS" if rate >= TARGET_EVENTS_PER_SEC else "BELOW TARGET")
+    ratio = steady / bare_rate
+    print(
+        f"steady rate (10%..90% committed): riskgate {steady:,.0f} events/s, "
+        f"bare aiokafka loop {bare_rate:,.0f} events/s ({args.order}); "
+        f"ratio {ratio:.2f} (target >= {TARGET_RATIO:.2f}): "
+        f"{'PASS' if ratio >= TARGET_RATIO else 'BELOW TARGET'}"
+    )
 
 
 def snapshot_bytes(log: list) -> dict[str, float]:
@@ -204,6 +250,12 @@ if __name__ == "__main__":
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--py-spy", metavar="OUT", help="profile the worker into OUT (raw)")
+    parser.add_argument(
+        "--order",
+        choices=("bare-first", "riskgate-first"),
+        default="bare-first",
+        help="which of the two consumes the backlog first",
+    )
     parser.add_argument(
         "--kafka-extra", default="", help='extra [kafka] lines, e.g. "fetch_max_wait_ms = 5"'
     )
