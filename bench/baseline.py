@@ -323,6 +323,54 @@ def steady_rate(samples: list[tuple[float, int]], total: int) -> float:
     return (high[1] - low[1]) / (high[0] - low[0])
 
 
+def nearest_rank(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..100) of an already sorted list."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[rank]
+
+
+def stats_line(name: str, values_ms: list[float]) -> str:
+    ordered = sorted(values_ms)
+    if not ordered:
+        return f"{name}: no samples"
+    return (
+        f"{name}: n={len(ordered)} p50={nearest_rank(ordered, 50):.2f} ms "
+        f"p99={nearest_rank(ordered, 99):.2f} ms max={ordered[-1]:.2f} ms"
+    )
+
+
+def ratio_line(ours_ms: list[float], base_ms: list[float], hops: int) -> str:
+    """riskgate / raw hops at p50, p99 and max."""
+    ours, base = sorted(ours_ms), sorted(base_ms)
+    parts = [
+        f"{label} {nearest_rank(ours, q) / nearest_rank(base, q):.2f}x"
+        for label, q in (("p50", 50), ("p99", 99))
+    ]
+    parts.append(f"max {ours[-1] / base[-1]:.2f}x")
+    return f"ratio riskgate / {hops} raw hops: " + ", ".join(parts)
+
+
+def windows_line(name: str, timed: list[tuple[float, float]], count: int) -> str:
+    """p50/p99 in ``count`` equal windows of the run (by send time): growth shows here.
+
+    ``timed`` holds (sent at, latency ms) pairs.
+    """
+    if not timed:
+        return f"{name}: no samples"
+    start = min(t for t, _ in timed)
+    span = max(t for t, _ in timed) - start or 1.0
+    buckets: list[list[float]] = [[] for _ in range(count)]
+    for sent, latency in timed:
+        buckets[min(count - 1, int((sent - start) / span * count))].append(latency)
+    cells = []
+    for bucket in buckets:
+        bucket.sort()
+        cells.append(f"{nearest_rank(bucket, 50):.1f}/{nearest_rank(bucket, 99):.1f}")
+    return f"{name} p50/p99 ms by {span / count:.0f} s window: " + "  ".join(cells)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

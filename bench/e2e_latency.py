@@ -9,8 +9,16 @@ which halts that symbol's session at once. For every probe it measures
 - in the worker: probe sent -> the worker's producer stamped the halted record
   (its CreateTime), i.e. without the subscriber's own fetch delay.
 
-    .venv/bin/python -m bench.e2e_latency [--seconds 60] [--rate 1000]
+In the same invocation, on the same broker, the same feed goes through two
+raw hops instead (``bench/baseline.py relay``: a plain aiokafka consumer ->
+producer with the worker's fetch settings, no riskgate code) to a subscriber
+with the same settings; the bench prints both and riskgate's ratio to the raw
+hops (target p99 <= 1.2x), plus p50/p99 in ``--windows`` windows of the run
+so growth over a long run (``--seconds 300``) shows, for both paths.
+
+    .venv/bin/python -m bench.e2e_latency [--seconds 10] [--rate 1000]
         [--worker-fetch-max-wait-ms 20] [--subscriber-fetch-max-wait-ms 2]
+        [--order raw-first|riskgate-first]
 
 Tansu, the embedded broker, does not complete a waiting fetch when records
 arrive (Kafka does): a consumer sees new records only when its fetch times out,
@@ -24,17 +32,27 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from bench.baseline import (
+    baseline_process,
+    create_plain_topics,
+    nearest_rank,
+    ratio_line,
+    relay_argv,
+    stats_line,
+    windows_line,
+)
 from bench.e2e_common import (
     bench_config,
     cpu_seconds,
     create_topics,
     now_ms,
     peak_rss_mb,
-    percentile,
     start_profiler,
     stop_profiler,
     wait_http_ok,
@@ -46,6 +64,9 @@ from worker.kafka.options import client_kwargs
 from worker.messages import HaltEvent, TradeOutcome
 
 TARGET_P99_MS = 10.0
+TARGET_RATIO = 1.2
+PARTITIONS = 4
+PREFIX_RAW = "bench.raw"
 BOTS = [f"bot{i}" for i in range(4)]
 BODY = """
 [defaults.session]
@@ -56,6 +77,7 @@ loss_limit = 1000
 
 _encode = msgspec.json.Encoder().encode
 _halt = msgspec.json.Decoder(HaltEvent)
+_outcome = msgspec.json.Decoder(TradeOutcome)
 
 
 async def feed(
@@ -91,25 +113,107 @@ async def feed(
 
 async def subscribe(
     consumer: AIOKafkaConsumer,
+    probe_of: Callable[[bytes], str | None],
     got: dict[str, tuple[float, float]],
     sent_at: dict[str, float],
     fed: asyncio.Event,
     all_in: asyncio.Event,
 ) -> None:
-    """(received at, record CreateTime) of every halted event, by ``bot/symbol``.
+    """(received at, record CreateTime) of every probe's arrival, by ``bot/symbol``.
 
-    Sets ``all_in`` once feeding is over (``fed``) and every probe's halt arrived.
+    ``probe_of`` names the probe a record answers (None: not a probe's). Sets
+    ``all_in`` once feeding is over (``fed``) and every probe arrived.
     """
     while not all_in.is_set():
         batch = await consumer.getmany(timeout_ms=100)
         received = time.time()
         for records in batch.values():
             for record in records:
-                halt = _halt.decode(record.value)
-                if halt.kind == "halted":
-                    got[f"{halt.bot}/{halt.symbol}"] = (received, record.timestamp / 1000)
+                probe = probe_of(record.value)
+                if probe is not None:
+                    got[probe] = (received, record.timestamp / 1000)
         if fed.is_set() and len(got) >= len(sent_at):
             all_in.set()
+
+
+def halted_probe(value: bytes) -> str | None:
+    halt = _halt.decode(value)
+    return f"{halt.bot}/{halt.symbol}" if halt.kind == "halted" else None
+
+
+def relayed_probe(value: bytes) -> str | None:
+    outcome = _outcome.decode(value)
+    return f"{outcome.bot}/{outcome.symbol}" if outcome.symbol.startswith("P") else None
+
+
+class Run(NamedTuple):
+    """One measured path: what was fed and when every probe arrived."""
+
+    fed: int
+    sent_at: dict[str, float]
+    got: dict[str, tuple[float, float]]
+
+    def end_to_end(self) -> list[tuple[float, float]]:
+        """(sent at, ms) per probe that arrived."""
+        return [(t, (self.got[k][0] - t) * 1000) for k, t in self.sent_at.items() if k in self.got]
+
+    def stamped(self) -> list[tuple[float, float]]:
+        """(sent at, ms until the last hop's producer stamped the record)."""
+        return [(t, (self.got[k][1] - t) * 1000) for k, t in self.sent_at.items() if k in self.got]
+
+    def missing(self) -> int:
+        return len(set(self.sent_at) - set(self.got))
+
+
+async def measure(
+    args: argparse.Namespace,
+    producer: AIOKafkaProducer,
+    kwargs: dict,
+    source: str,
+    sink: str,
+    probe_of: Callable[[bytes], str | None],
+) -> Run:
+    """Feed ``source`` at the steady rate for ``--seconds``; wait for the probes on ``sink``."""
+    consumer = AIOKafkaConsumer(
+        **kwargs,
+        group_id=None,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=args.subscriber_fetch_max_wait_ms,
+    )
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(sink, p) for p in range(PARTITIONS)])
+        sent_at: dict[str, float] = {}
+        got: dict[str, tuple[float, float]] = {}
+        fed, all_in = asyncio.Event(), asyncio.Event()
+        listener = asyncio.create_task(subscribe(consumer, probe_of, got, sent_at, fed, all_in))
+        sent = await feed(producer, source, args.rate, args.seconds, sent_at)
+        fed.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_in.wait(), 10)
+        all_in.set()
+        await listener
+        return Run(sent, sent_at, got)
+    finally:
+        await consumer.stop()
+
+
+async def raw_hops(
+    args: argparse.Namespace, broker: EmbeddedBroker, producer: AIOKafkaProducer, kwargs: dict, tmp
+) -> Run:
+    """The same feed through one plain relay: producer -> topic -> relay -> topic -> subscriber."""
+    source, sink = f"{PREFIX_RAW}.{os.getpid()}.in", f"{PREFIX_RAW}.{os.getpid()}.out"
+    await create_plain_topics(broker.bootstrap_servers, [source, sink], PARTITIONS)
+    argv = relay_argv(
+        broker.bootstrap_servers,
+        source,
+        sink,
+        partitions=PARTITIONS,
+        fetch_max_wait_ms=args.worker_fetch_max_wait_ms,
+    )
+    with baseline_process(argv, tmp / "relay.log") as relay:
+        await relay.wait_for("ready", within=60)
+        return await measure(args, producer, kwargs, source, sink, relayed_probe)
 
 
 def histogram_line(metrics: dict, name: str) -> str:
@@ -128,37 +232,23 @@ def histogram_line(metrics: dict, name: str) -> str:
     return f"worker {name}: n={count:.0f} mean={mean:.2f} ms; {over}"
 
 
-def summary(name: str, values_ms: list[float]) -> str:
-    values_ms.sort()
-    return (
-        f"{name}: n={len(values_ms)} p50={percentile(values_ms, 50):.2f} ms "
-        f"p99={percentile(values_ms, 99):.2f} ms max={values_ms[-1]:.2f} ms"
-    )
-
-
 async def main(args: argparse.Namespace) -> None:
     async with EmbeddedBroker() as broker:
         with workdir() as tmp:
             config_path, config = bench_config(
                 broker.bootstrap_servers,
                 BODY,
-                partitions=4,
+                partitions=PARTITIONS,
                 workdir=tmp,
                 kafka_extra=f"fetch_max_wait_ms = {args.worker_fetch_max_wait_ms}\n",
             )
             await create_topics(config)
             kwargs = client_kwargs(config.kafka)
-            consumer = AIOKafkaConsumer(
-                **kwargs,
-                group_id=None,
-                auto_offset_reset="earliest",
-                fetch_max_wait_ms=args.subscriber_fetch_max_wait_ms,
-            )
             producer = AIOKafkaProducer(**kwargs, acks=1, linger_ms=0)
-            await consumer.start()
             await producer.start()
             try:
-                consumer.assign([TopicPartition(config.topics.halts, p) for p in range(4)])
+                if args.order == "raw-first":
+                    raw = await raw_hops(args, broker, producer, kwargs, tmp)
                 with worker_process(config_path) as worker:
                     worker.start()
                     await wait_http_ok(worker, "/readyz", within=60)
@@ -168,56 +258,73 @@ async def main(args: argparse.Namespace) -> None:
                         cpu_seconds(worker.pid),
                         time.monotonic(),
                     )
-                    sent_at: dict[str, float] = {}
-                    got: dict[str, tuple[float, float]] = {}
-                    fed, all_in = asyncio.Event(), asyncio.Event()
-                    listener = asyncio.create_task(subscribe(consumer, got, sent_at, fed, all_in))
-                    sent = await feed(
-                        producer, config.topics.outcomes, args.rate, args.seconds, sent_at
+                    ours = await measure(
+                        args,
+                        producer,
+                        kwargs,
+                        config.topics.outcomes,
+                        config.topics.halts,
+                        halted_probe,
                     )
-                    fed.set()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(all_in.wait(), 10)
-                    all_in.set()
-                    await listener
                     stop_profiler(profiler)
                     elapsed = time.monotonic() - cpu_before[2]
                     broker_cpu = (cpu_seconds(broker.pid) - cpu_before[0]) / elapsed
                     worker_cpu = (cpu_seconds(worker.pid) - cpu_before[1]) / elapsed
                     rss = peak_rss_mb(worker.pid)
                     metrics = await worker.metrics()
+                if args.order == "riskgate-first":
+                    raw = await raw_hops(args, broker, producer, kwargs, tmp)
             finally:
                 await producer.stop()
-                await consumer.stop()
 
-    missing = set(sent_at) - set(got)
-    end_to_end = [(got[k][0] - sent_at[k]) * 1000 for k in sent_at if k in got]
-    in_worker = [(got[k][1] - sent_at[k]) * 1000 for k in sent_at if k in got]
     print(
-        f"fed {sent:,} outcomes in {args.seconds:.0f}s ({sent / args.seconds:,.0f}/s), "
-        f"{len(sent_at)} probes; worker fetch_max_wait_ms={args.worker_fetch_max_wait_ms}, "
-        f"subscriber fetch_max_wait_ms={args.subscriber_fetch_max_wait_ms}"
+        f"fed {ours.fed:,} outcomes in {args.seconds:.0f}s ({ours.fed / args.seconds:,.0f}/s), "
+        f"{len(ours.sent_at)} probes; worker and relay fetch_max_wait_ms="
+        f"{args.worker_fetch_max_wait_ms}, subscriber fetch_max_wait_ms="
+        f"{args.subscriber_fetch_max_wait_ms}; {args.order}"
     )
-    print(summary("probe sent -> halted received (end to end)", end_to_end))
-    print(summary("probe sent -> halted record stamped by the worker", in_worker))
+    end_to_end = [ms for _, ms in ours.end_to_end()]
+    raw_end_to_end = [ms for _, ms in raw.end_to_end()]
+    print(stats_line("riskgate: probe sent -> halted received (end to end)", end_to_end))
+    print(stats_line("2 raw hops: probe sent -> relayed probe received", raw_end_to_end))
+    print(ratio_line(end_to_end, raw_end_to_end, 2))
     print(
-        f"CPU while feeding: broker {broker_cpu:.0%} of a core, worker {worker_cpu:.0%}; "
-        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+        stats_line(
+            "riskgate: probe sent -> halted record stamped by the worker",
+            [ms for _, ms in ours.stamped()],
+        )
+    )
+    print(
+        stats_line(
+            "raw: probe sent -> relayed record stamped by the relay",
+            [ms for _, ms in raw.stamped()],
+        )
+    )
+    print(windows_line("riskgate", ours.end_to_end(), args.windows))
+    print(windows_line("2 raw hops", raw.end_to_end(), args.windows))
+    print(
+        f"CPU while feeding riskgate: broker {broker_cpu:.0%} of a core, worker "
+        f"{worker_cpu:.0%}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
     )
     print(f"worker peak RSS: {rss:.0f} MiB")
     for name in ("batch", "output_send", "snapshot_send", "commit"):
         print(histogram_line(metrics, f"riskgate_{name}_seconds"))
-    if missing:
-        raise SystemExit(f"{len(missing)} probes never produced a halted event")
-    p99 = percentile(sorted(end_to_end), 99)
+    if ours.missing() or raw.missing():
+        raise SystemExit(f"probes lost: riskgate {ours.missing()}, raw hops {raw.missing()}")
+    p99 = nearest_rank(sorted(end_to_end), 99)
+    p99_raw = nearest_rank(sorted(raw_end_to_end), 99)
     print("PASS" if p99 <= TARGET_P99_MS else f"BELOW TARGET (p99 > {TARGET_P99_MS} ms)")
+    verdict = "PASS" if p99 <= TARGET_RATIO * p99_raw else "BELOW TARGET"
+    print(f"p99 <= {TARGET_RATIO}x two raw hops: {verdict}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--seconds", type=float, default=10.0, help="feeding time of each path")
     parser.add_argument("--rate", type=int, default=1_000, help="outcomes per second")
     parser.add_argument("--worker-fetch-max-wait-ms", type=int, default=20)
     parser.add_argument("--subscriber-fetch-max-wait-ms", type=int, default=2)
     parser.add_argument("--py-spy", metavar="OUT", help="profile the worker into OUT (raw)")
+    parser.add_argument("--order", choices=("raw-first", "riskgate-first"), default="raw-first")
+    parser.add_argument("--windows", type=int, default=5, help="p50/p99 of this many windows")
     asyncio.run(main(parser.parse_args()))
