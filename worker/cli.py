@@ -1,4 +1,4 @@
-"""``riskgate`` command line: run, demo, broker, topics, state, halt, resume, reset-*."""
+"""``riskgate`` command line: run, demo, console, broker, topics, state, halt, resume, reset-*."""
 
 from __future__ import annotations
 
@@ -77,6 +77,19 @@ def demo(duration: float | None, bots: int) -> None:
     from worker.demo import run_demo
 
     sys.exit(asyncio.run(run_demo(duration=duration, bots=bots)))
+
+
+@main.command()
+@config_option
+@click.option("--host", default=None, help="Address to listen on (default: [console] host).")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=None, help="Default: [console] port."
+)
+def console(config_path: Path, host: str | None, port: int | None) -> None:
+    """Serve the operators' web console (live gates, halt timeline, signed actions)."""
+    from worker.console import serve
+
+    _operate(serve(_load(config_path), host=host, port=port))
 
 
 def _operate(coro: Coroutine[Any, Any, T]) -> T:

@@ -1,0 +1,201 @@
+"""The console board: what each row shows, failing closed like GateView.
+
+Records are fed to a real GateView the way its reader applies them (as the
+GateView unit tests do), with an injected monotonic clock for staleness.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from tests.unit.test_client_unit import (
+    TOPICS,
+    Clock,
+    Rec,
+    account,
+    caught_up,
+    make_view,
+    symbol,
+)
+from worker.client import GateView
+from worker.console.live import DAY_MS, SPARK_GAP_MS, Board, BoardState
+from worker.messages import AccountGateState, Block, GateState, HaltEvent
+
+NOON = 20_254 * DAY_MS + 12 * 3_600_000
+SESSION = Block("session_halt", "session net -60.00 <= limit -50.00", NOON + 12 * 3_600_000)
+LATCH = Block("portfolio_daily_loss", "account net -600 <= -500", NOON + 12 * 3_600_000)
+
+
+def feed(view: GateView, record: AccountGateState | GateState, *, live: bool = True) -> None:
+    """Apply a gate record as GateView's reader does (``live``: read after the history)."""
+    if isinstance(record, AccountGateState):
+        key = f"{record.bot}/gate"
+    else:
+        key = f"{record.bot}/gate/{record.symbol}"
+    view._apply(TOPICS.gates, Rec(key.encode(), msgspec.json.encode(record)), live=live)
+
+
+def halt_event(
+    event_id: str, ts: int, kind: str = "halted", symbol_: str | None = "S1"
+) -> HaltEvent:
+    return msgspec.convert(
+        {
+            "event_id": event_id,
+            "bot": "a",
+            "symbol": symbol_,
+            "kind": kind,
+            "gate": "session_halt",
+            "reason": "r",
+            "ts": ts,
+        },
+        HaltEvent,
+    )
+
+
+def rows(state: BoardState) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for bot in state.bots:
+        out[bot.bot] = (bot.state, bot.entries_allowed)
+        for s in bot.symbols:
+            out[f"{bot.bot}/{s.symbol}"] = (s.state, s.entries_allowed)
+    return out
+
+
+def board(clock: Clock) -> tuple[GateView, Board]:
+    view = make_view(clock)
+    return view, Board(view, timeline_size=3)
+
+
+def test_board_before_catch_up_shows_every_bot_stale_and_blocked() -> None:
+    view, b = board(Clock())
+    feed(view, account("a"))
+    feed(view, symbol("a", "S1"))
+    state = b.state()
+    assert rows(state) == {"a": ("stale", False), "a/S1": ("stale", False)}
+    assert (state.counts.blocked_bots, state.counts.blocked_symbols, state.counts.stale_bots) == (
+        1,
+        1,
+        1,
+    )
+
+
+def test_board_symbol_blocked_by_its_own_gate_is_reducing() -> None:
+    view, b = board(Clock())
+    caught_up(view)
+    feed(view, account("a"))
+    feed(view, symbol("a", "S1"))
+    feed(view, symbol("a", "S2", blocks=[SESSION]))
+    state = b.state()
+    assert rows(state) == {
+        "a": ("active", True),
+        "a/S1": ("active", True),
+        "a/S2": ("reducing", False),
+    }
+    [bot] = state.bots
+    assert bot.symbols[1].blocks == [SESSION]
+    assert (state.counts.bots, state.counts.symbols, state.counts.blocked_symbols) == (1, 2, 1)
+
+
+def test_board_bot_blocked_blocks_every_symbol() -> None:
+    view, b = board(Clock())
+    caught_up(view)
+    feed(view, account("a", blocks=[LATCH]))
+    feed(view, symbol("a", "S1"))
+    state = b.state()
+    assert rows(state) == {"a": ("reducing", False), "a/S1": ("reducing", False)}
+    assert state.bots[0].blocks == [LATCH]
+
+
+def test_board_quiet_worker_marks_the_bot_stale_and_blocked() -> None:
+    clock = Clock()
+    view, b = board(clock)
+    caught_up(view)
+    feed(view, account("a"))
+    feed(view, symbol("a", "S1"))
+    clock.now += view.staleness_ms
+    assert rows(b.state())["a/S1"] == ("active", True)
+    clock.now += 1
+    state = b.state()
+    assert rows(state) == {"a": ("stale", False), "a/S1": ("stale", False)}
+    assert (state.counts.stale_bots, state.counts.blocked_bots, state.counts.blocked_symbols) == (
+        1,
+        1,
+        1,
+    )
+
+
+def test_board_replayed_history_is_no_heartbeat() -> None:
+    view, b = board(Clock())
+    caught_up(view)
+    feed(view, account("a"), live=False)
+    assert rows(b.state())["a"] == ("stale", False)
+
+
+def test_board_stopped_reader_fails_closed() -> None:
+    view, b = board(Clock())
+    caught_up(view)
+    feed(view, account("a"))
+    view.failure = "GateView reader stopped: failing closed"
+    state = b.state()
+    assert rows(state)["a"] == ("stale", False)
+    assert state.failure == "GateView reader stopped: failing closed"
+
+
+def test_board_timeline_is_latest_first_and_bounded() -> None:
+    view, b = board(Clock())
+    caught_up(view)
+    feed(view, account("a"))
+    feed(view, symbol("a", "S1", blocks=[SESSION]))
+    for n, ts in enumerate((NOON + 3, NOON + 1, NOON + 4, NOON + 2)):
+        view._apply(
+            TOPICS.halts, Rec(b"a", msgspec.json.encode(halt_event(f"e{n}", ts))), live=True
+        )
+    assert [e.event_id for e in b.state().timeline] == ["e2", "e3", "e1"]
+
+
+def test_board_refresh_reports_change_only_when_the_document_changes() -> None:
+    view, b = board(Clock())
+    caught_up(view)
+    first = b.version
+    assert b.refresh() is True  # caught up since construction
+    assert b.refresh() is False
+    assert b.version == first + 1
+    feed(view, account("a"))
+    assert b.refresh() is True
+    assert b.version == first + 2
+
+
+def spark_of(view: GateView, b: Board, *samples: tuple[int, float]) -> list[tuple[int, float]]:
+    for seq, (ts, value) in enumerate(samples, start=1):
+        record = msgspec.structs.replace(
+            account("a"), updated_ts=ts, account_net_pnl=value, seq=seq
+        )
+        feed(view, record)
+        b.refresh()
+    return b.state().bots[0].pnl
+
+
+def test_board_sparkline_keeps_points_about_the_gap_apart() -> None:
+    view, b = board(Clock())
+    caught_up(view)
+    points = spark_of(
+        view,
+        b,
+        (NOON, 0.0),
+        (NOON + SPARK_GAP_MS, -5.0),
+        (NOON + SPARK_GAP_MS + 1_000, -7.0),
+        (NOON + SPARK_GAP_MS + 2_000, -9.0),
+        (NOON + 2 * SPARK_GAP_MS + 1_000, -9.0),
+    )
+    assert points == [(NOON, 0.0), (NOON + SPARK_GAP_MS, -5.0), (NOON + SPARK_GAP_MS + 2_000, -9.0)]
+
+
+def test_board_sparkline_starts_over_on_the_workers_next_day() -> None:
+    view, b = board(Clock())
+    caught_up(view)
+    points = spark_of(
+        view, b, (NOON, -3.0), (NOON + DAY_MS // 2 - 1, -4.0), (NOON + DAY_MS // 2, 4.0)
+    )
+    assert points == [(NOON + DAY_MS // 2, 4.0)]
