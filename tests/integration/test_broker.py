@@ -43,6 +43,7 @@ def _unique_topics(partitions: int) -> TopicsConfig:
         halts=f"{prefix}.risk.halts",
         decisions=f"{prefix}.risk.decisions",
         deadletter=f"{prefix}.risk.deadletter",
+        audit=f"{prefix}.risk.audit",
         partitions=partitions,
     )
 
@@ -194,6 +195,7 @@ async def test_ensure_topics_is_idempotent_and_sets_policies(kafka_bootstrap: st
         topics.halts,
         topics.decisions,
         topics.deadletter,
+        topics.audit,
     ]
     created = await ensure_topics(kafka, topics)
     assert sorted(created) == sorted(names)
@@ -205,7 +207,8 @@ async def test_ensure_topics_is_idempotent_and_sets_policies(kafka_bootstrap: st
     policies = await cleanup_policies(kafka, names)
     assert policies[topics.snapshots] == "compact"
     assert policies[topics.gates] == "compact"
-    assert {policies[name] for name in (*topics.inputs(), topics.deadletter)} == {"delete"}
+    deleted = (*topics.inputs(), topics.deadletter, topics.audit)
+    assert {policies[name] for name in deleted} == {"delete"}
 
 
 async def test_check_topics_refuses_missing_topics(kafka_bootstrap: str) -> None:
@@ -219,6 +222,6 @@ async def test_check_topics_refuses_under_partitioned_snapshots(kafka_bootstrap:
     topics = _unique_topics(partitions=4)
     await _create_topic(kafka, topics.snapshots, 2)  # an operator's mistake
     created = await ensure_topics(kafka, topics)
-    assert topics.snapshots not in created and len(created) == 8
+    assert topics.snapshots not in created and len(created) == 9
     with pytest.raises(TopicLayoutError, match=r"snapshot topic .*snapshots has 2 partitions"):
         await check_topics(kafka, topics)

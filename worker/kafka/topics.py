@@ -57,7 +57,8 @@ async def admin_client(kafka: KafkaConfig) -> AsyncIterator[AIOKafkaAdminClient]
 
 
 async def ensure_topics(kafka: KafkaConfig, topics: TopicsConfig) -> list[str]:
-    """Create the missing topics of SPEC §2; return the names created (idempotent)."""
+    """Create the missing topics of SPEC §2 and the audit topic; return the names created
+    (idempotent)."""
     new_topics = [
         NewTopic(
             name,
@@ -65,7 +66,9 @@ async def ensure_topics(kafka: KafkaConfig, topics: TopicsConfig) -> list[str]:
             replication_factor=topics.replication_factor,
             topic_configs={"cleanup.policy": policy},
         )
-        for name, policy in topic_policies(topics).items()
+        # The console's audit trail too; the worker never reads it, so its start-up
+        # check (topic_policies) does not require it.
+        for name, policy in (topic_policies(topics) | {topics.audit: DELETE}).items()
     ]
     async with admin_client(kafka) as admin:
         existing = set(await admin.list_topics())
