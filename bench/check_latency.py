@@ -15,6 +15,13 @@ up to that long. 1 ms is fastest at low rates; at 1000/s it makes the worker and
 the client poll the broker a thousand times a second each, which on a small
 machine costs more than it saves, so the default here is 10.
 
+In the same invocation, on the same broker, the same paced intents go through
+plain relays instead (``bench/baseline.py relay``, worker fetch settings, no
+riskgate code): client -> A -> relay -> B -> relay -> C -> client. It prints
+riskgate's round trip next to three raw hops (the target: p99 <= 1.2x) and two
+(the topics a check crosses: intents, decisions), the ratios, and p50/p99 per
+window of the run (``--seconds 300`` for a 5-minute run).
+
     .venv/bin/python -m bench.check_latency                        # 1000/s for 10 s
     .venv/bin/python -m bench.check_latency --fetch-max-wait-ms 1 --rate 100
 """
@@ -33,19 +40,29 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from worker.app import Worker
+from bench.baseline import (
+    baseline_process,
+    create_plain_topics,
+    nearest_rank,
+    ratio_line,
+    relay_argv,
+    stats_line,
+    windows_line,
+)
 from worker.client import GateClient
-from worker.config import Config, load_config
+from worker.config import Config, KafkaConfig, load_config
 from worker.kafka.broker import EmbeddedBroker
 from worker.kafka.options import client_kwargs
 from worker.kafka.topics import ensure_topics
 from worker.messages import Fill, GateDecision, OrderIntent
 
 ROOT = Path(__file__).resolve().parents[1]
+TARGET_RATIO = 1.2
 
 
 def now_ms() -> int:
@@ -101,6 +118,8 @@ async def worker_running(
     config: Config, config_path: Path, inproc: bool, log_path: Path
 ) -> AsyncIterator[None]:
     if inproc:
+        from worker.runtime import Worker
+
         worker = Worker(config)
         task = asyncio.create_task(worker.run())
         try:
@@ -164,6 +183,113 @@ class Feed:
         )
 
 
+class _Probe(msgspec.Struct):
+    intent_id: str
+
+
+_probe = msgspec.json.Decoder(_Probe)
+
+
+async def _arrivals(
+    consumer: AIOKafkaConsumer, arrived: dict[str, float], expected: int, done: asyncio.Event
+) -> None:
+    """perf_counter time each intent id first arrived on the consumer's topic."""
+    while True:
+        batch = await consumer.getmany(timeout_ms=100)
+        now = time.perf_counter()
+        for records in batch.values():
+            for record in records:
+                arrived.setdefault(_probe.decode(record.value).intent_id, now)
+        if len(arrived) >= expected:
+            done.set()
+
+
+async def raw_hops(args: argparse.Namespace, bootstrap: str, workdir: Path) -> RawRun:
+    """The same paced intents through plain relays: client -> A -> relay -> B -> relay -> C.
+
+    Each relay is its own process (``bench/baseline.py relay``) with the worker's
+    fetch settings; the producer is the client's (acks=1, linger 0) and the
+    readers of B (two hops) and C (three hops) use the client's fetch settings.
+    """
+    prefix = f"bench.raw.{uuid.uuid4().hex[:8]}"
+    a, b, c = (f"{prefix}.{name}" for name in "abc")
+    await create_plain_topics(bootstrap, [a, b, c], args.partitions)
+    kafka = KafkaConfig(bootstrap_servers=bootstrap, fetch_max_wait_ms=args.fetch_max_wait_ms)
+    kwargs = client_kwargs(kafka)
+    producer = AIOKafkaProducer(**kwargs, acks=1, linger_ms=0)
+    readers = {
+        topic: AIOKafkaConsumer(
+            **kwargs,
+            group_id=None,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=args.fetch_max_wait_ms,
+        )
+        for topic in (b, c)
+    }
+    arrived: dict[str, dict[str, float]] = {b: {}, c: {}}
+    sent: list[tuple[str, float]] = []
+    hops = [
+        relay_argv(
+            bootstrap,
+            src,
+            dst,
+            partitions=args.partitions,
+            fetch_max_wait_ms=args.fetch_max_wait_ms,
+        )
+        for src, dst in ((a, b), (b, c))
+    ]
+    feed = Feed(args.bots, args.symbols)
+    total = int(args.rate * (args.warmup + args.duration))
+    warmup = int(args.rate * args.warmup)
+    done = {b: asyncio.Event(), c: asyncio.Event()}
+    with (
+        baseline_process(hops[0], workdir / "relay1.log") as first,
+        baseline_process(hops[1], workdir / "relay2.log") as second,
+    ):
+        await producer.start()
+        tasks = []
+        try:
+            for topic, reader in readers.items():
+                await reader.start()
+                reader.assign([TopicPartition(topic, p) for p in range(args.partitions)])
+                tasks.append(
+                    asyncio.create_task(_arrivals(reader, arrived[topic], total, done[topic]))
+                )
+            await first.wait_for("ready", within=60)
+            await second.wait_for("ready", within=60)
+            t0 = time.perf_counter()
+            for i in range(total):
+                delay = t0 + i / args.rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                intent = feed.intent()
+                if i >= warmup:
+                    sent.append((intent.intent_id, time.perf_counter()))
+                await producer.send(a, msgspec.json.encode(intent), key=intent.bot.encode())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(done[b].wait(), done[c].wait()), 10)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for reader in readers.values():
+                await reader.stop()
+            await producer.stop()
+    return RawRun(
+        two=[(t, (arrived[b][i] - t) * 1000) for i, t in sent if i in arrived[b]],
+        three=[(t, (arrived[c][i] - t) * 1000) for i, t in sent if i in arrived[c]],
+        lost=sum(1 for i, _ in sent if i not in arrived[c]),
+    )
+
+
+class RawRun(NamedTuple):
+    two: list[tuple[float, float]]
+    """(sent at, ms) per intent read from B: two raw hops."""
+    three: list[tuple[float, float]]
+    """(sent at, ms) per intent read from C: three raw hops."""
+    lost: int
+
+
 async def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> None:
     config_path = workdir / "bench.toml"
     config_path.write_text(config_toml(args, bootstrap))
@@ -175,6 +301,8 @@ async def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> None:
     client = GateClient(config.kafka, config.topics, timeout_ms=args.timeout_ms)
     await client.start()
     encode = msgspec.json.encode
+    raw = await raw_hops(args, bootstrap, workdir) if args.order == "raw-first" else None
+    timed: list[tuple[float, float]] = []
     try:
         async with worker_running(config, config_path, args.inproc, workdir / "worker.log"):
             # Ready when a check is answered (group join + restore take a few seconds).
@@ -214,9 +342,11 @@ async def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> None:
                 if decision.gate is None and not decision.allowed:
                     timeouts += 1  # failed closed: counted at the timeout in the percentiles
                     latencies.append(args.timeout_ms / 1000)
+                    timed.append((sent, float(args.timeout_ms)))
                     return
                 denied += not decision.allowed
                 latencies.append(elapsed)
+                timed.append((sent, elapsed * 1000))
 
             total = int(args.rate * (args.warmup + args.duration))
             warmup = int(args.rate * args.warmup)
@@ -238,6 +368,8 @@ async def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> None:
     finally:
         await client.stop()
         await fills.stop()
+    if raw is None:
+        raw = await raw_hops(args, bootstrap, workdir)
 
     measured = len(latencies)
     latencies.sort()
@@ -260,12 +392,27 @@ async def run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> None:
         )
         verdict = "meets" if percentile(ms, 0.99) <= 5.0 else "MISSES"
         print(f"target p99 <= 5 ms: {verdict}")
+    three = [x for _, x in raw.three]
+    print(stats_line("riskgate check round trip", ms))
+    print(stats_line("3 raw hops (client -> relay -> relay -> client)", three))
+    print(stats_line("2 raw hops (client -> relay -> client)", [x for _, x in raw.two]))
+    if raw.lost:
+        print(f"raw hops lost {raw.lost} intents")
+    if ms and three:
+        print(ratio_line(ms, three, 3))
+        print(ratio_line(ms, [x for _, x in raw.two], 2))
+        print(windows_line("riskgate", timed, args.windows))
+        print(windows_line("3 raw hops", raw.three, args.windows))
+        ok = percentile(ms, 0.99) <= TARGET_RATIO * nearest_rank(sorted(three), 99)
+        print(f"p99 <= {TARGET_RATIO}x three raw hops: {'PASS' if ok else 'BELOW TARGET'}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=1000.0, help="intents per second")
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
+    parser.add_argument(
+        "--duration", "--seconds", type=float, default=10.0, help="measured seconds (each path)"
+    )
     parser.add_argument("--warmup", type=float, default=2.0, help="uncounted seconds first")
     parser.add_argument(
         "--fetch-max-wait-ms", type=int, default=10, help="[kafka] fetch_max_wait_ms"
@@ -277,6 +424,8 @@ def main() -> None:
     parser.add_argument("--no-fills", dest="fills", action="store_false", help="send no fills")
     parser.add_argument("--inproc", action="store_true", help="run the worker in this process")
     parser.add_argument("--bootstrap", help="an existing broker instead of the embedded one")
+    parser.add_argument("--order", choices=("raw-first", "riskgate-first"), default="raw-first")
+    parser.add_argument("--windows", type=int, default=5, help="p50/p99 of this many windows")
     args = parser.parse_args()
 
     print(
