@@ -12,7 +12,6 @@ without anyone noticing.
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from collections.abc import Generator, Iterator
@@ -22,6 +21,8 @@ import pytest
 from hypothesis import settings
 
 from worker.kafka.broker import EmbeddedBroker
+from worker.testing.kafka import broker_plan
+from worker.testing.plugin import KAFKA_USED
 
 # CI must judge the change, not the luck of the draw: there every property test and
 # state machine runs the same derandomized examples. `make fuzz` (RISKGATE_FUZZ_EXAMPLES)
@@ -35,60 +36,17 @@ GUARD_BEFORE_MS = 3 * 60_000
 """Longer than any one broker test: none that starts outside the guard crosses 00:00 UTC."""
 GUARD_AFTER_MS = 60_000
 
-_used: list[str] = []
-"""The session broker once started (header and summary report it)."""
-
 
 def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 
 
-@functools.cache
-def _docker_answers() -> bool:
-    """A quick ping; no engine on the dev machines, so this must fail fast."""
-    try:
-        import docker
-
-        client = docker.from_env(timeout=2)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:
-        return False
-
-
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    """Bootstrap servers of the session's broker, whichever kind is available."""
-    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if configured:
-        _used.append(_broker_plan())
-        yield configured
-        return
-    if _docker_answers():
-        try:
-            from testcontainers.community.kafka import KafkaContainer
-        except ImportError:  # testcontainers < 4.9
-            from testcontainers.kafka import KafkaContainer
-
-        with KafkaContainer() as container:
-            _used.append(f"testcontainers Kafka at {container.get_bootstrap_server()}")
-            yield container.get_bootstrap_server()
-        return
-    with EmbeddedBroker() as broker:
-        _used.append(f"embedded Tansu at {broker.bootstrap_servers}")
-        yield broker.bootstrap_servers
-
-
-def _broker_plan() -> str:
-    """Which broker ``kafka_bootstrap`` starts, in the order it tries them."""
-    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if configured:
-        return f"Kafka via KAFKA_BOOTSTRAP_SERVERS={configured}"
-    if _docker_answers():
-        return "testcontainers Kafka (a Docker engine answers)"
-    return "embedded Tansu (no KAFKA_BOOTSTRAP_SERVERS, no Docker engine)"
+def kafka_bootstrap(riskgate_kafka: str) -> str:
+    """Bootstrap servers of the session's broker: the riskgate pytest plugin's own
+    ``riskgate_kafka`` (worker/testing), so our suite picks its broker exactly as
+    users' suites do."""
+    return riskgate_kafka
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -99,11 +57,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> str:
     ci = " (CI: skipped security tests fail)" if _in_ci() else ""
-    return f"riskgate broker: {_broker_plan()}{ci}"
+    return f"riskgate broker: {broker_plan()}{ci}"
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    used = _used[0] if _used else "none started (no test needed the session broker)"
+    used = terminalreporter.config.stash.get(
+        KAFKA_USED, "none started (no test needed the session broker)"
+    )
     terminalreporter.write_line(f"riskgate broker used: {used}")
 
 
