@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
+import sys
 import time
 import uuid
 import zlib
@@ -369,19 +371,24 @@ async def test_librdkafka_default_partitioner_is_dead_lettered_bot_partition_mis
     assert symbols["session_pnl"]["trades"] == 1
 
 
+async def _snapshot_where(
+    config: Config,
+    key: str,
+    check_alive: Callable[[], None],
+    done: Callable[[dict[str, Any]], bool],
+) -> dict[str, Any]:
+    """The last snapshot under ``key``, once there is one for which ``done`` holds."""
+
+    async def persisted() -> dict[str, Any]:
+        found = decoded(await latest(config.kafka, config.topics.snapshots)).get(key)
+        return found if found is not None and done(found) else {}
+
+    return await wait_until(persisted, within=30, what=f"{key} snapshot", alive=check_alive)
+
+
 async def _btc_snapshot(config: Config, check_alive: Callable[[], None]) -> dict[str, Any]:
     """alpha/BTCUSDT's persisted state, once there is one."""
-
-    async def persisted() -> dict[str, Any] | None:
-        snapshots = decoded(await latest(config.kafka, config.topics.snapshots))
-        found: dict[str, Any] | None = snapshots.get("alpha/risk/BTCUSDT")
-        return found
-
-    snapshot = await wait_until(
-        persisted, within=30, what="alpha/BTCUSDT snapshot", alive=check_alive
-    )
-    assert snapshot is not None
-    return snapshot
+    return await _snapshot_where(config, "alpha/risk/BTCUSDT", check_alive, lambda s: True)
 
 
 async def test_confluent_kafka_future_skew_is_judged_against_the_record_timestamp(
@@ -430,3 +437,84 @@ async def test_kcat_future_skew_is_judged_against_the_record_timestamp(
         symbol = await _btc_snapshot(config, running.check_alive)
     assert _reasons([letter]) == [("future_event", refused)]
     assert symbol["session_pnl"]["trades"] == 1
+
+
+# -- the README's "Producing to riskgate" examples -----------------------------------
+
+README_BOOTSTRAPS = ("127.0.0.1:9092", "kafka:9092")
+"""Where the examples send: the local setup's ``riskgate broker`` (Python), a Kafka (kcat)."""
+
+
+def readme_examples() -> dict[str, tuple[str, str]]:
+    """The section's code blocks by client: (language, code), exactly as a reader copies them."""
+    section = README.read_text().split("\n## Producing to riskgate\n", 1)[1].split("\n## ", 1)[0]
+    found: dict[str, tuple[str, str]] = {}
+    for lang, code in re.findall(r"```(\w+)\n(.*?)```", section, flags=re.DOTALL):
+        if lang == "python" and "from aiokafka import" in code:
+            found["aiokafka"] = (lang, code)
+        elif lang == "python" and "from confluent_kafka import" in code:
+            found["confluent-kafka"] = (lang, code)
+        elif lang == "sh" and re.search(r"\bkcat .*-P\b", code):
+            found["kcat-produce"] = (lang, code)
+        elif lang == "sh" and re.search(r"\bkcat .*-C\b", code):
+            found["kcat-consume"] = (lang, code)
+    assert sorted(found) == ["aiokafka", "confluent-kafka", "kcat-consume", "kcat-produce"]
+    return found
+
+
+def aimed(code: str, bootstrap: str, config: Config) -> str:
+    """The example sent to ``bootstrap`` and to ``config``'s (prefixed) topics, nothing else."""
+    (address,) = [a for a in README_BOOTSTRAPS if a in code]
+    assert code.count(address) == 1, f"{address} more than once in\n{code}"
+    prefix = config.topics.outcomes.removesuffix("trading.outcomes")
+    code, renamed = re.subn(r"(?<![\w.])((?:trading|risk)\.[a-z]+)\b", prefix + r"\1", code)
+    assert renamed == 1, f"one topic per example expected in\n{code}"
+    return code.replace(address, bootstrap)
+
+
+async def _run_example(lang: str, code: str) -> bytes:
+    """Run a Python example with this interpreter, a shell one with bash (pipefail)."""
+    if lang == "python":
+        argv = [sys.executable, "-c", code]
+    else:
+        argv = ["bash", "-c", "set -euo pipefail\n" + code]  # kcat: the one on PATH
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, f"{code}\nexited {proc.returncode}:\n{err.decode()}"
+    return out
+
+
+async def test_readme_producing_examples_feed_a_worker(bootstrap: str, kcat: str) -> None:
+    """README drift fails here: each example of "Producing to riskgate" is run as printed
+    (only the broker address and topic prefix changed) against a worker with the
+    README's limits, and must have been applied, not dead-lettered."""
+    examples = readme_examples()
+    config = await _config(bootstrap)
+    async with running_worker(config, clock=now_ms) as running:
+        alive = running.check_alive
+        for name in ("aiokafka", "confluent-kafka", "kcat-produce"):
+            lang, code = examples[name]
+            await _run_example(lang, aimed(code, bootstrap, config))
+        eth = await _snapshot_where(
+            config, "alpha/risk/ETHUSDT", alive, lambda s: s["session_pnl"]["trades"] == 4
+        )
+        btc = await _snapshot_where(config, "alpha/risk/BTCUSDT", alive, lambda s: True)
+        halts = await _wait_for(config, config.topics.halts, 2, alive)
+        lang, code = examples["kcat-consume"]
+        output = await _run_example(lang, aimed(code, bootstrap, config))
+        letters = await read_topic(config.kafka, config.topics.deadletter)
+    assert letters == []
+    assert (eth["session_pnl"]["realised"], eth["session_pnl"]["fees"]) == (-65.5, 2.0)
+    assert eth["session_pnl"]["halted"] is True
+    assert (btc["position"]["qty"], btc["position"]["avg_price"]) == (0.01, 65000.0)
+    envelopes = [msgspec.json.decode(line) for line in output.splitlines()]
+    assert [(e["key"], e["partition"], e["payload"].encode()) for e in envelopes] == [
+        ("alpha", h.partition, h.value) for h in halts
+    ]
+    assert [msgspec.json.decode(h.value or b"{}")["event_id"] for h in halts] == [
+        "alpha/ETHUSDT/session_halt/1",  # the third aiokafka loss: -54.50 past -50
+        "alpha/ETHUSDT/circuit_breaker/1",  # the kcat loss: the 4th within the window
+    ]
