@@ -10,6 +10,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 import worker.testing.plugin
@@ -69,6 +70,9 @@ async def test_worker_decides_halts_and_publishes_gate_state(riskgate_worker) ->
     assert (decision.allowed, decision.gate) == (False, "session_halt")
     account = await rg.wait_for_gate("bot1", entries_allowed=True)
     assert account.blocks == []  # a session halt blocks its symbol, not the account
+    async with aiohttp.ClientSession() as http, http.get(rg.metrics_url) as got:
+        text = await got.text()
+    assert 'riskgate_halts_total{gate="session_halt",kind="halted"} 1.0' in text.splitlines()
 
 
 async def test_worker_has_topics_of_its_own_deleted_when_it_stops(riskgate_worker) -> None:
