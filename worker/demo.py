@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import random
+import secrets
 import time
 
 import msgspec
@@ -22,6 +24,7 @@ from rich.text import Text
 from worker.app import Worker
 from worker.client import GateView
 from worker.config import Config, load_config
+from worker.console import open_console
 from worker.http import HttpServer
 from worker.kafka.broker import EmbeddedBroker
 from worker.kafka.options import client_kwargs
@@ -48,11 +51,18 @@ port = 0
 [log]
 format = "json"
 level = "WARNING"
+[console]
+host = "127.0.0.1"
+port = 0
 """
 
 
-def demo_config(bootstrap: str, bots: list[str]) -> Config:
+def demo_config(bootstrap: str, bots: list[str], console_token: str = "") -> Config:
+    """``console_token``: the demo console's operator (``demo``) logs in with it."""
     text = DEMO_CONFIG + "".join(f"[bots.{b}]\nsymbols = {list(SYMBOLS)!r}\n" for b in bots)
+    if console_token:
+        digest = hashlib.sha256(console_token.encode()).hexdigest()
+        text += f'[console.users.demo]\nrole = "operator"\ntoken_sha256 = "{digest}"\n'
     text = text.replace("'", '"')
     return load_config(text=text, env={"RISKGATE_KAFKA__BOOTSTRAP_SERVERS": bootstrap})
 
@@ -127,7 +137,8 @@ async def run_demo(duration: float | None = None, bots: int = 3) -> int:
     names = [f"bot{i + 1}" for i in range(bots)]
     console = Console()
     async with EmbeddedBroker() as broker:
-        config = demo_config(broker.bootstrap_servers, names)
+        token = secrets.token_urlsafe(24)
+        config = demo_config(broker.bootstrap_servers, names, token)
         await ensure_topics(config.kafka, config.topics)
         worker = Worker(config)
         http = HttpServer(worker, worker.metrics.registry, "127.0.0.1", 0)
@@ -141,10 +152,13 @@ async def run_demo(duration: float | None = None, bots: int = 3) -> int:
         await view.start()
         started = time.monotonic()
         try:
-            with Live(console=console, refresh_per_second=4) as live:
-                while duration is None or time.monotonic() - started < duration:
-                    live.update(_render(view, halts, time.monotonic() - started, http.port))
-                    await asyncio.sleep(0.25)
+            async with open_console(config) as web:
+                # The token rides in the fragment: the page logs in with it; no server sees it.
+                console.print(f"console (operator demo): {web.url}#token={token}", soft_wrap=True)
+                with Live(console=console, refresh_per_second=4) as live:
+                    while duration is None or time.monotonic() - started < duration:
+                        live.update(_render(view, halts, time.monotonic() - started, http.port))
+                        await asyncio.sleep(0.25)
         except (KeyboardInterrupt, asyncio.CancelledError):
             pass
         finally:
