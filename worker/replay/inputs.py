@@ -248,12 +248,15 @@ def decode_record(
 
 
 async def read_topics(config: Config, start_ms: int, end_ms: int) -> list[InputRecord]:
-    """The input topics' records between two record times, read-only and outside any group.
+    """The input topics' records whose record time is in ``[start_ms, end_ms]``, read-only,
+    outside any group, each partition in offset order (as the worker consumed it).
 
-    Per partition: from the first offset at or after ``start_ms`` to the first
-    after ``end_ms`` (``offsets_for_times``), in offset order, as the worker
-    consumed them. A record off its bot's home partition is the dead letter the
-    worker made of it (``bot_partition_mismatch``).
+    Each partition is read from the first offset at or after ``start_ms``
+    (``offsets_for_times``) to its end offset when the read began; the end is
+    judged by each record's timestamp, not looked up, because a partition's
+    timestamps need not grow with offsets (and some brokers, e.g. Tansu, answer
+    the time lookup only approximately). A record off its bot's home partition
+    is the dead letter the worker made of it (``bot_partition_mismatch``).
     """
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -288,15 +291,13 @@ async def read_topics(config: Config, start_ms: int, end_ms: int) -> list[InputR
             raise InputError(f"none of the input topics exists: {', '.join(kinds)}")
         ends = await consumer.end_offsets(tps)
         starts = await consumer.offsets_for_times(dict.fromkeys(tps, start_ms))
-        stops = await consumer.offsets_for_times(dict.fromkeys(tps, end_ms + 1))
         counts = {t: len(consumer.partitions_for_topic(t) or ()) for t in kinds}
         per_tp: dict[TopicPartition, list[InputRecord]] = {tp: [] for tp in tps}
         bounds: dict[TopicPartition, tuple[int, int]] = {}
         for tp in tps:
             first = starts[tp].offset if starts[tp] is not None else ends[tp]
-            stop = stops[tp].offset if stops[tp] is not None else ends[tp]
-            if stop > first:
-                bounds[tp] = (first, stop)
+            if ends[tp] > first:
+                bounds[tp] = (first, ends[tp])
         consumer.assign(list(bounds))
         for tp, (first, _) in bounds.items():
             consumer.seek(tp, first)
@@ -310,6 +311,8 @@ async def read_topics(config: Config, start_ms: int, end_ms: int) -> list[InputR
                 for r in records:
                     if r.offset >= stop:
                         break
+                    if not start_ms <= r.timestamp <= end_ms:
+                        continue
                     rec = decode_record(
                         kinds[tp.topic],
                         source=source,
