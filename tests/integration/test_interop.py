@@ -20,9 +20,7 @@ these tests skip, and fail under ``CI=true``.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import shutil
 import sys
 import time
 import uuid
@@ -48,6 +46,7 @@ from tests.support.harness import (
     wait_until,
 )
 from tests.support.kcat_shim import broker_behind_shim
+from tests.support.system import require_program
 from worker.config import Config
 
 pytestmark = pytest.mark.broker
@@ -74,20 +73,10 @@ max_concurrent_positions = 3
 _encode = msgspec.json.Encoder().encode
 
 
-def _ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
-
 @pytest.fixture(scope="module")
 def kcat() -> str:
     """Debian's kcat; missing is a skip here and a failure in CI (the set-up installs it)."""
-    path = shutil.which("kcat")
-    if path is None:
-        message = "kcat is not installed (`make system-deps` installs Debian's kcat)"
-        if _ci():
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return require_program("kcat", package="kcat")
 
 
 @pytest.fixture(scope="module")
