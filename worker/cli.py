@@ -28,6 +28,7 @@ import click
 from worker.config import Config, ConfigError, load_config
 from worker.messages import Command
 from worker.operator import SECRET_ENV, OperatorError
+from worker.replay.command import replay_command
 
 T = TypeVar("T")
 
@@ -227,6 +228,7 @@ def broker(port: int, host: str) -> None:
 
 for _command in ("halt", "resume", "reset_breaker", "reset_session"):
     main.add_command(_control(_command), _command.replace("_", "-"))
+main.add_command(replay_command)
 
 
 if __name__ == "__main__":  # pragma: no cover
