@@ -46,10 +46,12 @@ class SymbolRow(msgspec.Struct, frozen=True):
     trades: int
     recent_losses: int
     position_qty: float
-    updated_ts: int
 
 
 class BotRow(msgspec.Struct, frozen=True):
+    """No ``updated_ts``: heartbeats would change the document (and every page) each
+    time; ``stale`` says what they mean, the PnL points carry the worker's times."""
+
     bot: str
     state: RowState
     stale: bool
@@ -58,7 +60,6 @@ class BotRow(msgspec.Struct, frozen=True):
     account_net_pnl: float | None
     open_positions: int | None
     gross_exposure: float | None
-    updated_ts: int | None
     symbols: list[SymbolRow]
     pnl: list[tuple[int, float]]
     """The day's account net PnL as ``(worker ts, value)`` points, oldest first."""
@@ -175,7 +176,6 @@ class Board:
                 trades=r.trades,
                 recent_losses=r.recent_losses,
                 position_qty=r.position_qty,
-                updated_ts=r.updated_ts,
             )
             for r in records
         ]
@@ -189,7 +189,6 @@ class Board:
             account_net_pnl=account.account_net_pnl if account is not None else None,
             open_positions=account.open_positions if account is not None else None,
             gross_exposure=account.gross_exposure if account is not None else None,
-            updated_ts=account.updated_ts if account is not None else None,
             symbols=rows,
             pnl=list(spark.points) if spark is not None else [],
         )

@@ -212,7 +212,7 @@ function renderDetail(board) {
       el("td", { class: "num" }, money(s.net_pnl)), el("td", { class: "num" }, s.trades), el("td", { class: "num" }, s.recent_losses), el("td", { class: "num" }, qty(s.position_qty))))));
   const events = board.timeline.filter((e) => e.bot === bot.bot).slice(0, 50);
   $("detail-body").replaceChildren(
-    el("p", {}, `account net PnL ${money(bot.account_net_pnl)} · open positions ${bot.open_positions ?? "–"} · gross exposure ${money(bot.gross_exposure)} · last record ${bot.updated_ts ? utcDate(bot.updated_ts) : "never"}`),
+    el("p", {}, `account net PnL ${money(bot.account_net_pnl)} · open positions ${bot.open_positions ?? "–"} · gross exposure ${money(bot.gross_exposure)}${bot.pnl.length ? ` · PnL last changed ${utcDate(bot.pnl[bot.pnl.length - 1][0])}` : ""}`),
     el("div", { class: "bot-blocks" }, ...bot.blocks.map((b) => el("div", {}, el("b", {}, b.gate), `: ${b.reason}${b.until_ts ? ` (until ${utc(b.until_ts)}Z)` : ""}`))),
     sparkline(bot.pnl, 480, 80), table,
     el("h3", {}, "recent events"),
