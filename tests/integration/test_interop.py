@@ -194,6 +194,23 @@ async def _kcat_read(kcat: str, bootstrap: str, topic: str) -> list[Record]:
     return sorted(records, key=lambda r: (r.partition, r.offset))
 
 
+async def _send(
+    producer: str,
+    kcat: str,
+    bootstrap: str,
+    topic: str,
+    values: list[bytes],
+    *,
+    partitioner: str = "murmur2_random",
+) -> None:
+    """``values`` keyed by the bot, in order, with ``producer``: kcat or confluent-kafka."""
+    if producer == "kcat":
+        await _kcat_produce(kcat, bootstrap, topic, values, partitioner=partitioner)
+    else:
+        records = [(topic, v, 0) for v in values]
+        await asyncio.to_thread(_confluent_produce, bootstrap, records, partitioner=partitioner)
+
+
 # -- the scenario --------------------------------------------------------------------
 
 
@@ -276,23 +293,9 @@ async def test_librdkafka_producer_feeds_halts_and_decisions_both_clients_read(
     intents = [_intent("i-eth-1", "ETHUSDT", 3500.0, now), _intent("i-btc-1", "BTCUSDT", 65e3, now)]
     async with running_worker(config, clock=now_ms) as running:
         alive = running.check_alive
-        if producer == "kcat":
-            await _kcat_produce(
-                kcat, bootstrap, topics.outcomes, losses, partitioner="murmur2_random"
-            )
-        else:
-            await asyncio.to_thread(
-                _confluent_produce, bootstrap, [(topics.outcomes, v, 0) for v in losses]
-            )
+        await _send(producer, kcat, bootstrap, topics.outcomes, losses)
         (halt,) = await _read_back_with_both(config, kcat, topics.halts, 1, alive)
-        if producer == "kcat":
-            await _kcat_produce(
-                kcat, bootstrap, topics.intents, intents, partitioner="murmur2_random"
-            )
-        else:
-            await asyncio.to_thread(
-                _confluent_produce, bootstrap, [(topics.intents, v, 0) for v in intents]
-            )
+        await _send(producer, kcat, bootstrap, topics.intents, intents)
         decisions = await _read_back_with_both(config, kcat, topics.decisions, 2, alive)
         inputs = [*await read_topic(config.kafka, topics.outcomes)]
         inputs += await read_topic(config.kafka, topics.intents)
@@ -335,19 +338,10 @@ async def test_librdkafka_default_partitioner_is_dead_lettered_bot_partition_mis
     now = now_ms()
     stray, good = _outcome("BTCUSDT", -5.0, now, 0), _outcome("BTCUSDT", -5.0, now, 1)
     async with running_worker(config, clock=now_ms) as running:
-        if producer == "kcat":
-            await _kcat_produce(
-                kcat, bootstrap, topics.outcomes, [stray], partitioner="consistent_random"
-            )
-            await _kcat_produce(
-                kcat, bootstrap, topics.outcomes, [good], partitioner="murmur2_random"
-            )
-        else:
-            out = topics.outcomes
-            await asyncio.to_thread(
-                _confluent_produce, bootstrap, [(out, stray, 0)], partitioner="consistent_random"
-            )
-            await asyncio.to_thread(_confluent_produce, bootstrap, [(out, good, 0)])
+        await _send(
+            producer, kcat, bootstrap, topics.outcomes, [stray], partitioner="consistent_random"
+        )
+        await _send(producer, kcat, bootstrap, topics.outcomes, [good])
         (letter,) = await _read_back_with_both(
             config, kcat, topics.deadletter, 1, running.check_alive
         )
