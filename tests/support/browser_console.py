@@ -133,4 +133,8 @@ class Page:
 
     def severe_console_messages(self) -> list[str]:
         """The page's console errors since the last call (read from the driver's log)."""
-        return [m["message"] for m in self.driver.get_log("browser") if m["level"] == "SEVERE"]
+        return [
+            m["message"]
+            for m in self.driver.get_log("browser")  # type: ignore[no-untyped-call]
+            if m["level"] == "SEVERE"
+        ]
