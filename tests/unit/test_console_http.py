@@ -9,6 +9,7 @@ sent can be read back exactly.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 from aiokafka.errors import KafkaConnectionError
 
+from tests.support.harness import PROJECT_ROOT
 from worker.client import GateView
 from worker.config import Config, ConfigError, load_config
 from worker.console.actions import ACTIONS, Actions
@@ -421,3 +423,19 @@ async def test_console_responses_forbid_framing_and_inline_script(env: Env) -> N
     csp = response.headers["Content-Security-Policy"]
     assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
     assert response.headers["X-Frame-Options"] == "DENY"
+
+
+def test_console_deploy_example_parses_when_uncommented() -> None:
+    """The commented [console] tables of deploy/riskgate.toml are a valid config."""
+    lines = (PROJECT_ROOT / "deploy" / "riskgate.toml").read_text().splitlines()
+    start = lines.index("# [console]")
+    toml = re.compile(r"^# (\[[\w.]+\]|\w+ = )")  # the settings, not the prose around them
+    block = [line.removeprefix("# ") for line in lines[start:] if toml.match(line)]
+    text = "\n".join(block).replace("<64 hex digits>", "0" * 64)
+    console = load_config(text=text, env={}).console
+    assert (console.port, console.tls_keyfile, sorted(console.users)) == (
+        8787,
+        "/etc/riskgate-secrets/console.key",
+        ["alice", "noc"],
+    )
+    assert (console.users["alice"].role, console.users["noc"].role) == ("operator", "viewer")
