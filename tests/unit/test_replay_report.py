@@ -306,3 +306,10 @@ def test_the_command_writes_both_reports_and_the_dead_letters(tmp_path: Path) ->
     html = (out_dir / "report.html").read_text()
     assert "<script" not in html and "http" not in html.split("</style>")[0]
     assert "net PnL with the limits" in html
+
+
+def test_docs_state_the_counterfactual_rule_word_for_word() -> None:
+    from worker.replay.counterfactual import RULE
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "replay.md").read_text()
+    assert [line for line in RULE if f"- {line}\n" not in docs] == []
