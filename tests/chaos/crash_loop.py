@@ -6,19 +6,32 @@ supervisor runs ``riskgate run --config FILE`` and SIGKILLs it again and again
 (``--kills`` times) at seeded random moments - sometimes while it is still
 starting, joining the group or restoring, mostly a random instant after it
 made progress - and restarts it each time. A last run (ended by SIGTERM)
-finishes the stream. Then:
+finishes the stream.
+
+The breaker window, the cooldown and the reservation TTL are short
+(``--expiry-secs``), so the wall clock ends trips, evicts losses and expires
+reservations during the run, and the stream goes out in epochs
+(:mod:`tests.support.epochs`): each epoch's data, then signed ``reset_breaker``
+/ ``reset_session`` commands (bot-wide and per symbol) with a replayed, a stale
+and a forged command on the control topic, then a wait until the clock has
+passed every boundary the epoch set. Then:
 
 * the state on the compacted snapshot topic (last value per key) must equal the
   reference - the same input through the contract's independent model
-  (``tests/support/model.py``), event for event: session PnL, breaker and
-  position of every symbol, manual halts, the portfolio latch, and the
-  reservations of the intents-only bots (see ``harness.symbol_view`` /
-  ``portfolio_view`` for what is compared and why other reservations are not);
+  (``tests/support/model.py``), epoch by epoch with one sweep after each:
+  session PnL, breaker and position of every symbol, manual halts, the portfolio
+  latch, and the reservations of the intents-only bots (see
+  ``tests.support.compare.symbol_view`` / ``portfolio_view`` for what is compared
+  and why other reservations are not); the last gate record per key must block
+  as the model does;
 * every halt/resume the model emitted was published at least once, under the
   model's ``event_id``, no other one was, and no ``event_id`` names two events;
+  a clock-caused one is not stamped before its boundary (a cooldown never ends
+  early) and otherwise matches but for its ``ts`` (the sweep's wall time);
 * every intent got a decision echoing it; the intents-only bots' decisions say
-  exactly what the model's say (allowed, gate); every bad record reached the
-  dead-letter topic.
+  exactly what the model's say (allowed, gate); every record the model refuses
+  (bad input, and the replayed, stale and forged commands) reached the
+  dead-letter topic with the model's reason.
 
 Usage (from the project root)::
 
@@ -36,10 +49,12 @@ import random
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.epochs import SECRET, Epoch, barrier_commands, reference, split, stamp
 from tests.support.harness import (
     Feed,
     Produced,
@@ -57,14 +72,14 @@ from tests.support.reliability import (
     Verdict,
     avoid_utc_midnight,
     error_lines,
+    fmt_ints,
     generate_workload,
     judge,
-    reference_run,
     stopping,
 )
 from worker.config import load_config
 from worker.kafka.broker import EmbeddedBroker
-from worker.messages import OrderIntent
+from worker.messages import Event
 
 
 @dataclass
@@ -80,8 +95,19 @@ class CrashLoopReport:
     duplicates: int = 0
     bad_records: int = 0
     bots: int = 0
+    epochs: int = 0
+    late_epochs: list[int] = field(default_factory=list)
+    """Epochs committed only after the clock could expire their state: not comparable."""
+    expiry_secs: int = 0
+    epoch_commit_ms: list[int] = field(default_factory=list)
+    """Per epoch, first record to all committed (must stay under the expiry)."""
+    barrier_commands: int = 0
+    reset_events: int = 0
+    """Halt events the model says the resets cause (a trip or session halt they end)."""
     exact_intents: int = 0
     """Intent ids of the intents-only bots, whose decisions are compared with the model's."""
+    refused: Counter[str] = field(default_factory=Counter)
+    """Records the model refuses, by reason (each must be dead-lettered with it)."""
     seconds: float = 0.0
     final_rc: int | None = None
     error_log_lines: int = 0
@@ -89,7 +115,7 @@ class CrashLoopReport:
 
     @property
     def mismatches(self) -> int:
-        return self.verdict.mismatches
+        return self.verdict.mismatches + len(self.late_epochs)
 
     @property
     def ok(self) -> bool:
@@ -106,6 +132,12 @@ class CrashLoopReport:
             f"events produced:          {self.events} ({self.unique_events} unique,"
             f" {self.duplicates} re-sent duplicates, {self.bad_records} bad records)"
             f" for {self.bots} bots",
+            f"epochs:                   {self.epochs} (window = cooldown = reservation TTL"
+            f" = {self.expiry_secs}s; late: {self.late_epochs or 'none'};"
+            f" committed after {fmt_ints(self.epoch_commit_ms)} ms)",
+            f"barrier commands:         {self.barrier_commands}"
+            f" ({self.reset_events} resets ended a block)",
+            f"refused records:          {dict(sorted(self.refused.items()))}",
             *self.verdict.lines(),
             f"mismatches:               {self.mismatches}",
             f"error-level log lines:    {self.error_log_lines} (SIGKILLs may leave some)",
@@ -122,15 +154,24 @@ async def run_crash_loop(
     seed: int,
     bots: int = 16,
     partitions: int = 4,
-    rate: float | None = None,
+    epochs: int = 3,
+    expiry_secs: int = 15,
     session_timeout_ms: int = 1_000,
     startup_kill_share: float = 0.3,
     say: Callable[[str], None] = lambda _: None,
 ) -> CrashLoopReport:
-    """Run the whole scenario against ``bootstrap``; never leaves the worker running."""
+    """Run the whole scenario against ``bootstrap``; never leaves the worker running.
+
+    The stream goes out in ``epochs`` (see :mod:`tests.support.epochs`) with the
+    breaker window, the cooldown and the reservation TTL all ``expiry_secs``, so
+    trips end, losses leave the window and reservations expire by the wall clock
+    during the run, while the kills go on regardless of epochs.
+    """
     started = time.monotonic()
-    report = CrashLoopReport(seed=seed)
-    workload = generate_workload(seed, events, bots=bots)
+    report = CrashLoopReport(seed=seed, epochs=epochs, expiry_secs=expiry_secs)
+    workload = generate_workload(
+        seed, events, bots=bots, window=(0, 1), expiry_secs=expiry_secs, control_secret=SECRET
+    )
     config_path = workdir / "riskgate.toml"
     config_path.write_text(
         config_text(
@@ -142,46 +183,85 @@ async def run_crash_loop(
     )
     config = load_config(config_path, env={})
     await create_topics(config)
-    records = [as_raw(config, e) for e in workload.stream]
-    report.events = len(records)
     report.unique_events = workload.unique_ids()
     report.duplicates = workload.duplicates
-    report.bad_records = len(workload.invalid)
     report.bots = len(workload.bots)
-    report.exact_intents = len(
-        {
-            e.intent_id
-            for e in workload.valid
-            if isinstance(e, OrderIntent) and e.bot in workload.exact_bots
-        }
-    )
-    # Spread the stream over the kill phase (about 2.5 s per cycle) unless told otherwise.
-    rate = rate or max(200.0, len(records) / max(1.0, kills * 2.5))
+    chunks = split(workload.stream, epochs)
+    expiry_ms = expiry_secs * 1000
+    # Each epoch's data goes out within a quarter of the expiry: the rest of it is the
+    # budget for kills, restarts and catching up before the clock may expire anything.
+    rate = max(200.0, max(len(c) for c in chunks) / (expiry_secs / 4))
     say(
-        f"{len(records)} records for {len(workload.bots)} bots at ~{rate:.0f}/s;"
-        f" {kills} SIGKILLs; logs in {workdir}"
+        f"{len(workload.stream)} records for {len(workload.bots)} bots in {epochs} epochs"
+        f" at ~{rate:.0f}/s; expiry {expiry_secs}s; {kills} SIGKILLs; logs in {workdir}"
     )
 
     produced: list[Produced] = []
+    sent: list[Epoch] = []
     rng = random.Random(seed ^ 0x5EED)
+    barrier_rng = random.Random(seed ^ 0xBA22)
     worker = RiskgateProcess(config_path, workdir / "worker.log")
     inputs = (config.topics.fills, config.topics.outcomes, config.topics.intents)
+    watched = (*inputs, config.topics.control)
     async with (
         stopping(worker),
         Feed(config.kafka) as feed,
-        OffsetWatcher(config.kafka, config.kafka.group_id, inputs) as offsets,
+        OffsetWatcher(config.kafka, config.kafka.group_id, watched) as offsets,
     ):
 
-        async def stream() -> None:
-            chunk = max(1, int(rate / 20))  # ~20 sends a second
-            for i in range(0, len(records), chunk):
+        async def all_committed() -> bool:
+            committed = await offsets.committed()
+            ends: dict[tuple[str, int], int] = {}
+            for p in produced:
+                ends[(p.topic, p.partition)] = max(
+                    ends.get((p.topic, p.partition), 0), p.offset + 1
+                )
+            return all(committed[tp] >= ends.get((tp.topic, tp.partition), 0) for tp in committed)
+
+        async def send(records: list[Event], pace: float | None) -> None:
+            raws = [as_raw(config, e) for e in records]
+            chunk = max(1, int(rate / 20)) if pace else len(raws)  # ~20 sends a second
+            for i in range(0, len(raws), chunk):
                 began = time.monotonic()
-                produced.extend(await feed.send(records[i : i + chunk]))
-                await asyncio.sleep(max(0.0, chunk / rate - (time.monotonic() - began)))
+                produced.extend(await feed.send(raws[i : i + chunk]))
+                if pace:
+                    await asyncio.sleep(max(0.0, chunk / pace - (time.monotonic() - began)))
+
+        async def committed_all(what: str) -> None:
+            await wait_until(all_committed, within=120, what=what, interval=0.1)
+
+        async def stream() -> None:
+            # A cold start (imports, first join) is not charged to the first epoch's budget.
+            async def started() -> bool:
+                return _restores(worker.log_path) > 0
+
+            await wait_until(started, within=120, what="a first worker run to restore")
+            stamped: dict[int, Event] = {}
+            for k, chunk in enumerate(chunks):
+                epoch = Epoch(start_ms=now_ms())
+                span_ms = int(len(chunk) / rate * 1000)
+                epoch.events = stamp(chunk, epoch.start_ms, span_ms, SECRET, stamped)
+                await send(epoch.events, rate)
+                await committed_all(f"epoch {k} data to be committed")
+                epoch.barrier = list(barrier_commands(barrier_rng, workload.bots, now_ms(), SECRET))
+                await send(epoch.barrier, None)
+                await committed_all(f"epoch {k} barrier commands to be committed")
+                epoch.committed_ms = now_ms()
+                report.epoch_commit_ms.append(epoch.committed_ms - epoch.start_ms)
+                if epoch.late(expiry_ms):
+                    report.late_epochs.append(k)
+                # Past every boundary the epoch set, and two sweeps after that.
+                sweep_ms = config.worker.sweep_interval_ms
+                await asyncio.sleep(
+                    (epoch.committed_ms + expiry_ms + 2 * sweep_ms - now_ms()) / 1e3
+                )
+                epoch.swept_ms = now_ms()
+                sent.append(epoch)
 
         producer = asyncio.create_task(stream(), name="chaos-producer")
         try:
             for n in range(kills):
+                restores = _restores(worker.log_path)
                 worker.start()
                 before = await offsets.committed_total()
                 if rng.random() < startup_kill_share:
@@ -191,8 +271,13 @@ async def run_crash_loop(
                 else:
                     delay = rng.uniform(0.0, 1.5)
 
-                    async def progressed(before: int = before) -> bool:
-                        return await offsets.committed_total() > before or producer.done()
+                    async def progressed(before: int = before, restores: int = restores) -> bool:
+                        # Between epochs there is nothing to commit: a restore will do.
+                        return (
+                            await offsets.committed_total() > before
+                            or producer.done()
+                            or (await offsets.lag() == 0 and _restores(worker.log_path) > restores)
+                        )
 
                     await wait_until(
                         progressed,
@@ -202,71 +287,68 @@ async def run_crash_loop(
                         alive=worker.check_alive,
                     )
                     await asyncio.sleep(delay)
-                    if not producer.done() or await offsets.lag() > 0:
+                    if await offsets.lag() > 0:
                         report.kills_mid_stream += 1
                 worker.check_alive()  # it must only ever die by our hand
+                if producer.done():
+                    producer.result()  # a failed epoch fails the run now
                 worker.kill()
                 report.kills += 1
                 if (n + 1) % 10 == 0 or n + 1 == kills:
                     say(
-                        f"  {n + 1}/{kills} kills; {len(produced)}/{len(records)} produced;"
-                        f" {await offsets.committed_total()} committed"
+                        f"  {n + 1}/{kills} kills; {len(sent)}/{epochs} epochs;"
+                        f" {len(produced)} produced; {await offsets.committed_total()} committed"
                     )
+            # The last run serves the rest of the epochs and stops cleanly. It is stopped
+            # only once it has restored (so it runs its signal handlers).
+            restores = _restores(worker.log_path)
+            worker.start()
+
+            async def restored() -> bool:
+                return _restores(worker.log_path) > restores
+
+            await wait_until(
+                restored,
+                within=60,
+                what="the last worker run to restore",
+                interval=0.1,
+                alive=worker.check_alive,
+            )
             await producer
         finally:
             if not producer.done():
                 producer.cancel()
-        # The last run finishes the stream and stops cleanly. It is stopped only once
-        # it has restored (so it runs its signal handlers): when the killed runs had
-        # already committed everything, "caught up" holds the moment it starts, and a
-        # SIGTERM that lands while the interpreter is still importing ends it as -15.
-        restores = _restores(worker.log_path)
-        worker.start()
-
-        async def restored() -> bool:
-            return _restores(worker.log_path) > restores
-
-        await wait_until(
-            restored,
-            within=60,
-            what="the last worker run to restore",
-            interval=0.1,
-            alive=worker.check_alive,
-        )
-
-        async def caught_up() -> bool:
-            committed = await offsets.committed()
-            ends: dict[tuple[str, int], int] = {}
-            for p in produced:
-                ends[(p.topic, p.partition)] = max(
-                    ends.get((p.topic, p.partition), 0), p.offset + 1
-                )
-            return all(committed[tp] >= ends.get((tp.topic, tp.partition), 0) for tp in committed)
-
-        await wait_until(
-            caught_up,
-            within=120 + len(records) / 200,
-            what="the last worker run to commit everything",
-            interval=0.25,
-            alive=worker.check_alive,
-        )
+        await committed_all("the last worker run to commit everything")
         report.final_rc = worker.terminate(grace=30)
         report.worker_runs = len(worker.runs)
 
     say("comparing with the reference ...")
-    expected, effects = reference_run(config, workload.stream, now_ms())
+    expected = reference(config, sent)
+    report.events = len(produced)
+    report.barrier_commands = sum(len(e.barrier) for e in sent)
+    report.reset_events = sum(
+        "/cmd-" in h.event_id and h.gate in ("session_halt", "circuit_breaker")
+        for h in expected.halts
+    )
+    report.refused = Counter(reason for _, reason in expected.rejected)
+    report.bad_records = len(expected.rejected)
+    report.exact_intents = len(
+        {i.intent_id for i in expected.intents if i.bot in workload.exact_bots}
+    )
     topics = config.topics
     report.verdict = judge(
-        expected,
-        effects,
+        expected.model,
+        expected.halts,
         await latest(config.kafka, topics.snapshots),
         await read_topic(config.kafka, topics.halts, within=60),
         await read_topic(config.kafka, topics.decisions, within=60),
         await read_topic(config.kafka, topics.deadletter, within=60),
-        intents=[e for e in workload.valid if isinstance(e, OrderIntent)],
-        rejected_at=[produced[i] for i in sorted(workload.invalid)],
+        intents=expected.intents,
+        rejected_at=[produced[i] for i, _ in expected.rejected],
+        rejected_reasons=[reason for _, reason in expected.rejected],
         exact_bots=workload.exact_bots,
         gates=await latest(config.kafka, topics.gates),
+        clock_halts=expected.clock_halts,
     )
     report.error_log_lines = len(error_lines(worker.log_path))
     report.seconds = time.monotonic() - started
@@ -289,7 +371,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--bots", type=int, default=16)
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--rate", type=float, default=None, help="records/s (default: spread)")
+    parser.add_argument("--epochs", type=int, default=12, help="epochs (see tests.support.epochs)")
+    parser.add_argument(
+        "--expiry-secs", type=int, default=15, help="breaker window, cooldown, reservation TTL"
+    )
     parser.add_argument("--session-timeout-ms", type=int, default=1_000)
     parser.add_argument("--bootstrap", default=None, help="use this broker, not an embedded one")
     parser.add_argument("--workdir", type=Path, default=None, help="keep config and logs here")
@@ -300,8 +385,9 @@ async def _main(args: argparse.Namespace) -> int:
     def say(text: str) -> None:
         print(text, flush=True)
 
-    # Roughly: restarts cost a few seconds each, plus the stream's own pace.
-    await avoid_utc_midnight(args.kills * 8 + args.events / 500 + 120, say=say)
+    # Roughly: restarts cost a few seconds each, plus the stream's own pace and the epochs.
+    needed = args.kills * 8 + args.events / 500 + args.epochs * (args.expiry_secs + 5) + 120
+    await avoid_utc_midnight(needed, say=say)
     with tempfile.TemporaryDirectory(prefix="riskgate-chaos-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -319,7 +405,8 @@ async def _main(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 bots=args.bots,
                 partitions=args.partitions,
-                rate=args.rate,
+                epochs=args.epochs,
+                expiry_secs=args.expiry_secs,
                 session_timeout_ms=args.session_timeout_ms,
                 say=say,
             )

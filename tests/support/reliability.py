@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,6 +251,11 @@ class Workload:
     invalid: set[int] = field(default_factory=set)
     """Indices of events the engine must reject (dead-lettered, never applied)."""
     duplicates: int = 0
+    window_secs: int = 14_400
+    cooldown_secs: int = 21_600
+    reservation_ttl_ms: int = RESERVATION_TTL_MS
+    control_secret: str | None = None
+    """With a secret, every command must be signed (see :mod:`tests.support.epochs`)."""
 
     def body(self) -> str:
         """The ``[defaults.*]`` and ``[bots.*]`` tables of the worker's config."""
@@ -259,12 +264,15 @@ class Workload:
             "loss_limit = -150.0",
             "[defaults.breaker]",
             "loss_limit = 8",
-            # Window and cooldown far longer than any run: nothing may expire by the
-            # wall clock mid-run, or the state would depend on when sweeps happened.
-            "window_secs = 14400",
-            "cooldown_secs = 21600",
+            # By default window and cooldown are far longer than any run: nothing may
+            # expire by the wall clock mid-run, or the state would depend on when sweeps
+            # happened. Short ones need a stream cut into epochs (tests.support.epochs).
+            f"window_secs = {self.window_secs}",
+            f"cooldown_secs = {self.cooldown_secs}",
             "",
         ]
+        if self.control_secret is not None:
+            lines += ["[control]", f'secret = "{self.control_secret}"', ""]
         for bot in self.bots:
             symbols = ", ".join(f'"{s}"' for s in bot.symbols)
             lines += [
@@ -291,12 +299,13 @@ class Workload:
     def worker_toml(self) -> str:
         """A ``[worker]`` table that makes every intent's decision deterministic.
 
-        With a reservation TTL far longer than a run, no intent is answered
-        ``expired`` and no reservation expires on the wall clock, so the decisions
-        for the intents-only bots (and their reservations) are a function of the
-        intents topic alone, and :func:`judge` can compare them with the model's.
+        With a reservation TTL far longer than a run (the default), no intent is
+        answered ``expired`` and no reservation expires on the wall clock, so the
+        decisions for the intents-only bots (and their reservations) are a function
+        of the intents topic alone, and :func:`judge` can compare them with the
+        model's. A short TTL is exact only in epochs (``tests.support.epochs``).
         """
-        return f"[worker]\nreservation_ttl_ms = {RESERVATION_TTL_MS}\n"
+        return f"[worker]\nreservation_ttl_ms = {self.reservation_ttl_ms}\n"
 
     @property
     def exact_bots(self) -> list[str]:
@@ -329,6 +338,8 @@ def generate_workload(
     span_ms: int = 60 * MIN_MS,
     window: tuple[int, int] | None = None,
     gate_bots: int = 2,
+    expiry_secs: int | None = None,
+    control_secret: str | None = None,
 ) -> Workload:
     """``events`` records for ``bots`` bots, stamped over the last ``span_ms`` of today (UTC).
 
@@ -343,7 +354,9 @@ def generate_workload(
     and outcomes are re-sent 1-15 records later (a producer retry: same id, new
     offset), 0.5% are bad input the worker must dead-letter, 0.3% are operator
     halt/resume commands. The other bots' intents only name symbols that
-    already traded.
+    already traded. ``expiry_secs`` sets the breaker window, the cooldown and the
+    reservation TTL (default: hours); ``control_secret`` makes the worker demand
+    signed commands.
 
     All of it keeps the state independent of how the worker interleaves its
     input topics (it reads fills, outcomes, intents and control from separate
@@ -441,7 +454,12 @@ def generate_workload(
     for late in resend.values():
         stream.extend(late)
         duplicates += len(late)
-    return Workload(seed, specs + gate_specs, stream, invalid, duplicates)
+    workload = Workload(seed, specs + gate_specs, stream, invalid, duplicates)
+    workload.control_secret = control_secret
+    if expiry_secs is not None:
+        workload.window_secs = workload.cooldown_secs = expiry_secs
+        workload.reservation_ttl_ms = expiry_secs * 1000
+    return workload
 
 
 def _bad_event(rng: random.Random, bot: BotSpec, i: int, ts: int) -> Event:
@@ -564,6 +582,11 @@ class Verdict:
     decisions_wrong: list[str] = field(default_factory=list)
     deadletters_expected: int = 0
     deadletters_missing: list[str] = field(default_factory=list)
+    deadletter_reasons_wrong: list[str] = field(default_factory=list)
+    clock_halts: int = 0
+    """Halt events the wall clock caused (their ``ts`` is the sweep's: checked, not matched)."""
+    halts_early: list[str] = field(default_factory=list)
+    """Clock-caused events stamped before the time the clock had to pass (a cooldown's end)."""
 
     @property
     def mismatches(self) -> int:
@@ -578,6 +601,8 @@ class Verdict:
                 self.decisions_missing,
                 self.decisions_wrong,
                 self.deadletters_missing,
+                self.deadletter_reasons_wrong,
+                self.halts_early,
             )
         )
 
@@ -591,12 +616,13 @@ class Verdict:
             f" (missing {len(self.halts_missing)}, unexpected {len(self.halts_unexpected)},"
             f" event_id conflicts {len(self.halt_id_conflicts)},"
             f" ids not the model's {len(self.halt_ids_wrong)})",
+            f"clock-caused halt events: {self.clock_halts} (early {len(self.halts_early)})",
             f"intents answered:         {self.intents - len(self.decisions_missing)}"
             f"/{self.intents}",
             f"decisions compared:       {self.decisions_compared}"
             f" (wrong {len(self.decisions_wrong)})",
             f"dead letters:             {self.deadletters_expected - len(self.deadletters_missing)}"
-            f"/{self.deadletters_expected}",
+            f"/{self.deadletters_expected} (wrong reason {len(self.deadletter_reasons_wrong)})",
         ]
         for title, items in (
             ("state", self.state_mismatches),
@@ -607,6 +633,8 @@ class Verdict:
             ("unanswered intent", self.decisions_missing),
             ("wrong decision", self.decisions_wrong),
             ("missing dead letter", self.deadletters_missing),
+            ("dead-letter reason", self.deadletter_reasons_wrong),
+            ("early clock event", self.halts_early),
         ):
             out.extend(f"  {title}: {item}" for item in items[:10])
         return out
@@ -632,6 +660,8 @@ def judge(
     rejected_at: Iterable[Produced],
     exact_bots: Iterable[str] = (),
     gates: dict[str, Record] | None = None,
+    rejected_reasons: Sequence[str] | None = None,
+    clock_halts: Mapping[str, int] | None = None,
 ) -> Verdict:
     """Compare what the worker left on the topics with the reference model.
 
@@ -642,33 +672,48 @@ def judge(
     the content of every decision and the outstanding reservations are compared
     too; for the others a decision must answer its intent and echo it. ``gates``
     (the last gate record per key), when given, must block exactly as the model.
+    ``rejected_reasons`` (one per ``rejected_at``): the reason each dead letter must
+    carry. ``clock_halts``: the ids of the model's halt events a sweep caused, each
+    with the earliest ``ts`` the worker may stamp it with (its sweep ran at a wall
+    time the model cannot know, so only the rest of such an event must match).
     """
     v = Verdict()
     exact = set(exact_bots)
     _judge_state(v, expected, snapshots, exact)
     if gates is not None:
         _judge_gates(v, expected_gates(expected), published_gates(gates))
-    _judge_halts(v, expected_halt_views, published_halts(halts))
+    _judge_halts(v, expected_halt_views, published_halts(halts), clock_halts or {})
     _judge_decisions(v, expected, decisions, list(intents), exact)
-    dead = set()
+    _judge_deadletters(v, deadletters, list(rejected_at), rejected_reasons)
+    return v
+
+
+def _judge_deadletters(
+    v: Verdict,
+    deadletters: Sequence[Record],
+    rejected: list[Produced],
+    reasons: Sequence[str] | None,
+) -> None:
+    """Every rejected record dead-lettered (under the model's reason, when given)."""
+    dead: dict[tuple[str, int, int], set[str]] = {}
     for r in deadletters:
         headers = dict(r.headers)
         with contextlib.suppress(KeyError, ValueError):
-            dead.add(
-                (
-                    headers["riskgate.errors.topic"].decode(),
-                    int(headers["riskgate.errors.partition"]),
-                    int(headers["riskgate.errors.offset"]),
-                )
+            where = (
+                headers["riskgate.errors.topic"].decode(),
+                int(headers["riskgate.errors.partition"]),
+                int(headers["riskgate.errors.offset"]),
             )
-    rejected = list(rejected_at)
+            dead.setdefault(where, set()).add(headers["riskgate.errors.exception"].decode())
     v.deadletters_expected = len(rejected)
-    v.deadletters_missing = [
-        f"{p.topic}/{p.partition}@{p.offset}"
-        for p in rejected
-        if (p.topic, p.partition, p.offset) not in dead
-    ]
-    return v
+    for n, p in enumerate(rejected):
+        said = dead.get((p.topic, p.partition, p.offset))
+        if said is None:
+            v.deadletters_missing.append(f"{p.topic}/{p.partition}@{p.offset}")
+        elif reasons is not None and said != {reasons[n]}:
+            v.deadletter_reasons_wrong.append(
+                f"{p.topic}/{p.partition}@{p.offset}: {sorted(said)} want {reasons[n]}"
+            )
 
 
 def _judge_state(v: Verdict, model: Model, snapshots: dict[str, Record], exact: set[str]) -> None:
@@ -702,8 +747,22 @@ def _judge_gates(v: Verdict, want: dict[str, list[str]], have: dict[str, list[st
             v.state_mismatches.append(f"{key}: blocks {have.get(key)} want {want.get(key, [])}")
 
 
-def _judge_halts(v: Verdict, want: Sequence[HaltView], got: Sequence[HaltView]) -> None:
-    """Each of the model's halts published at least once, nothing else, under its id."""
+def _judge_halts(
+    v: Verdict, want: Sequence[HaltView], got: Sequence[HaltView], clock: Mapping[str, int]
+) -> None:
+    """Each of the model's halts published at least once, nothing else, under its id.
+
+    A clock-caused event must not be stamped before the time its clock had to
+    pass; then its ``ts`` is left out of the comparison (it is the sweep's).
+    """
+    v.clock_halts = sum(h.event_id in clock for h in want)
+    v.halts_early = [
+        f"{h.event_id} at {h.ts}, before {clock[h.event_id]}"
+        for h in got
+        if h.event_id in clock and h.ts < clock[h.event_id]
+    ]
+    want = [h._replace(ts=0) if h.event_id in clock else h for h in want]
+    got = [h._replace(ts=0) if h.event_id in clock else h for h in got]
     wanted = Counter(h[1:] for h in want)
     published = Counter(h[1:] for h in got)
     v.halts_expected, v.halts_published = len(want), len(got)
