@@ -15,7 +15,7 @@ import pytest
 
 import worker.testing.plugin
 from worker.kafka.topics import topic_partitions, topic_policies
-from worker.messages import Block
+from worker.messages import Block, ControlCommand
 from worker.testing import RiskgateWorker, WorkerDied
 
 pytestmark = pytest.mark.broker
@@ -103,3 +103,49 @@ async def test_wait_times_out_quoting_what_it_read(riskgate_worker) -> None:
 def test_worker_that_dies_at_start_fails_with_its_error(riskgate_worker) -> None:
     with pytest.raises(WorkerDied, match=r"cannot read control\.secret_file"):
         riskgate_worker('[control]\nsecret_file = "/nonexistent/riskgate-secret"\n')
+
+
+async def test_fill_moves_the_position_in_the_gate_record(riskgate_worker) -> None:
+    rg: RiskgateWorker = riskgate_worker(CONFIG)
+    fill = await rg.produce_fill("bot1", "ETHUSDT", "buy", 3.0, 20.0, fee=0.5)
+    assert (fill.bot, fill.symbol, fill.side, fill.qty, fill.price, fill.fee) == (
+        "bot1",
+        "ETHUSDT",
+        "buy",
+        3.0,
+        20.0,
+        0.5,
+    )
+    state = await rg.wait_for_gate("bot1", "ETHUSDT")
+    assert (state.position_qty, state.entries_allowed) == (3.0, True)
+
+
+async def test_an_operator_halt_is_a_bot_wide_halt_event(riskgate_worker) -> None:
+    rg: RiskgateWorker = riskgate_worker(CONFIG)
+    command = ControlCommand("halt", "bot1", None, "desk closed", "tester", rg.clock())
+    await rg.produce(command)
+    halt = await rg.wait_for_halt("bot1", symbol=None)
+    assert (halt.symbol, halt.gate, halt.reason, halt.issued_by) == (
+        None,
+        "manual_halt",
+        "halt by tester: desk closed",
+        "tester",
+    )
+    account = await rg.wait_for_gate("bot1", blocked_by="manual_halt")
+    assert account.entries_allowed is False
+
+
+NOON_MS = 1_749_988_800_000
+"""12:00 UTC on 2025-06-15."""
+
+
+async def test_a_given_clock_stamps_events_and_drives_the_worker(riskgate_worker) -> None:
+    rg: RiskgateWorker = riskgate_worker(CONFIG, clock=lambda: NOON_MS)
+    intent = await rg.produce_intent("bot1", "BTCUSDT", "sell", 1.0, 10.0)
+    decision = await rg.wait_for_decision(intent.intent_id)
+    ttl = rg.config.worker.reservation_ttl_ms
+    assert (intent.ts, decision.ts, decision.reservation_expires_ts) == (
+        NOON_MS,
+        NOON_MS,
+        NOON_MS + ttl,
+    )
