@@ -30,32 +30,38 @@ from worker.replay.inputs import InputRecord, in_time_order, read_file
 from worker.replay.run import replay
 from worker.replay.sweep import load_with, parse_sweep, run_sweep
 
-BOTS = [f"bot{i}" for i in range(8)]
-SYMBOLS = [f"S{i:02d}USDT" for i in range(20)]
 START_MS = 20_254 * 86_400_000 + 18 * 3_600_000  # 2025-06-15 18:00 UTC
-CONFIG = "\n".join(
-    [
-        "[defaults.session]\nloss_limit = -300.0",
-        "[defaults.breaker]\nloss_limit = 5\nwindow_secs = 900\ncooldown_secs = 900",
-        "[defaults.portfolio]\nmax_daily_loss = -3000.0\nmax_gross_exposure = 1e9",
-        *(
-            f'[bots.{bot}]\npnl_source = "{"fills" if i % 2 else "outcomes"}"'
-            for i, bot in enumerate(BOTS)
-        ),
-    ]
-)
 
 
-def history(n: int, step_ms: int = 5000, seed: int = 7) -> list[dict[str, Any]]:
+def config_text(bots: int) -> str:
+    """Limits that halt now and then on the generated history; odd bots book from fills."""
+    return "\n".join(
+        [
+            "[defaults.session]\nloss_limit = -300.0",
+            "[defaults.breaker]\nloss_limit = 5\nwindow_secs = 900\ncooldown_secs = 900",
+            "[defaults.portfolio]\nmax_daily_loss = -3000.0\nmax_gross_exposure = 1e9",
+            *(
+                f'[bots.bot{i}]\npnl_source = "{"fills" if i % 2 else "outcomes"}"'
+                for i in range(bots)
+            ),
+        ]
+    )
+
+
+def history(
+    n: int, step_ms: int = 5000, bots: int = 8, symbols: int = 20, seed: int = 7
+) -> list[dict[str, Any]]:
     """``n`` mixed rows with a ``type`` column, in time order, ~``step_ms / 2`` apart."""
     rng = random.Random(seed)
+    bot_ids = [f"bot{i}" for i in range(bots)]
+    symbol_ids = [f"S{i:02d}USDT" for i in range(symbols)]
     rows: list[dict[str, Any]] = []
     long: dict[tuple[str, str], bool] = {}
     t = START_MS
     for i in range(n):
         t += rng.randint(0, step_ms)
-        b = rng.randrange(len(BOTS))
-        bot, sym = BOTS[b], rng.choice(SYMBOLS)
+        b = rng.randrange(bots)
+        bot, sym = bot_ids[b], rng.choice(symbol_ids)
         roll = rng.random()
         if roll < 0.1:
             rows.append(
@@ -102,9 +108,11 @@ def history(n: int, step_ms: int = 5000, seed: int = 7) -> list[dict[str, Any]]:
     return rows
 
 
-def write_history(path: Path, n: int, step_ms: int = 5000) -> None:
+def write_history(
+    path: Path, n: int, step_ms: int = 5000, bots: int = 8, symbols: int = 20
+) -> None:
     with path.open("w") as fh:
-        for row in history(n, step_ms):
+        for row in history(n, step_ms, bots, symbols):
             fh.write(json.dumps(row, separators=(",", ":")) + "\n")
 
 
@@ -136,18 +144,21 @@ def main() -> None:
         "the live cadence (a sweep per sweep_interval_ms = 1 s) means about one sweep per event; "
         "20 gives ~10 ms apart, bench/core.py's density",
     )
+    ap.add_argument("--bots", type=int, default=8)
+    ap.add_argument("--symbols", type=int, default=20, help="per bot")
     ap.add_argument("--write", type=Path, help="only write a history (and its config) and exit")
     args = ap.parse_args()
     if args.write:
-        write_history(args.write, args.events, args.step_ms)
-        args.write.with_suffix(".toml").write_text(CONFIG + "\n")
+        args.write.parent.mkdir(parents=True, exist_ok=True)
+        write_history(args.write, args.events, args.step_ms, args.bots, args.symbols)
+        args.write.with_suffix(".toml").write_text(config_text(args.bots) + "\n")
         print(f"wrote {args.events:,} rows to {args.write} and {args.write.with_suffix('.toml')}")
         return
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path = Path(tmp) / "bench.toml"
-        cfg_path.write_text(CONFIG)
+        cfg_path.write_text(config_text(args.bots))
         data = Path(tmp) / "history.jsonl"
-        write_history(data, args.events, args.step_ms)
+        write_history(data, args.events, args.step_ms, args.bots, args.symbols)
         t0 = time.perf_counter()
         records = in_time_order([read_file(data)])
         read_s = time.perf_counter() - t0

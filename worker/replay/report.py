@@ -296,21 +296,66 @@ def _sweep(sweep: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
+_SHORT = (
+    ("trades", "trades", int),
+    ("blocked_trades", "prevented", int),
+    ("net_pnl_actual", "net actual", float),
+    ("net_pnl_with_limits", "net w/ limits", float),
+    ("pnl_avoided", "avoided", float),
+    ("pnl_forgone", "forgone", float),
+    ("effect", "effect", float),
+    ("worst_intraday_drawdown_actual", "worst DD", float),
+    ("worst_intraday_drawdown_with_limits", "worst DD w/ lim", float),
+)
+TERMINAL_BOTS = 4
+"""Bots shown beside the overall column (those the limits changed most): one screen wide."""
+
+
 def terminal_summary(report: Mapping[str, Any]) -> Any:
-    """The one-screen summary (a rich renderable)."""
+    """The one-screen summary (a rich renderable): overall, the most affected bots, the
+    sweep's top five."""
+    from rich.console import Group
     from rich.table import Table
 
     inp = report["input"]
     title = "riskgate replay" + ("" if inp["complete"] else " (PARTIAL: interrupted)")
-    table = Table(title=title)
+    table = Table(title=title, caption=_caption(report))
     table.add_column("")
-    columns = [("overall", report["overall"]), *list(report["bots"].items())[:6]]
+    bots = sorted(report["bots"].items(), key=lambda kv: -abs(kv[1]["effect"]))
+    columns = [("overall", report["overall"]), *bots[:TERMINAL_BOTS]]
     for name, _ in columns:
         table.add_column(name, justify="right")
-    for key, label, kind in _ROWS:
+    for key, label, kind in _SHORT:
         table.add_row(
             label,
             *(fmt_money(s[key]) if kind is float else f"{s[key]:,}" for _, s in columns),
         )
     table.add_row("halts", *(str(sum(s["halts"].values())) for _, s in columns))
-    return table
+    sweep = report.get("sweep")
+    if not sweep:
+        return table
+    ranking = Table(title=f"sweep: best of {len(sweep['rows'])} by {sweep['metric']}")
+    ranking.add_column("rank", justify="right")
+    for key in sweep["keys"]:
+        ranking.add_column(key, justify="right")
+    ranking.add_column("net w/ limits", justify="right")
+    ranking.add_column("effect", justify="right")
+    for row in sweep["rows"][:5]:
+        s = row["overall"]
+        ranking.add_row(
+            str(row["rank"]),
+            *(str(row["params"][k]) for k in sweep["keys"]),
+            fmt_money(s["net_pnl_with_limits"]),
+            fmt_money(s["effect"]),
+        )
+    return Group(table, ranking)
+
+
+def _caption(report: Mapping[str, Any]) -> str:
+    inp = report["input"]
+    more = len(report["bots"]) - TERMINAL_BOTS
+    rejected = sum(inp["rejected"].values())
+    return (
+        f"{inp['replayed']:,} records, {rejected:,} rejected, {inp['duplicates']:,} duplicates"
+        + (f"; {more} more bots in report.json" if more > 0 else "")
+    )
