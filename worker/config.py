@@ -28,6 +28,14 @@ fail the bound (a NaN limit would silently disable its gate: every comparison
 with it is false; a positive one would halt on a winning day)."""
 Cap = Annotated[float, msgspec.Meta(gt=0.0, le=_MAX_CAP)]
 """A positive, finite cap (NaN and ``inf`` fail the bounds)."""
+OffCap = Annotated[float, msgspec.Meta(ge=0.0, le=_MAX_CAP)]
+"""A finite, non-negative cap where 0 means off, so a bot or symbol table can lift a
+default (``None`` in an override means "inherit", never "off")."""
+OrderRate = Annotated[int, msgspec.Meta(ge=0, le=1_000)]
+"""Allowed intents per second per bot; 0 = off. At most 1,000: the window of the last
+that many record times is persisted with the bot."""
+DayMs = Annotated[int, msgspec.Meta(ge=0, le=86_400_000)]
+UnreadableState = Literal["fresh", "halt"]
 PnlSource = Literal["outcomes", "fills"]
 
 
@@ -88,6 +96,9 @@ class TopicsConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     deadletter: str = "risk.deadletter"
     audit: str = "risk.audit"
     """Who did what, why and when through ``riskgate console`` (the worker never reads it)."""
+    marks: str = "trading.marks"
+    """Mark prices, key = symbol. Market-wide: every worker reads all its partitions
+    outside the consumer group, so it is not one of :meth:`inputs`."""
     partitions: PositiveInt = 8
     """Partition count used by ``riskgate topics`` for every topic (co-partitioning)."""
     replication_factor: PositiveInt = 1
@@ -99,6 +110,9 @@ class TopicsConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 class SessionConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     loss_limit: LossLimit = -50.0
     """Net PnL at or below which the symbol halts for the UTC day; ``-inf`` disables."""
+    include_unrealised: bool = False
+    """Judge ``loss_limit`` on net PnL plus the open position's unrealised PnL at its
+    mark. Off by default: the seed's session is realised-only."""
 
 
 class BreakerConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -110,6 +124,7 @@ class BreakerConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
 
 class SessionOverride(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     loss_limit: LossLimit | None = None
+    include_unrealised: bool | None = None
 
 
 class BreakerOverride(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -118,9 +133,69 @@ class BreakerOverride(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     cooldown_secs: NonNegativeInt | None = None
 
 
+class OrdersConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Per-order sanity checks (SEC 15c3-5 erroneous-order checks); each is 0 = off.
+
+    They apply to every intent, closes included: a fat-fingered close is still
+    an erroneous order.
+    """
+
+    max_qty: OffCap = 0.0
+    """Largest quantity of one order (gate ``max_order_qty``)."""
+    max_notional: OffCap = 0.0
+    """Largest ``qty * price * contract_value`` of one order (``max_order_notional``)."""
+    price_collar_bps: OffCap = 0.0
+    """Deny an order priced further than this from a fresh mark (``price_collar``;
+    without a fresh mark: ``stale_mark``)."""
+    max_orders_per_sec: OrderRate = 0
+    """Allowed intents per bot in any second of record time (``order_rate``). A bot
+    setting: a symbol override cannot change it."""
+    duplicate_window_ms: DayMs = 0
+    """Deny an order with the same symbol, side, qty and price as one allowed this
+    recently (record time; ``duplicate_order``)."""
+    mark_max_age_ms: PositiveInt = 60_000
+    """A mark older than this (its ``ts`` against the decision's wall clock) is stale:
+    a check that needs it fails closed for opens (``stale_mark``). Here, not in
+    ``[worker]``, because how often a mark ticks is a property of the instrument, so
+    it resolves per symbol like the checks that use it."""
+
+
+class OrdersOverride(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A bot's ``[bots.X.orders]``: keys set here replace the default's."""
+
+    max_qty: OffCap | None = None
+    max_notional: OffCap | None = None
+    price_collar_bps: OffCap | None = None
+    max_orders_per_sec: OrderRate | None = None
+    duplicate_window_ms: DayMs | None = None
+    mark_max_age_ms: PositiveInt | None = None
+
+
+class SymbolOrdersOverride(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[bots.X.overrides.SYM.orders]``: everything but the per-bot order rate."""
+
+    max_qty: OffCap | None = None
+    max_notional: OffCap | None = None
+    price_collar_bps: OffCap | None = None
+    duplicate_window_ms: DayMs | None = None
+    mark_max_age_ms: PositiveInt | None = None
+
+
+class CooldownConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    after_loss_secs: NonNegativeInt = 0
+    """After a losing trade on a symbol, block entries on it this long from the
+    trade's time (freqtrade's CooldownPeriod; gate ``loss_cooldown``); 0 = off."""
+
+
+class CooldownOverride(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    after_loss_secs: NonNegativeInt | None = None
+
+
 class SymbolOverride(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     session: SessionOverride = SessionOverride()
     breaker: BreakerOverride = BreakerOverride()
+    orders: SymbolOrdersOverride = SymbolOrdersOverride()
+    cooldown: CooldownOverride = CooldownOverride()
 
 
 class PortfolioConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -131,6 +206,14 @@ class PortfolioConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     max_concurrent_positions: NonNegativeInt = 0
     """0 = unlimited."""
     max_gross_exposure: Cap | None = None
+    include_unrealised: bool = True
+    """Judge ``max_daily_loss`` on equity (realised net + unrealised PnL at the marks),
+    so a losing open position trips it before it is closed."""
+    max_drawdown: OffCap = 0.0
+    """Latch the bot for the UTC day when its equity falls this far below the day's
+    peak (gate ``drawdown``); 0 = off."""
+    max_daily_notional: OffCap = 0.0
+    """Total notional of allowed opens per UTC day (``daily_notional``); 0 = off."""
 
 
 class PortfolioOverride(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -141,12 +224,17 @@ class PortfolioOverride(_Section, frozen=True, forbid_unknown_fields=True, kw_on
     max_daily_loss: LossLimit | None = None
     max_concurrent_positions: NonNegativeInt | None = None
     max_gross_exposure: Cap | None = None
+    include_unrealised: bool | None = None
+    max_drawdown: OffCap | None = None
+    max_daily_notional: OffCap | None = None
 
 
 class DefaultsConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     session: SessionConfig = SessionConfig()
     breaker: BreakerConfig = BreakerConfig()
     portfolio: PortfolioConfig = PortfolioConfig()
+    orders: OrdersConfig = OrdersConfig()
+    cooldown: CooldownConfig = CooldownConfig()
     pnl_source: PnlSource = "outcomes"
     accept_unknown_bots: bool = False
 
@@ -158,6 +246,8 @@ class BotConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True)
     session: SessionOverride = SessionOverride()
     breaker: BreakerOverride = BreakerOverride()
     portfolio: PortfolioOverride = PortfolioOverride()
+    orders: OrdersOverride = OrdersOverride()
+    cooldown: CooldownOverride = CooldownOverride()
     overrides: dict[str, SymbolOverride] = {}
 
 
@@ -187,6 +277,10 @@ class WorkerConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     stuck_after_ms: PositiveInt = 30_000
     """``/healthz`` fails when the poll loop has not completed an iteration for this long."""
     ready_commit_max_age_ms: PositiveInt = 60_000
+    on_unreadable_state: UnreadableState = "fresh"
+    """A bot whose snapshot is corrupt or of an unknown version: ``fresh`` starts it
+    from nothing (the seed's behaviour); ``halt`` starts it blocked by
+    ``unreadable_state`` until an operator ``reset-state`` (fail closed)."""
 
 
 class ControlConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -445,6 +539,17 @@ class BotSettings(msgspec.Struct, frozen=True):
     breaker: BreakerConfig
     portfolio: PortfolioConfig
     overrides: dict[str, SymbolOverride]
+    orders: OrdersConfig = OrdersConfig()
+    cooldown: CooldownConfig = CooldownConfig()
+
+    def orders_for(self, symbol: str) -> OrdersConfig:
+        """The order checks of ``symbol``: its override over the bot's (rate: the bot's)."""
+        override = self.overrides.get(symbol)
+        return self.orders if override is None else _merge(self.orders, override.orders)
+
+    def cooldown_for(self, symbol: str) -> CooldownConfig:
+        override = self.overrides.get(symbol)
+        return self.cooldown if override is None else _merge(self.cooldown, override.cooldown)
 
     def risk_for(self, symbol: str) -> tuple[SessionConfig, BreakerConfig]:
         """Per-symbol override over the bot's defaults (the seed's ``risk_for``)."""
@@ -470,4 +575,6 @@ def bot_settings(config: Config, bot: str) -> BotSettings | None:
         breaker=_merge(defaults.breaker, spec.breaker),
         portfolio=_merge(defaults.portfolio, spec.portfolio),
         overrides=spec.overrides,
+        orders=_merge(defaults.orders, spec.orders),
+        cooldown=_merge(defaults.cooldown, spec.cooldown),
     )

@@ -57,7 +57,9 @@ EpochMs = Annotated[int, msgspec.Meta(ge=946_684_800_000, le=4_102_444_800_000)]
 Side = Literal["buy", "sell"]
 Action = Literal["open", "close"]
 Command = Literal["halt", "resume", "reset_breaker", "reset_session"]
-HaltKind = Literal["halted", "resumed"]
+HaltKind = Literal["halted", "resumed", "killed"]
+"""``killed``: the kill switch engaged (every intent denied, closes included; the event
+asks execution services to cancel working orders). It is lifted by a ``resumed``."""
 Gate = Literal[
     "manual_halt",
     "session_halt",
@@ -69,6 +71,17 @@ Gate = Literal[
     "reduce_only_exceeds_position",
     "duplicate_intent_id",
     "expired",
+    "kill_switch",
+    "max_order_qty",
+    "max_order_notional",
+    "price_collar",
+    "stale_mark",
+    "order_rate",
+    "duplicate_order",
+    "unreadable_state",
+    "loss_cooldown",
+    "drawdown",
+    "daily_notional",
 ]
 GATES: tuple[Gate, ...] = (
     "manual_halt",
@@ -81,6 +94,17 @@ GATES: tuple[Gate, ...] = (
     "reduce_only_exceeds_position",
     "duplicate_intent_id",
     "expired",
+    "kill_switch",
+    "max_order_qty",
+    "max_order_notional",
+    "price_collar",
+    "stale_mark",
+    "order_rate",
+    "duplicate_order",
+    "unreadable_state",
+    "loss_cooldown",
+    "drawdown",
+    "daily_notional",
 )
 """Every gate, in a fixed order: append only (intent-id windows persist gate indices)."""
 
@@ -130,6 +154,18 @@ class OrderIntent(msgspec.Struct, frozen=True):
     @property
     def notional(self) -> float:
         return self.qty * self.price * self.contract_value
+
+
+class Mark(msgspec.Struct, frozen=True):
+    """A mark price (``[topics] marks``, key = symbol): market-wide, not per bot.
+
+    Every worker keeps the latest per symbol; it values open positions
+    (unrealised PnL, equity, exposure) and anchors the price collar.
+    """
+
+    symbol: Name
+    price: Positive
+    ts: EpochMs
 
 
 class ControlCommand(msgspec.Struct, frozen=True):
@@ -191,6 +227,10 @@ class GateState(msgspec.Struct, frozen=True):
     position_qty: float
     updated_ts: int
     seq: int
+    unrealised_pnl: float | None = None
+    """The open position valued at ``mark`` (0 when flat); None from workers before marks."""
+    mark: float | None = None
+    """The latest mark of the symbol, None when none was received."""
 
 
 class AccountGateState(msgspec.Struct, frozen=True):
@@ -204,6 +244,10 @@ class AccountGateState(msgspec.Struct, frozen=True):
     gross_exposure: float
     updated_ts: int
     seq: int
+    unrealised_pnl: float | None = None
+    """Sum over the bot's open positions at their marks; None from workers before marks."""
+    equity: float | None = None
+    """The bot's equity for the UTC day: account net PnL + unrealised PnL."""
 
 
 class HaltEvent(msgspec.Struct, frozen=True):
@@ -219,6 +263,9 @@ class HaltEvent(msgspec.Struct, frozen=True):
     until_ts: int | None = None
     issued_by: str | None = None
     """The operator, for events caused by a control command."""
+    cancel_open_orders: bool = False
+    """True on a ``killed`` event: execution services cancel the target's working
+    orders (CME's kill switch)."""
 
 
 Event = Fill | TradeOutcome | OrderIntent | ControlCommand
@@ -229,6 +276,7 @@ SCHEMA_TYPES: tuple[type[msgspec.Struct], ...] = (
     TradeOutcome,
     OrderIntent,
     ControlCommand,
+    Mark,
     GateDecision,
     GateState,
     AccountGateState,

@@ -11,10 +11,12 @@ import pytest
 
 from worker.config import (
     BotConfig,
+    BotSettings,
     BreakerConfig,
     Config,
     ConfigError,
     DefaultsConfig,
+    OrdersConfig,
     SessionConfig,
     SymbolOverride,
     bot_settings,
@@ -339,7 +341,7 @@ def test_config_is_frozen() -> None:
 
 # Per section of [defaults] a bot can override: field -> (default's value, bot's value).
 _SECTION_VALUES: dict[str, dict[str, tuple[str, str]]] = {
-    "session": {"loss_limit": ("-11.0", "-22.0")},
+    "session": {"loss_limit": ("-11.0", "-22.0"), "include_unrealised": ("true", "false")},
     "breaker": {
         "loss_limit": ("7", "9"),
         "window_secs": ("111", "222"),
@@ -349,7 +351,19 @@ _SECTION_VALUES: dict[str, dict[str, tuple[str, str]]] = {
         "max_daily_loss": ("-500.0", "-250.0"),
         "max_concurrent_positions": ("5", "2"),
         "max_gross_exposure": ("1000.0", "2000.0"),
+        "include_unrealised": ("false", "true"),
+        "max_drawdown": ("300.0", "150.0"),
+        "max_daily_notional": ("9000.0", "0.0"),
     },
+    "orders": {
+        "max_qty": ("5.0", "0.0"),
+        "max_notional": ("500.0", "700.0"),
+        "price_collar_bps": ("50.0", "25.0"),
+        "max_orders_per_sec": ("100", "3"),
+        "duplicate_window_ms": ("1000", "2500"),
+        "mark_max_age_ms": ("60000", "5000"),
+    },
+    "cooldown": {"after_loss_secs": ("600", "120")},
 }
 _DEFAULT_TABLES = "".join(
     f"[defaults.{section}]\n" + "".join(f"{k} = {v[0]}\n" for k, v in fields.items())
@@ -410,9 +424,24 @@ def test_bot_sections_merge_field_by_field_over_defaults(
     assert got == _expected(section, field, value)
 
 
-@pytest.mark.parametrize(
-    ("section", "field"), [(s, f) for s, f in _EVERY_FIELD if s in _struct_sections(SymbolOverride)]
-)
+def _symbol_fields() -> list[tuple[str, str]]:
+    """Fields a symbol override may set (``max_orders_per_sec`` is the bot's alone)."""
+    sections = msgspec.inspect.type_info(SymbolOverride).fields  # type: ignore[attr-defined]
+    settable = {f.name: set(f.type.cls.__struct_fields__) for f in sections}
+    return [(s, f) for s, f in _EVERY_FIELD if f in settable.get(s, ())]
+
+
+def _per_symbol(settings: BotSettings, symbol: str) -> dict[str, object]:
+    session, breaker = settings.risk_for(symbol)
+    return {
+        "session": session,
+        "breaker": breaker,
+        "orders": settings.orders_for(symbol),
+        "cooldown": settings.cooldown_for(symbol),
+    }
+
+
+@pytest.mark.parametrize(("section", "field"), _symbol_fields())
 @pytest.mark.parametrize("source", ["file", "env"])
 def test_symbol_overrides_merge_field_by_field_over_defaults(
     section: str, field: str, source: str
@@ -429,10 +458,44 @@ def test_symbol_overrides_merge_field_by_field_over_defaults(
         }
     alpha = bot_settings(load_config(text=text, env=env), "alpha")
     assert alpha is not None
-    session, breaker = alpha.risk_for("BTCUSDT")
     expected = _expected(section, field, value)
-    assert (session, breaker) == (expected["session"], expected["breaker"])
-    assert alpha.risk_for("ETHUSDT") == (alpha.session, alpha.breaker)
+    assert _per_symbol(alpha, "BTCUSDT") == {s: expected[s] for s in _per_symbol(alpha, "X")}
+    defaults = _expected(section, field, _SECTION_VALUES[section][field][0])
+    assert _per_symbol(alpha, "ETHUSDT") == {s: defaults[s] for s in _per_symbol(alpha, "X")}
+
+
+def test_a_symbol_override_cannot_set_the_bot_order_rate() -> None:
+    """The order rate is per bot: a per-symbol rate would be a second, unshared window."""
+    text = "[bots.alpha.overrides.BTCUSDT.orders]\nmax_orders_per_sec = 5\n"
+    with pytest.raises(ConfigError, match="max_orders_per_sec"):
+        load_config(text=text, env={})
+
+
+def test_order_rate_above_the_persisted_window_bound_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"\$\.defaults\.orders\.max_orders_per_sec"):
+        load_config(text="[defaults.orders]\nmax_orders_per_sec = 1001\n", env={})
+
+
+def test_new_controls_are_off_by_default_and_unreadable_state_starts_fresh() -> None:
+    cfg = Config()
+    assert cfg.defaults.orders == OrdersConfig(
+        max_qty=0.0,
+        max_notional=0.0,
+        price_collar_bps=0.0,
+        max_orders_per_sec=0,
+        duplicate_window_ms=0,
+        mark_max_age_ms=60_000,
+    )
+    assert (cfg.defaults.portfolio.max_drawdown, cfg.defaults.portfolio.max_daily_notional) == (
+        0.0,
+        0.0,
+    )
+    assert cfg.defaults.portfolio.include_unrealised is True
+    assert cfg.defaults.session.include_unrealised is False
+    assert cfg.defaults.cooldown.after_loss_secs == 0
+    assert cfg.worker.on_unreadable_state == "fresh"
+    assert cfg.topics.marks == "trading.marks"
+    assert cfg.topics.marks not in cfg.topics.inputs()
 
 
 # -- env override names (issue 15 item 6) ----------------------------------------
