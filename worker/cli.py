@@ -59,8 +59,8 @@ def main() -> None:
 @config_option
 def run(config_path: Path) -> None:
     """Run the worker until SIGTERM/SIGINT."""
-    from worker.app import PublishRefused
     from worker.kafka.topics import TopicLayoutError
+    from worker.runtime import PublishRefused
     from worker.service import serve
 
     config = _load(config_path)

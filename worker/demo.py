@@ -21,7 +21,6 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from worker.app import Worker
 from worker.client import GateView
 from worker.config import Config, load_config
 from worker.console import open_console
@@ -31,6 +30,7 @@ from worker.kafka.options import client_kwargs
 from worker.kafka.topics import ensure_topics
 from worker.logs import configure_logging
 from worker.messages import Fill, HaltEvent, Side, TradeOutcome
+from worker.runtime import Worker
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 _encode = msgspec.json.Encoder().encode

@@ -9,10 +9,11 @@ from typing import Any
 
 import structlog
 
-from worker.app import Clock, Worker, wall_clock_ms
+from worker.clock import wall_clock_ms
 from worker.config import Config
 from worker.http import HttpServer
 from worker.logs import configure_logging
+from worker.runtime import Clock, Worker
 from worker.stop_signals import STOP_SIGNALS, take_early
 
 log = structlog.get_logger("riskgate.service")

@@ -47,10 +47,10 @@ from tests.support.harness import (
     wait_until,
 )
 from tests.support.ops import http_status, logged
-from worker.app import Worker
 from worker.config import Config, load_config
 from worker.kafka.broker import EmbeddedBroker
 from worker.kafka.topics import TopicLayoutError, admin_client, ensure_topics
+from worker.runtime import Worker
 
 pytestmark = pytest.mark.broker
 

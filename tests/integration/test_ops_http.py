@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-import worker.app as app_module
+import worker.runtime.transport as transport_module
 from tests.support.harness import (
     MIN_MS,
     Raw,
@@ -104,7 +104,7 @@ async def test_metrics_health_and_readiness_over_http(
         await restore_gate.wait()
         return await real_read(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(app_module, "read_snapshot_partitions", gated_read)
+    monkeypatch.setattr(transport_module, "read_snapshot_partitions", gated_read)
 
     t = clock() - 30 * MIN_MS
     good = [

@@ -47,9 +47,9 @@ from tests.support.harness import (
     wait_until,
 )
 from tests.support.ops import Samples, http_status, logged, parse_metrics, scrape
-from worker.app import Worker
 from worker.config import load_config
 from worker.messages import TradeOutcome
+from worker.runtime import Worker
 
 pytestmark = pytest.mark.broker
 
@@ -252,13 +252,14 @@ async def test_a_second_worker_takes_half_the_partitions_and_their_metrics(
                 two.check_alive()
 
             async def split() -> bool:
-                owned = [len({tp.partition for tp in w.worker._assigned}) for w in (one, two)]
+                held = [w.worker.ownership.assigned for w in (one, two)]
+                owned = [len({tp.partition for tp in tps}) for tps in held]
                 return owned == [partitions // 2] * 2 and one.worker.ready and two.worker.ready
 
             await wait_until(split, within=60, what="two workers, two partitions each", alive=alive)
             produced += await produce_events(config, second)
             await wait_processed(config, produced, alive=alive)
-            mine = [{tp.partition for tp in w.worker._assigned} for w in (one, two)]
+            mine = [{tp.partition for tp in w.worker.ownership.assigned} for w in (one, two)]
             assert mine[0].isdisjoint(mine[1])
             # Each reports the lag of what it owns; a moved partition's series left with it.
             for w, owned in zip((one, two), mine, strict=True):

@@ -37,12 +37,12 @@ from tests.support.harness import (
     wait_until,
 )
 from tests.support.ops import Gateway, Pki, behind_gateway, make_pki, openssl_available
-from worker.app import Worker
 from worker.client import GateClient, GateView
 from worker.config import Config, load_config
 from worker.kafka.topics import ensure_topics
 from worker.messages import OrderIntent
 from worker.operator import load_bot, make_command, send_command
+from worker.runtime import Worker
 
 pytestmark = [
     pytest.mark.broker,

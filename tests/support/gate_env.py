@@ -29,8 +29,8 @@ from tests.support.harness import (
     wait_ready,
     wait_until,
 )
-from worker.app import Worker, wall_clock_ms
 from worker.client import GateClient, GateView
+from worker.clock import wall_clock_ms
 from worker.config import Config
 from worker.messages import (
     AccountGateState,
@@ -46,6 +46,7 @@ from worker.messages import (
     Side,
     TradeOutcome,
 )
+from worker.runtime import Worker
 from worker.signing import signed
 
 T = TypeVar("T")

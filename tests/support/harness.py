@@ -42,11 +42,11 @@ from tests.support.compare import (
     snapshot_symbols,
 )
 from tests.support.model import Model, limits_from_config
-from worker.app import Clock, Worker
 from worker.config import Config, KafkaConfig, load_config
 from worker.kafka.options import client_kwargs
 from worker.kafka.topics import ensure_topics
 from worker.messages import Event, TradeOutcome
+from worker.runtime import Clock, Worker
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MIN_MS = 60_000

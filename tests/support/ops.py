@@ -32,10 +32,10 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.harness import clock
-from worker.app import Clock, Worker
 from worker.config import Config
 from worker.http import HttpServer
 from worker.kafka.broker import EmbeddedBroker
+from worker.runtime import Clock, Worker
 from worker.service import serve
 
 # -- HTTP ----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Persistence and commits of the worker shell, exact under crashes (issue 9 items 3, 9, 10).
 
-Every test drives the real ``Worker`` loop over the in-memory transport of
-``tests/support/transport.py``; crashes are injected at record boundaries.
+Every test drives the real ``Worker`` over ``worker.runtime.memory``, with the fault
+injection of ``tests/support/transport.py``: crashes land at record boundaries.
 """
 
 from __future__ import annotations
@@ -17,15 +17,11 @@ from aiokafka.errors import RecordTooLargeError
 
 from tests.support.transport import (
     MAX_REQUEST_SIZE,
-    FakeConsumer,
-    InMemoryBroker,
     Shell,
     Stored,
     broker_for,
     engine_state,
-    partition_for,
 )
-from worker.app import PublishRefused, Worker
 from worker.config import Config, load_config
 from worker.engine import Effects, Origin, RiskEngine
 from worker.kafka.records import (
@@ -42,6 +38,9 @@ from worker.kafka.restore import (
 )
 from worker.messages import ControlCommand, Event, Fill, OrderIntent, TradeOutcome
 from worker.risk import idlog
+from worker.runtime import PublishRefused, home_partition
+from worker.runtime.memory import InMemoryBroker, MemoryTransport
+from worker.runtime.ownership import Ownership
 
 NOW = 1_767_268_800_000  # 2026-01-01 12:00 UTC
 MIN = 60_000
@@ -368,7 +367,7 @@ async def test_timed_out_revoke_never_commits_offsets_of_the_returning_partition
     reference, _ = await run(cfg, stream, None)
     broker = broker_for(cfg, timestamp_ms=NOW)
     produce(broker, cfg, stream[:1])
-    home = partition_for(b"alpha", cfg.topics.partitions)
+    home = home_partition(b"alpha", cfg.topics.partitions)
     outcomes = TopicPartition(cfg.topics.outcomes, home)
     with Shell(cfg, broker, NOW) as shell:
         shell.start(range(cfg.topics.partitions))
@@ -391,16 +390,23 @@ async def test_timed_out_revoke_never_commits_offsets_of_the_returning_partition
 async def test_commit_skips_partitions_assigned_but_not_yet_restored() -> None:
     """P3: between an assignment and its restore, nothing of that partition commits."""
     cfg = config()
-    worker = Worker(cfg)
-    consumer = FakeConsumer(broker_for(cfg, timestamp_ms=NOW))
-    worker._consumer = consumer
+    transport = MemoryTransport(broker_for(cfg, timestamp_ms=NOW), cfg.topics.snapshots)
+    ownership = Ownership(cfg.topics, transport.read_snapshots)
     tp = TopicPartition(cfg.topics.outcomes, 0)
-    worker._assigned = {tp}
-    await worker._commit({tp: 7})
-    assert consumer.broker.committed == {}
-    worker._restored = {tp}
-    await worker._commit({tp: 7})
-    assert consumer.broker.committed == {tp: 7}
+    assert ownership.assign([tp]) == {tp}
+    assert ownership.committable({tp: 7}) == {}
+    [(read, owned)] = [r async for r in finished(ownership)]
+    assert (read.partitions, owned) == (frozenset({0}), {tp})
+    ownership.mark_restored(owned)
+    assert ownership.committable({tp: 7}) == {tp: 7}
+
+
+async def finished(ownership: Ownership) -> Any:
+    """The restores of ``ownership`` once every read in flight is done."""
+    while ownership.restoring:
+        await asyncio.sleep(0)
+        for done in ownership.finished_restores():
+            yield done
 
 
 # -- suspected: zombie writers are fenced by the owner epoch --------------------------

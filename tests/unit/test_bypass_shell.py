@@ -1,4 +1,4 @@
-"""The worker shell's own bypasses (no broker; the in-memory transport of tests/support).
+"""The worker shell's own bypasses (no broker: the in-memory transport, worker.runtime.memory).
 
 Issue 15: item 1 (one bad record must never stop the loop), item 7 (readiness
 needs a successful commit), item 8 (startup / liveness states), item 12
@@ -11,6 +11,7 @@ recreated-topic items.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
@@ -21,17 +22,20 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.partitioner import DefaultPartitioner
 
-import tests.support.transport as transport
-import worker.app as app_module
 import worker.kafka.watch as watch_module
-from tests.support.transport import FakeConsumer, InMemoryBroker, Shell, broker_for
-from worker.app import Worker, home_partition
+import worker.runtime.batch as batch_module
+from tests.support.transport import Shell, broker_for
 from worker.config import Config, ConfigError, load_config
 from worker.engine import RiskEngine
 from worker.kafka.fetch import fetch
 from worker.kafka.options import check_timeouts
 from worker.kafka.progress import InputProgress
 from worker.messages import TradeOutcome
+from worker.metrics import Metrics
+from worker.runtime import Worker, home_partition
+from worker.runtime.deadletter import dead_letter
+from worker.runtime.memory import InMemoryBroker, MemoryConsumer, MemoryTransport, Stored
+from worker.runtime.transport import Connection, Rebalance
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = 1_767_225_600_000 + 12 * 3_600_000  # 12:00 UTC, far from a session rollover
@@ -139,14 +143,14 @@ async def test_one_bad_record_never_crash_loops_the_worker(monkeypatch: pytest.M
     broker = broker_for(cfg, timestamp_ms=NOW)
     alpha = bot_on(1)
     poison = outcome(alpha, 1)[:-1] + b', "poison": 1}'
-    real_decode = app_module.decode_input  # type: ignore[attr-defined]
+    real_decode = batch_module.decode_input
 
     def decode(kind: Any, key: bytes | None, value: bytes | None, max_bytes: int) -> Any:
         if value is not None and b"poison" in value:
             raise RecursionError("nobody foresaw this")
         return real_decode(kind, key, value, max_bytes)
 
-    monkeypatch.setattr(app_module, "decode_input", decode)
+    monkeypatch.setattr(batch_module, "decode_input", decode)
     broker.append(cfg.topics.outcomes, alpha.encode(), poison, headers=[("trace", b"t-1")])
     broker.append(cfg.topics.outcomes, alpha.encode(), outcome(alpha, 2))
     with Shell(cfg, broker, NOW) as shell:
@@ -173,17 +177,19 @@ class _Record(NamedTuple):
 
 def test_a_null_valued_header_is_dead_lettered_with_the_original_headers() -> None:
     """Issue 15 item 1 as reported: ``len(None)`` on a null header value stopped the loop."""
-    worker = Worker(config())
+    cfg = config()
     tp = TopicPartition("trading.outcomes", 2)
     record = _Record(b"alpha", b"{not json", (("trace", None), ("x", b"1")), 7)
-    letter = worker._deadletter(tp, record, "malformed_json", "not JSON", None)
+    letter = dead_letter(
+        cfg.topics, Metrics(), tp, record, reason="malformed_json", message="not JSON", event=None
+    )
     assert (letter.key, letter.value) == (b"alpha", b"{not json")
     assert letter.headers is not None
     assert letter.headers[:2] == [("trace", None), ("x", b"1")]
     assert dict(letter.headers[2:])["riskgate.errors.offset"] == b"7"
 
 
-class Poisoned(FakeConsumer):
+class Poisoned(MemoryConsumer):
     """Like aiokafka with a record it cannot decode (a header key that is not UTF-8):
     any ``getmany`` that would return it raises, returns nothing and moves nothing."""
 
@@ -191,7 +197,7 @@ class Poisoned(FakeConsumer):
 
     async def getmany(
         self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
-    ) -> dict[TopicPartition, list[transport.Stored]]:
+    ) -> dict[TopicPartition, list[Stored]]:
         before = dict(self.positions)
         got = await super().getmany(*partitions, timeout_ms=timeout_ms, max_records=max_records)
         if any((tp, r.offset) in self.bad for tp, records in got.items() for r in records):
@@ -211,7 +217,6 @@ async def test_a_record_the_client_cannot_decode_does_not_wedge_its_partition(
         broker.append(cfg.topics.outcomes, alpha.encode(), outcome(alpha, n))
         broker.append(cfg.topics.outcomes, beta.encode(), outcome(beta, n))
     monkeypatch.setattr(Poisoned, "bad", {(tp, 2)})
-    monkeypatch.setattr(transport, "FakeConsumer", Poisoned)
     append = broker.append
 
     def keyless_anywhere(topic: str, key: bytes | None, value: bytes | None, **kw: Any) -> Any:
@@ -220,7 +225,7 @@ async def test_a_record_the_client_cannot_decode_does_not_wedge_its_partition(
         return append(topic, key, value, **kw)
 
     monkeypatch.setattr(broker, "append", keyless_anywhere)
-    with Shell(cfg, broker, NOW) as shell:
+    with Shell(cfg, broker, NOW, consumer_class=Poisoned) as shell:
         shell.start(range(4), max_records=4)
         assert await shell.idle()
         assert (trades(shell, alpha), trades(shell, beta)) == (5, 6)
@@ -335,7 +340,7 @@ async def test_a_bot_on_a_second_partition_number_is_dead_lettered() -> None:
         worker = shell.worker
         assert worker is not None
         assert set(worker.engine.bots[alpha].symbols) == {"BTC"}
-        assert worker._partition_of[alpha] == 1
+        assert worker.ownership.partition_of[alpha] == 1
         assert worker.metrics.deadletters.labels("bot_partition_mismatch")._value.get() == 1
         assert await shell.stop()
     reasons = {d["value"]: d["riskgate.errors.exception"] for d in deadletters(broker, cfg)}
@@ -397,22 +402,40 @@ async def test_an_idle_worker_owes_no_commit_and_stays_ready() -> None:
 # -- issue 15 item 8: startup, liveness ------------------------------------------------
 
 
-class _RetryState(NamedTuple):
-    attempt_number: int
-    outcome: None
+class Absent(MemoryTransport):
+    """A broker that refuses two connects; the clock moves on by ``step_ms`` at each attempt."""
+
+    def __init__(self, broker: InMemoryBroker, cfg: Config, now: list[int], step_ms: int) -> None:
+        super().__init__(broker, cfg.topics.snapshots)
+        self.now, self.step_ms = now, step_ms
+        self.refusals = 2
+        self.seen: list[tuple[bool, bool]] = []
+        self.worker: Worker | None = None
+
+    async def connect(self, topics: Collection[str], rebalance: Rebalance) -> Connection:
+        assert self.worker is not None
+        self.now[0] += self.step_ms  # each attempt comes almost stuck_after_ms after the last
+        self.seen.append((self.worker.starting, self.worker.healthy))
+        if self.refusals:
+            self.refusals -= 1
+            raise KafkaConnectionError("no broker")
+        return await super().connect(topics, rebalance)
 
 
-def test_liveness_reflects_a_stuck_loop_not_a_missing_broker() -> None:
+async def test_liveness_reflects_a_stuck_loop_not_a_missing_broker() -> None:
     now = [NOW]
-    worker = Worker(config(), clock=lambda: now[0])
+    cfg = config()
+    stuck = cfg.worker.stuck_after_ms
+    transport = Absent(broker_for(cfg, timestamp_ms=NOW), cfg, now, stuck - 1)
+    worker = Worker(cfg, clock=lambda: now[0], transport=transport)
+    transport.worker = worker
     assert (worker.starting, worker.healthy, worker.ready) == (True, True, False)
-    stuck = worker.config.worker.stuck_after_ms
-    for _ in range(5):  # connect retries while the broker is absent: alive, still starting
-        now[0] += stuck - 1
-        worker._log_connect_retry(_RetryState(1, None))
-        assert (worker.starting, worker.healthy) == (True, True)
-    worker._mark_progress(commit=False)
+    running = asyncio.create_task(worker.run())
+    await worker.started.wait()  # two refused connects first: alive, still starting
+    assert transport.seen == [(True, True)] * 3
     assert (worker.starting, worker.healthy) == (False, True)
+    worker.stop()
+    await running
     now[0] += stuck
     assert not worker.healthy, "no tick for stuck_after_ms: the loop is stuck"
 
@@ -420,7 +443,7 @@ def test_liveness_reflects_a_stuck_loop_not_a_missing_broker() -> None:
 # -- issue 15 item 13: stop works in every state ----------------------------------------
 
 
-class Joining(FakeConsumer):
+class Joining(MemoryConsumer):
     """aiokafka while a group join never completes: ``getmany`` waits without a bound."""
 
     entered: ClassVar[asyncio.Event]
@@ -436,21 +459,21 @@ async def test_stop_ends_the_worker_while_it_is_stuck(
 ) -> None:
     cfg = config()
     broker = broker_for(cfg, timestamp_ms=NOW)
-    worker = Worker(cfg, clock=lambda: NOW)
     reached = asyncio.Event()
 
-    async def check_topics(*args: Any) -> int:
-        reached.set()
-        if stuck_in == "connect":
-            await asyncio.Event().wait()
-        return cfg.topics.partitions
+    class Unanswered(MemoryTransport):
+        async def connect(self, topics: Collection[str], rebalance: Rebalance) -> Connection:
+            reached.set()
+            if stuck_in == "connect":
+                await asyncio.Event().wait()
+            return await super().connect(topics, rebalance)
 
-    async def start_clients() -> None:
-        worker._consumer = Joining(broker)
-        worker._producer = transport.FakeProducer(broker)
-
-    monkeypatch.setattr(app_module, "check_topics", check_topics)
-    monkeypatch.setattr(worker, "_start_clients", start_clients)
+    consumer = Joining(broker)
+    worker = Worker(
+        cfg,
+        clock=lambda: NOW,
+        transport=Unanswered(broker, cfg.topics.snapshots, consumer=consumer),
+    )
     monkeypatch.setattr(Joining, "entered", asyncio.Event(), raising=False)
     running = asyncio.create_task(worker.run())
     await reached.wait()
@@ -487,7 +510,7 @@ def test_input_progress_defines_a_progressing_partition() -> None:
     assert progress.stalled(0, {o0: 9}, {o0: 9}) == {f0}
 
 
-class Stuck(FakeConsumer):
+class Stuck(MemoryConsumer):
     """Fetches every partition except ``stuck``, whose records are never returned."""
 
     stuck: TopicPartition | None = None
@@ -508,10 +531,9 @@ async def test_a_stuck_input_partition_withholds_its_bots_gate_heartbeats(
     alpha, beta = bot_on(0), bot_on(2)
     stuck = TopicPartition(cfg.topics.fills, 2)
     monkeypatch.setattr(Stuck, "stuck", stuck)
-    monkeypatch.setattr(transport, "FakeConsumer", Stuck)
     for bot in (alpha, beta):
         broker.append(cfg.topics.outcomes, bot.encode(), outcome(bot, 1))
-    with Shell(cfg, broker, NOW) as shell:
+    with Shell(cfg, broker, NOW, consumer_class=Stuck) as shell:
         worker = shell.start(range(4))
         assert await shell.idle()
         broker.append(stuck.topic, beta.encode(), b"{}", partition=2)  # never fetched

@@ -1,0 +1,170 @@
+"""Applying one fetched batch to the engine: decode, home check, apply, count.
+
+Whatever goes wrong with one record is that record's dead letter, so one
+record can never stop the loop and be met again by every next owner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+from aiokafka import TopicPartition
+
+from worker.config import Config, TopicsConfig
+from worker.engine import Effects, Origin, Rejected, RiskEngine
+from worker.inbound import InputKind, decode_input
+from worker.kafka.fetch import Unreadable
+from worker.kafka.records import OutRecord
+from worker.messages import Event, HaltEvent
+from worker.metrics import Metrics
+from worker.runtime.deadletter import dead_letter
+from worker.runtime.ownership import Ownership
+
+log = structlog.get_logger("riskgate.worker")
+
+
+def log_halts(halts: Iterable[HaltEvent], **context: object) -> None:
+    """Gate changes are rare and operator-relevant: one INFO line each, with context."""
+    for halt in halts:
+        log.info(
+            f"gate {halt.kind}",
+            bot=halt.bot,
+            symbol=halt.symbol,
+            gate=halt.gate,
+            reason=halt.reason,
+            event_id=halt.event_id,
+            **context,
+        )
+
+
+def input_kinds(topics: TopicsConfig) -> dict[str, InputKind]:
+    """Input topic name → the kind of message it carries."""
+    return {
+        topics.fills: "fill",
+        topics.outcomes: "outcome",
+        topics.intents: "intent",
+        topics.control: "control",
+    }
+
+
+class BatchApplier:
+    """Applies fetched records to the engine, turning every failure into a dead letter."""
+
+    def __init__(
+        self,
+        config: Config,
+        engine: RiskEngine,
+        ownership: Ownership,
+        metrics: Metrics,
+        kinds: dict[str, InputKind],
+    ) -> None:
+        self._config = config
+        self._engine = engine
+        self._ownership = ownership
+        self._metrics = metrics
+        self._kinds = kinds
+
+    def apply(
+        self,
+        batch: dict[TopicPartition, list[Any]],
+        now: int,
+        effects: Effects,
+        deadletters: list[OutRecord],
+    ) -> dict[TopicPartition, int]:
+        """Apply every record; returns the next offset to consume per partition.
+
+        Rejected input carries its reason; any other exception (input nobody
+        foresaw, or a bug) is contained the same way under ``unprocessable`` and
+        logged with its traceback.
+        """
+        engine = self._engine
+        max_bytes = self._config.worker.max_message_bytes
+        ownership = self._ownership
+        partition_of = ownership.partition_of
+        counter = self._metrics.events
+        offsets: dict[TopicPartition, int] = {}
+        for tp, records in batch.items():
+            kind = self._kinds[tp.topic]
+            source = f"{tp.topic}/{tp.partition}"
+            applied = 0
+            skipped_before = effects.skipped
+            for record in records:
+                event: Event | None = None
+                try:
+                    event = decode_input(kind, record.key, record.value, max_bytes)
+                    ownership.check_home(event, tp)
+                    halts_before = len(effects.halts)
+                    engine.apply(
+                        event,
+                        now,
+                        Origin(source, record.offset),
+                        effects,
+                        record_ts=record.timestamp,
+                    )
+                except Rejected as exc:
+                    deadletters.append(self._letter(tp, record, exc.reason, str(exc), event))
+                    continue
+                except Exception as exc:  # contained to this record, see above
+                    log.exception(
+                        "input record could not be processed",
+                        topic=tp.topic,
+                        partition=tp.partition,
+                        offset=record.offset,
+                    )
+                    message = f"{type(exc).__name__}: {exc}"
+                    deadletters.append(self._letter(tp, record, "unprocessable", message, event))
+                    continue
+                if len(effects.halts) > halts_before:
+                    log_halts(
+                        effects.halts[halts_before:],
+                        topic=tp.topic,
+                        partition=tp.partition,
+                        offset=record.offset,
+                    )
+                partition_of[event.bot] = tp.partition
+                applied += 1
+            skipped = effects.skipped - skipped_before
+            counter.labels(tp.topic, "applied").inc(applied - skipped)
+            if skipped:
+                counter.labels(tp.topic, "skipped").inc(skipped)
+            if len(records) > applied:
+                counter.labels(tp.topic, "deadletter").inc(len(records) - applied)
+            offsets[tp] = records[-1].offset + 1
+        return offsets
+
+    def skip_unreadable(
+        self,
+        unreadable: list[Unreadable],
+        offsets: dict[TopicPartition, int],
+        deadletters: list[OutRecord],
+    ) -> None:
+        """Records the client could not decode were skipped; dead-letter where they are."""
+        for bad in unreadable:
+            deadletters.append(
+                self._letter(bad.tp, None, "undecodable_record", bad.error, None, offset=bad.offset)
+            )
+            self._metrics.events.labels(bad.tp.topic, "deadletter").inc()
+            offsets[bad.tp] = max(offsets.get(bad.tp, 0), bad.offset + 1)
+
+    def _letter(
+        self,
+        tp: TopicPartition,
+        record: Any | None,
+        reason: str,
+        message: str,
+        event: Event | None,
+        *,
+        offset: int | None = None,
+    ) -> OutRecord:
+        return dead_letter(
+            self._config.topics,
+            self._metrics,
+            tp,
+            record,
+            reason=reason,
+            message=message,
+            event=event,
+            offset=offset,
+        )

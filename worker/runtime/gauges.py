@@ -1,0 +1,42 @@
+"""Gauges of the worker's state, read when scraped so they are never an iteration stale."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from worker.engine import RiskEngine
+from worker.metrics import Metrics
+from worker.runtime.ownership import Ownership
+from worker.runtime.transport import Consumer
+
+
+def register_state_gauges(
+    metrics: Metrics,
+    engine: RiskEngine,
+    ownership: Ownership,
+    ready: Callable[[], bool],
+    starting: Callable[[], bool],
+) -> None:
+    """Held bots, symbols, reservations and partitions; ready and started, as callbacks."""
+    m = metrics
+    bots = engine.bots
+    m.bots.set_function(lambda: len(bots))
+    m.symbols.set_function(lambda: sum(len(b.symbols) for b in bots.values()))
+    m.reservations.set_function(lambda: sum(len(b.portfolio.reservations) for b in bots.values()))
+    m.assigned_partitions.set_function(lambda: len({tp.partition for tp in ownership.assigned}))
+    m.ready.set_function(lambda: 1 if ready() else 0)
+    m.started.set_function(lambda: 0 if starting() else 1)
+
+
+def update_lag(
+    metrics: Metrics, consumer: Consumer, batch: dict[TopicPartition, list[Any]]
+) -> None:
+    """Consumer lag of each partition a batch came from, from the client's high watermark."""
+    for tp, records in batch.items():
+        highwater = consumer.highwater(tp)
+        if highwater is not None:
+            lag = highwater - records[-1].offset - 1
+            metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)

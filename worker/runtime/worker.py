@@ -1,0 +1,292 @@
+"""The worker: one poll loop around the pure engine.
+
+Each iteration: apply finished restores, fetch a batch, apply it, sweep on
+cadence, and publish the batch's outputs (halts, decisions, gate states, dead
+letters), waiting for their acks; then hand the batch to the
+:class:`~worker.runtime.checkpoint.Checkpoint`, which every
+``commit_interval_ms`` snapshots the changed keys and only then commits the
+input offsets. A crash anywhere replays from the last commit; per-key offset
+watermarks in the snapshots make the replay exact, and outputs are always
+acknowledged before the state that produced them is persisted, so none is lost.
+
+Rebalances never wait on a lock: a revoke asks the loop to persist at the end
+of its iteration and waits (bounded) for that, so a new owner restoring after
+us sees every snapshot we wrote; an assignment pauses just the new partitions
+while their snapshot partitions are read in the background
+(:mod:`~worker.runtime.ownership`, :mod:`~worker.runtime.recovery`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+
+import structlog
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
+
+from worker.clock import wall_clock_ms
+from worker.config import Config
+from worker.engine import Effects, RiskEngine
+from worker.health import Health
+from worker.kafka.fetch import Fetched, fetch
+from worker.kafka.records import OutRecord
+from worker.kafka.watch import InputWatch
+from worker.metrics import Metrics
+from worker.runtime.batch import BatchApplier, input_kinds, log_halts
+from worker.runtime.checkpoint import Checkpoint, Offsets
+from worker.runtime.gauges import register_state_gauges, update_lag
+from worker.runtime.lifecycle import CLOSE_STEP_MAX_S, until_stopped
+from worker.runtime.link import BrokerLink
+from worker.runtime.ownership import Ownership
+from worker.runtime.publish import Publisher
+from worker.runtime.recovery import Recovery
+from worker.runtime.transport import Consumer, KafkaTransport, Transport
+
+Clock = Callable[[], int]
+"""Wall clock in epoch milliseconds; injected so tests can move time."""
+
+log = structlog.get_logger("riskgate.worker")
+
+
+class Worker:
+    """``riskgate run``: consume, apply, publish, persist, commit — until stopped."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock = wall_clock_ms,
+        metrics: Metrics | None = None,
+        transport: Transport | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.metrics = m = metrics or Metrics()
+        self.engine = RiskEngine(config)
+        self.transport = transport or KafkaTransport(config)
+        kinds = input_kinds(config.topics)
+        self._stopping = asyncio.Event()
+        self.health = Health(clock, config.worker, m)
+        self.ownership = Ownership(config.topics, self.transport.read_snapshots)
+        self.checkpoint = Checkpoint(config.worker)
+        self._publisher = Publisher(
+            config, self.engine, self.ownership, m, tick=self.health.tick, stopping=self._stopping
+        )
+        self._link = BrokerLink(
+            config,
+            transport=self.transport,
+            health=self.health,
+            metrics=m,
+            checkpoint=self.checkpoint,
+            publisher=self._publisher,
+        )
+        self._recovery = Recovery(config, self.engine, self.ownership, m)
+        self._applier = BatchApplier(config, self.engine, self.ownership, m, kinds)
+        self._watch = InputWatch(kinds, config.worker.heartbeat_interval_ms, m, clock())
+        """Per input partition: progress (heartbeats) and restarted offsets."""
+        self._next_sweep = 0
+        self._fetching: asyncio.Future[Fetched] | None = None
+        """The loop's fetch in flight; ``stop()`` cancels it (a join may never finish)."""
+        self.started = asyncio.Event()
+        """Set once the clients are connected and the loop is running."""
+        self._kinds = kinds
+        register_state_gauges(
+            m, self.engine, self.ownership, lambda: self.ready, lambda: self.starting
+        )
+
+    # -- health ------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        """Liveness (see :mod:`worker.health`): a missing broker never fails it."""
+        return self.health.alive
+
+    @property
+    def starting(self) -> bool:
+        """No broker round trip completed yet (the startup state)."""
+        return self.health.starting
+
+    @property
+    def ready(self) -> bool:
+        """Assigned, restored, not stopping, a recent broker round trip, no commit overdue."""
+        own = self.ownership
+        return (
+            bool(own.assigned)
+            and not own.restoring
+            and not self._stopping.is_set()
+            and self.health.talking
+        )
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish its batch, persist, commit and leave the group.
+
+        A fetch in flight is cancelled at once: while a group join never
+        completes, aiokafka's fetch waits for an assignment without a bound.
+        """
+        self._stopping.set()
+        if self._fetching is not None:
+            self._fetching.cancel()
+
+    @property
+    def shutdown_bound_s(self) -> float:
+        """How long ``run()`` may take to return after ``stop()``, in every state."""
+        request_s = self.config.kafka.request_timeout_ms / 1000
+        return 2 * request_s + 2 * min(request_s, CLOSE_STEP_MAX_S)
+
+    async def run(self) -> None:
+        """Connect (retrying while the broker is absent), then loop until ``stop()``.
+
+        ``stop()`` ends every state within :attr:`shutdown_bound_s`: connecting is
+        cancelled at once; the loop gets two request timeouts to publish and
+        persist what it applied, then is cancelled (a replay covers the rest);
+        each client gets a bounded time to close.
+        """
+        try:
+            connecting = self._link.connect(list(self._kinds), self, self._stopping)
+            connection = await until_stopped(connecting, self._stopping, grace_s=0)
+            if connection is None:
+                return
+            self.ownership.input_partitions = connection.input_partitions
+            self.started.set()
+            grace_s = 2 * self.config.kafka.request_timeout_ms / 1000
+            await until_stopped(self._loop(), self._stopping, grace_s=grace_s)
+        finally:
+            self.ownership.cancel_restores()
+            await self._link.close()
+            log.info("worker stopped")
+
+    # -- the loop ----------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        consumer = self._link.consumer
+        assert consumer is not None
+        worker_cfg = self.config.worker
+        checkpoint, ownership = self.checkpoint, self.ownership
+        while not self._stopping.is_set():
+            effects = Effects()
+            deadletters: list[OutRecord] = []
+            now = self.clock()
+            self._apply_restores(consumer, now, effects)
+            log_halts(effects.halts, cause="restore")
+            fetched = await self._fetch(consumer)
+            batch = fetched.batch
+            started = time.perf_counter()
+            now = self.clock()
+            offsets = self._applier.apply(batch, now, effects, deadletters)
+            self._applier.skip_unreadable(fetched.unreadable, offsets, deadletters)
+            self._watch.observe(
+                consumer,
+                ownership.assigned,
+                self.engine,
+                ownership.partition_of,
+                offsets=offsets,
+                now=now,
+            )
+            self.health.forgive(ownership.assigned)
+            if now >= self._next_sweep:
+                halts_before = len(effects.halts)
+                self.engine.sweep(now, effects)
+                log_halts(effects.halts[halts_before:], cause="sweep")
+                self._next_sweep = now + worker_cfg.sweep_interval_ms
+            heartbeat = await self._watch.heartbeat_bots(
+                consumer, self.engine, ownership.partition_of, now
+            )
+            if not await self._publisher.publish(effects, deadletters, heartbeat, now):
+                return
+            checkpoint.add(effects, offsets)
+            self.health.owe(offsets, now)
+            if checkpoint.due(now) and not await self._persist(now):
+                return
+            checkpoint.iteration_done()
+            if batch:
+                self._link.round_trip(commit=False)  # records came from the broker
+                self.metrics.batch_size.observe(sum(len(r) for r in batch.values()))
+                self.metrics.batch_seconds.observe(time.perf_counter() - started)
+            elif now - (self.health.last_round_trip_ms or 0) >= worker_cfg.sweep_interval_ms:
+                await self._link.probe()
+            update_lag(self.metrics, consumer, batch)
+            self.health.tick()
+        await self._persist(self.clock())  # shutdown: everything applied is persisted
+
+    async def _fetch(self, consumer: Consumer) -> Fetched:
+        """One bounded fetch; empty when it times out or ``stop()`` cancels it.
+
+        aiokafka's ``getmany`` waits without a bound while the group is
+        (re)joining; the bound keeps the loop ticking (alive, not ready).
+        """
+        cfg = self.config
+        self._fetching = asyncio.ensure_future(
+            fetch(consumer, cfg.worker.poll_timeout_ms, cfg.worker.max_batch_records)
+        )
+        bound_s = (cfg.worker.poll_timeout_ms + cfg.kafka.request_timeout_ms) / 1000
+        try:
+            async with asyncio.timeout(bound_s):
+                return await self._fetching
+        except (TimeoutError, asyncio.CancelledError):
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the loop itself is cancelled, not just this fetch
+            return Fetched({}, [])
+        except KafkaError as exc:
+            # Per-partition fetch errors are retried inside aiokafka; what reaches
+            # us here (authorization, a reset refused) is logged and re-fetched.
+            log.warning("fetch failed", error=repr(exc))
+            return Fetched({}, [])
+        finally:
+            self._fetching = None
+
+    async def _persist(self, now: int) -> bool:
+        """Phase 2, every ``commit_interval_ms``: snapshots of changed keys, then commit."""
+        return await self.checkpoint.persist(now, self._publisher.write_snapshots, self._commit)
+
+    async def _commit(self, offsets: Offsets) -> None:
+        await self._link.commit(self.ownership.committable(offsets))
+
+    # -- rebalance (the transport calls these) -------------------------------------
+
+    def on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        """The group assigned partitions: pause the new ones until their restore is applied."""
+        consumer = self._link.consumer
+        assert consumer is not None
+        new = self.ownership.assign(assigned)
+        if new:
+            consumer.pause(*new)
+
+    async def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        """The group takes partitions away: persist first (bounded), then forget their bots."""
+        revoked = set(revoked)
+        if revoked and self.started.is_set():
+            # Our last snapshots must be on the topic before a new owner reads it.
+            timeout_s = self.config.kafka.max_poll_interval_ms / 2000
+            if not await self.checkpoint.flush(timeout_s):
+                log.warning("revoke: persist still pending; the new owner will replay")
+        # If the persist above timed out, the state behind these offsets is about to
+        # be forgotten unpersisted: never commit them, even if the partition comes
+        # back to us in the next assignment.
+        self.checkpoint.forget(revoked)
+        for tp in revoked:
+            # Its new owner reports this lag now: a series left here would be stale,
+            # counted twice in a sum, and could keep a lag alert firing forever.
+            with contextlib.suppress(KeyError):
+                self.metrics.lag.remove(tp.topic, str(tp.partition))
+        self.engine.forget(self.ownership.revoke(revoked))
+
+    def _apply_restores(self, consumer: Consumer, now: int, effects: Effects) -> None:
+        for read, owned in self.ownership.finished_restores():
+            self._recovery.restore(
+                read,
+                now,
+                effects,
+                republish=self._publisher.republish,
+                rewrite=self.checkpoint.unpersisted,
+            )
+            # Applied before a revoke and reassignment (the partition was paused
+            # since): their state was forgotten, never commit them (P3).
+            self.checkpoint.forget(owned)
+            self.ownership.mark_restored(owned)
+            consumer.resume(*owned)
