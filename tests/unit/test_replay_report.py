@@ -274,6 +274,19 @@ def test_a_sweep_ranks_every_combination_and_maps_two_keys(tmp_path: Path) -> No
     )
 
 
+def test_a_stopped_sweep_returns_every_combination_partial(tmp_path: Path) -> None:
+    t0 = D0 + 10 * HOUR
+    rows = [out("a", i, 1.0, t0 + i) for i in range(10_000)]
+    records = in_time_order([read_file(write_jsonl(tmp_path / "h.jsonl", rows))])
+    spec = parse_sweep(["defaults.session.loss_limit=-30,-1000"])
+    base, section = run_sweep(
+        config_file(tmp_path), records, spec, workers=2, should_stop=lambda: True
+    )
+    assert (base["input"]["complete"], base["input"]["replayed"]) == (False, 4096)
+    assert section["complete"] is False
+    assert [r["overall"]["net_pnl_actual"] for r in section["rows"]] == [4096.0, 4096.0]
+
+
 def test_the_command_writes_both_reports_and_the_dead_letters(tmp_path: Path) -> None:
     t0 = D0 + 10 * HOUR
     cfg = config_file(tmp_path)

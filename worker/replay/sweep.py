@@ -133,6 +133,8 @@ def run_sweep(
         load_with(config_path, combo)
     ctx = mp.get_context("fork")
     stop, done = ctx.Event(), ctx.Value("q", 0)
+    if should_stop():  # asked before any work: every job stops at its first look
+        stop.set()
     _records = records
     total = len(records) * (len(combos) + 1)
     try:
