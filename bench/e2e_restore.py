@@ -11,6 +11,13 @@ partition as the worker writes them, then starts one worker process and times
 and reports the worker's peak RSS with N symbols in state. Checks that every
 snapshot was restored (``riskgate_symbols`` == N).
 
+``--source live`` builds the N symbols with a live worker instead (outcomes
+through the real worker, dedupe windows at their default bound), measures its
+RSS, stops it and restores its own snapshots in a second worker. With several
+``--symbols`` counts it also prints the RSS each added symbol costs between
+two counts (interpreter, clients and buffers cancel out).
+
+    .venv/bin/python -m bench.e2e_restore --symbols 10000,100000 --source both
     .venv/bin/python -m bench.e2e_restore [--symbols 100000] [--recent-ids 16]
 """
 
@@ -18,9 +25,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
+import os
 import time
 from pathlib import Path
+from typing import NamedTuple
 
+import msgspec
+from aiokafka import TopicPartition
+
+from bench.baseline import CommitWatch
 from bench.e2e_common import (
     bench_config,
     create_topics,
@@ -38,6 +52,7 @@ from worker.kafka.broker import EmbeddedBroker
 from worker.messages import TradeOutcome
 from worker.snapshot import encode, portfolio_key, symbol_key
 
+TARGET_BYTES_PER_SYMBOL = 2048
 BOTS = [f"bot{i}" for i in range(8)]
 BODY = "".join(f"[bots.{bot}]\n" for bot in BOTS)
 
@@ -63,7 +78,58 @@ def templates(config: Config, recent_ids: int) -> tuple[dict[str, bytes], dict[s
     return symbols, portfolios
 
 
-async def main(args: argparse.Namespace) -> None:
+class Measured(NamedTuple):
+    """One worker brought up on N symbols: timings (s) and memory (MiB)."""
+
+    symbols: float
+    join: float
+    """worker start -> partitions assigned (the group join)."""
+    ready: float
+    """assigned -> /readyz 200."""
+    read: float
+    """of which reading the snapshot partitions."""
+    apply: float
+    """of which decoding + applying the snapshots."""
+    rss_peak: float
+    rss_now: float
+
+
+async def bring_up(config_path: Path, expected: int, within: float) -> Measured:
+    """Start a worker on the existing topics; measure it once it holds ``expected`` symbols."""
+    with worker_process(config_path) as worker:
+        started = time.time()
+        worker.start()
+        ready = await wait_http_ok(worker, "/readyz", within=within)
+        assigned = log_event_time(worker, "partitions assigned; restoring") or started
+        restored_log = log_event_time(worker, "restored")
+        metrics = await symbols_in_state(worker, expected, within=30)
+        read = metrics.get(("riskgate_restore_seconds_sum", ()), float("nan"))
+        return Measured(
+            symbols=metrics.get(("riskgate_symbols", ()), 0.0),
+            join=assigned - started,
+            ready=ready - assigned,
+            read=read,
+            apply=(restored_log or ready) - assigned - read,
+            rss_peak=peak_rss_mb(worker.pid),
+            rss_now=current_rss_mb(worker.pid),
+        )
+
+
+async def symbols_in_state(worker, expected: int, within: float) -> dict:
+    """The worker's metrics once ``riskgate_symbols`` reached ``expected`` (or ``within`` s).
+
+    The gauges are refreshed at the end of the loop iteration that restored.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        metrics = await worker.metrics()
+        if metrics.get(("riskgate_symbols", ()), 0.0) >= expected or time.monotonic() > deadline:
+            return metrics
+        await asyncio.sleep(0.05)
+
+
+async def from_templates(args: argparse.Namespace, n: int) -> Measured:
+    """N synthetic symbol snapshots (``--recent-ids`` outcomes each) -> a restored worker."""
     async with EmbeddedBroker() as broker:
         with workdir() as tmp:
             config_path, config = bench_config(
@@ -75,7 +141,7 @@ async def main(args: argparse.Namespace) -> None:
             partition_of = {bot: partition_for(bot.encode(), args.partitions) for bot in BOTS}
 
             def records():
-                for i in range(args.symbols):
+                for i in range(n):
                     bot = BOTS[i % len(BOTS)]
                     key = symbol_key(bot, f"S{i:06d}").encode()
                     yield topic, key, symbol_values[bot], partition_of[bot]
@@ -92,43 +158,119 @@ async def main(args: argparse.Namespace) -> None:
             )
             size = sum(len(v) for v in symbol_values.values()) / len(symbol_values)
             print(
-                f"wrote {sent:,} snapshots (~{size:.0f} bytes each, "
-                f"{args.recent_ids} recent ids) in {seconds:.1f}s"
+                f"[{n:,} template] wrote {sent:,} snapshots (~{size:.0f} bytes each, "
+                f"{args.recent_ids} recent outcomes) in {seconds:.1f}s"
             )
+            return await bring_up(config_path, n, args.timeout)
 
+
+async def from_live(args: argparse.Namespace, n: int) -> tuple[Measured, Measured]:
+    """N symbols built by a live worker from outcomes, then restored by a second worker.
+
+    ``--outcomes-per-symbol`` outcomes per symbol (every fourth a loss), over 8
+    bots, through the real worker with the default dedupe bound: the first
+    worker's RSS once every offset is committed is the *live* figure; the
+    second, started on the snapshots the first persisted at shutdown, gives the
+    *restored* figure from real snapshots (id windows, chunks and all).
+    """
+    async with EmbeddedBroker() as broker:
+        with workdir() as tmp:
+            config_path, config = bench_config(
+                broker.bootstrap_servers, BODY, partitions=args.partitions, workdir=tmp
+            )
+            await create_topics(config)
+            topic = config.topics.outcomes
+            partition_of = {bot: partition_for(bot.encode(), args.partitions) for bot in BOTS}
+            ends = dict.fromkeys(range(args.partitions), 0)
+            encode_json = msgspec.json.Encoder().encode
+            start = now_ms() - 60_000
+
+            def records():
+                k = 0
+                for round_ in range(args.outcomes_per_symbol):
+                    for i in range(n):
+                        bot = BOTS[i % len(BOTS)]
+                        gross = -3.0 if round_ % 4 == 0 else 2.5
+                        ts = start + k * 60_000 // (n * args.outcomes_per_symbol)
+                        value = encode_json(
+                            TradeOutcome(f"{bot}-{k}", bot, f"S{i:06d}", gross, 0.1, ts)
+                        )
+                        ends[partition_of[bot]] += 1
+                        k += 1
+                        yield topic, bot.encode(), value, None
+
+            sent, seconds = await asyncio.to_thread(
+                fast_produce, broker.bootstrap_servers, records()
+            )
+            print(f"[{n:,} live] pre-loaded {sent:,} outcomes in {seconds:.1f}s")
+            tps = {p: TopicPartition(topic, p) for p in ends}
             with worker_process(config_path) as worker:
                 started = time.time()
                 worker.start()
-                ready = await wait_http_ok(worker, "/readyz", within=args.timeout)
-                assigned = log_event_time(worker, "partitions assigned; restoring") or started
-                restored_log = log_event_time(worker, "restored")
-                # The gauges are refreshed at the end of the loop iteration that restored.
-                deadline = time.monotonic() + 30
-                while True:
-                    metrics = await worker.metrics()
-                    symbols = metrics.get(("riskgate_symbols", ()), 0.0)
-                    if symbols >= args.symbols or time.monotonic() > deadline:
-                        break
-                    await asyncio.sleep(0.05)
-                rss = peak_rss_mb(worker.pid)
-                rss_now = current_rss_mb(worker.pid)
+                async with CommitWatch(broker.bootstrap_servers, config.kafka.group_id) as watch:
+                    while True:
+                        worker.check_alive()
+                        committed = await watch.committed(list(tps.values()))
+                        if all(committed[tps[p]] >= end for p, end in ends.items()):
+                            break
+                        if time.time() - started > args.timeout:
+                            raise TimeoutError(f"live worker did not commit {sent:,} outcomes")
+                        await asyncio.sleep(0.1)
+                metrics = await symbols_in_state(worker, n, within=30)
+                live = Measured(
+                    symbols=metrics.get(("riskgate_symbols", ()), 0.0),
+                    join=(log_event_time(worker, "partitions assigned; restoring") or started)
+                    - started,
+                    ready=float("nan"),
+                    read=float("nan"),
+                    apply=float("nan"),
+                    rss_peak=peak_rss_mb(worker.pid),
+                    rss_now=current_rss_mb(worker.pid),
+                )
+            # Leaving the block stopped it with SIGTERM: it persisted everything applied.
+            # The second worker gets its own config file name, hence its own log file.
+            second = config_path.with_name("restore.toml")
+            second.write_text(config_path.read_text())
+            return live, await bring_up(second, n, args.timeout)
 
-    restored = metrics.get(("riskgate_restore_records_total", (("result", "restored"),)), 0.0)
-    read_seconds = metrics.get(("riskgate_restore_seconds_sum", ()), float("nan"))
-    print(f"worker start -> partitions assigned (group join): {assigned - started:.2f}s")
+
+def report(kind: str, n: int, m: Measured) -> None:
     print(
-        f"assigned -> ready: {ready - assigned:.2f}s "
-        f"(reading the partitions: {read_seconds:.2f}s, "
-        f"decoding + applying: {(restored_log or ready) - assigned - read_seconds:.2f}s)"
+        f"[{n:,} {kind}] symbols in state {m.symbols:,.0f}; join {m.join:.2f}s; "
+        f"assigned -> ready {m.ready:.2f}s (reading {m.read:.2f}s, decoding + applying "
+        f"{m.apply:.2f}s); RSS now {m.rss_now:.0f} MiB (peak {m.rss_peak:.0f}), "
+        f"{m.rss_now * 2**20 / n:,.0f} bytes a symbol"
     )
-    print(f"worker start -> ready: {ready - started:.2f}s")
-    print(f"restored records: {restored:,.0f}; symbols in state: {symbols:,.0f}")
-    print(
-        f"worker RSS with {symbols:,.0f} symbols: peak {rss:.0f} MiB, "
-        f"after restore {rss_now:.0f} MiB"
-    )
-    if symbols != args.symbols:
-        raise SystemExit(f"expected {args.symbols:,} symbols in state, found {symbols:,.0f}")
+    if m.symbols != n:
+        raise SystemExit(f"expected {n:,} symbols in state, found {m.symbols:,.0f}")
+
+
+def marginal(kind: str, runs: list[tuple[int, Measured]]) -> None:
+    """RSS per symbol between two sizes: the interpreter and clients cancel out."""
+    for (n0, m0), (n1, m1) in itertools.pairwise(runs):
+        per = (m1.rss_now - m0.rss_now) * 2**20 / (n1 - n0)
+        print(
+            f"{kind}: {n0:,} -> {n1:,} symbols adds {m1.rss_now - m0.rss_now:.0f} MiB: "
+            f"{per:,.0f} bytes a symbol (target <= {TARGET_BYTES_PER_SYMBOL:,})"
+        )
+
+
+async def main(args: argparse.Namespace) -> None:
+    counts = [int(c) for c in args.symbols.split(",")]
+    results: dict[str, list[tuple[int, Measured]]] = {}
+    for n in counts:
+        if args.source in ("template", "both"):
+            results.setdefault("restored (template)", []).append((n, await from_templates(args, n)))
+        if args.source in ("live", "both"):
+            live, restored = await from_live(args, n)
+            results.setdefault("live", []).append((n, live))
+            results.setdefault("restored (from live)", []).append((n, restored))
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    for kind, runs in results.items():
+        for n, measured in runs:
+            report(kind, n, measured)
+    for kind, runs in results.items():
+        marginal(kind, runs)
 
 
 def current_rss_mb(pid: int) -> float:
@@ -147,7 +289,16 @@ def partition_for(key: bytes, partitions: int) -> int:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--symbols", type=int, default=100_000)
+    parser.add_argument(
+        "--symbols", default="100000", help="comma-separated symbol counts, e.g. 10000,100000"
+    )
+    parser.add_argument(
+        "--source",
+        choices=("template", "live", "both"),
+        default="template",
+        help="synthetic snapshots, or symbols a live worker built (then restored), or both",
+    )
+    parser.add_argument("--outcomes-per-symbol", type=int, default=4, help="live: outcomes each")
     parser.add_argument("--recent-ids", type=int, default=16, help="event ids per snapshot (1..64)")
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=300.0)
