@@ -154,7 +154,7 @@ def test_a_genuine_command_processed_ten_minutes_late_is_applied() -> None:
     cmd = signed("halt", T0)
     out = eng.apply(cmd, late, Origin("risk.control/0", 0), record_ts=T0)
     assert [(h.kind, h.gate) for h in out.halts] == [("halted", "manual_halt")]
-    assert eng.bots["alpha"].manual_halt is not None
+    assert eng.bots["alpha"].manual_halt.ts == T0
     # Without the record's time it would be judged by processing time, as before.
     with pytest.raises(Rejected) as exc:
         engine(SIGNED).apply(cmd, late)
@@ -167,21 +167,21 @@ def test_a_replayed_signed_resume_after_a_later_halt_changes_nothing() -> None:
     for offset, cmd in enumerate((halt, resume, halt_again)):
         eng.apply(cmd, T0 + 3, Origin("risk.control/0", offset), record_ts=cmd.ts)
     bot = eng.bots["alpha"]
-    assert bot.manual_halt is not None
+    assert bot.manual_halt.ts == T0 + 2  # the later halt stands
     with pytest.raises(Rejected) as stale:  # the captured resume, re-appended
         eng.apply(resume, T0 + 4, Origin("risk.control/0", 3), record_ts=T0 + 4)
     assert stale.value.reason == "stale_command"
     with pytest.raises(Rejected) as replayed:  # the latest command, re-appended
         eng.apply(halt_again, T0 + 5, Origin("risk.control/0", 4), record_ts=T0 + 5)
     assert replayed.value.reason == "replayed_command"
-    assert bot.manual_halt is not None
+    assert bot.manual_halt.ts == T0 + 2
     # The guard is persisted: a restarted worker refuses the replay too.
     restarted = engine(SIGNED)
     restarted.restore({portfolio_key("alpha"): encode(bot.portfolio_snapshot())}, T0 + 6)
     with pytest.raises(Rejected) as after_restart:
         restarted.apply(resume, T0 + 6, Origin("risk.control/0", 5), record_ts=T0 + 6)
     assert after_restart.value.reason == "stale_command"
-    assert restarted.bots["alpha"].manual_halt is not None
+    assert restarted.bots["alpha"].manual_halt.ts == T0 + 2
 
 
 def test_a_replayed_symbol_command_is_refused_per_target() -> None:

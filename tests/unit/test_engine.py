@@ -59,8 +59,7 @@ def test_gate_order_first_block_answers() -> None:
     btc = {"symbol": "BTCUSDT", "qty": 1.0, "price": 10.0}
 
     allowed, gate, reason = decide(eng, now, **btc)
-    assert (allowed, gate) == (False, "manual_halt")
-    assert "alice" in reason
+    assert (allowed, gate, reason) == (False, "manual_halt", "halted by alice: ops")
 
     eng.apply(control("resume", symbol=None, ts=now), now)
     assert decide(eng, now, **btc)[:2] == (False, "manual_halt")  # the symbol's own halt
@@ -80,12 +79,11 @@ def test_gate_order_first_block_answers() -> None:
     eng.sweep(tomorrow)
     allowed, gate, reason = decide(eng, tomorrow, symbol="BTCUSDT", qty=1.0, price=60.0)
     assert (allowed, gate) == (False, "max_concurrent_positions")
-    assert reason
+    assert reason == "1 positions already open or reserved"
 
     eng.apply(fill("sell", 1.0, 100.0, symbol="ETHUSDT", ts=tomorrow), tomorrow)
     allowed, gate, reason = decide(eng, tomorrow, symbol="BTCUSDT", qty=1.0, price=60.0)
-    assert (allowed, gate) == (False, "gross_exposure")
-    assert "60" in reason
+    assert (allowed, gate, reason) == (False, "gross_exposure", "notional 60 would exceed 50")
 
     allowed, gate, _ = decide(eng, tomorrow, symbol="BTCUSDT", qty=1.0, price=10.0)
     assert (allowed, gate) == (True, None)
@@ -323,7 +321,8 @@ def test_signed_control_is_applied() -> None:
     cmd = signing.signed(control("halt", symbol=None), b"s3cret")
     out = eng.apply(cmd, T0)
     assert [h.gate for h in out.halts] == ["manual_halt"]
-    assert eng.bots["alpha"].manual_halt is not None
+    halt = eng.bots["alpha"].manual_halt
+    assert (halt.reason, halt.issued_by, halt.ts) == ("ops", "alice", T0)
 
 
 @pytest.mark.parametrize(
@@ -370,7 +369,8 @@ def test_tampered_signed_command_is_rejected() -> None:
 def test_unsigned_control_is_accepted_without_a_secret() -> None:
     eng = engine()
     eng.apply(control("halt", symbol=None), T0)
-    assert eng.bots["alpha"].manual_halt is not None
+    halt = eng.bots["alpha"].manual_halt
+    assert (halt.reason, halt.issued_by, halt.ts) == ("ops", "alice", T0)
 
 
 # -- validation -------------------------------------------------------------------------------

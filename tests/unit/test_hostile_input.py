@@ -225,7 +225,8 @@ def _check_semantics(path: Path, case: Case, before: dict[str, Any], out: Effect
         realised = btc_after["session_pnl"]["realised"] - btc_before["session_pnl"]["realised"]
         assert realised == 1.0  # the last value of the key
     elif name.startswith("signed halt of one symbol"):
-        assert symbol(path, "alpha", "ETHUSDT")["manual_halt"] is not None
+        halt = {"reason": "valid", "issued_by": "mallory", "ts": NOW - 60_000}
+        assert symbol(path, "alpha", "ETHUSDT")["manual_halt"] == halt
     elif name.startswith("symbol with an emoji"):
         assert "BTC\U0001f4b8" in path.engine.bots["any"].symbols
     else:  # a valid outcome, whatever unknown fields or odd literals came with it

@@ -279,7 +279,9 @@ def test_our_portfolio_fixture_restores_and_re_encodes_identically() -> None:
         {"ids": "", "offsets": ""},
         None,
     )
-    assert bot.portfolio.halted and bot.manual_halt is not None
+    assert bot.portfolio.halted
+    halt = bot.manual_halt
+    assert (halt.reason, halt.issued_by, halt.ts) == ("desk closed", "bob", 1_749_978_300_000)
     assert bot.portfolio.reservations["i-1"].notional == 50.0
 
 
