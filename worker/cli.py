@@ -128,10 +128,11 @@ def topics(config_path: Path) -> None:
 @click.option("--bot", required=True, help="Bot id.")
 def state(config_path: Path, bot: str) -> None:
     """Show a bot as a worker restarted now would hold it, and how far that lags."""
-    from worker.operator import load_state, print_wide, render_state, wall_ms
+    from worker.clock import wall_clock_ms
+    from worker.operator import load_state, print_wide, render_state
 
     config = _load(config_path)
-    print_wide(render_state(_operate(load_state(config, bot, wall_ms())), bot))
+    print_wide(render_state(_operate(load_state(config, bot, wall_clock_ms())), bot))
 
 
 def _control(command: Command) -> click.Command:

@@ -25,13 +25,12 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from worker.clock import wall_clock_ms
 from worker.config import Config, ConfigError, ControlConfig, bot_settings
-from worker.engine import (
-    BotRisk,
-    Rejected,
-    RiskEngine,
-    _command_gate,
-)
+from worker.core.engine import RiskEngine
+from worker.core.symbol import command_gate
+from worker.core.views import BotView
+from worker.errors import Rejected
 from worker.kafka.options import client_kwargs
 from worker.kafka.records import gate_key
 from worker.kafka.restore import read_snapshot_partitions
@@ -45,10 +44,6 @@ SECRET_ENV = "RISKGATE_CONTROL_SECRET"
 
 class OperatorError(Exception):
     """Why an operator tool refused or failed, in one line; the CLI exits non-zero."""
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @asynccontextmanager
@@ -97,13 +92,13 @@ class Lag(NamedTuple):
 
 
 class BotState(NamedTuple):
-    risk: BotRisk | None
+    risk: BotView | None
     """None when the snapshot topic holds nothing for the bot."""
     lag: Lag
     now_ms: int
 
 
-async def load_bot(config: Config, bot: str, at_ms: int) -> BotRisk | None:
+async def load_bot(config: Config, bot: str, at_ms: int) -> BotView | None:
     """The bot's restored state (None: no snapshot); see :func:`load_state`."""
     return (await load_state(config, bot, at_ms)).risk
 
@@ -128,7 +123,7 @@ async def load_state(config: Config, bot: str, at_ms: int) -> BotState:
     engine.sweep(at_ms)
     heartbeat = _decode(gates.records.get(gate_key(bot, None)), AccountGateState)
     lag = Lag(partition, uncommitted, heartbeat.updated_ts if heartbeat else None)
-    return BotState(engine.bots.get(bot), lag, at_ms)
+    return BotState(engine.bot_view(bot, at_ms), lag, at_ms)
 
 
 async def _uncommitted(config: Config, kwargs: dict[str, Any], partition: int) -> dict[str, int]:
@@ -173,10 +168,9 @@ def render_state(state: BotState, bot: str) -> RenderableType:
     return Group(*lines)
 
 
-def _table(risk: BotRisk, now: int) -> Table:
-    account = risk.account_gate_state(now)
-    blocked = {name: risk.symbols[name].blocks() for name in sorted(risk.symbols)}
-    blocked_symbols = [name for name, blocks in blocked.items() if blocks]
+def _table(risk: BotView, now: int) -> Table:
+    account = risk.account
+    blocked_symbols = [name for name, sym in risk.symbols.items() if sym.gate.blocks]
     if not account.entries_allowed:
         verdict = (
             "entries BLOCKED for every symbol ("
@@ -203,10 +197,9 @@ def _table(risk: BotRisk, now: int) -> Table:
         "gates",
     ):
         table.add_column(column, overflow="fold")
-    for name, blocks in blocked.items():
-        sym = risk.symbols[name]
-        s = sym.session
-        until = sym.breaker.until_secs
+    for name, sym in risk.symbols.items():
+        s, blocks = sym.gate, sym.gate.blocks
+        until = sym.cooldown_until_secs
         cooldown = f"{max(0, until - now // 1000)}s" if until is not None else "-"
         gates = "; ".join(f"{b.gate}: {b.reason}" for b in blocks) if blocks else "open"
         if not account.entries_allowed:
@@ -215,10 +208,10 @@ def _table(risk: BotRisk, now: int) -> Table:
             Text(name),
             f"{s.net_pnl:.2f}",
             str(s.trades),
-            f"{s.wins}/{s.losses}/{s.breakevens}",
-            str(len(sym.breaker.recent_losses)),
+            f"{sym.wins}/{sym.losses}/{sym.breakevens}",
+            str(s.recent_losses),
             cooldown,
-            f"{sym.position.qty:g}",
+            f"{s.position_qty:g}",
             Text(gates),
         )
     return table
@@ -295,7 +288,7 @@ def make_command(
     """
     if symbol is not None and not symbol.strip():
         raise OperatorError("--symbol is empty; omit it to address the whole bot")
-    at_ms = now_ms if now_ms is not None else wall_ms()
+    at_ms = now_ms if now_ms is not None else wall_clock_ms()
     fields = {
         "command": command,
         "bot": bot,
@@ -319,7 +312,7 @@ def make_command(
 
 def command_event_id(cmd: ControlCommand) -> str:
     """The ``event_id`` of the HaltEvent the worker publishes for ``cmd`` (decision C3)."""
-    return f"{cmd.bot}/{cmd.symbol or '*'}/{_command_gate(cmd)}/cmd-{command_digest(cmd)}"
+    return f"{cmd.bot}/{cmd.symbol or '*'}/{command_gate(cmd)}/cmd-{command_digest(cmd)}"
 
 
 class Verdict(NamedTuple):
@@ -411,7 +404,7 @@ async def _watch(
 
 def _settled(cmd: ControlCommand, gates: Mapping[str, bytes | None], timeout_s: float) -> Verdict:
     """Whether the target's gate records already show what ``cmd`` asks for."""
-    gate = _command_gate(cmd)
+    gate = command_gate(cmd)
     if cmd.symbol is not None:
         keys = [gate_key(cmd.bot, cmd.symbol)]
     elif cmd.command in ("halt", "resume"):

@@ -124,7 +124,7 @@ async def test_worker_and_every_client_over_mutual_tls(pki: Pki, tmp_path: Path)
         # The operator and client library, over the same TLS settings.
         async with running_worker(config, ready_timeout=60) as running:
             bot = await load_bot(config, "alpha", clock())
-            assert bot is not None and bot.symbols["BTCUSDT"].breaker.is_tripped
+            assert bot is not None and bot.symbols["BTCUSDT"].cooldown_until_secs is not None
             await send_command(
                 config,
                 make_command(

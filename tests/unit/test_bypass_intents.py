@@ -74,7 +74,7 @@ def test_close_within_the_position_while_halted_is_allowed_and_its_fill_leaves_i
     eng.apply(fill("sell", 1.0, 90.0, intent_id="c"), T0 + 1)
     bot = eng.bots["alpha"]
     assert bot.symbols["BTCUSDT"].position.qty == 0.0
-    assert bot.gross_exposure() == 0.0
+    assert bot.account.gross_exposure() == 0.0
     assert bot.portfolio.reservations == {}
     # Flat now: any further close is no exit at all.
     assert decide(eng, intent("close", "sell"), T0 + 2).gate == "no_position"
@@ -209,7 +209,7 @@ def test_first_partial_fill_releases_only_what_it_filled() -> None:
     # The rest of A fills: exposure ends at 900, never above the cap.
     eng.apply(fill("buy", 8.0, 100.0, intent_id="A"), T0)
     assert bot.portfolio.reservations == {}
-    assert bot.gross_exposure() == 900.0
+    assert bot.account.gross_exposure() == 900.0
 
 
 def test_replayed_or_resent_partial_fill_releases_nothing_twice() -> None:
@@ -305,7 +305,7 @@ def test_decisions_do_not_walk_every_symbol_of_the_bot() -> None:
     answers = [decide(eng, intent(intent_id=f"d{n}", qty=0.01)) for n in range(100)]
     assert all(d.allowed for d in answers)
     assert table.scans == 0
-    assert (bot.open_symbols(), bot.gross_exposure()) == ({"ETHUSDT"}, 100.0)
+    assert (bot.account.open_symbols(), bot.account.gross_exposure()) == ({"ETHUSDT"}, 100.0)
 
 
 def test_restored_positions_count_toward_exposure_and_concurrency() -> None:
@@ -317,7 +317,7 @@ def test_restored_positions_count_toward_exposure_and_concurrency() -> None:
     restored = engine(CAPPED)
     restored.restore(records, T0)
     again = restored.bots["alpha"]
-    assert (again.open_symbols(), again.gross_exposure()) == ({"ETHUSDT"}, 700.0)
+    assert (again.account.open_symbols(), again.account.gross_exposure()) == ({"ETHUSDT"}, 700.0)
     assert decide(restored, intent(qty=4.0)).gate == "gross_exposure"  # 700 + 400 > 1000
 
 

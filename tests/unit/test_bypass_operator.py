@@ -176,7 +176,7 @@ def test_state_escapes_rich_markup_in_names_and_reasons() -> None:
     eng = engine()
     eng.apply(outcome(-1.0, bot="[red]FAKE", symbol="[bold]X"), T0)
     eng.apply(control("halt", bot="[red]FAKE", symbol="[bold]X", reason="[/red] oops [/]"), T0)
-    text = _render(BotState(eng.bots["[red]FAKE"], _lag(), T0), "[red]FAKE")
+    text = _render(BotState(eng.bot_view("[red]FAKE", T0), _lag(), T0), "[red]FAKE")
     assert "[red]FAKE: account net" in text
     assert "[bold]X" in text
     assert "[/red] oops [/]" in text
@@ -186,11 +186,11 @@ def test_state_title_agrees_with_blocked_rows() -> None:
     eng = engine(TOML)
     eng.apply(outcome(-1.0, bot="desk", symbol="ETHUSDT"), T0)
     eng.apply(control("halt", bot="desk", symbol="BTCUSDT", reason="r"), T0)
-    text = _render(BotState(eng.bots["desk"], _lag(), T0), "desk")
+    text = _render(BotState(eng.bot_view("desk", T0), _lag(), T0), "desk")
     title = text.splitlines()[0].strip()
     assert title.endswith("entries BLOCKED on BTCUSDT; allowed on the rest"), text
     eng.apply(control("halt", bot="desk", symbol=None, reason="all"), T0)
-    text = _render(BotState(eng.bots["desk"], _lag(), T0), "desk")
+    text = _render(BotState(eng.bot_view("desk", T0), _lag(), T0), "desk")
     assert "entries BLOCKED for every symbol (manual_halt: " in text
     [eth] = [line for line in text.splitlines() if "ETHUSDT" in line]
     assert "blocked (account)" in eth
@@ -205,7 +205,7 @@ def test_state_is_not_cut_at_80_columns() -> None:
         "eng = engine()\n"
         "eng.apply(outcome(-1.0, bot='b', symbol='S'), T0)\n"
         f"eng.apply(control('halt', bot='b', symbol='S', reason={reason!r}), T0)\n"
-        "print_wide(render_state(BotState(eng.bots['b'], Lag(0, {}, None), T0), 'b'))\n"
+        "print_wide(render_state(BotState(eng.bot_view('b', T0), Lag(0, {}, None), T0), 'b'))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
     out = subprocess.run(

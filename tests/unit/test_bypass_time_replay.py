@@ -81,7 +81,7 @@ def test_an_outcome_stamped_past_midnight_does_not_resume_the_session_or_release
     eng.apply(outcome(-500.0, ts=AT_23_57), AT_23_57)
     assert sym.session.net_pnl == pytest.approx(-799.0)
     assert sym.session.trades == 3
-    assert bot.account_net(bot.day) == pytest.approx(-799.0)
+    assert bot.account.account_net(bot.day) == pytest.approx(-799.0)
     # Midnight on the wall clock lifts both, once.
     swept = eng.sweep(MIDNIGHT + DAY_MS)
     assert sorted((h.kind, h.gate) for h in swept.halts) == [
@@ -249,7 +249,7 @@ def test_resending_a_run_of_10000_outcomes_counts_nothing_twice() -> None:
     assert out.skipped == 10_000
     session = eng.bots["alpha"].symbols["BTCUSDT"].session
     assert session.trades == 10_000
-    assert len(eng.bots["alpha"].outcome_ids) == 10_000
+    assert len(eng.bots["alpha"].ids.outcomes) == 10_000
 
 
 def test_a_duplicate_neither_inserts_nor_evicts_so_resends_never_cascade() -> None:
@@ -346,7 +346,7 @@ def test_worst_case_portfolio_snapshot_stays_under_one_mib() -> None:
             Origin("trading.intents/0", n),
         )
     bot = eng.bots[bot_name]
-    assert len(bot.outcome_ids) == len(bot.fill_ids) == 10_000
+    assert len(bot.ids.outcomes) == len(bot.ids.fills) == 10_000
     size = len(encode(bot.portfolio_snapshot()))
     assert size < 1_000_000, size
 

@@ -72,7 +72,7 @@ def test_gate_order_first_block_answers() -> None:
 
     eng.apply(control("reset_breaker", symbol="BTCUSDT", ts=now), now)
     # Session reset: account PnL is back to 0, but the latch holds for the day.
-    assert eng.bots["alpha"].account_net(now // DAY_MS) == 0.0
+    assert eng.bots["alpha"].account.account_net(now // DAY_MS) == 0.0
     assert decide(eng, now, **btc)[:2] == (False, "portfolio_daily_loss")
 
     tomorrow = MIDNIGHT + DAY_MS
@@ -164,7 +164,7 @@ def test_allowed_open_reserves_until_its_fill_arrives() -> None:
     out = eng.apply(fill("buy", 2.0, 100.0, intent_id="i-1"), T0 + 5)
     assert bot.portfolio.reservations == {}
     assert "alpha" in out.dirty_bots
-    assert bot.gross_exposure() == pytest.approx(200.0)
+    assert bot.account.gross_exposure() == pytest.approx(200.0)
 
 
 def test_fill_without_the_intent_id_keeps_the_reservation() -> None:
@@ -605,12 +605,31 @@ def test_gate_state_records() -> None:
     assert not g.entries_allowed
     assert [b.gate for b in g.blocks] == ["circuit_breaker"]
     assert (g.net_pnl, g.trades, g.recent_losses, g.position_qty) == (-1.0, 1, 1, 2.0)
-    assert g.seq == 1
-    assert bot.gate_state(sym, T0 + 6).seq == 2
+    assert g.seq == 2  # the outcome and the fill changed it
+    assert bot.gate_state(sym, T0 + 6).seq == 2  # reading it changed nothing
     acct = bot.account_gate_state(T0 + 5)
     assert acct.entries_allowed
     assert (acct.open_positions, acct.gross_exposure) == (1, 20.0)
 
+
+def test_building_a_gate_record_never_mutates_state() -> None:
+    """Issue 10: building a gate record bumped its persisted sequence number, so the
+    snapshot written after publishing differed from the one before (a read wrote)."""
+    eng = engine(BREAKER_1)
+    apply_all(eng, [outcome(-1.0), fill("buy", 2.0, 10.0)])
+    bot = eng.bots["alpha"]
+    sym = bot.symbols["BTCUSDT"]
+    encode = msgspec.json.encode
+    before = (encode(sym.snapshot()), encode(bot.portfolio_snapshot()))
+    dirty = Effects()
+    dirty.dirty_symbols.add(("alpha", "BTCUSDT"))
+    dirty.dirty_bots.add("alpha")
+    first = eng.gate_states(dirty, T0 + 5)
+    again = eng.gate_states(dirty, T0 + 6)
+    assert [s.seq for s in first] == [s.seq for s in again] == [2, 2]
+    assert (encode(sym.snapshot()), encode(bot.portfolio_snapshot())) == before
+    eng.apply(outcome(-1.0, outcome_id="o-next", ts=T0 + 7), T0 + 7)
+    assert [s.seq for s in eng.gate_states(dirty, T0 + 8)] == [3, 3]  # changes count
 
 def test_forget_drops_bots() -> None:
     eng = RiskEngine(config("[defaults]\naccept_unknown_bots = true\n"))

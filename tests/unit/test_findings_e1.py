@@ -104,7 +104,7 @@ def test_e1_1_a_bot_wide_reset_session_zeroes_the_account_so_it_never_latches() 
     winner_and_loser(engine, Effects())
     out = engine.apply(control("reset_session", symbol=None, ts=T0 + MIN_MS), T0 + MIN_MS)
     bot = engine.bots["alpha"]
-    assert bot.account_net(bot.day) == 0.0
+    assert bot.account.account_net(bot.day) == 0.0
     assert bot.portfolio.halted is False
     assert out.halts == []
 
@@ -246,7 +246,7 @@ def test_e1_1_a_replayed_reset_never_judges_the_latch_on_a_partly_restored_accou
     for event, at in tail:
         live.apply(event, T0 + MIN_MS, at)
     bot = live.bots["alpha"]
-    assert bot.account_net(bot.day) == -200.0
+    assert bot.account.account_net(bot.day) == -200.0
     assert bot.portfolio.halted is False
     restarted = RiskEngine(live.config)
     restarted.restore(

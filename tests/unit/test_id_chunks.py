@@ -122,7 +122,7 @@ def test_missing_chunk_keeps_the_newer_entries_and_is_reported() -> None:
     again = engine()
     ignored = again.restore(log, NOW)
     assert ignored == [(chunk_key("alpha", "outcomes", 0), "id chunk missing: newer entries kept")]
-    assert len(again.bots["alpha"].outcome_ids) == 600 - 256
+    assert len(again.bots["alpha"].ids.outcomes) == 600 - 256
 
 
 def test_renumbered_windows_are_written_afresh_and_the_old_chunks_tombstoned() -> None:
@@ -130,7 +130,7 @@ def test_renumbered_windows_are_written_afresh_and_the_old_chunks_tombstoned() -
     eng, out, log = engine(), Effects(), {}
     outcomes(eng, 0, 600, out)
     persist(eng, out, log)
-    eng.bots["alpha"].renumber_id_logs()
+    eng.bots["alpha"].ids.renumber()
     every = Effects()
     every.dirty_bots.add("alpha")
     records = persist(eng, every, log)

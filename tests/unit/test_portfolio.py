@@ -139,7 +139,7 @@ def test_engine_latch_is_sticky_and_cleared_by_the_rollover_sweep() -> None:
     assert out.halts[0].until_ts == MIDNIGHT + DAY_MS
     apply_all(eng, [outcome(+120.0, symbol="BTCUSDT", ts=T0 + 1)])
     bot = eng.bots["alpha"]
-    assert bot.account_net(utc_day(T0)) == pytest.approx(-30.0)
+    assert bot.account.account_net(utc_day(T0)) == pytest.approx(-30.0)
 
     d = eng.apply(intent(symbol="ETHUSDT", ts=T0 + 2), T0 + 2).decisions[0]
     assert (d.allowed, d.gate) == (False, "portfolio_daily_loss")
@@ -241,7 +241,7 @@ def test_latch_sees_an_operator_session_reset() -> None:
     eng.apply(control("reset_session", symbol="A"), T0)  # account back to -40
     apply_all(eng, [outcome(-50.0, symbol="C", ts=T0 + 1)])  # -90: above the limit
     bot = eng.bots["alpha"]
-    assert bot.account_net(utc_day(T0)) == pytest.approx(-90.0)
+    assert bot.account.account_net(utc_day(T0)) == pytest.approx(-90.0)
     assert not bot.portfolio.halted
 
 
@@ -274,6 +274,6 @@ def test_latch_is_exact_at_the_limit_over_many_small_losses() -> None:
     events = [outcome(-0.1, symbol=f"S{i % 7}", ts=T0 + i) for i in range(999)]
     apply_all(eng, events)
     bot = eng.bots["alpha"]
-    assert bot.portfolio.halted == (bot.account_net(utc_day(T0)) <= -100.0)
+    assert bot.portfolio.halted == (bot.account.account_net(utc_day(T0)) <= -100.0)
     apply_all(eng, [outcome(-0.1, symbol="S0", ts=T0 + 1000), outcome(-0.1, ts=T0 + 1001)])
     assert bot.portfolio.halted

@@ -203,5 +203,5 @@ def test_fill_updates_position_and_marks_symbol_and_bot_dirty() -> None:
     assert out.dirty_symbols == {("alpha", "BTCUSDT")}
     assert out.dirty_bots == {"alpha"}
     bot = eng.bots["alpha"]
-    assert bot.open_symbols() == {"BTCUSDT"}
-    assert bot.gross_exposure() == pytest.approx(100.0)
+    assert bot.account.open_symbols() == {"BTCUSDT"}
+    assert bot.account.gross_exposure() == pytest.approx(100.0)

@@ -71,7 +71,7 @@ def test_persist_then_restore_preserves_trip_and_pnl() -> None:
 
     # Trip the breaker + book a loss in "map A".
     bot_a = fresh_bot(s)
-    sr = bot_a.symbol(sym, T0)
+    sr = bot_a.symbol(sym)
     sr.session.record_close(-30.0, 1.0, T0)  # net -31
     sr.breaker.record_loss(T0_SECS)
     sr.breaker.record_loss(T0_SECS)
@@ -83,7 +83,7 @@ def test_persist_then_restore_preserves_trip_and_pnl() -> None:
 
     # Restore into a fresh "map B".
     bot_b = fresh_bot(s)
-    assert not bot_b.symbol(sym, T0).breaker.is_tripped
+    assert not bot_b.symbol(sym).breaker.is_tripped
     restore_into(bot_b, store, T0)
 
     restored = bot_b.symbols[sym]
@@ -95,7 +95,7 @@ def test_persist_then_restore_preserves_trip_and_pnl() -> None:
 def test_restore_without_snapshot_is_noop() -> None:
     sym = "ETHUSDT"
     bot = fresh_bot(settings(4))
-    bot.symbol(sym, T0)
+    bot.symbol(sym)
     restore_into(bot, {}, T0)
     sr = bot.symbols[sym]
     assert not sr.breaker.is_tripped
@@ -105,7 +105,7 @@ def test_restore_without_snapshot_is_noop() -> None:
 def test_restore_ignores_unknown_version() -> None:
     sym = "BTCUSDT"
     bot = fresh_bot(settings(4))
-    bot.symbol(sym, T0)
+    bot.symbol(sym)
     # Seed a future-version blob that must be ignored, not misread.
     bogus = msgspec.json.encode(
         {
@@ -149,8 +149,8 @@ def test_build_risk_state_applies_per_symbol_overrides() -> None:
     s = bot_settings(cfg, "test-bot")
     assert s is not None
     bot = fresh_bot(s)
-    btc: SymbolRisk = bot.symbol("BTCUSDT", T0)
-    eth: SymbolRisk = bot.symbol("ETHUSDT", T0)
+    btc: SymbolRisk = bot.symbol("BTCUSDT")
+    eth: SymbolRisk = bot.symbol("ETHUSDT")
 
     # One loss trips BTC (limit 1) but not ETH (limit 5).
     btc.breaker.record_loss(T0_SECS)

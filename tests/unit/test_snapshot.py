@@ -117,7 +117,7 @@ def test_our_snapshot_json_keeps_the_seed_keys_and_types() -> None:
 
 def test_a_fresh_snapshot_has_float_money_and_null_trip() -> None:
     eng = engine()
-    snap = eng.bot("alpha").symbol("BTCUSDT", T0).snapshot()
+    snap = eng.bot("alpha").symbol("BTCUSDT").snapshot()
     doc = json.loads(encode(snap))
     assert type(doc["session_pnl"]["realised"]) is float
     assert type(doc["session_pnl"]["fees"]) is float

@@ -11,11 +11,11 @@ from __future__ import annotations
 import msgspec
 
 from worker.core.breaker import CircuitBreakerSnapshot
+from worker.core.dedupe import IdWindowSnapshot
+from worker.core.idlog import IdChunk, IdLogRef
 from worker.core.portfolio import Reservation
 from worker.core.position import PositionSnapshot
 from worker.core.session import SessionPnlSnapshot
-from worker.core.dedupe import IdWindowSnapshot
-from worker.core.idlog import IdChunk, IdLogRef
 
 SNAPSHOT_VERSION = 1
 """Bump on any incompatible change; other versions are ignored on restore."""

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from aiokafka import TopicPartition
 
-from worker.engine import RiskEngine
+from worker.core.engine import RiskEngine
 
 
 @dataclass
@@ -136,12 +136,9 @@ def applied_watermarks(
     wanted = {f"{tp.topic}/{tp.partition}": tp for tp in tps}
     numbers = {tp.partition for tp in wanted.values()}
     out = dict.fromkeys(wanted.values(), -1)
-    for bot_id, bot in engine.bots.items():
-        if partition_of.get(bot_id) not in numbers:
-            continue
-        for holder in (bot, *bot.symbols.values()):
-            for source, offset in holder.applied.items():
-                tp = wanted.get(source)
-                if tp is not None and offset > out[tp]:
-                    out[tp] = offset
+    bots = [b for b in engine.bot_ids() if partition_of.get(b) in numbers]
+    for source, offset in engine.watermarks(bots).items():
+        tp = wanted.get(source)
+        if tp is not None:
+            out[tp] = offset
     return out

@@ -12,10 +12,12 @@ from typing import NamedTuple
 import msgspec
 
 from worker.config import TopicsConfig
-from worker.engine import Effects, RiskEngine
+from worker.core.effects import Effects
+from worker.core.engine import RiskEngine
+from worker.core.idlog import IdChunk
+from worker.core.snapshot import chunk_key, encode, portfolio_key, symbol_key
 from worker.kafka.restore import CLAIM_KEY, epoch_headers
-from worker.risk.idlog import IdChunk
-from worker.snapshot import chunk_key, encode, portfolio_key, symbol_key
+from worker.messages import AccountGateState, GateState
 
 Headers = list[tuple[str, bytes]]
 
@@ -43,38 +45,23 @@ def output_records(
     records.extend(
         OutRecord(topics.decisions, d.bot.encode(), _encode(d)) for d in effects.decisions
     )
-    bots = engine.bots
-    for bot_id, symbol in effects.dirty_symbols:
-        bot = bots.get(bot_id)
-        sym = bot.symbols.get(symbol) if bot is not None else None
-        if bot is not None and sym is not None:
-            state = bot.gate_state(sym, now_ms)
-            records.append(
-                OutRecord(topics.gates, gate_key(bot_id, symbol).encode(), _encode(state))
-            )
-    for bot_id in effects.dirty_bots:
-        bot = bots.get(bot_id)
-        if bot is not None:
-            account = bot.account_gate_state(now_ms)
-            records.append(
-                OutRecord(topics.gates, gate_key(bot_id, None).encode(), _encode(account))
-            )
+    records.extend(_gate_record(topics, s) for s in engine.gate_states(effects, now_ms))
     return records
+
+
+def _gate_record(topics: TopicsConfig, state: GateState | AccountGateState) -> OutRecord:
+    symbol = state.symbol if isinstance(state, GateState) else None
+    return OutRecord(topics.gates, gate_key(state.bot, symbol).encode(), _encode(state))
 
 
 def heartbeat_records(
     engine: RiskEngine, bot_ids: Iterable[str], topics: TopicsConfig, now_ms: int
 ) -> list[OutRecord]:
-    """Account gate records re-published so clients can tell a live owner from a dead one."""
-    return [
-        OutRecord(
-            topics.gates,
-            gate_key(b, None).encode(),
-            _encode(engine.bots[b].account_gate_state(now_ms)),
-        )
-        for b in bot_ids
-        if b in engine.bots
-    ]
+    """Account gate records re-published so clients can tell a live owner from a dead one
+    (the same ``seq``: nothing changed, only ``updated_ts`` says the owner is alive)."""
+    beat = Effects()
+    beat.dirty_bots.update(bot_ids)
+    return [_gate_record(topics, s) for s in engine.gate_states(beat, now_ms)]
 
 
 def snapshot_records(
@@ -94,22 +81,14 @@ def snapshot_records(
     holder takes only the events above its own watermark. Every record carries
     its writer's owner epoch (the zombie fence of :mod:`worker.kafka.restore`).
 
-    The bot's id windows go as chunk records (:mod:`worker.risk.idlog`): the
+    The bot's id windows go as chunk records (:mod:`worker.core.idlog`): the
     newly sealed ones just before the portfolio record that references them,
     tombstones of those out of the window after the bot's last record.
     """
     records: list[OutRecord] = []
-    bots = engine.bots
-    by_bot: dict[str, list[str]] = {bot_id: [] for bot_id in sorted(effects.dirty_bots)}
-    for bot_id, symbol in sorted(effects.dirty_symbols):
-        by_bot.setdefault(bot_id, []).append(symbol)
-    for bot_id, symbols in by_bot.items():
-        bot = bots.get(bot_id)
-        if bot is None:
-            continue
+    for bot_id, chunks, portfolio, symbols, drops in engine.snapshots(effects):
         partition = partition_of[bot_id]
         headers = epoch_headers(epochs.get(partition, 0)) if epochs else None
-        chunks, portfolio, drops = bot.persist()
         records.extend(
             OutRecord(
                 topics.snapshots,
@@ -129,18 +108,16 @@ def snapshot_records(
                 headers,
             )
         )
-        for symbol in symbols:
-            sym = bot.symbols.get(symbol)
-            if sym is not None:
-                records.append(
-                    OutRecord(
-                        topics.snapshots,
-                        symbol_key(bot_id, symbol).encode(),
-                        encode(sym.snapshot()),
-                        partition,
-                        headers,
-                    )
-                )
+        records.extend(
+            OutRecord(
+                topics.snapshots,
+                symbol_key(bot_id, symbol).encode(),
+                encode(snap),
+                partition,
+                headers,
+            )
+            for symbol, snap in symbols
+        )
         records.extend(
             OutRecord(
                 topics.snapshots,

@@ -17,7 +17,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 
-from worker.engine import RiskEngine
+from worker.core.engine import RiskEngine
 from worker.kafka.progress import InputProgress, applied_watermarks
 from worker.metrics import Metrics
 
@@ -93,8 +93,8 @@ class InputWatch:
         stalled = self.progress.stalled(since, positions, highwaters)
         self._metrics.stalled_partitions.set(len(stalled))
         fresh = numbers - {tp.partition for tp in stalled}
-        bots = engine.bots
-        return [b for b, p in partition_of.items() if p in fresh and b in bots]
+        held = engine.bot_ids()
+        return [b for b, p in partition_of.items() if p in fresh and b in held]
 
 
 async def _position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:

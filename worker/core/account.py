@@ -1,0 +1,222 @@
+"""One bot's account: the running account net, open positions, the latch, reservations.
+
+The daily-loss latch is judged on the sum of today's symbol net PnLs. Summing
+every symbol per event would cost O(symbols), so the sum is kept by deltas
+(O(1) per event), re-summed when the day changes, after ``NET_RESYNC`` deltas
+(bounding float drift), after any change outside the event paths (rollover,
+operator reset, restore), and exactly whenever it is near the limit.
+
+Intents are answered here after the gates (:func:`worker.core.gates.evaluate`):
+a stale intent is refused, a repeat gets its first answer again (R3), an
+allowed one reserves until fills with its id consume it (R2) or it expires.
+"""
+
+from __future__ import annotations
+
+import math
+
+from worker.core.gates import ALLOWED, REUSED_ID, Verdict, decision
+from worker.core.intents import Seen, content_digest, id_digest
+from worker.core.portfolio import PortfolioRisk
+from worker.core.session import MS_PER_DAY, utc_day
+from worker.core.symbol import SymbolRisk
+from worker.messages import Block, Fill, GateDecision, OrderIntent
+
+NET_RESYNC = 256
+"""Deltas folded into a bot's running account net before it is summed afresh."""
+
+
+def edge(limit: float, net: float) -> float:
+    """How close to the limit the running account net must be to recompute it exactly.
+
+    Far above the float drift of ``NET_RESYNC`` deltas, far below any real money.
+    """
+    return 1e-6 * (1.0 + abs(limit) + abs(net))
+
+
+class Account:
+    """Account-wide state of one bot over its symbols (shared with the bot, read only)."""
+
+    __slots__ = (
+        "_net_day",
+        "_net_sum",
+        "_net_updates",
+        "_open",
+        "max_reservations",
+        "portfolio",
+        "reservation_ttl_ms",
+        "symbols",
+    )
+
+    def __init__(
+        self,
+        portfolio: PortfolioRisk,
+        symbols: dict[str, SymbolRisk],
+        *,
+        reservation_ttl_ms: int,
+        max_reservations: int,
+    ) -> None:
+        self.portfolio = portfolio
+        self.symbols = symbols
+        self.reservation_ttl_ms = reservation_ttl_ms
+        self.max_reservations = max_reservations
+        self._net_day = -1
+        """UTC day of the running account net in ``_net_sum``; -1 when it must be recomputed."""
+        self._net_sum = 0.0
+        self._net_updates = 0
+        self._open: dict[str, SymbolRisk] = {}
+        """Symbols holding a position: all that exposure and concurrency checks read, so
+        a decision costs the same whatever number of flat symbols the bot has."""
+
+    # -- account net -------------------------------------------------------------
+
+    def account_net(self, day: int) -> float:
+        """Sum of today's symbol net PnLs (sessions of another day do not count)."""
+        return sum(
+            s.session.net_pnl for s in self.symbols.values() if s.session.last_reset_day == day
+        )
+
+    def running_net(self, day: int) -> float:
+        """``account_net(day)`` kept up to date by deltas (see the module's docstring)."""
+        if self._net_day != day or self._net_updates >= NET_RESYNC:
+            self._net_sum = self.account_net(day)
+            self._net_day = day
+            self._net_updates = 0
+        return self._net_sum
+
+    def resum(self) -> None:
+        """A session changed outside the event paths: sum afresh next time."""
+        self._net_day = -1
+
+    def fold(self, day_before: int, day_after: int, delta: float) -> None:
+        """Keep the running account net in step with one session change."""
+        if day_after != day_before:
+            self._net_day = -1  # the session rolled to a new day: re-sum
+        elif day_before == self._net_day:
+            self._net_sum += delta
+            self._net_updates += 1
+
+    def decision_net(self, now_ms: int) -> float:
+        """Today's account net for a decision: O(1) running sum, exact near the limit."""
+        day = utc_day(now_ms)
+        net = self.running_net(day)
+        limit = self.portfolio.config.max_daily_loss
+        if limit is not None and abs(net - limit) <= edge(limit, net):
+            net = self.account_net(day)
+        return net
+
+    def latch(self, ts_ms: int) -> bool:
+        """Latch the daily loss if the account reached it after an event at ``ts_ms`` (hot
+        path); True when this latched it.
+
+        An event only ever latches: the day, and with it the latch's release, move
+        with the wall clock in ``sweep``. One of an earlier day than the bot's is
+        late and counts toward nothing today; one stamped on a later day counts
+        toward the current day (its session clamped it there).
+        """
+        portfolio = self.portfolio
+        limit = portfolio.config.max_daily_loss
+        if limit is None or portfolio.halted:
+            return False
+        day = portfolio.last_reset_day
+        if ts_ms // MS_PER_DAY < day:
+            return False
+        if self._net_day == day and self._net_updates < NET_RESYNC:
+            net = self._net_sum  # ``running_net``, inlined
+        else:
+            net = self.running_net(day)
+        if net - limit > 1e-6 * (1.0 + abs(limit) + abs(net)):  # ``edge``, inlined
+            return False  # clearly above the limit: nothing to latch
+        if abs(net - limit) <= edge(limit, net):
+            net = self.account_net(day)  # on the edge: decide on the exact sum
+        if portfolio.daily_loss_breached(net):
+            portfolio.halted = True
+            return True
+        return False
+
+    def latch_exact(self) -> bool:
+        """Latch if the exact account net of the current day is past the limit (after an
+        operator reset lowered it); True when this latched it."""
+        portfolio = self.portfolio
+        if portfolio.halted or not portfolio.daily_loss_breached(
+            self.account_net(portfolio.last_reset_day)
+        ):
+            return False
+        portfolio.halted = True
+        return True
+
+    def blocks(self) -> list[Block]:
+        """The daily-loss block, checked live *and* latched."""
+        portfolio = self.portfolio
+        day = portfolio.last_reset_day
+        if not (portfolio.halted or portfolio.daily_loss_breached(self.account_net(day))):
+            return []
+        limit = portfolio.config.max_daily_loss
+        reason = f"account net PnL reached max daily loss {limit:g}"
+        return [Block("portfolio_daily_loss", reason, (day + 1) * MS_PER_DAY)]
+
+    # -- positions ----------------------------------------------------------------
+
+    def track(self, sym: SymbolRisk) -> None:
+        """Keep the open symbols in step after ``sym``'s position changed (fill, restore)."""
+        if sym.position.is_flat:
+            self._open.pop(sym.symbol, None)
+        else:
+            self._open[sym.symbol] = sym
+
+    def open_symbols(self) -> set[str]:
+        return set(self._open)
+
+    def gross_exposure(self) -> float:
+        """Exactly rounded (``fsum``): the same whatever order positions were opened or restored."""
+        return math.fsum(s.position.notional for s in self._open.values())
+
+    # -- intents and reservations ---------------------------------------------------
+
+    def recall(self, i: OrderIntent, now_ms: int) -> GateDecision | None:
+        """The answer to an intent that needs no gate: too old (R4), a repeat, or a reused
+        id (R3); None when the gates must judge it."""
+        age = now_ms - i.ts
+        ttl = self.reservation_ttl_ms
+        if age > ttl:
+            reason = f"intent is {age} ms old; reservations last {ttl} ms"
+            return decision(i, "expired", reason, now_ms)
+        portfolio = self.portfolio
+        seen = portfolio.intents.get(id_digest(i.intent_id))
+        if seen is not None:
+            if seen.content == content_digest(i):
+                return self._repeat(i, seen)
+            return decision(i, "duplicate_intent_id", REUSED_ID, now_ms)
+        if i.intent_id in portfolio.reservations:  # remembered no more, still reserved
+            return decision(i, "duplicate_intent_id", REUSED_ID, now_ms)
+        return None
+
+    def _repeat(self, i: OrderIntent, seen: Seen) -> GateDecision:
+        """The same intent again: the first decision again, reserving nothing more.
+
+        Rebuilt from the compact window entry, so it reads the same live and
+        after a restore; a denial's reason names its gate, not the first text.
+        """
+        ts = i.ts + seen.delay
+        if seen.gate is not None:
+            return decision(i, seen.gate, f"repeat of an intent denied by {seen.gate}", ts)
+        return decision(i, None, ALLOWED[i.action], ts, ts + self.reservation_ttl_ms)
+
+    def settle(self, i: OrderIntent, verdict: Verdict, now_ms: int) -> GateDecision:
+        """Remember a judged intent; an allowed one reserves until ``now + ttl``."""
+        gate, reason = verdict
+        expires = None
+        portfolio = self.portfolio
+        if gate is None:
+            expires = now_ms + self.reservation_ttl_ms
+            close = i.action == "close"
+            notional = 0.0 if close else i.notional
+            portfolio.reserve(i.intent_id, i.symbol, notional, expires, qty=i.qty, close=close)
+        key = id_digest(i.intent_id)
+        portfolio.intents.remember(key, content_digest(i), now_ms - i.ts, gate)
+        return decision(i, gate, reason, now_ms, expires)
+
+    def consume(self, f: Fill) -> bool:
+        """A fill releases only what it filled of its intent's reservation (R2); True if a
+        reservation changed."""
+        return f.intent_id is not None and self.portfolio.consume(f.intent_id, f.symbol, f.qty)

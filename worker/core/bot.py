@@ -1,0 +1,276 @@
+"""A thin front for one bot: directs each event to the state it changes.
+
+:class:`BotRisk` owns the bot's symbols (:mod:`worker.core.symbol`), its
+account (:mod:`worker.core.account`), its replay guards and id windows
+(:mod:`worker.core.replay`), and when the wall clock next matters (its
+deadline). The gate policy is :mod:`worker.core.gates`; operator commands are
+:mod:`worker.core.commands`; persistence is :mod:`worker.core.persist`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from worker.config import BotSettings
+from worker.core.account import Account
+from worker.core.effects import Effects, Origin
+from worker.core.gates import evaluate, transitions
+from worker.core.idlog import IdLogRef
+from worker.core.portfolio import PortfolioRisk, PortfolioRiskSnapshot
+from worker.core.replay import Holder, IdChunkOut, IdWindows
+from worker.core.session import MS_PER_DAY, utc_day
+from worker.core.snapshot import ManualHalt, PortfolioSnapshot, SymbolSnapshot
+from worker.core.symbol import SYMBOL_GATES, SymbolRisk, manual_block
+from worker.messages import (
+    AccountGateState,
+    Block,
+    Gate,
+    GateState,
+    OrderIntent,
+)
+
+BOT_GATES: tuple[Gate, Gate] = ("manual_halt", "portfolio_daily_loss")
+"""The bot-level gates, in the order :meth:`BotRisk.signature` reports them."""
+
+
+class BotRisk(Holder):
+    """Everything one bot owns: its symbols, its account and its replay guards."""
+
+    __slots__ = ("account", "bot", "deadline", "ids", "manual_halt", "settings", "symbols")
+
+    def __init__(
+        self,
+        settings: BotSettings,
+        *,
+        reservation_ttl_ms: int,
+        dedupe_keep: int,
+        max_reservations: int = 1_000,
+        day: int,
+    ) -> None:
+        """``day``: the UTC day of the wall clock when the bot is created (its current day)."""
+        super().__init__()
+        self.bot = settings.bot
+        self.settings = settings
+        self.symbols: dict[str, SymbolRisk] = {}
+        portfolio = PortfolioRisk(settings.portfolio)
+        portfolio.last_reset_day = day
+        self.account = Account(
+            portfolio,
+            self.symbols,
+            reservation_ttl_ms=reservation_ttl_ms,
+            max_reservations=max_reservations,
+        )
+        self.ids = IdWindows(dedupe_keep, portfolio.intents)
+        self.manual_halt: ManualHalt | None = None
+        self.deadline = (day + 1) * MS_PER_DAY
+        """Earliest wall time at which a sweep can change anything (rollover, expiry)."""
+
+    @property
+    def portfolio(self) -> PortfolioRisk:
+        return self.account.portfolio
+
+    @property
+    def day(self) -> int:
+        """The bot's current UTC day: the wall clock's as of the last sweep or restore."""
+        return self.account.portfolio.last_reset_day
+
+    def touch(self, out: Effects) -> None:
+        out.dirty_bots.add(self.bot)
+
+    def symbol(self, name: str) -> SymbolRisk:
+        """The symbol's state, created in the bot's current day (never in an event's: one
+        stamped past midnight must not start a session the wall clock has not reached)."""
+        sym = self.symbols.get(name)
+        if sym is None:
+            sym = self.symbols[name] = SymbolRisk(name, self.settings, self.day)
+        return sym
+
+    def signature(self) -> tuple[bool, bool]:
+        """Which bot-level gates block, in ``BOT_GATES`` order."""
+        return (self.manual_halt is not None, self.account.portfolio.halted)
+
+    def bot_blocks(self) -> list[Block]:
+        return [manual_block(self.manual_halt)] if self.manual_halt is not None else []
+
+    # -- events --------------------------------------------------------------------
+
+    def decide(self, i: OrderIntent, now_ms: int, origin: Origin | None, out: Effects) -> None:
+        """Answer an intent: only an allowed one changes risk state (its reservation);
+        nothing creates symbol state (a symbol never touched is flat and unblocked, N3)."""
+        if not self.fresh(origin):
+            out.skipped += 1
+            return
+        self.touch(out)  # its watermark moved, even for a repeat or a denial (D2)
+        account = self.account
+        answer = account.recall(i, now_ms)
+        if answer is None:
+            sym = self.symbols.get(i.symbol)
+            if sym is not None:
+                self.tick_symbol(sym, now_ms, out)
+            verdict = evaluate(i, self.bot_blocks(), sym, account, now_ms)
+            answer = account.settle(i, verdict, now_ms)
+            if answer.reservation_expires_ts is not None:
+                self.deadline = min(self.deadline, answer.reservation_expires_ts)
+        out.decisions.append(answer)
+
+    # -- time ----------------------------------------------------------------------
+
+    def sweep(self, now_ms: int, out: Effects) -> None:
+        """Wall-clock expiry: rollover, cooldowns, reservations. Cheap until a deadline."""
+        if now_ms < self.deadline:
+            return
+        self.deadline = (utc_day(now_ms) + 1) * MS_PER_DAY
+        before = self.signature()
+        self._roll_day(now_ms, out)
+        for sym in self.symbols.values():
+            self.tick_symbol(sym, now_ms, out)
+            self.deadline = sym.wake(self.deadline)
+        # No latch judgement here: the latch moves on events only, each above the
+        # portfolio's own watermark. A sweep right after a restore may see symbols of
+        # two persists (a crash between their records), whose sum is no account net
+        # that ever was, and would latch on a loss never incurred (D2).
+        portfolio = self.account.portfolio
+        if portfolio.expire_reservations(now_ms):
+            self.touch(out)
+        for r in portfolio.reservations.values():
+            self.deadline = min(self.deadline, r.expires_ts)
+        self.emit(self, before, now_ms, out)
+
+    def _roll_day(self, now_ms: int, out: Effects) -> bool:
+        """Move the bot's day (and release the latch) when the wall clock passed midnight.
+
+        Callers publish the latch's transition: ``sweep`` at its end, a symbol tick
+        (restore, a decision) at once, so sessions and the latch never disagree on
+        what day it is.
+        """
+        if not self.account.portfolio.tick(now_ms):
+            return False
+        self.account.resum()
+        self.gate_seq += 1
+        self.touch(out)
+        return True
+
+    def tick_symbol(self, sym: SymbolRisk, now_ms: int, out: Effects) -> None:
+        """A symbol's wall-clock changes (rollover, cooldown end, eviction) at ``now_ms``."""
+        bot_before = self.signature()
+        if self._roll_day(now_ms, out):
+            self.emit(self, bot_before, now_ms, out)
+        before = sym.signature()
+        rolled, changed = sym.tick(now_ms)
+        if rolled:
+            self.account.resum()
+        if changed:
+            sym.gate_seq += 1
+            sym.touch(out)
+            self.emit(sym, before, now_ms, out)
+
+    # -- transitions → halt/resume events ---------------------------------------------
+
+    def emit(
+        self,
+        holder: SymbolRisk | BotRisk,
+        before: Sequence[bool],
+        ts_ms: int,
+        out: Effects,
+        *,
+        issued_by: str | None = None,
+        command: str | None = None,
+    ) -> None:
+        """Events for the gates of ``holder`` (a symbol, or this bot) that flipped since
+        ``before``; ``command``: the digest of the command that caused them (C3)."""
+        if isinstance(holder, SymbolRisk):
+            gates: Sequence[Gate] = SYMBOL_GATES
+            symbol: str | None = holder.symbol
+            after: Sequence[bool] = holder.signature()
+        else:
+            gates, symbol, after = BOT_GATES, None, self.signature()
+        if tuple(after) == tuple(before):
+            return
+        blocks = holder.blocks() if isinstance(holder, SymbolRisk) else self.account_blocks()
+        for t in transitions(gates, before, after, blocks):
+            out.halts.append(
+                holder.halt_event(
+                    self.bot,
+                    symbol,
+                    t.kind,
+                    t.gate,
+                    t.reason,
+                    ts_ms=ts_ms,
+                    until_ts=t.until_ts,
+                    issued_by=issued_by,
+                    command=command,
+                )
+            )
+        holder.touch(out)
+
+    # -- reads -----------------------------------------------------------------------
+
+    def account_blocks(self) -> list[Block]:
+        return [*self.bot_blocks(), *self.account.blocks()]
+
+    def gate_state(self, sym: SymbolRisk, now_ms: int) -> GateState:
+        return sym.gate_state(now_ms)
+
+    def account_gate_state(self, now_ms: int) -> AccountGateState:
+        """The bot-wide gates and account figures; a pure read."""
+        blocks = self.account_blocks()
+        account = self.account
+        return AccountGateState(
+            bot=self.bot,
+            entries_allowed=not blocks,
+            blocks=blocks,
+            account_net_pnl=account.account_net(self.day),
+            open_positions=len(account.open_symbols()),
+            gross_exposure=account.gross_exposure(),
+            updated_ts=now_ms,
+            seq=self.gate_seq,
+        )
+
+    # -- snapshots ---------------------------------------------------------------------
+
+    def portfolio_snapshot(self, id_logs: dict[str, IdLogRef] | None = None) -> PortfolioSnapshot:
+        """The portfolio state, id windows whole (a self-contained record, the older format)
+        or, given ``id_logs`` (:meth:`persist`), by reference to their chunk records."""
+        p = self.account.portfolio
+        whole = id_logs is None
+        return PortfolioSnapshot(
+            halted=p.halted,
+            last_reset_day=p.last_reset_day,
+            manual_halt=self.manual_halt,
+            reservations=dict(p.reservations),
+            intent_ids=p.intents.dump() if whole else b"",
+            outcome_ids=self.ids.outcomes.dump() if whole else None,
+            fill_ids=self.ids.fills.dump() if whole else None,
+            id_logs=id_logs,
+            **self.numbering(),
+        )
+
+    def persist(self) -> tuple[list[IdChunkOut], PortfolioSnapshot, list[tuple[str, int]]]:
+        """A persist's portfolio record, with the id chunks to write before it and those to
+        tombstone after it (:meth:`IdWindows.persist`)."""
+        chunks, refs, drops = self.ids.persist()
+        return chunks, self.portfolio_snapshot(refs), drops
+
+    def restore_symbol(self, symbol: str, snap: SymbolSnapshot, now_ms: int, out: Effects) -> None:
+        """Restore, then apply the stale-snapshot policy (``tick``) at ``now_ms``."""
+        sym = self.symbol(symbol)
+        sym.restore(snap)
+        self.account.track(sym)
+        self.account.resum()
+        self.tick_symbol(sym, now_ms, out)
+        self.deadline = sym.wake(self.deadline)
+
+    def restore_portfolio(self, snap: PortfolioSnapshot, now_ms: int, out: Effects) -> None:
+        """The latch, unlike the seed's, survives restarts."""
+        self.account.portfolio.restore(
+            PortfolioRiskSnapshot(
+                halted=snap.halted,
+                last_reset_day=snap.last_reset_day,
+                reservations=snap.reservations,
+                intents=snap.intent_ids,
+            )
+        )
+        self.manual_halt = snap.manual_halt
+        self.restore_numbering(snap)
+        self.ids.load(snap)
+        self.deadline = min(self.deadline, now_ms)

@@ -1,0 +1,164 @@
+"""One (bot, symbol): session PnL, circuit breaker, position and manual halt.
+
+Its blocks are the symbol-level gates in SPEC order; its wall-clock changes
+(UTC rollover, cooldown end, window eviction) happen only in :meth:`SymbolRisk.tick`.
+"""
+
+from __future__ import annotations
+
+from worker.config import BotSettings
+from worker.core.breaker import CircuitBreaker
+from worker.core.effects import Effects
+from worker.core.position import Position
+from worker.core.replay import Holder
+from worker.core.session import MS_PER_DAY, SessionPnl
+from worker.core.snapshot import ManualHalt, SymbolSnapshot
+from worker.messages import Block, ControlCommand, Gate, GateState
+
+SYMBOL_GATES: tuple[Gate, Gate, Gate] = ("manual_halt", "session_halt", "circuit_breaker")
+"""The symbol-level gates, in the order :meth:`SymbolRisk.signature` reports them."""
+
+
+def manual_block(halt: ManualHalt) -> Block:
+    return Block("manual_halt", f"halted by {halt.issued_by}: {halt.reason}", None)
+
+
+def halt_from(c: ControlCommand) -> ManualHalt:
+    return ManualHalt(reason=c.reason, issued_by=c.issued_by, ts=c.ts)
+
+
+def command_gate(c: ControlCommand) -> Gate:
+    """The gate a command acts on (its HaltEvent's ``gate``, decision C3)."""
+    if c.command == "reset_breaker":
+        return "circuit_breaker"
+    if c.command == "reset_session":
+        return "session_halt"
+    return "manual_halt"
+
+
+class SymbolRisk(Holder):
+    """Session PnL, breaker, position and manual halt of one (bot, symbol)."""
+
+    __slots__ = ("born", "breaker", "key", "manual_halt", "position", "session", "symbol")
+
+    def __init__(self, symbol: str, settings: BotSettings, day: int) -> None:
+        super().__init__()
+        self.born: dict[str, int] = {}
+        """The bot's watermarks when this symbol was created live (see ``BotRisk.created``)."""
+        session_cfg, breaker_cfg = settings.risk_for(symbol)
+        self.symbol = symbol
+        self.key = (settings.bot, symbol)
+        """``(bot, symbol)``, as it goes into ``Effects.dirty_symbols``."""
+        self.session = SessionPnl(session_cfg)
+        self.session.last_reset_day = day
+        self.breaker = CircuitBreaker(breaker_cfg)
+        self.position = Position()
+        self.manual_halt: ManualHalt | None = None
+
+    def touch(self, out: Effects) -> None:
+        out.dirty_symbols.add(self.key)
+
+    def signature(self) -> tuple[bool, bool, bool]:
+        """Which symbol-level gates block, in ``SYMBOL_GATES`` order."""
+        return (
+            self.manual_halt is not None,
+            self.session.halted,
+            self.breaker.tripped_at is not None,
+        )
+
+    def blocks(self) -> list[Block]:
+        blocks: list[Block] = []
+        if self.manual_halt is not None:
+            blocks.append(manual_block(self.manual_halt))
+        if self.session.halted:
+            s = self.session
+            blocks.append(
+                Block(
+                    "session_halt",
+                    f"session net PnL {s.net_pnl:.2f} reached loss limit {s.config.loss_limit:g}",
+                    (s.last_reset_day + 1) * MS_PER_DAY,
+                )
+            )
+        until = self.breaker.until_secs
+        if until is not None:
+            cfg = self.breaker.config
+            blocks.append(
+                Block(
+                    "circuit_breaker",
+                    f"{cfg.loss_limit} losses within {cfg.window_secs}s; "
+                    f"cooling down for {cfg.cooldown_secs}s",
+                    until * 1000,
+                )
+            )
+        return blocks
+
+    def gate_state(self, now_ms: int) -> GateState:
+        """The symbol's own gates (the bot-wide ones are in the account record); a pure read."""
+        blocks = self.blocks()
+        return GateState(
+            bot=self.key[0],
+            symbol=self.symbol,
+            entries_allowed=not blocks,
+            blocks=blocks,
+            net_pnl=self.session.net_pnl,
+            trades=self.session.trades,
+            recent_losses=len(self.breaker.recent_losses),
+            position_qty=self.position.qty,
+            updated_ts=now_ms,
+            seq=self.gate_seq,
+        )
+
+    def apply_command(self, c: ControlCommand) -> Gate:
+        """What an operator command does to this symbol; returns the gate it acts on."""
+        if c.command == "halt":
+            self.manual_halt = halt_from(c)
+        elif c.command == "resume":
+            self.manual_halt = None
+        elif c.command == "reset_breaker":
+            self.breaker.reset()
+        else:
+            self.session.reset()
+        return command_gate(c)
+
+    def tick(self, now_ms: int) -> tuple[bool, bool]:
+        """Rollover, cooldown end and window eviction at the wall clock ``now_ms``.
+
+        Returns (the session rolled over, anything changed).
+        """
+        losses = len(self.breaker.recent_losses)
+        rolled = self.session.tick(now_ms)
+        reset = self.breaker.tick(now_ms // 1000)
+        return rolled, rolled or reset or len(self.breaker.recent_losses) != losses
+
+    def wake(self, deadline: int) -> int:
+        """``deadline``, or earlier when the trip ends or the oldest loss leaves the window.
+
+        Evicting on time (not only on the next loss) keeps ``recent_losses`` in
+        the gate record current and makes state independent of restart timing.
+        """
+        breaker = self.breaker
+        config = breaker.config
+        if breaker.tripped_at is not None:
+            deadline = min(deadline, (breaker.tripped_at + config.cooldown_secs) * 1000)
+        if breaker.recent_losses:
+            deadline = min(deadline, (breaker.recent_losses[0] + config.window_secs) * 1000)
+        return deadline
+
+    def snapshot(self) -> SymbolSnapshot:
+        return SymbolSnapshot(
+            session_pnl=self.session.snapshot(),
+            circuit_breaker=self.breaker.snapshot(),
+            position=self.position.snapshot(),
+            manual_halt=self.manual_halt,
+            born=dict(self.born),
+            **self.numbering(),
+        )
+
+    def restore(self, snap: SymbolSnapshot) -> None:
+        self.session.restore(snap.session_pnl)
+        self.breaker.restore(snap.circuit_breaker)
+        if snap.position is not None:
+            self.position.restore(snap.position)
+        self.manual_halt = snap.manual_halt
+        self.born = dict(snap.born)
+        self.restore_numbering(snap)
