@@ -32,7 +32,7 @@ import inspect
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import structlog
@@ -56,6 +56,15 @@ from worker.messages import (
 log = structlog.get_logger("riskgate.client")
 
 HaltCallback = Callable[[HaltEvent], object]
+TradingState = Literal["active", "reducing", "halted", "killed"]
+"""NautilusTrader's trading states as a bot+symbol reads from the gate table:
+
+- ``active``: entries allowed;
+- ``reducing``: entries blocked, reducing closes still allowed (every halt but the kill);
+- ``killed``: the kill switch: every intent is denied, closes included;
+- ``halted``: this view cannot vouch for the bot (not caught up, no account record,
+  its owner stale, or the reader stopped): send nothing on its word.
+"""
 
 _symbol_state = msgspec.json.Decoder(GateState)
 _account_state = msgspec.json.Decoder(AccountGateState)
@@ -248,7 +257,7 @@ class _HaltRelay:
         if blocks is None:
             return
         for gate, events in list(held.items()):
-            if any(b.gate == gate for b in blocks) == (events[-1].kind == "halted"):
+            if any(b.gate == gate for b in blocks) == (events[-1].kind != "resumed"):
                 del held[gate]
                 for event in events:
                     self._deliver(event)
@@ -313,16 +322,28 @@ class GateView(_Follower):
         return self._caught_up.is_set()
 
     def entries_allowed(self, bot: str, symbol: str) -> bool:
-        """May ``bot`` open new risk on ``symbol``? Denies on any doubt."""
+        """May ``bot`` open new risk on ``symbol``? Denies on any doubt.
+
+        A record listing any block denies even if its ``entries_allowed`` says
+        otherwise: every gate, present or future, blocks entries.
+        """
+        return self.state(bot, symbol) == "active"
+
+    def state(self, bot: str, symbol: str) -> TradingState:
+        """``bot``'s trading state on ``symbol`` (see :data:`TradingState`)."""
         if self.failure is not None or not self._caught_up.is_set():
-            return False
+            return "halted"
         account = self.accounts.get(bot)
-        if account is None or not account.entries_allowed:
-            return False
-        if self.stale(bot):
-            return False
-        state = self.symbols.get((bot, symbol))
-        return state is None or state.entries_allowed
+        if account is None or self.stale(bot):
+            return "halted"
+        record = self.symbols.get((bot, symbol))
+        blocks = [*account.blocks, *(record.blocks if record is not None else ())]
+        if any(b.gate == "kill_switch" for b in blocks):
+            return "killed"
+        symbol_allows = record is None or record.entries_allowed
+        if blocks or not (account.entries_allowed and symbol_allows):
+            return "reducing"
+        return "active"
 
     def stale(self, bot: str) -> bool:
         """Has ``bot``'s owner gone quiet? True until an account record of it is received live.
@@ -352,6 +373,20 @@ class GateView(_Follower):
                 "synchronously; subscribe `lambda e: loop.create_task(callback(e))` instead"
             )
         self._relay.callbacks.append(callback)
+
+    def on_kill(self, callback: HaltCallback) -> None:
+        """Call ``callback(event)`` for every ``killed`` event (``cancel_open_orders``):
+        cancel the target's working orders. Same delivery rules as :meth:`subscribe`:
+        when it runs, :meth:`state` already answers ``killed``."""
+        if _is_async(callback):
+            raise TypeError(
+                f"{callback!r} is a coroutine function: schedule it from a plain function"
+            )
+
+        def killed(event: HaltEvent) -> object:
+            return callback(event) if event.kind == "killed" else None
+
+        self._relay.callbacks.append(killed)
 
     # -- lifecycle ---------------------------------------------------------------
 
