@@ -277,7 +277,10 @@ def test_worst_case_record_of_every_kind_is_well_under_the_request_size(id_chars
     Long ids fill the reservations' byte budget first, short ones their count cap.
     """
     engine, out, capped = worst_case_engine(id_chars)
-    assert capped > 0  # the reservation cap was reached: the most reservations a bot can hold
+    # The reservation cap was reached, so the bot holds the most reservations it can:
+    # 1,000 short ids (the count cap), 304 long ones (the byte budget), of 11,000 intents.
+    allowed = sum(d.allowed for d in out.decisions)
+    assert (allowed, capped) == {8: (1_000, 10_000), len(ID): (304, 10_696)}[id_chars]
     topics = engine.config.topics
     snapshots = snapshot_records(engine, out, topics, {NAME: 0}, {0: 1 << 40})
     outputs = output_records(engine, out, topics, NOW)
