@@ -20,7 +20,7 @@ from tests.unit.test_client_unit import (
     symbol,
 )
 from worker.client import GateView
-from worker.console.live import DAY_MS, SPARK_GAP_MS, Board, BoardState
+from worker.console.live import DAY_MS, SPARK_MIN_GAP_MS, SPARK_POINTS, Board, BoardState
 from worker.messages import AccountGateState, Block, GateState, HaltEvent
 
 NOON = 20_254 * DAY_MS + 12 * 3_600_000
@@ -184,12 +184,16 @@ def test_board_sparkline_keeps_points_about_the_gap_apart() -> None:
         view,
         b,
         (NOON, 0.0),
-        (NOON + SPARK_GAP_MS, -5.0),
-        (NOON + SPARK_GAP_MS + 1_000, -7.0),
-        (NOON + SPARK_GAP_MS + 2_000, -9.0),
-        (NOON + 2 * SPARK_GAP_MS + 1_000, -9.0),
+        (NOON + SPARK_MIN_GAP_MS, -5.0),
+        (NOON + SPARK_MIN_GAP_MS + 100, -7.0),
+        (NOON + SPARK_MIN_GAP_MS + 200, -9.0),
+        (NOON + 2 * SPARK_MIN_GAP_MS + 100, -9.0),
     )
-    assert points == [(NOON, 0.0), (NOON + SPARK_GAP_MS, -5.0), (NOON + SPARK_GAP_MS + 2_000, -9.0)]
+    assert points == [
+        (NOON, 0.0),
+        (NOON + SPARK_MIN_GAP_MS, -5.0),
+        (NOON + SPARK_MIN_GAP_MS + 200, -9.0),
+    ]
 
 
 def test_board_sparkline_starts_over_on_the_workers_next_day() -> None:
@@ -199,3 +203,29 @@ def test_board_sparkline_starts_over_on_the_workers_next_day() -> None:
         view, b, (NOON, -3.0), (NOON + DAY_MS // 2 - 1, -4.0), (NOON + DAY_MS // 2, 4.0)
     )
     assert points == [(NOON + DAY_MS // 2, 4.0)]
+
+
+def test_board_sparkline_full_keeps_every_other_point_and_the_newest() -> None:
+    view, b = board(Clock())
+    caught_up(view)
+    samples = [(NOON + k * SPARK_MIN_GAP_MS, float(k)) for k in range(SPARK_POINTS + 1)]
+    points = spark_of(view, b, *samples)
+    assert points == samples[::2]
+    assert points[-1] == samples[-1]
+
+
+def test_board_timeline_document_changes_only_when_an_event_arrives() -> None:
+    clock = Clock()
+    view, b = board(clock)
+    caught_up(view)
+    feed(view, account("a"))
+    feed(view, symbol("a", "S1", blocks=[SESSION]))
+    b.refresh()
+    before = dict(b.versions)
+    clock.now += view.staleness_ms + 1  # the bot goes stale: the rows change
+    b.refresh()
+    assert b.versions == {"rows": before["rows"] + 1, "timeline": before["timeline"]}
+    view._apply(TOPICS.halts, Rec(b"a", msgspec.json.encode(halt_event("e1", NOON))), live=True)
+    b.refresh()
+    assert b.versions == {"rows": before["rows"] + 1, "timeline": before["timeline"] + 1}
+    assert b.documents["timeline"] == msgspec.json.encode([halt_event("e1", NOON)])

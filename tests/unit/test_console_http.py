@@ -439,3 +439,14 @@ def test_console_deploy_example_parses_when_uncommented() -> None:
         ["alice", "noc"],
     )
     assert (console.users["alice"].role, console.users["noc"].role) == ("operator", "viewer")
+
+
+async def test_console_events_stream_pushes_the_rows_then_the_timeline(env: Env) -> None:
+    await env.login("vic")
+    async with env.client.get("/api/events") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "text/event-stream"
+        rows = await response.content.readuntil(b"\n\n")
+        timeline = await response.content.readuntil(b"\n\n")
+    assert rows.startswith(b'event: rows\ndata: {"caught_up":false,')
+    assert timeline == b"event: timeline\ndata: []\n\n"

@@ -31,9 +31,8 @@ from worker.messages import AccountGateState, Block, GateState, HaltEvent
 
 RowState = Literal["active", "reducing", "stale"]
 DAY_MS = 86_400_000
-SPARK_GAP_MS = 30_000
-"""Sparkline resolution: a new point replaces the last one when closer than this."""
-SPARK_POINTS = DAY_MS // SPARK_GAP_MS
+SPARK_MIN_GAP_MS = 1_000
+SPARK_POINTS = 240
 
 
 class SymbolRow(msgspec.Struct, frozen=True):
@@ -73,14 +72,21 @@ class Counts(msgspec.Struct, frozen=True):
     stale_bots: int
 
 
-class BoardState(msgspec.Struct, frozen=True):
+class Rows(msgspec.Struct, frozen=True):
+    """The table: pushed as ``event: rows`` whenever any of it changes."""
+
     caught_up: bool
     failure: str | None
     staleness_ms: int
     counts: Counts
     bots: list[BotRow]
+
+
+class BoardState(Rows, frozen=True):
+    """Everything (``GET /api/state``)."""
+
     timeline: list[HaltEvent]
-    """Latest first."""
+    """Latest first; pushed on its own (``event: timeline``), only when an event arrives."""
 
 
 def _state(allowed: bool, stale: bool) -> RowState:
@@ -90,10 +96,18 @@ def _state(allowed: bool, stale: bool) -> RowState:
 
 
 class _Spark:
-    """One bot's account net PnL through its UTC day (the worker's ``updated_ts``)."""
+    """One bot's account net PnL through its UTC day (the worker's ``updated_ts``).
+
+    At most ``SPARK_POINTS`` points, whatever the day's length: the whole board
+    goes to every page on every change, so a curve must stay a few KiB. Points
+    start ``SPARK_MIN_GAP_MS`` apart; each time the curve fills up, every
+    other point is dropped and the gap doubles (fine early in the day, a day
+    at about 6-minute resolution).
+    """
 
     def __init__(self) -> None:
-        self.points: deque[tuple[int, float]] = deque(maxlen=SPARK_POINTS)
+        self.points: list[tuple[int, float]] = []
+        self.gap_ms = SPARK_MIN_GAP_MS
 
     def add(self, ts: int, value: float) -> None:
         points = self.points
@@ -103,39 +117,57 @@ class _Spark:
                 return  # an older record (history replayed after a newer one)
             if ts // DAY_MS != last_ts // DAY_MS:
                 points.clear()  # the worker's day rolled over: a new curve
+                self.gap_ms = SPARK_MIN_GAP_MS
             elif value == last_value:
                 return  # a heartbeat: nothing new to draw
-            elif len(points) > 1 and ts - points[-2][0] < SPARK_GAP_MS:
-                points[-1] = (ts, value)  # keep points about SPARK_GAP_MS apart
+            elif len(points) > 1 and ts - points[-2][0] < self.gap_ms:
+                points[-1] = (ts, value)  # the newest point follows the value
                 return
         points.append((ts, value))
+        if len(points) > SPARK_POINTS:
+            self.points = points[-1::-2][::-1]  # every other point, the newest kept
+            self.gap_ms *= 2
 
 
 class Board:
     """The console's live state over a GateView (started and stopped by the caller).
 
     Call :meth:`refresh` periodically (:meth:`run` does): it samples the PnL
-    curves and, when the document changed, bumps :attr:`version` and wakes
-    every :meth:`wait_change`. Staleness moves with time alone, so the document
-    is rebuilt on every tick, not only on records.
+    curves, re-encodes the two documents pages follow — ``rows`` (rebuilt on
+    every tick: staleness moves with time alone) and ``timeline`` (only when a
+    halt event arrived) — bumps the version of each that changed and wakes
+    every :meth:`wait_change`.
     """
+
+    DOCUMENTS = ("rows", "timeline")
 
     def __init__(self, view: GateView, *, timeline_size: int, tick_s: float = 0.25) -> None:
         self.view = view
         self.tick_s = tick_s
         self._timeline: deque[HaltEvent] = deque(maxlen=timeline_size)
-        view.subscribe(self._timeline.append)
+        self._events = 0
+        view.subscribe(self._add_event)
         self._sparks: dict[str, _Spark] = {}
         self._seen: dict[str, int] = {}
         """Bot -> seq of the account record last sampled."""
-        self.version = 0
-        self.document = b""
+        self.documents = dict.fromkeys(self.DOCUMENTS, b"")
+        self.versions = dict.fromkeys(self.DOCUMENTS, 0)
+        self._encoded_events = -1
         self._changed = asyncio.Event()
         self.refresh()
 
+    @property
+    def version(self) -> int:
+        """Grows whenever either document changes."""
+        return sum(self.versions.values())
+
+    def _add_event(self, event: HaltEvent) -> None:
+        self._timeline.append(event)
+        self._events += 1
+
     # -- building ----------------------------------------------------------------
 
-    def state(self) -> BoardState:
+    def rows(self) -> Rows:
         view = self.view
         vouched = view.caught_up and view.failure is None
         names = sorted(set(view.accounts) | {bot for bot, _ in view.symbols})
@@ -151,15 +183,13 @@ class Board:
             blocked_symbols=sum(not s.entries_allowed for s in symbols),
             stale_bots=sum(b.stale for b in bots),
         )
-        timeline = sorted(self._timeline, key=lambda e: e.ts, reverse=True)
-        return BoardState(
-            caught_up=view.caught_up,
-            failure=view.failure,
-            staleness_ms=view.staleness_ms,
-            counts=counts,
-            bots=bots,
-            timeline=timeline,
-        )
+        return Rows(view.caught_up, view.failure, view.staleness_ms, counts, bots)
+
+    def timeline(self) -> list[HaltEvent]:
+        return sorted(self._timeline, key=lambda e: e.ts, reverse=True)
+
+    def state(self) -> BoardState:
+        return BoardState(**msgspec.structs.asdict(self.rows()), timeline=self.timeline())
 
     def _bot_row(self, bot: str, records: list[GateState], vouched: bool) -> BotRow:
         view = self.view
@@ -196,18 +226,25 @@ class Board:
     # -- ticking -----------------------------------------------------------------
 
     def refresh(self) -> bool:
-        """Sample the PnL curves and rebuild the document; True when it changed."""
+        """Sample the PnL curves and re-encode the documents; True when one changed."""
         for bot, account in self.view.accounts.items():
             if self._seen.get(bot) != account.seq:
                 self._seen[bot] = account.seq
                 spark = self._sparks.setdefault(bot, _Spark())
                 spark.add(account.updated_ts, account.account_net_pnl)
-        document = msgspec.json.encode(self.state())
-        if document == self.document:
+        changed = self._update("rows", msgspec.json.encode(self.rows()))
+        if self._encoded_events != self._events:
+            self._encoded_events = self._events
+            changed |= self._update("timeline", msgspec.json.encode(self.timeline()))
+        if changed:
+            self.wake()
+        return changed
+
+    def _update(self, name: str, document: bytes) -> bool:
+        if document == self.documents[name]:
             return False
-        self.document = document
-        self.version += 1
-        self.wake()
+        self.documents[name] = document
+        self.versions[name] += 1
         return True
 
     def wake(self) -> None:

@@ -8,8 +8,9 @@ Routes (everything under ``/api/`` needs a login; unauthenticated requests get
   ``POST /logout`` clears it.
 - ``GET /api/me`` — the user, role, CSRF token and the actions allowed.
 - ``GET /api/state`` — the board (:mod:`worker.console.live`) as JSON;
-  ``GET /api/events`` — the same document as server-sent events, pushed on
-  every change (``event: state``), with a keep-alive comment every 15 s.
+  ``GET /api/events`` — the same as server-sent events: ``event: rows`` (the
+  table, pushed on every change) and ``event: timeline`` (pushed when a halt
+  event arrives), with a keep-alive comment every 15 s.
 - ``POST /api/actions`` — ``{"action", "bot", "symbol", "reason"}`` →
   202 with the halt event id to watch for (:mod:`worker.console.actions`).
 
@@ -219,7 +220,8 @@ class ConsoleServer:
         )
 
     async def _state(self, _: web.Request) -> web.Response:
-        return web.Response(body=self._board.document, content_type="application/json")
+        body = msgspec.json.encode(self._board.state())
+        return web.Response(body=body, content_type="application/json")
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         """Push the board on every change; ends when the login ends or the server stops."""
@@ -228,13 +230,16 @@ class ConsoleServer:
             headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
         )
         await response.prepare(request)
-        sent = -1
+        sent = dict.fromkeys(board.DOCUMENTS, 0)
         try:
             while not self._closing and self.principal(request) is not None:
-                if board.version != sent:
-                    sent = board.version
-                    await response.write(b"event: state\ndata: " + board.document + b"\n\n")
-                elif not await board.wait_change(sent, KEEPALIVE_S):
+                version = board.version
+                for name in board.DOCUMENTS:
+                    if board.versions[name] != sent[name]:
+                        sent[name] = board.versions[name]
+                        event = b"event: %s\ndata: %s\n\n" % (name.encode(), board.documents[name])
+                        await response.write(event)
+                if not await board.wait_change(version, KEEPALIVE_S):
                     await response.write(b": keep-alive\n\n")
         except ConnectionError:
             pass  # the page went away

@@ -266,7 +266,7 @@ function checkPending(board) {
 
 function render() {
   const board = view.board;
-  if (!board) return;
+  if (!board || !board.bots) return;
   renderTable(board);
   renderTimeline(board);
   renderDetail(board);
@@ -275,10 +275,15 @@ function render() {
 
 function connect() {
   const source = new EventSource("/api/events");
-  source.addEventListener("state", (e) => {
-    view.board = JSON.parse(e.data);
-    $("link").textContent = "live";
-    $("link").className = "link up";
+  const live = () => { $("link").textContent = "live"; $("link").className = "link up"; };
+  source.addEventListener("rows", (e) => {
+    view.board = { timeline: [], ...(view.board || {}), ...JSON.parse(e.data) };
+    live();
+    render();
+  });
+  source.addEventListener("timeline", (e) => {
+    view.board = { ...(view.board || {}), timeline: JSON.parse(e.data) };
+    live();
     render();
   });
   source.onerror = async () => {
