@@ -221,6 +221,13 @@ def test_a_stopped_replay_reports_what_it_replayed_as_partial(tmp_path: Path) ->
     assert rep["input"]["end_ms"] == t0 + 4095
 
 
+def test_an_empty_input_reports_nothing_and_no_time(tmp_path: Path) -> None:
+    result = replay(load_config(config_file(tmp_path), env={}), [])
+    rep = report.build(result, config_path="c", sources=[])
+    assert (rep["input"]["start_ms"], rep["input"]["end_ms"], rep["halts"]) == (None, None, [])
+    assert "riskgate replay" in report.render_html(rep)
+
+
 def test_ctrl_c_sets_the_stop_flag_instead_of_raising() -> None:
     with _ctrl_c() as stop:
         os.kill(os.getpid(), signal.SIGINT)

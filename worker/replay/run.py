@@ -141,7 +141,7 @@ class Replay:
 
     def _finish(self, end_ms: int | None) -> None:
         """Sweep up to the end (an interrupted replay ends where it stopped) and close the books."""
-        end = max(self._clock, end_ms or 0)
+        end = self._clock if end_ms is None else max(self._clock, end_ms)
         if end >= 0:
             self._wake(end)
             if end > self._clock or end >= self._next_sweep:
