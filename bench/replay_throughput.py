@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from worker.config import Config
-from worker.engine import Rejected, RiskEngine
+from worker.core import RiskEngine
+from worker.errors import Rejected
 from worker.replay.inputs import InputRecord, in_time_order, read_file
 from worker.replay.run import replay
 from worker.replay.sweep import load_with, parse_sweep, run_sweep

@@ -36,7 +36,7 @@ from tests.support.harness import (
     wait_until,
 )
 from worker.config import Config
-from worker.engine import Effects, RiskEngine
+from worker.core import Effects, RiskEngine
 from worker.kafka.options import client_kwargs
 from worker.messages import (
     ControlCommand,

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from worker.config import Config
-from worker.engine import Rejected
+from worker.errors import Rejected
 from worker.inbound import InputKind, decode_input
 from worker.messages import ControlCommand, Event, Fill, OrderIntent, TradeOutcome
 

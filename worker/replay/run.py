@@ -24,7 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from worker.config import Config, bot_settings
-from worker.engine import Origin, Rejected, RiskEngine
+from worker.core import Origin, RiskEngine
+from worker.errors import Rejected
 from worker.messages import Fill, GateDecision, HaltEvent, OrderIntent, TradeOutcome
 from worker.replay.counterfactual import Ledger
 from worker.replay.inputs import InputRecord
