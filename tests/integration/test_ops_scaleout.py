@@ -196,7 +196,8 @@ async def test_scale_out_with_a_worker_killed_mid_stream(
 
     halts = published_halts(await read_topic(config.kafka, config.topics.halts))
     predicted = {h.event_id: h for h in expected_halts(expected)}
-    assert len(predicted) >= 10 and {h.gate for h in predicted.values()} == {
+    # Seed 11's stream, as the model counts it (every event of it is on today's session).
+    assert len(predicted) == 73 and {h.gate for h in predicted.values()} == {
         "circuit_breaker",
         "session_halt",
     }
