@@ -70,6 +70,8 @@ class SoakReport:
     samples: list[Sample] = field(default_factory=list)
     broker_rss_mib: tuple[float, float] | None = None
     caught_up_s: float | None = None
+    lag_at_end: int | None = None
+    """Records produced but not committed when the worker was stopped (0: nothing lost)."""
     final_rc: int | None = None
     errors: list[str] = field(default_factory=list)
     warnings: int = 0
@@ -123,7 +125,7 @@ class SoakReport:
             f" {self.rss_second_half_growth:+.1f} MiB (limit {self.max_growth_mib:.0f})",
             f"max lag:        {self.max_lag:.0f} records",
             f"caught up:      {'no' if self.caught_up_s is None else f'{self.caught_up_s:.1f}s'}"
-            f" after the stream stopped; exit code {self.final_rc}",
+            f" after the stream stopped (lag then {self.lag_at_end}); exit code {self.final_rc}",
             f"error lines:    {len(self.errors)} (warnings {self.warnings})",
         ]
         if self.broker_rss_mib is not None:
@@ -332,6 +334,7 @@ async def run_soak(
                 report.caught_up_s = time.monotonic() - stopped
                 break
             await asyncio.sleep(0.5)
+        report.lag_at_end = await offsets.lag()
         report.final_rc = worker.terminate(grace=30)
     if broker_pid and broker_start is not None:
         report.broker_rss_mib = (broker_start, pid_rss_mib(broker_pid) or float("nan"))
