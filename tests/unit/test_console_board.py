@@ -6,6 +6,7 @@ GateView unit tests do), with an injected monotonic clock for staleness.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
@@ -229,3 +230,27 @@ def test_board_timeline_document_changes_only_when_an_event_arrives() -> None:
     b.refresh()
     assert b.versions == {"rows": before["rows"] + 1, "timeline": before["timeline"] + 1}
     assert b.documents["timeline"] == msgspec.json.encode([halt_event("e1", NOON)])
+
+
+async def test_board_refresh_that_raises_is_logged_and_retried() -> None:
+    view, b = board(Clock())
+    caught_up(view)
+    b.tick_s = 0
+    real, calls, retried = b.rows, [], asyncio.Event()
+
+    def flaky() -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in one refresh")
+        retried.set()
+        return real()
+
+    b.rows = flaky  # type: ignore[method-assign]
+    ticker = asyncio.create_task(b.run())
+    try:
+        async with asyncio.timeout(5):
+            await retried.wait()
+    finally:
+        ticker.cancel()
+    assert b.failures == 1
+    assert msgspec.json.decode(b.documents["rows"])["caught_up"] is True

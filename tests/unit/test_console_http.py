@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import msgspec
 import pytest
 import pytest_asyncio
@@ -20,12 +23,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka.errors import KafkaConnectionError
 
 from tests.support.harness import PROJECT_ROOT
+from tests.support.ops import make_pki, openssl_available
 from worker.client import GateView
 from worker.config import Config, ConfigError, load_config
 from worker.console.actions import ACTIONS, Actions
 from worker.console.auth import Authenticator, Principal
 from worker.console.live import Board
-from worker.console.server import ConsoleServer
+from worker.console.server import ConsoleServer, tls_context
 from worker.messages import ControlCommand
 from worker.signing import command_digest, verify
 
@@ -219,7 +223,7 @@ def test_console_cookie_of_a_removed_user_is_refused() -> None:
     assert Authenticator(without_vic, key=key).cookie(cookie) is None
 
 
-def test_console_user_token_from_a_file(tmp_path: Any) -> None:
+def test_console_user_token_from_a_file(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("file-token-abcdef\n")
     text = f'[console.users.fran]\nrole = "operator"\ntoken_file = "{token_file}"\n'
@@ -450,3 +454,39 @@ async def test_console_events_stream_pushes_the_rows_then_the_timeline(env: Env)
         timeline = await response.content.readuntil(b"\n\n")
     assert rows.startswith(b'event: rows\ndata: {"caught_up":false,')
     assert timeline == b"event: timeline\ndata: []\n\n"
+
+
+@pytest.mark.security
+async def test_console_serves_https_when_tls_is_configured(tmp_path: Path) -> None:
+    if not openssl_available():
+        pytest.skip("no openssl CLI to make a test certificate")
+    pki = make_pki(tmp_path / "pki")
+    config = load_config(text=CONFIG, env={})
+    console = msgspec.structs.replace(
+        config.console, tls_certfile=str(pki.server_cert), tls_keyfile=str(pki.server_key)
+    )
+    board = Board(GateView(config.kafka, config.topics), timeline_size=10)
+    actions = Actions(config, Recorder(), SECRET.encode(), clock=lambda: NOW_MS)
+    server = ConsoleServer(
+        Authenticator(console), board, actions, host="127.0.0.1", port=0, tls=tls_context(console)
+    )
+    await server.start()
+    try:
+        assert server.url.startswith("https://127.0.0.1:")
+        trust = ssl.create_default_context(cafile=str(pki.ca))
+        headers = {"Authorization": f"Bearer {TOKENS['vic']}"}
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{server.url}api/me", ssl=trust, headers=headers) as response:
+                assert (response.status, (await response.json())["user"]) == (200, "vic")
+                assert response.headers["Strict-Transport-Security"] == "max-age=31536000"
+            with pytest.raises(aiohttp.ServerDisconnectedError):  # plain HTTP is not served
+                await session.get(server.url.replace("https", "http"), ssl=False)
+    finally:
+        await server.stop()
+
+
+def test_console_tls_needs_both_files() -> None:
+    console = load_config(text=CONFIG, env={}).console
+    half = msgspec.structs.replace(console, tls_certfile="/etc/cert.pem")
+    with pytest.raises(ConfigError, match="set both tls_certfile and tls_keyfile"):
+        tls_context(half)

@@ -25,9 +25,12 @@ from collections import deque
 from typing import Literal
 
 import msgspec
+import structlog
 
 from worker.client import GateView
 from worker.messages import AccountGateState, Block, GateState, HaltEvent
+
+log = structlog.get_logger("riskgate.console")
 
 RowState = Literal["active", "reducing", "stale"]
 DAY_MS = 86_400_000
@@ -154,6 +157,8 @@ class Board:
         self.versions = dict.fromkeys(self.DOCUMENTS, 0)
         self._encoded_events = -1
         self._changed = asyncio.Event()
+        self.failures = 0
+        """Refreshes that raised (see :meth:`run`)."""
         self.refresh()
 
     @property
@@ -263,7 +268,17 @@ class Board:
         return self.version != version
 
     async def run(self) -> None:
-        """Refresh every ``tick_s`` until cancelled."""
+        """Refresh every ``tick_s`` until cancelled.
+
+        A refresh that raises (a bug) is logged and retried at the next tick:
+        a ticker that died would leave every page showing its last, possibly
+        "active", rows for ever.
+        """
         while True:
-            self.refresh()
+            try:
+                self.refresh()
+            except Exception:
+                self.failures += 1
+                if self.failures == 1:
+                    log.exception("console board refresh failed (logged once; retrying)")
             await asyncio.sleep(self.tick_s)

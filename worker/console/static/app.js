@@ -275,7 +275,11 @@ function render() {
 
 function connect() {
   const source = new EventSource("/api/events");
-  const live = () => { $("link").textContent = "live"; $("link").className = "link up"; };
+  const live = () => {
+    $("link").textContent = "live";
+    $("link").className = "link up";
+    document.body.classList.remove("offline");
+  };
   source.addEventListener("rows", (e) => {
     view.board = { timeline: [], ...(view.board || {}), ...JSON.parse(e.data) };
     live();
@@ -287,8 +291,10 @@ function connect() {
     render();
   });
   source.onerror = async () => {
-    $("link").textContent = "reconnecting…";
+    // Fail closed on the screen too: rows that no longer update must not look live.
+    $("link").textContent = "connection lost — reconnecting…";
     $("link").className = "link down";
+    document.body.classList.add("offline");
     const me = await fetch("/api/me", { credentials: "same-origin" }).catch(() => null);
     if (me && me.status === 401) location.reload(); // logged out: back to the login form
   };
