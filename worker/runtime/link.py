@@ -1,4 +1,4 @@
-"""The worker's link to its broker: connect, commit, probe, close — each bounded.
+"""The worker's link to its broker: connect, fetch, commit, probe, close — each bounded.
 
 Every call that reaches the broker reports to :class:`~worker.health.Health`:
 a retried connect or commit is *alive* (a missing broker never fails
@@ -19,6 +19,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from worker.config import Config
 from worker.health import Health
+from worker.kafka.fetch import Fetched, fetch
 from worker.kafka.options import RETRY_BACKOFF_MAX_MS
 from worker.metrics import Metrics
 from worker.runtime.checkpoint import Checkpoint, Offsets
@@ -49,6 +50,8 @@ class BrokerLink:
         self._checkpoint = checkpoint
         self._publisher = publisher
         self.consumer: Consumer | None = None
+        self._fetching: asyncio.Future[Fetched] | None = None
+        """The loop's fetch in flight; ``cancel_fetch()`` ends it (a join may never finish)."""
 
     async def connect(
         self, topics: Collection[str], rebalance: Rebalance, stopping: asyncio.Event
@@ -84,6 +87,40 @@ class BrokerLink:
             attempt=state.attempt_number,
             error=repr(state.outcome.exception()) if state.outcome else None,
         )
+
+    async def fetch(self) -> Fetched:
+        """One bounded fetch; empty when it times out or :meth:`cancel_fetch` ends it.
+
+        aiokafka's ``getmany`` waits without a bound while the group is
+        (re)joining; the bound keeps the loop ticking (alive, not ready).
+        """
+        consumer = self.consumer
+        assert consumer is not None
+        cfg = self._config
+        self._fetching = asyncio.ensure_future(
+            fetch(consumer, cfg.worker.poll_timeout_ms, cfg.worker.max_batch_records)
+        )
+        bound_s = (cfg.worker.poll_timeout_ms + cfg.kafka.request_timeout_ms) / 1000
+        try:
+            async with asyncio.timeout(bound_s):
+                return await self._fetching
+        except (TimeoutError, asyncio.CancelledError):
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the loop itself is cancelled, not just this fetch
+            return Fetched({}, [])
+        except KafkaError as exc:
+            # Per-partition fetch errors are retried inside aiokafka; what reaches
+            # us here (authorization, a reset refused) is logged and re-fetched.
+            log.warning("fetch failed", error=repr(exc))
+            return Fetched({}, [])
+        finally:
+            self._fetching = None
+
+    def cancel_fetch(self) -> None:
+        """``stop()``: a fetch waiting for a group join that never completes ends now."""
+        if self._fetching is not None:
+            self._fetching.cancel()
 
     async def commit(self, owned: Offsets) -> None:
         """Commit ``owned`` (see :meth:`Ownership.committable`), bounded; failures are logged."""

@@ -25,13 +25,11 @@ from collections.abc import Callable, Iterable
 
 import structlog
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError
 
 from worker.clock import wall_clock_ms
 from worker.config import Config
 from worker.engine import Effects, RiskEngine
 from worker.health import Health
-from worker.kafka.fetch import Fetched, fetch
 from worker.kafka.records import OutRecord
 from worker.kafka.watch import InputWatch
 from worker.metrics import Metrics
@@ -88,8 +86,6 @@ class Worker:
         self._watch = InputWatch(kinds, config.worker.heartbeat_interval_ms, m, clock())
         """Per input partition: progress (heartbeats) and restarted offsets."""
         self._next_sweep = 0
-        self._fetching: asyncio.Future[Fetched] | None = None
-        """The loop's fetch in flight; ``stop()`` cancels it (a join may never finish)."""
         self.started = asyncio.Event()
         """Set once the clients are connected and the loop is running."""
         self._kinds = kinds
@@ -129,8 +125,7 @@ class Worker:
         completes, aiokafka's fetch waits for an assignment without a bound.
         """
         self._stopping.set()
-        if self._fetching is not None:
-            self._fetching.cancel()
+        self._link.cancel_fetch()
 
     @property
     def shutdown_bound_s(self) -> float:
@@ -173,7 +168,7 @@ class Worker:
             now = self.clock()
             self._apply_restores(consumer, now, effects)
             log_halts(effects.halts, cause="restore")
-            fetched = await self._fetch(consumer)
+            fetched = await self._link.fetch()
             batch = fetched.batch
             started = time.perf_counter()
             now = self.clock()
@@ -212,33 +207,6 @@ class Worker:
             update_lag(self.metrics, consumer, batch)
             self.health.tick()
         await self._persist(self.clock())  # shutdown: everything applied is persisted
-
-    async def _fetch(self, consumer: Consumer) -> Fetched:
-        """One bounded fetch; empty when it times out or ``stop()`` cancels it.
-
-        aiokafka's ``getmany`` waits without a bound while the group is
-        (re)joining; the bound keeps the loop ticking (alive, not ready).
-        """
-        cfg = self.config
-        self._fetching = asyncio.ensure_future(
-            fetch(consumer, cfg.worker.poll_timeout_ms, cfg.worker.max_batch_records)
-        )
-        bound_s = (cfg.worker.poll_timeout_ms + cfg.kafka.request_timeout_ms) / 1000
-        try:
-            async with asyncio.timeout(bound_s):
-                return await self._fetching
-        except (TimeoutError, asyncio.CancelledError):
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # the loop itself is cancelled, not just this fetch
-            return Fetched({}, [])
-        except KafkaError as exc:
-            # Per-partition fetch errors are retried inside aiokafka; what reaches
-            # us here (authorization, a reset refused) is logged and re-fetched.
-            log.warning("fetch failed", error=repr(exc))
-            return Fetched({}, [])
-        finally:
-            self._fetching = None
 
     async def _persist(self, now: int) -> bool:
         """Phase 2, every ``commit_interval_ms``: snapshots of changed keys, then commit."""
