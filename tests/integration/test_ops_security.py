@@ -163,11 +163,12 @@ async def test_worker_and_every_client_over_mutual_tls(pki: Pki, tmp_path: Path)
             assert (decision.allowed, decision.gate) == (False, "circuit_breaker")
 
         stats = gw.stats
+        # How many connections the clients opened is theirs to choose; each of them is a
+        # TLS session that presented the worker's certificate (and the decision above
+        # came through the gateway, the only address the clients know).
         assert not stats.tls_failures, stats.tls_failures
-        assert stats.tls_sessions >= 6
-        assert stats.client_subjects and set(stats.client_subjects) == {"riskgate-worker"}
-        assert len(stats.client_subjects) == stats.tls_sessions
-        assert stats.forwarded_bytes > 0
+        assert stats.connections == stats.tls_sessions == len(stats.client_subjects)
+        assert set(stats.client_subjects) == {"riskgate-worker"}
 
         # The listener is TLS-only: a plaintext client gets nowhere.
         plain = AIOKafkaProducer(bootstrap_servers=gw.bootstrap_servers, request_timeout_ms=5000)
@@ -190,7 +191,7 @@ async def test_wrong_ca_or_missing_client_cert_cannot_connect(
             async with asyncio.timeout(30):
                 await ensure_topics(wrong_ca.kafka, wrong_ca.topics)
         assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
-        assert gw.stats.connections >= 1
+        assert gw.stats.connections == 1  # one bootstrap attempt, refused by the client
         assert gw.stats.tls_sessions == 0
         assert gw.stats.forwarded_bytes == 0
 
@@ -244,7 +245,7 @@ async def test_worker_over_sasl_ssl_scram(pki: Pki, tmp_path: Path) -> None:
         await run_worker_end_to_end(config)
         stats = gw.stats
         assert not stats.auth_failures, stats.auth_failures
-        assert len(stats.authenticated) == stats.tls_sessions >= 4
+        assert len(stats.authenticated) == stats.tls_sessions == stats.connections
         assert set(stats.authenticated) == {(USER, "SCRAM-SHA-256")}
 
 
