@@ -107,8 +107,10 @@ def test_our_snapshot_json_keeps_the_seed_keys_and_types() -> None:
         assert type(session[field]) is kind, field
     breaker = doc["circuit_breaker"]
     assert set(breaker) == {"recent_losses", "tripped_at_unix_secs"}
-    assert breaker["recent_losses"]
+    # Two losses in the same second (T0 and T0 + 1 ms) trip the 2-loss breaker then.
+    assert breaker["recent_losses"] == [T0 // 1000, T0 // 1000]
     assert all(type(x) is int for x in breaker["recent_losses"])
+    assert breaker["tripped_at_unix_secs"] == T0 // 1000
     assert type(breaker["tripped_at_unix_secs"]) is int
     # Our extras are there too.
     assert doc["position"]["qty"] == 2.0
