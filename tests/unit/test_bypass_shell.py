@@ -33,7 +33,7 @@ from worker.kafka.progress import InputProgress
 from worker.messages import TradeOutcome
 from worker.metrics import Metrics
 from worker.runtime import Worker, home_partition
-from worker.runtime.deadletter import dead_letter
+from worker.runtime.deadletter import DeadLetters
 from worker.runtime.memory import InMemoryBroker, MemoryConsumer, MemoryTransport, Stored
 from worker.runtime.transport import Connection, Rebalance
 
@@ -180,9 +180,8 @@ def test_a_null_valued_header_is_dead_lettered_with_the_original_headers() -> No
     cfg = config()
     tp = TopicPartition("trading.outcomes", 2)
     record = _Record(b"alpha", b"{not json", (("trace", None), ("x", b"1")), 7)
-    letter = dead_letter(
-        cfg.topics, Metrics(), tp, record, reason="malformed_json", message="not JSON", event=None
-    )
+    letters = DeadLetters(cfg.topics, Metrics())
+    letter = letters.of(tp, record, reason="malformed_json", message="not JSON")
     assert (letter.key, letter.value) == (b"alpha", b"{not json")
     assert letter.headers is not None
     assert letter.headers[:2] == [("trace", None), ("x", b"1")]

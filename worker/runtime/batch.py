@@ -19,7 +19,7 @@ from worker.kafka.fetch import Unreadable
 from worker.kafka.records import OutRecord
 from worker.messages import Event, HaltEvent
 from worker.metrics import Metrics
-from worker.runtime.deadletter import dead_letter
+from worker.runtime.deadletter import DeadLetters
 from worker.runtime.ownership import Ownership
 
 log = structlog.get_logger("riskgate.worker")
@@ -65,6 +65,7 @@ class BatchApplier:
         self._ownership = ownership
         self._metrics = metrics
         self._kinds = kinds
+        self._letters = DeadLetters(config.topics, metrics)
 
     def apply(
         self,
@@ -104,7 +105,10 @@ class BatchApplier:
                         record_ts=record.timestamp,
                     )
                 except Rejected as exc:
-                    deadletters.append(self._letter(tp, record, exc.reason, str(exc), event))
+                    letter = self._letters.of(
+                        tp, record, reason=exc.reason, message=str(exc), event=event
+                    )
+                    deadletters.append(letter)
                     continue
                 except Exception as exc:  # contained to this record, see above
                     log.exception(
@@ -114,7 +118,10 @@ class BatchApplier:
                         offset=record.offset,
                     )
                     message = f"{type(exc).__name__}: {exc}"
-                    deadletters.append(self._letter(tp, record, "unprocessable", message, event))
+                    letter = self._letters.of(
+                        tp, record, reason="unprocessable", message=message, event=event
+                    )
+                    deadletters.append(letter)
                     continue
                 if len(effects.halts) > halts_before:
                     log_halts(
@@ -142,29 +149,9 @@ class BatchApplier:
     ) -> None:
         """Records the client could not decode were skipped; dead-letter where they are."""
         for bad in unreadable:
-            deadletters.append(
-                self._letter(bad.tp, None, "undecodable_record", bad.error, None, offset=bad.offset)
+            letter = self._letters.of(
+                bad.tp, None, reason="undecodable_record", message=bad.error, offset=bad.offset
             )
+            deadletters.append(letter)
             self._metrics.events.labels(bad.tp.topic, "deadletter").inc()
             offsets[bad.tp] = max(offsets.get(bad.tp, 0), bad.offset + 1)
-
-    def _letter(
-        self,
-        tp: TopicPartition,
-        record: Any | None,
-        reason: str,
-        message: str,
-        event: Event | None,
-        *,
-        offset: int | None = None,
-    ) -> OutRecord:
-        return dead_letter(
-            self._config.topics,
-            self._metrics,
-            tp,
-            record,
-            reason=reason,
-            message=message,
-            event=event,
-            offset=offset,
-        )
