@@ -15,6 +15,7 @@ flag instead, so an interrupted sweep still returns every partial result.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import multiprocessing as mp
 import os
@@ -137,6 +138,7 @@ def run_sweep(
         stop.set()
     _records = records
     total = len(records) * (len(combos) + 1)
+    gc.freeze()  # the inherited records stay shared: no child's collector writes to their pages
     try:
         with ctx.Pool(max(1, workers), initializer=_init, initargs=(stop, done)) as pool:
             base = pool.apply_async(_job, (config_path, {}, with_origin, end_ms, True))
@@ -156,6 +158,7 @@ def run_sweep(
             rows = [j.get() for j in jobs]
     finally:
         _records = ()
+        gc.unfreeze()
     return base_report, section(spec, rows)
 
 
