@@ -287,8 +287,8 @@ async def test_console_marks_a_stale_bot_blocked(kafka_bootstrap: str) -> None:
                 await page.wait_css(row("solo/S1", "active"), SEEN_WITHIN_S)
                 assert "stale: 0" in await page.text("#counts")
             # The worker has stopped: no more heartbeats.
-            await page.wait_css(row("solo/*", "stale"), SEEN_WITHIN_S)
-            await page.wait_css(row("solo/S1", "stale"))
+            await page.wait_css(row("solo/*", "halted"), SEEN_WITHIN_S)
+            await page.wait_css(row("solo/S1", "halted"))
             blocks = await page.text(row("solo/*") + " td.blocks")
             assert blocks == "stale: no heartbeat from its worker within 2 s — blocked"
             counts = await page.text("#counts")

@@ -74,7 +74,7 @@ def test_board_before_catch_up_shows_every_bot_stale_and_blocked() -> None:
     feed(view, account("a"))
     feed(view, symbol("a", "S1"))
     state = b.state()
-    assert rows(state) == {"a": ("stale", False), "a/S1": ("stale", False)}
+    assert rows(state) == {"a": ("halted", False), "a/S1": ("halted", False)}
     assert (state.counts.blocked_bots, state.counts.blocked_symbols, state.counts.stale_bots) == (
         1,
         1,
@@ -119,7 +119,7 @@ def test_board_quiet_worker_marks_the_bot_stale_and_blocked() -> None:
     assert rows(b.state())["a/S1"] == ("active", True)
     clock.now += 1
     state = b.state()
-    assert rows(state) == {"a": ("stale", False), "a/S1": ("stale", False)}
+    assert rows(state) == {"a": ("halted", False), "a/S1": ("halted", False)}
     assert (state.counts.stale_bots, state.counts.blocked_bots, state.counts.blocked_symbols) == (
         1,
         1,
@@ -131,7 +131,7 @@ def test_board_replayed_history_is_no_heartbeat() -> None:
     view, b = board(Clock())
     caught_up(view)
     feed(view, account("a"), live=False)
-    assert rows(b.state())["a"] == ("stale", False)
+    assert rows(b.state())["a"] == ("halted", False)
 
 
 def test_board_stopped_reader_fails_closed() -> None:
@@ -140,7 +140,7 @@ def test_board_stopped_reader_fails_closed() -> None:
     feed(view, account("a"))
     view.failure = "GateView reader stopped: failing closed"
     state = b.state()
-    assert rows(state)["a"] == ("stale", False)
+    assert rows(state)["a"] == ("halted", False)
     assert state.failure == "GateView reader stopped: failing closed"
 
 
@@ -254,3 +254,16 @@ async def test_board_refresh_that_raises_is_logged_and_retried() -> None:
         ticker.cancel()
     assert b.failures == 1
     assert msgspec.json.decode(b.documents["rows"])["caught_up"] is True
+
+
+def test_board_kill_switch_shows_killed_and_unrealised_pnl_passes_through() -> None:
+    view, b = board(Clock())
+    caught_up(view)
+    kill = Block("kill_switch", "killed by ops: runaway orders", None)
+    feed(view, msgspec.structs.replace(account("a"), unrealised_pnl=-3.5, equity=-3.5))
+    feed(view, msgspec.structs.replace(symbol("a", "S1", blocks=[kill]), unrealised_pnl=-3.5))
+    state = b.state()
+    assert rows(state) == {"a": ("active", True), "a/S1": ("killed", False)}
+    [bot] = state.bots
+    assert (bot.unrealised_pnl, bot.equity, bot.symbols[0].unrealised_pnl) == (-3.5, -3.5, -3.5)
+    assert state.counts.blocked_symbols == 1

@@ -7,14 +7,13 @@ JSON document — every bot and symbol with its state, the halt/resume timeline
 and each bot's PnL curve of the day — and pushes it to the pages (server-sent
 events) whenever it changes.
 
-The board fails closed exactly like ``GateView.entries_allowed``: until the
-view has read the topics to their end, for a bot whose worker has gone quiet
-(stale) and after the reader stopped, every row is blocked. Stale bots are
+Every row's state is ``GateView.state`` — NautilusTrader's names: ``active``
+(entries allowed), ``reducing`` (a gate blocks new risk, reduce-only closes
+pass), ``killed`` (the kill switch: nothing passes) and ``halted`` (the view
+cannot vouch for the bot). So the board fails closed exactly like the view:
+until it has read the topics to their end, for a bot whose worker has gone
+quiet (``stale``) and after the reader stopped, every row is ``halted`` and
 counted as blocked.
-
-States, as NautilusTrader names them: ``active`` (entries allowed),
-``reducing`` (a gate blocks new risk; reduce-only closes still pass: every gate
-riskgate has today), ``stale`` (no live worker vouches for the row: blocked).
 """
 
 from __future__ import annotations
@@ -22,17 +21,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from typing import Literal
 
 import msgspec
 import structlog
 
-from worker.client import GateView
+from worker.client import GateView, TradingState
 from worker.messages import AccountGateState, Block, GateState, HaltEvent
 
 log = structlog.get_logger("riskgate.console")
 
-RowState = Literal["active", "reducing", "stale"]
 DAY_MS = 86_400_000
 SPARK_MIN_GAP_MS = 1_000
 SPARK_POINTS = 240
@@ -40,11 +37,13 @@ SPARK_POINTS = 240
 
 class SymbolRow(msgspec.Struct, frozen=True):
     symbol: str
-    state: RowState
+    state: TradingState
     entries_allowed: bool
     blocks: list[Block]
     """The symbol's own blocks; the bot's are on its row and block every symbol."""
     net_pnl: float
+    unrealised_pnl: float | None
+    """None from workers without marks."""
     trades: int
     recent_losses: int
     position_qty: float
@@ -55,11 +54,15 @@ class BotRow(msgspec.Struct, frozen=True):
     time; ``stale`` says what they mean, the PnL points carry the worker's times."""
 
     bot: str
-    state: RowState
+    state: TradingState
+    """The bot-level state (its own gates); each symbol row has its own."""
     stale: bool
+    """Not vouched for: its worker is quiet, or the view is not caught up / stopped."""
     entries_allowed: bool
     blocks: list[Block]
     account_net_pnl: float | None
+    unrealised_pnl: float | None
+    equity: float | None
     open_positions: int | None
     gross_exposure: float | None
     symbols: list[SymbolRow]
@@ -90,12 +93,6 @@ class BoardState(Rows, frozen=True):
 
     timeline: list[HaltEvent]
     """Latest first; pushed on its own (``event: timeline``), only when an event arrives."""
-
-
-def _state(allowed: bool, stale: bool) -> RowState:
-    if stale:
-        return "stale"
-    return "active" if allowed else "reducing"
 
 
 class _Spark:
@@ -199,15 +196,16 @@ class Board:
     def _bot_row(self, bot: str, records: list[GateState], vouched: bool) -> BotRow:
         view = self.view
         account: AccountGateState | None = view.accounts.get(bot)
-        stale = not vouched or view.stale(bot)
-        allowed = account is not None and account.entries_allowed and not stale
+        # No symbol is named "" (names are 1..64 characters): the bot's own state.
+        state = view.state(bot, "")
         rows = [
             SymbolRow(
                 symbol=r.symbol,
-                state=_state(view.entries_allowed(bot, r.symbol), stale),
+                state=view.state(bot, r.symbol),
                 entries_allowed=view.entries_allowed(bot, r.symbol),
                 blocks=r.blocks,
                 net_pnl=r.net_pnl,
+                unrealised_pnl=r.unrealised_pnl,
                 trades=r.trades,
                 recent_losses=r.recent_losses,
                 position_qty=r.position_qty,
@@ -217,11 +215,13 @@ class Board:
         spark = self._sparks.get(bot)
         return BotRow(
             bot=bot,
-            state=_state(allowed, stale),
-            stale=stale,
-            entries_allowed=allowed,
+            state=state,
+            stale=not vouched or view.stale(bot),
+            entries_allowed=state == "active",
             blocks=account.blocks if account is not None else [],
             account_net_pnl=account.account_net_pnl if account is not None else None,
+            unrealised_pnl=account.unrealised_pnl if account is not None else None,
+            equity=account.equity if account is not None else None,
             open_positions=account.open_positions if account is not None else None,
             gross_exposure=account.gross_exposure if account is not None else None,
             symbols=rows,

@@ -81,7 +81,7 @@ function sparkline(points, width, height) {
 
 // -- the gates table -------------------------------------------------------------------
 
-const stateRank = { stale: 0, reducing: 1, active: 2 };
+const stateRank = { killed: 0, halted: 1, reducing: 2, active: 3 };
 
 function rowsOf(board) {
   const rows = [];
@@ -139,9 +139,10 @@ function renderTable(board) {
       return el("tr", { class: `bot ${bot.state}`, "data-key": row.key, "data-state": bot.state },
         el("td", {}, el("a", { href: "#", class: "bot-link", onclick: (e) => { e.preventDefault(); openDetail(bot.bot); } }, bot.bot)),
         el("td", { class: "muted" }, "(bot)"),
-        el("td", { class: "state" }, bot.stale ? "stale" : bot.state),
+        el("td", { class: "state" }, bot.state),
         botBlocksCell(bot, board),
         el("td", { class: "num" }, money(bot.account_net_pnl)),
+        el("td", { class: "num" }, money(bot.unrealised_pnl)),
         el("td", { class: "num" }, row.trades),
         el("td", { class: "num" }, row.losses),
         el("td", { class: "num" }, ""),
@@ -156,6 +157,7 @@ function renderTable(board) {
       el("td", { class: "state" }, s.state),
       blocksCell(s.blocks),
       el("td", { class: `num ${s.net_pnl < 0 ? "neg" : ""}` }, money(s.net_pnl)),
+      el("td", { class: "num" }, money(s.unrealised_pnl)),
       el("td", { class: "num" }, s.trades),
       el("td", { class: "num" }, s.recent_losses),
       el("td", { class: "num" }, qty(s.position_qty)),
@@ -206,13 +208,13 @@ function renderDetail(board) {
   const bot = board && board.bots.find((b) => b.bot === view.detail);
   section.hidden = !bot;
   if (!bot) return;
-  $("detail-title").textContent = `${bot.bot} — ${bot.stale ? "stale (blocked)" : bot.state}`;
-  const table = el("table", {}, el("thead", {}, el("tr", {}, ...["symbol", "state", "blocks (until)", "net PnL", "trades", "losses in window", "position"].map((h) => el("th", {}, h)))),
+  $("detail-title").textContent = `${bot.bot} — ${bot.state}${bot.stale ? " (stale: blocked)" : ""}`;
+  const table = el("table", {}, el("thead", {}, el("tr", {}, ...["symbol", "state", "blocks (until)", "net PnL", "unrealised", "trades", "losses in window", "position"].map((h) => el("th", {}, h)))),
     el("tbody", {}, ...bot.symbols.map((s) => el("tr", { class: s.state }, el("td", {}, s.symbol), el("td", {}, s.state), blocksCell(s.blocks),
-      el("td", { class: "num" }, money(s.net_pnl)), el("td", { class: "num" }, s.trades), el("td", { class: "num" }, s.recent_losses), el("td", { class: "num" }, qty(s.position_qty))))));
+      el("td", { class: "num" }, money(s.net_pnl)), el("td", { class: "num" }, money(s.unrealised_pnl)), el("td", { class: "num" }, s.trades), el("td", { class: "num" }, s.recent_losses), el("td", { class: "num" }, qty(s.position_qty))))));
   const events = board.timeline.filter((e) => e.bot === bot.bot).slice(0, 50);
   $("detail-body").replaceChildren(
-    el("p", {}, `account net PnL ${money(bot.account_net_pnl)} · open positions ${bot.open_positions ?? "–"} · gross exposure ${money(bot.gross_exposure)}${bot.pnl.length ? ` · PnL last changed ${utcDate(bot.pnl[bot.pnl.length - 1][0])}` : ""}`),
+    el("p", {}, `account net PnL ${money(bot.account_net_pnl)} · unrealised ${money(bot.unrealised_pnl)} · equity ${money(bot.equity)} · open positions ${bot.open_positions ?? "–"} · gross exposure ${money(bot.gross_exposure)}${bot.pnl.length ? ` · PnL last changed ${utcDate(bot.pnl[bot.pnl.length - 1][0])}` : ""}`),
     el("div", { class: "bot-blocks" }, ...bot.blocks.map((b) => el("div", {}, el("b", {}, b.gate), `: ${b.reason}${b.until_ts ? ` (until ${utc(b.until_ts)}Z)` : ""}`))),
     sparkline(bot.pnl, 480, 80), table,
     el("h3", {}, "recent events"),
