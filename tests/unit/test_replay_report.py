@@ -209,6 +209,16 @@ def test_csv_and_parquet_read_the_same_events_as_jsonl(tmp_path: Path) -> None:
     assert [r.time for r in read_file(parquet_path)] == [t0, t0 + MIN, t0 + 2 * MIN]
 
 
+def test_a_bot_wide_command_in_csv_has_an_empty_symbol_cell(tmp_path: Path) -> None:
+    path = tmp_path / "control.csv"
+    path.write_text(
+        "command,bot,symbol,reason,issued_by,ts\n"
+        f"halt,a,,desk,op,{D0 + HOUR}\nresume,a,X,ok,op,{D0 + 2 * HOUR}\n"
+    )
+    events = [r.event for r in read_file(path)]
+    assert [(e.command, e.symbol) for e in events] == [("halt", None), ("resume", "X")]  # type: ignore[union-attr]
+
+
 def test_a_stopped_replay_reports_what_it_replayed_as_partial(tmp_path: Path) -> None:
     t0 = D0 + 10 * HOUR
     rows = [out("a", i, 1.0, t0 + i) for i in range(10_000)]

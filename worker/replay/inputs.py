@@ -188,6 +188,8 @@ def _rows(
             error = Rejected("invalid_message", f"row has no known type: {type_text!r}")
             yield InputRecord(time or 0, None, source, n, error, raw)
             continue
+        if row_kind == "control":
+            fields.setdefault("symbol", None)  # an empty cell: the whole bot (JSON's null)
         try:
             event: Event = msgspec.convert(fields, _TYPES[row_kind], strict=False)
         except msgspec.ValidationError as exc:
