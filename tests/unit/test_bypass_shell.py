@@ -25,6 +25,7 @@ from aiokafka.partitioner import DefaultPartitioner
 import worker.kafka.watch as watch_module
 import worker.runtime.batch as batch_module
 from tests.support.transport import Shell, broker_for
+from worker import inbound
 from worker.config import Config, ConfigError, load_config
 from worker.engine import RiskEngine
 from worker.kafka.fetch import fetch
@@ -143,7 +144,7 @@ async def test_one_bad_record_never_crash_loops_the_worker(monkeypatch: pytest.M
     broker = broker_for(cfg, timestamp_ms=NOW)
     alpha = bot_on(1)
     poison = outcome(alpha, 1)[:-1] + b', "poison": 1}'
-    real_decode = batch_module.decode_input
+    real_decode = inbound.decode_input
 
     def decode(kind: Any, key: bytes | None, value: bytes | None, max_bytes: int) -> Any:
         if value is not None and b"poison" in value:
