@@ -97,7 +97,7 @@ async def test_every_hostile_record_is_dead_lettered_and_the_worker_keeps_going(
             frozenset({"oversize"}),
         )
     )
-    assert len(cases) >= 80
+    assert len(cases) == 106, "the corpus's rejected cases (105) and the 1.5 MiB record"
 
     async with running_worker(config) as running:
         baseline = await produce_events(
