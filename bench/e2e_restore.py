@@ -42,6 +42,8 @@ from bench.e2e_common import (
     log_event_time,
     now_ms,
     peak_rss_mb,
+    start_profiler,
+    stop_profiler,
     wait_http_ok,
     workdir,
     worker_process,
@@ -94,12 +96,19 @@ class Measured(NamedTuple):
     rss_now: float
 
 
-async def bring_up(config_path: Path, expected: int, within: float) -> Measured:
-    """Start a worker on the existing topics; measure it once it holds ``expected`` symbols."""
+async def bring_up(
+    config_path: Path, expected: int, within: float, py_spy: str | None = None
+) -> Measured:
+    """Start a worker on the existing topics; measure it once it holds ``expected`` symbols.
+
+    ``py_spy``: record the worker from its start until it is ready into that file.
+    """
     with worker_process(config_path) as worker:
         started = time.time()
         worker.start()
+        profiler = start_profiler(py_spy, worker.pid)
         ready = await wait_http_ok(worker, "/readyz", within=within)
+        stop_profiler(profiler)
         assigned = log_event_time(worker, "partitions assigned; restoring") or started
         restored_log = log_event_time(worker, "restored")
         metrics = await symbols_in_state(worker, expected, within=30)
@@ -161,7 +170,7 @@ async def from_templates(args: argparse.Namespace, n: int) -> Measured:
                 f"[{n:,} template] wrote {sent:,} snapshots (~{size:.0f} bytes each, "
                 f"{args.recent_ids} recent outcomes) in {seconds:.1f}s"
             )
-            return await bring_up(config_path, n, args.timeout)
+            return await bring_up(config_path, n, args.timeout, args.py_spy)
 
 
 async def from_live(args: argparse.Namespace, n: int) -> tuple[Measured, Measured]:
@@ -299,6 +308,9 @@ if __name__ == "__main__":
         help="synthetic snapshots, or symbols a live worker built (then restored), or both",
     )
     parser.add_argument("--outcomes-per-symbol", type=int, default=4, help="live: outcomes each")
+    parser.add_argument(
+        "--py-spy", metavar="OUT", help="profile the template restore (start -> ready) into OUT"
+    )
     parser.add_argument("--recent-ids", type=int, default=16, help="event ids per snapshot (1..64)")
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=300.0)
