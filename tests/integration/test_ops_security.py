@@ -286,7 +286,14 @@ async def test_sasl_credentials_are_checked(
         with pytest.raises(KafkaConnectionError):
             async with asyncio.timeout(30):
                 await ensure_topics(bad.kafka, bad.topics)
-        assert gw.stats.auth_failures
+        # One bootstrap attempt, refused; every other connection authenticated.
+        refusal = (
+            f"PLAIN: invalid credentials for user {USER}"
+            if mechanism == "PLAIN"
+            else f"{mechanism}: authentication failed"
+        )
+        assert gw.stats.auth_failures == [refusal]
+        assert gw.stats.connections == len(gw.stats.authenticated) + 1
         assert "SaslAuthenticationFailed" in caplog.text or "Authentication" in caplog.text
         assert "not-the-password" not in caplog.text
         assert password not in caplog.text
