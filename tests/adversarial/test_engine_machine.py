@@ -417,7 +417,7 @@ class EngineHarness(RuleBasedStateMachine):
             snap = sym.snapshot()
             flags[name, "manual_halt"] = snap.manual_halt is not None
             flags[name, "session_halt"] = snap.session_pnl.halted
-            flags[name, "circuit_breaker"] = snap.circuit_breaker.tripped_at_unix_secs is not None
+            flags[name, "circuit_breaker"] = snap.circuit_breaker.tripped_at is not None
         return flags
 
     def _check_nothing_lifted(self, before: dict[tuple[str | None, str], bool], event: Any) -> None:
@@ -447,7 +447,7 @@ class EngineHarness(RuleBasedStateMachine):
 
     def _adopt_trip_start(self, symbol: str, acceptable: set[int]) -> None:
         snap = self.engine.bots[BOT].symbols[symbol].snapshot()
-        tripped_at = snap.circuit_breaker.tripped_at_unix_secs
+        tripped_at = snap.circuit_breaker.tripped_at
         assert tripped_at in acceptable, f"{symbol} trip starts at {tripped_at}, not {acceptable}"
         self.model.symbols[symbol].tripped_at = tripped_at
 
@@ -501,7 +501,7 @@ class EngineHarness(RuleBasedStateMachine):
             assert math.isclose(s.realised - s.fees, m.net, abs_tol=1e-9), (where, s, m.net)
             assert s.trades == m.trades, (where, s.trades, m.trades)
             assert s.halted == m.halted, (where, "session halted", s.halted)
-            assert b.tripped_at_unix_secs == m.tripped_at, (where, b, m.tripped_at)
+            assert b.tripped_at == m.tripped_at, (where, b, m.tripped_at)
             # A loss already outside the window may leave at once or at the next sweep.
             live = [t for t in sorted(b.recent_losses) if t > model.now // 1000 - BREAKER_WINDOW_S]
             assert live == m.live_losses(model.now), (where, b.recent_losses, m.losses)

@@ -113,7 +113,7 @@ def test_out_of_order_loss_older_than_the_window_does_not_trip() -> None:
 
 def test_restore_sorts_and_keeps_trip() -> None:
     b = breaker()
-    b.restore(b.snapshot().__class__(recent_losses=[S0 + 5, S0, S0 + 2], tripped_at_unix_secs=S0))
+    b.restore(b.snapshot().__class__(recent_losses=[S0 + 5, S0, S0 + 2], tripped_at=S0))
     assert b.recent_losses == [S0, S0 + 2, S0 + 5]
     assert b.is_tripped
     again = breaker()
@@ -192,7 +192,7 @@ def test_restore_then_tick_resets_a_trip_older_than_the_cooldown() -> None:
     eng = engine(BREAKER_2)
     apply_all(eng, [outcome(-1.0), outcome(-1.0, ts=T0 + 1000)])
     snap = eng.bots["alpha"].symbols["BTCUSDT"].snapshot()
-    assert snap.circuit_breaker.tripped_at_unix_secs == (T0 + 1000) // 1000
+    assert snap.circuit_breaker.tripped_at == (T0 + 1000) // 1000
 
     fresh = engine(BREAKER_2)
     out = Effects()

@@ -299,7 +299,7 @@ def test_restore_of_an_old_snapshot_keeps_its_recent_ids() -> None:
             halted=False,
             last_reset_day=T0 // DAY_MS,
         ),
-        circuit_breaker=CircuitBreakerSnapshot(recent_losses=[], tripped_at_unix_secs=None),
+        circuit_breaker=CircuitBreakerSnapshot(recent_losses=[], tripped_at=None),
         recent_outcome_ids=["x", "y"],
         recent_fill_ids=["f-x"],
     )

@@ -19,6 +19,7 @@ from worker.config import PortfolioConfig
 from worker.engine import Effects
 from worker.risk import PortfolioRisk
 from worker.risk.session import utc_day
+from worker.snapshot import PortfolioSnapshot
 
 
 def portfolio(**limits: float | int | None) -> PortfolioRisk:
@@ -115,8 +116,8 @@ def test_snapshot_restore_keeps_latch_and_reservations() -> None:
     p.observe(-5.0, T0)
     p.reserve("i1", "BTC", 12.5, T0 + 30_000)
     q = PortfolioRisk(PortfolioConfig())
-    q.restore(p.snapshot())
-    assert q.snapshot() == p.snapshot()
+    q.restore(PortfolioSnapshot(**p.persisted(whole=True)))
+    assert q.persisted(whole=True) == p.persisted(whole=True)
     assert q.halted
 
 

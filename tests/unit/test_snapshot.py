@@ -155,7 +155,7 @@ def test_a_seed_reader_can_decode_our_snapshot() -> None:
     seed = msgspec.json.decode(encode(snap), type=_SeedSnapshot, strict=True)
     assert seed.version == 1
     assert seed.session_pnl.losses == snap.session_pnl.losses
-    assert seed.circuit_breaker.tripped_at_unix_secs == snap.circuit_breaker.tripped_at_unix_secs
+    assert seed.circuit_breaker.tripped_at_unix_secs == snap.circuit_breaker.tripped_at
 
 
 def test_symbol_snapshot_round_trips_through_bytes() -> None:

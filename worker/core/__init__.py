@@ -9,7 +9,7 @@ and the :class:`Effects` it returns; docs/architecture.md maps the modules.
 from worker.core.breaker import CircuitBreaker, CircuitBreakerSnapshot
 from worker.core.effects import Effects, Origin
 from worker.core.engine import RiskEngine
-from worker.core.portfolio import PortfolioRisk, PortfolioRiskSnapshot, Reservation
+from worker.core.portfolio import PortfolioRisk, Reservation
 from worker.core.position import Position, PositionSnapshot, RoundTrip
 from worker.core.session import SessionPnl, SessionPnlSnapshot, utc_day
 
@@ -19,7 +19,6 @@ __all__ = [
     "Effects",
     "Origin",
     "PortfolioRisk",
-    "PortfolioRiskSnapshot",
     "Position",
     "PositionSnapshot",
     "Reservation",

@@ -58,15 +58,16 @@ class Account:
     ) -> None:
         self.portfolio = portfolio
         self.symbols = symbols
+        """The bot's symbols (the bot adds them; the account only reads)."""
+        self._open: dict[str, SymbolRisk] = {}
+        """Symbols holding a position: all that exposure and concurrency checks read, so
+        a decision costs the same whatever number of flat symbols the bot has."""
         self.reservation_ttl_ms = reservation_ttl_ms
         self.max_reservations = max_reservations
         self._net_day = -1
         """UTC day of the running account net in ``_net_sum``; -1 when it must be recomputed."""
         self._net_sum = 0.0
         self._net_updates = 0
-        self._open: dict[str, SymbolRisk] = {}
-        """Symbols holding a position: all that exposure and concurrency checks read, so
-        a decision costs the same whatever number of flat symbols the bot has."""
 
     # -- account net -------------------------------------------------------------
 

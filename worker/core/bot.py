@@ -16,8 +16,8 @@ from worker.core.account import Account
 from worker.core.effects import Effects, Origin
 from worker.core.gates import evaluate, transitions
 from worker.core.idlog import IdLogRef
-from worker.core.portfolio import PortfolioRisk, PortfolioRiskSnapshot
-from worker.core.replay import Holder, IdChunkOut, IdWindows
+from worker.core.portfolio import PortfolioRisk
+from worker.core.replay import Cause, Holder, IdChunkOut, IdWindows
 from worker.core.session import MS_PER_DAY, utc_day
 from worker.core.snapshot import ManualHalt, PortfolioSnapshot, SymbolSnapshot
 from worker.core.symbol import SYMBOL_GATES, SymbolRisk, manual_block
@@ -172,12 +172,10 @@ class BotRisk(Holder):
         before: Sequence[bool],
         ts_ms: int,
         out: Effects,
-        *,
-        issued_by: str | None = None,
-        command: str | None = None,
+        cause: Cause = None,
     ) -> None:
         """Events for the gates of ``holder`` (a symbol, or this bot) that flipped since
-        ``before``; ``command``: the digest of the command that caused them (C3)."""
+        ``before``; ``cause``: the operator command that caused them (C3)."""
         if isinstance(holder, SymbolRisk):
             gates: Sequence[Gate] = SYMBOL_GATES
             symbol: str | None = holder.symbol
@@ -187,20 +185,10 @@ class BotRisk(Holder):
         if tuple(after) == tuple(before):
             return
         blocks = holder.blocks() if isinstance(holder, SymbolRisk) else self.account_blocks()
-        for t in transitions(gates, before, after, blocks):
-            out.halts.append(
-                holder.halt_event(
-                    self.bot,
-                    symbol,
-                    t.kind,
-                    t.gate,
-                    t.reason,
-                    ts_ms=ts_ms,
-                    until_ts=t.until_ts,
-                    issued_by=issued_by,
-                    command=command,
-                )
-            )
+        out.halts.extend(
+            holder.halt_event(self.bot, symbol, t, ts_ms, cause)
+            for t in transitions(gates, before, after, blocks)
+        )
         holder.touch(out)
 
     # -- reads -----------------------------------------------------------------------
@@ -231,14 +219,10 @@ class BotRisk(Holder):
     def portfolio_snapshot(self, id_logs: dict[str, IdLogRef] | None = None) -> PortfolioSnapshot:
         """The portfolio state, id windows whole (a self-contained record, the older format)
         or, given ``id_logs`` (:meth:`persist`), by reference to their chunk records."""
-        p = self.account.portfolio
         whole = id_logs is None
         return PortfolioSnapshot(
-            halted=p.halted,
-            last_reset_day=p.last_reset_day,
             manual_halt=self.manual_halt,
-            reservations=dict(p.reservations),
-            intent_ids=p.intents.dump() if whole else b"",
+            **self.account.portfolio.persisted(whole=whole),
             outcome_ids=self.ids.outcomes.dump() if whole else None,
             fill_ids=self.ids.fills.dump() if whole else None,
             id_logs=id_logs,
@@ -262,14 +246,7 @@ class BotRisk(Holder):
 
     def restore_portfolio(self, snap: PortfolioSnapshot, now_ms: int, out: Effects) -> None:
         """The latch, unlike the seed's, survives restarts."""
-        self.account.portfolio.restore(
-            PortfolioRiskSnapshot(
-                halted=snap.halted,
-                last_reset_day=snap.last_reset_day,
-                reservations=snap.reservations,
-                intents=snap.intent_ids,
-            )
-        )
+        self.account.portfolio.restore(snap)
         self.manual_halt = snap.manual_halt
         self.restore_numbering(snap)
         self.ids.load(snap)

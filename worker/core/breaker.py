@@ -7,13 +7,15 @@ from bisect import bisect_left, bisect_right, insort
 import msgspec
 
 from worker.config import BreakerConfig
+from worker.core.fields import adopt, capture
 
 
 class CircuitBreakerSnapshot(msgspec.Struct):
-    """The seed's persisted shape: loss times and trip time in Unix seconds."""
+    """The seed's persisted shape: loss times and trip time in Unix seconds (the attributes
+    of :class:`CircuitBreaker`; the trip time keeps the seed's name on the wire)."""
 
     recent_losses: list[int]
-    tripped_at_unix_secs: int | None
+    tripped_at: int | None = msgspec.field(name="tripped_at_unix_secs")
 
 
 class CircuitBreaker:
@@ -128,10 +130,8 @@ class CircuitBreaker:
             del losses[:drop]
 
     def snapshot(self) -> CircuitBreakerSnapshot:
-        return CircuitBreakerSnapshot(
-            recent_losses=list(self.recent_losses), tripped_at_unix_secs=self.tripped_at
-        )
+        return capture(self, CircuitBreakerSnapshot)
 
     def restore(self, snap: CircuitBreakerSnapshot) -> None:
-        self.recent_losses = sorted(snap.recent_losses)
-        self.tripped_at = snap.tripped_at_unix_secs
+        adopt(self, snap)
+        self.recent_losses.sort()  # the seed's writer never promised an order

@@ -108,7 +108,7 @@ def _latch_on_reset(bot: BotRisk, c: ControlCommand, digest: str, out: Effects) 
     before = bot.signature()
     if bot.account.latch_exact():
         bot.gate_seq += 1
-        bot.emit(bot, before, c.ts, out, issued_by=c.issued_by, command=digest)
+        bot.emit(bot, before, c.ts, out, (c.issued_by, digest))
 
 
 def _emit(
@@ -123,16 +123,5 @@ def _emit(
 ) -> None:
     """The command's own event, named after it (C3)."""
     t = command_transition(c, gate)
-    out.halts.append(
-        holder.halt_event(
-            bot.bot,
-            symbol,
-            t.kind,
-            t.gate,
-            t.reason,
-            ts_ms=c.ts,
-            issued_by=c.issued_by,
-            command=digest,
-        )
-    )
+    out.halts.append(holder.halt_event(bot.bot, symbol, t, c.ts, (c.issued_by, digest)))
     holder.touch(out)

@@ -4,13 +4,13 @@ Each passes the replay guards first (its topic's id window, then the symbol's
 and the portfolio's own watermarks, decisions D1-D2), books what it realised
 on the symbol, re-checks the symbol's gates, then judges the daily-loss latch
 on the running account net — only above the portfolio's own watermark.
-Hot path (one call per event): small helpers are inlined.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from worker.core.dedupe import IdWindow
 from worker.core.effects import Effects, Origin
 from worker.core.symbol import SymbolRisk
 from worker.messages import Fill, TradeOutcome
@@ -20,46 +20,25 @@ if TYPE_CHECKING:
 
 
 def apply_outcome(bot: BotRisk, o: TradeOutcome, origin: Origin | None, out: Effects) -> None:
-    # Hot path (one call per outcome): small helpers are inlined.
-    ts = o.ts
-    sym = bot.symbols.get(o.symbol) or _created(bot, o.symbol, origin)
-    fresh = bot.fresh(origin)  # the portfolio's own watermark (D2)
-    if not _admit(bot, sym, bot.ids.outcomes.first(o.outcome_id, origin, fresh), origin, out):
-        out.skipped += 1
+    admitted = _admit(bot, o.symbol, bot.ids.outcomes, o.outcome_id, origin=origin, out=out)
+    if admitted is None:
         return
-    session, breaker = sym.session, sym.breaker
-    was_halted, tripped_before, day_before = (
-        session.halted,
-        breaker.tripped_at,
-        session.last_reset_day,
-    )
+    sym, fresh = admitted
+    before = _before(sym)
     gross, fee = o.gross_pnl, o.fee
-    sym.gate_seq += 1  # the gate records change where the state does (``Holder.gate_seq``)
-    if session.record_close(gross, fee, ts) is not None:
-        bot.account.fold(day_before, session.last_reset_day, gross - fee)
-        if fresh:  # counted above the bot's own watermark, as all its state (D2)
-            bot.gate_seq += 1  # the account net moved
+    booked = sym.session.record_close(gross, fee, o.ts) is not None  # None: a late event
     if gross - fee < 0.0:
-        _record_loss(bot, sym, ts, tripped_before)
+        _record_loss(bot, sym, o.ts, before[1])
+    sym.gate_seq += 1  # the gate records change where the state does (``Holder.gate_seq``)
     sym.touch(out)
-    _after_change(
-        bot,
-        sym,
-        was_halted=was_halted,
-        tripped_before=tripped_before,
-        ts_ms=ts,
-        out=out,
-        portfolio_fresh=fresh,
-    )
+    _settle(bot, sym, before, gross - fee if booked else None, ts_ms=o.ts, out=out, fresh=fresh)
 
 
 def apply_fill(bot: BotRisk, f: Fill, origin: Origin | None, out: Effects) -> None:
-    ts = f.ts
-    sym = bot.symbols.get(f.symbol) or _created(bot, f.symbol, origin)
-    fresh = bot.fresh(origin)  # the portfolio's own watermark (D2)
-    if not _admit(bot, sym, bot.ids.fills.first(f.fill_id, origin, fresh), origin, out):
-        out.skipped += 1
+    admitted = _admit(bot, f.symbol, bot.ids.fills, f.fill_id, origin=origin, out=out)
+    if admitted is None:
         return
+    sym, fresh = admitted
     # Only above the bot's own watermark: the portfolio is its own record, so a replay
     # after a crash must not release again what the persisted portfolio released.
     account = bot.account
@@ -78,31 +57,79 @@ def apply_fill(bot: BotRisk, f: Fill, origin: Origin | None, out: Effects) -> No
     if bot.settings.pnl_source != "fills" or (closed_net is None and not booked):
         # Nothing booked: no gate can change, but the latch may still be judged.
         if fresh:
-            _latch(bot, ts, out)
+            _latch(bot, f.ts, out)
         return
-    session, breaker = sym.session, sym.breaker
-    was_halted, tripped_before, day_before = (
-        session.halted,
-        breaker.tripped_at,
-        session.last_reset_day,
-    )
-    moved = booked and session.book(trip.gross, trip.fees, ts)
+    session = sym.session
+    before = _before(sym)
+    moved = booked and session.book(trip.gross, trip.fees, f.ts)
     # A round trip ends even when its last leg realises nothing by itself.
     if closed_net is not None:
-        session.count_trade(closed_net, ts)
+        session.count_trade(closed_net, f.ts)
         if closed_net < 0.0:
-            _record_loss(bot, sym, ts, tripped_before)
-    if moved or session.last_reset_day != day_before:
-        account.fold(day_before, session.last_reset_day, trip.gross - trip.fees)
-    _after_change(
-        bot,
-        sym,
-        was_halted=was_halted,
-        tripped_before=tripped_before,
-        ts_ms=ts,
-        out=out,
-        portfolio_fresh=fresh,
-    )
+            _record_loss(bot, sym, f.ts, before[1])
+    delta = trip.gross - trip.fees if moved else None
+    _settle(bot, sym, before, delta, ts_ms=f.ts, out=out, fresh=fresh)
+
+
+def _admit(
+    bot: BotRisk,
+    symbol: str,
+    window: IdWindow,
+    event_id: str,
+    *,
+    origin: Origin | None,
+    out: Effects,
+) -> tuple[SymbolRisk, bool] | None:
+    """Replay guards of a fill/outcome: its topic's id window, then the symbol's watermark.
+
+    Returns the symbol and whether the event is above the portfolio's own
+    watermark (D2); None, counted as skipped, for a replay or a re-send. The
+    window's verdict is taken for every record, even one the symbol's watermark
+    then skips, so a replay after a crash rebuilds the window exactly (D1); the
+    window is part of the portfolio record, which must therefore be persisted again.
+    """
+    sym = bot.symbols.get(symbol) or _created(bot, symbol, origin)
+    fresh = bot.fresh(origin)
+    first = window.first(event_id, origin, fresh)
+    bot.touch(out)
+    if first and sym.fresh(origin):
+        return sym, fresh
+    out.skipped += 1
+    return None
+
+
+def _before(sym: SymbolRisk) -> tuple[bool, int | None, int]:
+    """What an event's effect on the symbol is judged against: halted, trip, session day."""
+    return sym.session.halted, sym.breaker.tripped_at, sym.session.last_reset_day
+
+
+def _settle(
+    bot: BotRisk,
+    sym: SymbolRisk,
+    before: tuple[bool, int | None, int],
+    booked: float | None,
+    *,
+    ts_ms: int,
+    out: Effects,
+    fresh: bool,
+) -> None:
+    """After the symbol booked ``booked`` (None: nothing): the running account net, the
+    halt/resume events of what flipped, then the portfolio latch.
+
+    The latch is the portfolio's state: an event at or below the portfolio's
+    watermark (replayed after a crash that persisted the portfolio but not
+    this symbol) must not re-judge it against a partly caught-up account (D2).
+    """
+    was_halted, tripped_before, day_before = before
+    if booked is not None:
+        bot.account.fold(day_before, sym.session.last_reset_day, booked)
+        if fresh:  # counted above the bot's own watermark, as all its state (D2)
+            bot.gate_seq += 1  # the account net moved
+    if sym.session.halted is not was_halted or sym.breaker.tripped_at != tripped_before:
+        flags = (sym.manual_halt is not None, was_halted, tripped_before is not None)
+        bot.emit(sym, flags, ts_ms, out)
+    if fresh:
+        _latch(bot, ts_ms, out)
 
 
 def _created(bot: BotRisk, name: str, origin: Origin | None) -> SymbolRisk:
@@ -117,41 +144,6 @@ def _created(bot: BotRisk, name: str, origin: Origin | None) -> SymbolRisk:
     if origin is not None and bot.applied.get(origin.source, -1) < origin.offset:
         sym.born = dict(bot.applied)
     return sym
-
-
-def _admit(bot: BotRisk, sym: SymbolRisk, first: bool, origin: Origin | None, out: Effects) -> bool:
-    """Replay guards of a fill/outcome: its topic's id window, then the symbol's watermark.
-
-    ``first`` is the window's verdict, taken for every record, even one the
-    symbol's watermark then skips, so a replay after a crash rebuilds the
-    window exactly (D1). The window is part of the portfolio record, which
-    must therefore be persisted again.
-    """
-    bot.touch(out)
-    return first and sym.fresh(origin)
-
-
-def _after_change(
-    bot: BotRisk,
-    sym: SymbolRisk,
-    *,
-    was_halted: bool,
-    tripped_before: int | None,
-    ts_ms: int,
-    out: Effects,
-    portfolio_fresh: bool,
-) -> None:
-    """Halt/resume events for what an event flipped, then the portfolio latch.
-
-    The latch is the portfolio's state: an event at or below the portfolio's
-    watermark (replayed after a crash that persisted the portfolio but not
-    this symbol) must not re-judge it against a partly caught-up account (D2).
-    """
-    if sym.session.halted is not was_halted or sym.breaker.tripped_at != tripped_before:
-        before = (sym.manual_halt is not None, was_halted, tripped_before is not None)
-        bot.emit(sym, before, ts_ms, out)
-    if portfolio_fresh:
-        _latch(bot, ts_ms, out)
 
 
 def _latch(bot: BotRisk, ts_ms: int, out: Effects) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 import msgspec
 
 from worker.config import PortfolioConfig
@@ -45,11 +47,13 @@ class Reservation(msgspec.Struct, frozen=True, omit_defaults=True):
     close: bool = False
 
 
-class PortfolioRiskSnapshot(msgspec.Struct):
+class PersistedPortfolio(Protocol):
+    """What a portfolio record holds of :class:`PortfolioRisk` (``PortfolioSnapshot``)."""
+
     halted: bool
     last_reset_day: int
-    reservations: dict[str, Reservation] = {}
-    intents: bytes = b""
+    reservations: dict[str, Reservation]
+    intent_ids: bytes
 
 
 class _Held:
@@ -226,17 +230,19 @@ class PortfolioRisk:
             total = gross_exposure + self.reserved_notional + notional  # on the edge: exact
         return total > cap
 
-    def snapshot(self) -> PortfolioRiskSnapshot:
-        return PortfolioRiskSnapshot(
-            halted=self.halted,
-            last_reset_day=self.last_reset_day,
-            reservations=dict(self.reservations),
-            intents=self.intents.dump(),
-        )
+    def persisted(self, *, whole: bool) -> dict[str, Any]:
+        """The fields of :class:`PersistedPortfolio`, the intent window whole or (``whole``
+        false: persisted as chunk records beside it, :mod:`worker.core.idlog`) empty."""
+        return {
+            "halted": self.halted,
+            "last_reset_day": self.last_reset_day,
+            "reservations": dict(self.reservations),
+            "intent_ids": self.intents.dump() if whole else b"",
+        }
 
-    def restore(self, snap: PortfolioRiskSnapshot) -> None:
+    def restore(self, snap: PersistedPortfolio) -> None:
         self.halted = snap.halted
         self.last_reset_day = snap.last_reset_day
         self.reservations = dict(snap.reservations)
-        self.intents.load(snap.intents)
+        self.intents.load(snap.intent_ids)
         self._resum()

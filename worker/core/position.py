@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import msgspec
 
+from worker.core.fields import adopt, capture
+
 _FLAT_TOLERANCE = 1e-9
 """Relative tolerance under which a position counts as flat (float residue)."""
 
 
 class PositionSnapshot(msgspec.Struct):
+    """The persisted attributes of :class:`Position`."""
+
     qty: float
     avg_price: float
     entry_fees: float
@@ -26,6 +30,9 @@ class RoundTrip(msgspec.Struct, frozen=True):
 
 
 _NOTHING_REALISED = RoundTrip(0.0, 0.0, None)
+_FLAT = PositionSnapshot(
+    qty=0.0, avg_price=0.0, entry_fees=0.0, contract_value=1.0, round_trip_net=0.0
+)
 
 
 class Position:
@@ -36,14 +43,16 @@ class Position:
     fees. One round trip (flat -> ... -> flat, or a flip) is one trade.
     """
 
-    __slots__ = ("avg_price", "contract_value", "entry_fees", "qty", "round_trip_net")
+    __slots__ = PositionSnapshot.__struct_fields__
+    # The persisted attributes, set from a ``PositionSnapshot`` (declared for type checks).
+    qty: float
+    avg_price: float
+    entry_fees: float
+    contract_value: float
+    round_trip_net: float
 
     def __init__(self) -> None:
-        self.qty = 0.0
-        self.avg_price = 0.0
-        self.entry_fees = 0.0
-        self.contract_value = 1.0
-        self.round_trip_net = 0.0
+        adopt(self, _FLAT)
 
     @property
     def is_flat(self) -> bool:
@@ -98,17 +107,7 @@ class Position:
         return RoundTrip(gross, fees, net)
 
     def snapshot(self) -> PositionSnapshot:
-        return PositionSnapshot(
-            qty=self.qty,
-            avg_price=self.avg_price,
-            entry_fees=self.entry_fees,
-            contract_value=self.contract_value,
-            round_trip_net=self.round_trip_net,
-        )
+        return capture(self, PositionSnapshot)
 
     def restore(self, snap: PositionSnapshot) -> None:
-        self.qty = snap.qty
-        self.avg_price = snap.avg_price
-        self.entry_fees = snap.entry_fees
-        self.contract_value = snap.contract_value
-        self.round_trip_net = snap.round_trip_net
+        adopt(self, snap)

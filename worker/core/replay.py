@@ -20,14 +20,17 @@ from typing import Any
 
 from worker.core.dedupe import IdWindow
 from worker.core.effects import Effects, Origin
+from worker.core.gates import Transition
 from worker.core.idlog import ChunkedLog, IdLogRef
 from worker.core.intents import IntentWindow
 from worker.core.snapshot import PortfolioSnapshot, SymbolSnapshot, chunk_key
 from worker.errors import Rejected
-from worker.messages import ControlCommand, Gate, HaltEvent, HaltKind
+from worker.messages import ControlCommand, Gate, HaltEvent
 
 MAX_SAME_TS_COMMANDS = 64
 """Digests remembered of commands applied at a target's latest command ``ts``."""
+Cause = tuple[str, str] | None
+"""``(issued_by, command digest)`` of the operator command behind an event (None: data or clock)."""
 IdChunkOut = tuple[str, int, bytes]
 """A chunk record to write: window name, chunk number, entries (:mod:`worker.core.idlog`)."""
 
@@ -125,31 +128,22 @@ class Holder:
         return seq
 
     def halt_event(
-        self,
-        bot: str,
-        symbol: str | None,
-        kind: HaltKind,
-        gate: Gate,
-        reason: str,
-        *,
-        ts_ms: int,
-        until_ts: int | None = None,
-        issued_by: str | None = None,
-        command: str | None = None,
+        self, bot: str, symbol: str | None, t: Transition, ts_ms: int, cause: Cause = None
     ) -> HaltEvent:
-        """One halt/resume event; ``command``: the digest of the command that caused it,
-        which names it (C3), else the gate's next number."""
-        tail = f"cmd-{command}" if command is not None else self.next_halt_seq(gate)
+        """The event of one transition; ``cause``: the operator and the digest of the
+        command that caused it, which names it (C3), else the gate's next number."""
+        gate = t.gate
+        tail = f"cmd-{cause[1]}" if cause is not None else self.next_halt_seq(gate)
         return HaltEvent(
             event_id=f"{bot}/{symbol or '*'}/{gate}/{tail}",
             bot=bot,
             symbol=symbol,
-            kind=kind,
+            kind=t.kind,
             gate=gate,
-            reason=reason,
+            reason=t.reason,
             ts=ts_ms,
-            until_ts=until_ts,
-            issued_by=issued_by,
+            until_ts=t.until_ts,
+            issued_by=cause[0] if cause is not None else None,
         )
 
     def numbering(self) -> dict[str, Any]:

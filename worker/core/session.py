@@ -7,6 +7,7 @@ from typing import Literal
 import msgspec
 
 from worker.config import SessionConfig
+from worker.core.fields import adopt, capture
 
 MS_PER_DAY = 86_400_000
 
@@ -23,7 +24,7 @@ def next_midnight_ms(ts_ms: int) -> int:
 
 
 class SessionPnlSnapshot(msgspec.Struct):
-    """The seed's persisted shape, field for field."""
+    """The seed's persisted shape, field for field (the attributes of :class:`SessionPnl`)."""
 
     realised: float
     fees: float
@@ -33,6 +34,10 @@ class SessionPnlSnapshot(msgspec.Struct):
     breakevens: int
     halted: bool
     last_reset_day: int
+
+
+_FRESH = SessionPnlSnapshot(0.0, 0.0, 0, 0, 0, 0, False, 0)
+"""A session with nothing booked, of day 0."""
 
 
 class SessionPnl:
@@ -45,31 +50,26 @@ class SessionPnl:
     it is late (an earlier day: ignored).
     """
 
-    __slots__ = (
-        "breakevens",
-        "config",
-        "fees",
-        "halted",
-        "last_reset_day",
-        "losses",
-        "realised",
-        "trades",
-        "wins",
-    )
+    __slots__ = ("config", *SessionPnlSnapshot.__struct_fields__)
+    # The persisted attributes, set from a ``SessionPnlSnapshot`` (declared for type checks).
+    trades: int
+    wins: int
+    losses: int
+    breakevens: int
+    last_reset_day: int
+    realised: float
+    fees: float
+    halted: bool
 
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
-        self.last_reset_day = 0
-        self._reset()
+        adopt(self, _FRESH)
 
     def _reset(self) -> None:
-        self.realised = 0.0
-        self.fees = 0.0
-        self.trades = 0
-        self.wins = 0
-        self.losses = 0
-        self.breakevens = 0
-        self.halted = False
+        """Totals and halt cleared; the day stays."""
+        day = self.last_reset_day
+        adopt(self, _FRESH)
+        self.last_reset_day = day
 
     @property
     def net_pnl(self) -> float:
@@ -141,23 +141,7 @@ class SessionPnl:
         self._reset()
 
     def snapshot(self) -> SessionPnlSnapshot:
-        return SessionPnlSnapshot(
-            realised=self.realised,
-            fees=self.fees,
-            trades=self.trades,
-            wins=self.wins,
-            losses=self.losses,
-            breakevens=self.breakevens,
-            halted=self.halted,
-            last_reset_day=self.last_reset_day,
-        )
+        return capture(self, SessionPnlSnapshot)
 
     def restore(self, snap: SessionPnlSnapshot) -> None:
-        self.realised = snap.realised
-        self.fees = snap.fees
-        self.trades = snap.trades
-        self.wins = snap.wins
-        self.losses = snap.losses
-        self.breakevens = snap.breakevens
-        self.halted = snap.halted
-        self.last_reset_day = snap.last_reset_day
+        adopt(self, snap)
