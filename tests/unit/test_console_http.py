@@ -490,3 +490,23 @@ def test_console_tls_needs_both_files() -> None:
     half = msgspec.structs.replace(console, tls_certfile="/etc/cert.pem")
     with pytest.raises(ConfigError, match="set both tls_certfile and tls_keyfile"):
         tls_context(half)
+
+
+async def test_console_logout_revokes_the_session_cookie(env: Env) -> None:
+    me = await env.login("olga")
+    cookie = env.client.session.cookie_jar.filter_cookies(env.client.make_url("/"))
+    value = cookie[env.auth.cookie_name].value
+    response = await env.client.post(
+        "/logout", headers={"X-CSRF-Token": me["csrf"]}, allow_redirects=False
+    )
+    assert response.status == 303
+    # Even a copy of the cookie kept from before the logout is refused.
+    stolen = await env.client.get("/api/state", cookies={env.auth.cookie_name: value})
+    assert stolen.status == 401
+
+
+async def test_console_logout_without_csrf_token_keeps_the_session(env: Env) -> None:
+    await env.login("olga")
+    response = await env.client.post("/logout", allow_redirects=False)
+    assert response.status == 403
+    assert (await env.client.get("/api/me")).status == 200

@@ -118,6 +118,8 @@ class Authenticator:
         # The __Host- prefix makes the browser refuse the cookie unless it is Secure,
         # host-only and for path /: nothing on a sibling domain can plant or read it.
         self.cookie_name = "__Host-riskgate" if console.secure_cookies else "riskgate"
+        self._revoked: dict[str, int] = {}
+        """Logged-out session ids -> when their cookie would have expired (epoch s)."""
 
     @property
     def users(self) -> int:
@@ -158,9 +160,26 @@ class Authenticator:
             session = msgspec.json.decode(_unb64(body), type=_Session)
         except (msgspec.DecodeError, ValueError):
             return None
-        if session.expires <= self._clock() or session.user not in self._digests:
+        if (
+            session.expires <= self._clock()
+            or session.user not in self._digests
+            or session.sid in self._revoked
+        ):
             return None
         return Principal(session.user, self._roles[session.user], "cookie", session.sid)
+
+    def revoke(self, who: Principal) -> None:
+        """Log a cookie session out for good: a copy of the cookie is refused from now on.
+
+        Remembered until the cookie would have expired anyway, so the set stays
+        as small as the logins of one ``session_ttl_s``.
+        """
+        if who.via != "cookie":
+            return
+        now = self._clock()
+        for sid in [sid for sid, expires in self._revoked.items() if expires <= now]:
+            del self._revoked[sid]
+        self._revoked[who.session] = int(now) + self.ttl_s
 
     def csrf_token(self, who: Principal) -> str:
         """The token a page must echo in ``X-CSRF-Token``; empty for bearer logins."""

@@ -202,6 +202,9 @@ class ConsoleServer:
             self._auth.csrf_ok(who, request.headers.get("X-CSRF-Token")) and _same_origin(request)
         ):
             return _error(403, "missing or wrong CSRF token")
+        if who is not None:
+            self._auth.revoke(who)
+            log.info("console logout", user=who.name, remote=request.remote)
         response = web.HTTPSeeOther("/")
         response.del_cookie(self._auth.cookie_name, path="/")
         raise response
