@@ -130,7 +130,8 @@ def test_renumbered_windows_are_written_afresh_and_the_old_chunks_tombstoned() -
     eng, out, log = engine(), Effects(), {}
     outcomes(eng, 0, 600, out)
     persist(eng, out, log)
-    eng.bots["alpha"].ids.renumber()
+    assert eng.rewrite_ids("alpha")
+    assert not eng.rewrite_ids("ghost")  # a bot not held: nothing to rewrite
     every = Effects()
     every.dirty_bots.add("alpha")
     records = persist(eng, every, log)
@@ -157,3 +158,33 @@ def test_window_sizes_around_a_chunk_restore_exactly(keep: int) -> None:
     assert sum(b"/outcomes/" in k.encode() and v is not None for k, v in log.items()) <= (
         keep // idlog.CHUNK_ENTRIES + 1
     )
+
+
+def test_a_fenced_chunk_makes_the_restoring_owner_write_the_windows_afresh() -> None:
+    """Issue 10 core split: the recovery rewrite asked the bot for a method the split
+    removed (``renumber_id_logs``): a fenced chunk key would have stopped the restore.
+    It goes through ``RiskEngine.rewrite_ids`` now, and the bot's portfolio is rewritten."""
+    from worker.kafka.restore import SnapshotRead
+    from worker.metrics import Metrics
+    from worker.runtime.ownership import Ownership
+    from worker.runtime.recovery import Recovery
+
+    live, out, log = engine(), Effects(), {}
+    outcomes(live, 0, 600, out)
+    persist(live, out, log)
+    successor = engine()
+    fenced = chunk_key("alpha", "outcomes", 0)
+    read = SnapshotRead(frozenset({0}), dict(log), {"alpha": 0}, len(log), 0.0, {0: 1}, (fenced,))
+
+    async def never(*_: Any) -> SnapshotRead:
+        raise AssertionError("no read here")
+
+    recovery = Recovery(
+        successor.config, successor, Ownership(successor.config.topics, never), Metrics()
+    )
+    republish, rewrite = Effects(), Effects()
+    recovery.restore(read, NOW, Effects(), republish=republish, rewrite=rewrite)
+    assert rewrite.dirty_bots == {"alpha"}
+    records = persist(successor, rewrite, log)
+    fresh = [r.key for r in records if r.value is not None and b"/ids/" in (r.key or b"")]
+    assert fresh == [chunk_key("alpha", "outcomes", n).encode() for n in (3, 4)]

@@ -22,10 +22,9 @@ def register_state_gauges(
 ) -> None:
     """Held bots, symbols, reservations and partitions; ready and started, as callbacks."""
     m = metrics
-    bots = engine.bots
-    m.bots.set_function(lambda: len(bots))
-    m.symbols.set_function(lambda: sum(len(b.symbols) for b in bots.values()))
-    m.reservations.set_function(lambda: sum(len(b.portfolio.reservations) for b in bots.values()))
+    m.bots.set_function(lambda: engine.stats().bots)
+    m.symbols.set_function(lambda: engine.stats().symbols)
+    m.reservations.set_function(lambda: engine.stats().reservations)
     m.assigned_partitions.set_function(lambda: len({tp.partition for tp in ownership.assigned}))
     m.ready.set_function(lambda: 1 if ready() else 0)
     m.started.set_function(lambda: 0 if starting() else 1)

@@ -64,11 +64,11 @@ class Recovery:
         for key, why in ignored:
             log.warning("ignoring snapshot", key=key, reason=why)
         self._adopt_configured_bots(read.partitions, now)
+        held = self._engine.bot_ids()
         for bot_id, partition in ownership.partition_of.items():
-            held = self._engine.bots.get(bot_id)
-            if partition in read.partitions and held is not None:
+            if partition in read.partitions and bot_id in held:
                 republish.dirty_bots.add(bot_id)
-                republish.dirty_symbols.update((bot_id, symbol) for symbol in held.symbols)
+                republish.dirty_symbols.update((bot_id, s) for s in self._engine.symbols_of(bot_id))
         m = self._metrics
         m.restore_seconds.observe(read.seconds)
         # Keys, not records read: a key written many times (or a claim) restores once;
@@ -90,24 +90,21 @@ class Recovery:
 
     def _rewrite(self, keys: Iterable[str], rewrite: Effects) -> None:
         """Persist these keys again under our epoch, so compaction drops the zombie's records."""
-        bots = self._engine.bots
+        engine = self._engine
         for key in keys:
             chunk = parse_chunk_key(key)
             if chunk is not None:
                 # Chunks are immutable: the bot's windows are written afresh, under new numbers.
-                held = bots.get(chunk[0])
-                if held is not None:
-                    held.renumber_id_logs()
+                if engine.rewrite_ids(chunk[0]):
                     rewrite.dirty_bots.add(chunk[0])
                 continue
             with contextlib.suppress(SnapshotError):
                 bot_id, symbol = parse_key(key)
-                held = bots.get(bot_id)
-                if held is None:
+                if bot_id not in engine.bot_ids():
                     continue
                 if symbol is None:
                     rewrite.dirty_bots.add(bot_id)
-                elif symbol in held.symbols:
+                elif symbol in engine.symbols_of(bot_id):
                     rewrite.dirty_symbols.add((bot_id, symbol))
 
     def _adopt_configured_bots(self, partitions: frozenset[int], now: int) -> None:
