@@ -84,6 +84,7 @@ async def stack(kafka_bootstrap: str) -> AsyncIterator[Stack]:
         '[bots.loser]\nsymbols = ["S1"]\n'
         '[bots.ops]\nsymbols = ["S1", "S2"]\n'
         '[bots.watched]\nsymbols = ["S1"]\n'
+        '[bots.sorted]\nsymbols = ["S1", "S2"]\n'
     )
     config = console_config(kafka_bootstrap, bots)
     await create_topics(config)
@@ -293,3 +294,44 @@ async def test_console_marks_a_stale_bot_blocked(kafka_bootstrap: str) -> None:
             assert blocks == "stale: no heartbeat from its worker within 2 s — blocked"
             counts = await page.text("#counts")
             assert counts == "1 bots · 1 symbols · blocked: 1 bots, 1 symbols · stale: 1"
+
+
+async def visible_keys(page: Page) -> list[str]:
+    keys: list[str] = await page.script(
+        "return [...document.querySelectorAll('#rows tr')].map(r => r.dataset.key)"
+    )
+    return keys
+
+
+async def choose(page: Page, select_id: str, value: str) -> None:
+    """Pick an option the way a user does (fires the input event the page listens to)."""
+    await page.call(lambda: Select(page.by_id(select_id)).select_by_value(value))
+
+
+async def test_console_filters_sorts_and_opens_a_bots_detail(stack: Stack) -> None:
+    with browser("filters_sorts_and_opens_a_bots_detail") as page:
+        await login(page, stack.url, "vic")
+        now = clock()
+        trades = [outcome("sorted", "S1", 5.0, ts=now), outcome("sorted", "S2", -20.0, ts=now)]
+        await produce_events(stack.config, trades)
+        await page.wait_css(row("sorted/S2", "reducing"), SEEN_WITHIN_S)
+
+        await page.call(page.by_id("filter").send_keys, "sorted")
+        assert await visible_keys(page) == ["sorted/*", "sorted/S1", "sorted/S2"]
+        await choose(page, "sort", "pnl")  # worst first, the bot's row stays on top
+        assert await visible_keys(page) == ["sorted/*", "sorted/S2", "sorted/S1"]
+        await choose(page, "state-filter", "blocked")
+        assert await visible_keys(page) == ["sorted/S2"]
+
+        await choose(page, "tl-bot", "sorted")
+        await choose(page, "tl-gate", "session_halt")
+        assert [r[2:6] for r in await timeline(page)] == [
+            ["halted", "sorted", "S2", "session_halt"]
+        ]
+
+        await choose(page, "state-filter", "")
+        await page.script("document.querySelector('tr[data-key=\"sorted/*\"] a').click()")
+        await page.wait_css("#detail:not([hidden])")
+        assert await page.text("#detail-title") == "sorted — active"
+        detail_rows = await page.css("#detail-body table:first-of-type tbody tr")
+        assert len(detail_rows) == 2

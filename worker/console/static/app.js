@@ -309,6 +309,7 @@ async function start() {
   $("who").textContent = `${view.me.user} (${view.me.role})`;
   for (const id of ["filter", "state-filter", "sort", "tl-bot", "tl-symbol", "tl-gate"]) {
     $(id).addEventListener("input", render);
+    $(id).addEventListener("change", render);
   }
   $("detail-close").addEventListener("click", () => { view.detail = null; render(); });
   $("act-form").addEventListener("submit", submitAction);
