@@ -17,12 +17,15 @@ record, so its dead letter names where it is; it stays on the input topic.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 Batch = dict[TopicPartition, list[Any]]
+
+if TYPE_CHECKING:  # the narrow client interface the worker uses
+    from worker.runtime.transport import Consumer
 
 
 class Unreadable(NamedTuple):
@@ -42,7 +45,7 @@ _ISOLATE_WAIT_MS = 200
 """How long the one-record reads wait for a partition's refetch while isolating."""
 
 
-async def fetch(consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int) -> Fetched:
+async def fetch(consumer: Consumer, timeout_ms: int, max_records: int) -> Fetched:
     """``getmany`` that never raises for a record's content (KafkaError still propagates)."""
     try:
         return Fetched(await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records), [])
@@ -52,7 +55,7 @@ async def fetch(consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int) -
         return await _isolate(consumer, max_records)
 
 
-async def _isolate(consumer: AIOKafkaConsumer, max_records: int) -> Fetched:
+async def _isolate(consumer: Consumer, max_records: int) -> Fetched:
     batch: Batch = {}
     unreadable: list[Unreadable] = []
     try:
@@ -73,7 +76,7 @@ async def _isolate(consumer: AIOKafkaConsumer, max_records: int) -> Fetched:
 
 
 async def _read_one_by_one(
-    consumer: AIOKafkaConsumer, max_records: int, batch: Batch, unreadable: list[Unreadable]
+    consumer: Consumer, max_records: int, batch: Batch, unreadable: list[Unreadable]
 ) -> None:
     budget = max_records
     for tp in sorted(consumer.assignment() - consumer.paused()):
@@ -97,7 +100,7 @@ async def _read_one_by_one(
             budget -= len(records)
 
 
-async def _behind(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
+async def _behind(consumer: Consumer, tp: TopicPartition) -> bool:
     """Records left to read on ``tp`` (an unknown log end counts as some)."""
     highwater = consumer.highwater(tp)
     return highwater is None or await consumer.position(tp) < highwater

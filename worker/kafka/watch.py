@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 
 from worker.core.engine import RiskEngine
@@ -22,6 +23,9 @@ from worker.kafka.progress import InputProgress, applied_watermarks
 from worker.metrics import Metrics
 
 log = structlog.get_logger("riskgate.worker")
+
+if TYPE_CHECKING:  # the narrow client interface the worker uses
+    from worker.runtime.transport import Consumer
 
 
 class InputWatch:
@@ -37,7 +41,7 @@ class InputWatch:
 
     def observe(
         self,
-        consumer: AIOKafkaConsumer,
+        consumer: Consumer,
         assigned: set[TopicPartition],
         engine: RiskEngine,
         partition_of: Mapping[str, int],
@@ -73,7 +77,7 @@ class InputWatch:
 
     async def heartbeat_bots(
         self,
-        consumer: AIOKafkaConsumer,
+        consumer: Consumer,
         engine: RiskEngine,
         partition_of: Mapping[str, int],
         now: int,
@@ -97,7 +101,7 @@ class InputWatch:
         return [b for b, p in partition_of.items() if p in fresh and b in held]
 
 
-async def _position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+async def _position(consumer: Consumer, tp: TopicPartition) -> int | None:
     """The consumer's position, or None when it has none right now (never waits long)."""
     try:
         async with asyncio.timeout(0.05):
