@@ -4,7 +4,8 @@ Imported as ``tests.support.<module>`` (the repository root is on ``sys.path``:
 pytest's ``pythonpath = ["."]``, or ``python -m`` from the root).
 
 - ``builders``: config, engine and event builders for the pure-core unit tests;
-- ``transport``: an in-memory Kafka for the worker shell (crashes at any record);
+- ``transport``: crashes at any record, held/refused acks and worker processes (``Shell``)
+  over the in-memory Kafka of ``worker.runtime.memory``;
 - ``harness``: a real broker end to end: topics, produce, read, run the worker;
 - ``gate_env``: one in-process worker, GateClient and GateView per test module;
 - ``ops``: HTTP probes, metrics, JSON logs, a throwaway PKI, a TLS/SASL gateway;
