@@ -95,16 +95,21 @@ class Book:
     def realise(self, t: int, net: float, prevented: bool) -> None:
         self.actual += net
         self.dd_actual.add(t, net)
-        if not prevented:
+        if not prevented:  # (a prevented amount moves nothing: the next booking starts the day)
             self.kept += net
             self.dd_kept.add(t, net)
-        else:
-            self.dd_kept.add(t, 0.0)  # the day still starts for the with-limits curve
         if self.series is not None:
             ts, actual, kept = self.series
             ts.append(t)
             actual.append(self.actual)
             kept.append(self.kept)
+
+    def trade(self, t: int, net: float, prevented: bool) -> None:
+        """A whole trade booked at once (an outcome)."""
+        self.realise(t, net, prevented)
+        self.close_trade(net, prevented)
+        if prevented:
+            self.blocked_trades += 1
 
     def close_trade(self, net: float, prevented: bool) -> None:
         """A finished trade: counted, and when prevented, split into avoided or forgone."""
@@ -189,13 +194,15 @@ class Ledger:
         return book
 
     def outcome(self, o: TradeOutcome, t: int) -> None:
-        prevented = self.blocks.blocked(o.bot, o.symbol)
+        bot = o.bot
+        active = self.blocks.active
+        prevented = bool(active) and (
+            bool(active.get((bot, o.symbol))) or bool(active.get((bot, None)))
+        )
         net = o.gross_pnl - o.fee
-        for book in (self.book(o.bot), self.overall):
-            book.realise(t, net, prevented)
-            book.close_trade(net, prevented)
-            if prevented:
-                book.blocked_trades += 1
+        book = self.books.get(bot) or self.book(bot)
+        book.trade(t, net, prevented)
+        self.overall.trade(t, net, prevented)
 
     def fill(self, f: Fill, t: int) -> None:
         """SPEC §4.3 average-cost accounting, round trip by round trip."""

@@ -91,6 +91,7 @@ class Replay:
         if records:
             result.start_ms = records[0].time
         seen = 0
+        dues, apply = self._dues, self._apply  # locals: this loop runs once per event
         for seen, rec in enumerate(records):
             if not seen & (CHECK_EVERY - 1) and seen:
                 if stop is not None and stop():
@@ -98,13 +99,13 @@ class Replay:
                     break
                 if progress is not None:
                     progress(seen)
-            t = rec.time if rec.time > self._clock else self._clock
-            if self._dues and self._dues[0] <= t:
+            t = rec.time if rec.time > self._clock else self._clock  # never goes back
+            if dues and dues[0] <= t:
                 self._wake(t)
             if t >= self._next_sweep:
                 self._sweep(t)
             self._clock = t
-            self._apply(rec, t, with_origin)
+            apply(rec, t, with_origin)
         else:
             seen = len(records)
         result.seen = seen
