@@ -335,3 +335,14 @@ async def test_console_filters_sorts_and_opens_a_bots_detail(stack: Stack) -> No
         assert await page.text("#detail-title") == "sorted — active"
         detail_rows = await page.css("#detail-body table:first-of-type tbody tr")
         assert len(detail_rows) == 2
+
+
+async def test_console_page_greys_out_when_its_server_goes_away(stack: Stack) -> None:
+    with browser("page_greys_out_when_its_server_goes_away") as page:
+        async with open_console(stack.config) as second:
+            await login(page, second.url, "vic")
+            await page.wait_css(row("calm/*", "active"), SEEN_WITHIN_S)
+            assert await page.css("body.offline") == []
+        # Rows that no longer update must not look live.
+        await page.wait_css("body.offline", SEEN_WITHIN_S)
+        assert (await page.text("#link")).startswith("connection lost")
