@@ -96,7 +96,7 @@ def test_each_denial_names_its_gate_in_the_decision() -> None:
     assert d.gate == "session_halt"
     assert not d.allowed
     assert d.reservation_expires_ts is None
-    assert "-50" in d.reason
+    assert d.reason == "session net PnL -60.00 reached loss limit -50"
 
 
 # -- exits ---------------------------------------------------------------------------------
@@ -708,7 +708,7 @@ def test_opens_are_denied_once_the_reservation_cap_is_reached() -> None:
     ]
     assert [d.allowed for d in answers] == [True, True, False]
     assert answers[2].gate == "max_concurrent_positions"
-    assert "2 reservations outstanding" in answers[2].reason
+    assert answers[2].reason == "2 reservations outstanding; report fills with their intent_id"
     # A fill releases one: the next open fits again.
     eng.apply(fill("buy", 1.0, 100.0, intent_id="i0"), T0)
     assert eng.apply(intent(intent_id="i3"), T0).decisions[0].allowed
