@@ -14,10 +14,16 @@ gate on the way.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
+import json
+import os
 import random
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -28,14 +34,14 @@ from tests.support.harness import (
     DAY_MS,
     MIN_MS,
     Produced,
+    config_text,
     create_topics,
-    make_config,
     read_topic,
     running_worker,
     wait_processed,
     wait_until,
 )
-from worker.config import Config
+from worker.config import Config, load_config
 from worker.core import Effects, RiskEngine
 from worker.kafka.options import client_kwargs
 from worker.messages import (
@@ -197,9 +203,11 @@ class Recorder:
 
 
 async def test_replaying_a_recorded_live_stream_reproduces_its_halts_exactly(
-    kafka_bootstrap: str,
+    kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    config = make_config(kafka_bootstrap, BODY, partitions=1)
+    config_path = tmp_path / "riskgate.toml"
+    config_path.write_text(config_text(kafka_bootstrap, BODY, partitions=1))
+    config = load_config(config_path, env={})
     await create_topics(config)
     events = stream()
     clock = StepClock(events[0].ts - MIN_MS)
@@ -291,6 +299,23 @@ async def test_replaying_a_recorded_live_stream_reproduces_its_halts_exactly(
     assert any(
         h.kind == "resumed" and h.gate == "session_halt" and h.ts % DAY_MS == 0 for h in live
     )
+
+    # The command itself, on the same topics: report.json lists the same halt events.
+    out = tmp_path / "report"
+    args = ["--config", str(config_path), "--from-topics", "--start", str(events[0].ts)]
+    args += ["--end", str(end), "--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RISKGATE_")}
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "worker.cli", "replay", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    reported = json.loads((out / "report.json").read_text())["halts"]
+    assert reported == [msgspec.to_builtins(h) for h in live]
 
 
 def _true(check: Callable[[], bool]) -> Callable[[], Any]:

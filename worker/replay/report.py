@@ -11,6 +11,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from worker.replay.charts import equity_chart, fmt_money, fmt_time, heatmap, timeline_chart
 from worker.replay.counterfactual import RULE, Book, Segment
 from worker.replay.run import ReplayResult
@@ -88,19 +90,7 @@ def build(
         "decisions": {
             bot: dict(sorted(counts.items())) for bot, counts in sorted(result.decisions.items())
         },
-        "halts": [
-            {
-                "event_id": h.event_id,
-                "bot": h.bot,
-                "symbol": h.symbol,
-                "kind": h.kind,
-                "gate": h.gate,
-                "reason": h.reason,
-                "ts": h.ts,
-                "until_ts": h.until_ts,
-            }
-            for h in result.halts
-        ],
+        "halts": [msgspec.to_builtins(h) for h in result.halts],  # as the worker publishes
         "timeline": [
             {
                 "bot": s.bot,
