@@ -178,10 +178,10 @@ class Blocks:
 
 
 class Ledger:
-    """Per-bot books and the overall one, fed with every applied fill and outcome."""
+    """Per-bot books and the overall one, fed with every applied outcome, and with the fills
+    of bots booking PnL from fills (the caller knows which: the config says)."""
 
-    def __init__(self, fills_booked: frozenset[str] | set[str]) -> None:
-        self.fills_booked = fills_booked
+    def __init__(self) -> None:
         self.blocks = Blocks()
         self.books: dict[str, Book] = {}
         self.overall = Book(keep_series=False)

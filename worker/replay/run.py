@@ -62,13 +62,15 @@ class Replay:
         self.interval = config.worker.sweep_interval_ms
         self.config = config
         self._fills_cache: dict[str, bool] = {}
-        self.ledger = Ledger(set())
+        self.ledger = Ledger()
         self.result = ReplayResult(self.ledger)
         self._dues: list[int] = []
         self._next_sweep = -1
         self._clock = -1
 
     def _books_fills(self, bot: str) -> bool:
+        """Whether ``bot`` books PnL from fills (else fills only move positions): cached, as
+        resolving a bot's settings merges tables."""
         known = self._fills_cache.get(bot)
         if known is None:
             settings = bot_settings(self.config, bot)
