@@ -21,7 +21,7 @@ from collections.abc import Callable
 import msgspec
 
 from worker.config import load_config
-from worker.engine import Effects, Origin, RiskEngine
+from worker.core import Effects, Origin, RiskEngine
 from worker.messages import Fill, TradeOutcome
 
 BOTS = [f"bot{i}" for i in range(8)]

@@ -35,7 +35,7 @@ import time
 import msgspec
 
 from worker.config import load_config
-from worker.engine import Effects, Origin, RiskEngine
+from worker.core import Effects, Origin, RiskEngine
 from worker.messages import Fill, OrderIntent, TradeOutcome
 
 TARGET_P99_US = 30.0

@@ -13,10 +13,11 @@ import argparse
 import tracemalloc
 
 from worker.config import load_config
-from worker.engine import Origin, RiskEngine
+from worker.core import Effects, Origin, RiskEngine
+from worker.core.dedupe import IdWindow
+from worker.core.idlog import IdChunk
+from worker.core.snapshot import encode
 from worker.messages import Fill, TradeOutcome
-from worker.risk.dedupe import IdWindow
-from worker.snapshot import encode
 
 T0 = 1_750_000_000_000
 
@@ -31,10 +32,17 @@ def fill_windows(keep: int) -> tuple[IdWindow, IdWindow]:
 
 
 def snapshot_bytes(keep: int) -> int:
-    """Encoded bytes the full windows add to the portfolio snapshot."""
+    """Encoded bytes the full windows add to the bot's persisted records.
+
+    The windows persist as sealed id chunks plus the unsealed tail inside the
+    portfolio record (:mod:`worker.core.idlog`): both count.
+    """
     toml = f"[defaults]\naccept_unknown_bots = true\n[worker]\ndedupe_ids_per_bot = {keep}\n"
     engine = RiskEngine(load_config(text=toml, env={}))
-    empty = len(encode(engine.bot("b", T0).portfolio_snapshot()))
+    engine.bot("b", T0)
+    dirty = Effects()
+    dirty.dirty_bots.add("b")
+    empty = persisted_bytes(engine, dirty)
     for n in range(keep):
         outcome = TradeOutcome(
             outcome_id=f"o{n}", bot="b", symbol="S", gross_pnl=1.0, fee=0.0, ts=T0
@@ -44,7 +52,14 @@ def snapshot_bytes(keep: int) -> int:
             fill_id=f"f{n}", bot="b", symbol="S", side="buy", qty=1.0, price=1.0, fee=0.0, ts=T0
         )
         engine.apply(fill, T0, Origin("trading.fills/0", n))
-    return len(encode(engine.bots["b"].portfolio_snapshot())) - empty
+    return persisted_bytes(engine, dirty) - empty
+
+
+def persisted_bytes(engine: RiskEngine, dirty: Effects) -> int:
+    """Bytes of the chunk records and the portfolio record one persist of ``dirty`` writes."""
+    (persisted,) = engine.snapshots(dirty)
+    chunks = sum(len(encode(IdChunk(entries=entries))) for _, _, entries in persisted.chunks)
+    return chunks + len(encode(persisted.portfolio))
 
 
 def main() -> int:
@@ -62,7 +77,9 @@ def main() -> int:
         f"memory: {held:,} bytes per bot for {ids:,} ids "
         f"({held / ids:.0f} bytes an id, 2 topics x {keep:,})"
     )
-    print(f"snapshot: {snapshot_bytes(keep):,} bytes of the portfolio record (base64 JSON)")
+    print(
+        f"snapshot: {snapshot_bytes(keep):,} bytes of id chunks and portfolio record (base64 JSON)"
+    )
     return 0
 
 

@@ -49,10 +49,10 @@ from bench.e2e_common import (
     worker_process,
 )
 from worker.config import Config
-from worker.engine import RiskEngine
+from worker.core import Effects, RiskEngine
+from worker.core.snapshot import encode, portfolio_key, symbol_key
 from worker.kafka.broker import EmbeddedBroker
 from worker.messages import TradeOutcome
-from worker.snapshot import encode, portfolio_key, symbol_key
 
 TARGET_BYTES_PER_SYMBOL = 2048
 BOTS = [f"bot{i}" for i in range(8)]
@@ -69,14 +69,16 @@ def templates(config: Config, recent_ids: int) -> tuple[dict[str, bytes], dict[s
     now = now_ms()
     symbols: dict[str, bytes] = {}
     portfolios: dict[str, bytes] = {}
+    dirty = Effects()
     for bot in BOTS:
         for i in range(recent_ids):
             gross = -3.0 if i % 4 == 0 else 2.5
             outcome = TradeOutcome(f"{bot}-o-{i:08d}", bot, "TEMPLATE", gross, 0.1, now - i)
-            engine.apply(outcome, now)
-        state = engine.bots[bot]
-        symbols[bot] = encode(state.symbols["TEMPLATE"].snapshot())
-        portfolios[bot] = encode(state.portfolio_snapshot())
+            engine.apply(outcome, now, out=dirty)
+    for persisted in engine.snapshots(dirty):
+        (_, symbol), *_ = persisted.symbols
+        symbols[persisted.bot] = encode(symbol)
+        portfolios[persisted.bot] = encode(persisted.portfolio)
     return symbols, portfolios
 
 

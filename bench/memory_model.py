@@ -32,7 +32,7 @@ import tracemalloc
 from collections.abc import Callable
 
 from worker.config import load_config
-from worker.engine import Origin, RiskEngine
+from worker.core import Origin, RiskEngine
 from worker.messages import Fill, OrderIntent, TradeOutcome
 
 T0 = 1_750_000_000_000
@@ -103,7 +103,7 @@ def intents(allowed: int, denied: int = 0) -> Callable[[], object]:
         for i in range(allowed + denied):
             intent = OrderIntent(f"intent-{i:012d}", "bot", "S", "open", "buy", 1.0, 1.0, T0)
             e.apply(intent, T0, Origin("i/0", i))
-        held = len(e.bots["bot"].portfolio.reservations)
+        held = e.stats().reservations
         if held != allowed:
             raise SystemExit(f"{held} reservations outstanding, expected {allowed}")
         return e
