@@ -20,21 +20,26 @@ if TYPE_CHECKING:
 
 
 def apply_outcome(bot: BotRisk, o: TradeOutcome, origin: Origin | None, out: Effects) -> None:
+    """A closed trade: booked on its symbol's session (a loss enters the breaker's window)."""
     admitted = _admit(bot, o.symbol, bot.ids.outcomes, o.outcome_id, origin=origin, out=out)
     if admitted is None:
         return
     sym, fresh = admitted
-    before = _before(sym)
+    session = sym.session
+    before = (session.halted, sym.breaker.tripped_at, session.last_reset_day)
     gross, fee = o.gross_pnl, o.fee
-    booked = sym.session.record_close(gross, fee, o.ts) is not None  # None: a late event
+    booked = session.record_close(gross, fee, o.ts) is not None  # None: a late event
     if gross - fee < 0.0:
         _record_loss(bot, sym, o.ts, before[1])
     sym.gate_seq += 1  # the gate records change where the state does (``Holder.gate_seq``)
-    sym.touch(out)
+    out.dirty_symbols.add(sym.key)  # ``touch``, inlined (hot path)
     _settle(bot, sym, before, gross - fee if booked else None, ts_ms=o.ts, out=out, fresh=fresh)
 
 
 def apply_fill(bot: BotRisk, f: Fill, origin: Origin | None, out: Effects) -> None:
+    """A fill: moves the position, releases what it filled of its intent's reservation (R2)
+    and, when the bot books PnL from fills, books what it realised (a finished round trip
+    counts as one trade)."""
     admitted = _admit(bot, f.symbol, bot.ids.fills, f.fill_id, origin=origin, out=out)
     if admitted is None:
         return
@@ -50,17 +55,16 @@ def apply_fill(bot: BotRisk, f: Fill, origin: Origin | None, out: Effects) -> No
     sym.gate_seq += 1  # the position moved, and with it the account's figures
     if fresh:
         bot.gate_seq += 1
-    sym.touch(out)
-    bot.touch(out)
+    out.dirty_symbols.add(sym.key)
     closed_net = trip.closed_net
     booked = trip.fees or trip.gross
     if bot.settings.pnl_source != "fills" or (closed_net is None and not booked):
         # Nothing booked: no gate can change, but the latch may still be judged.
-        if fresh:
-            _latch(bot, f.ts, out)
+        if fresh and bot.account.latch(f.ts):
+            _latched(bot, f.ts, out)
         return
     session = sym.session
-    before = _before(sym)
+    before = (session.halted, sym.breaker.tripped_at, session.last_reset_day)
     moved = booked and session.book(trip.gross, trip.fees, f.ts)
     # A round trip ends even when its last leg realises nothing by itself.
     if closed_net is not None:
@@ -91,16 +95,11 @@ def _admit(
     sym = bot.symbols.get(symbol) or _created(bot, symbol, origin)
     fresh = bot.fresh(origin)
     first = window.first(event_id, origin, fresh)
-    bot.touch(out)
+    out.dirty_bots.add(bot.bot)  # ``touch``, inlined (hot path)
     if first and sym.fresh(origin):
         return sym, fresh
     out.skipped += 1
     return None
-
-
-def _before(sym: SymbolRisk) -> tuple[bool, int | None, int]:
-    """What an event's effect on the symbol is judged against: halted, trip, session day."""
-    return sym.session.halted, sym.breaker.tripped_at, sym.session.last_reset_day
 
 
 def _settle(
@@ -128,8 +127,8 @@ def _settle(
     if sym.session.halted is not was_halted or sym.breaker.tripped_at != tripped_before:
         flags = (sym.manual_halt is not None, was_halted, tripped_before is not None)
         bot.emit(sym, flags, ts_ms, out)
-    if fresh:
-        _latch(bot, ts_ms, out)
+    if fresh and bot.account.latch(ts_ms):
+        _latched(bot, ts_ms, out)
 
 
 def _created(bot: BotRisk, name: str, origin: Origin | None) -> SymbolRisk:
@@ -146,11 +145,11 @@ def _created(bot: BotRisk, name: str, origin: Origin | None) -> SymbolRisk:
     return sym
 
 
-def _latch(bot: BotRisk, ts_ms: int, out: Effects) -> None:
-    if bot.account.latch(ts_ms):  # it was not latched before
-        bot.gate_seq += 1
-        bot.touch(out)
-        bot.emit(bot, (bot.manual_halt is not None, False), ts_ms, out)
+def _latched(bot: BotRisk, ts_ms: int, out: Effects) -> None:
+    """The event at ``ts_ms`` latched the daily loss (it was not latched before)."""
+    bot.gate_seq += 1
+    bot.touch(out)
+    bot.emit(bot, (bot.manual_halt is not None, False), ts_ms, out)
 
 
 def _record_loss(bot: BotRisk, sym: SymbolRisk, ts_ms: int, tripped_before: int | None) -> None:
