@@ -81,6 +81,9 @@ from worker.config import load_config
 from worker.kafka.broker import EmbeddedBroker
 from worker.messages import Event
 
+DATA, BARRIER, GAP = range(3)
+"""The stages of an epoch (see :mod:`tests.support.epochs`)."""
+
 
 @dataclass
 class CrashLoopReport:
@@ -157,7 +160,6 @@ async def run_crash_loop(
     epochs: int = 3,
     expiry_secs: int = 15,
     session_timeout_ms: int = 1_000,
-    startup_kill_share: float = 0.3,
     say: Callable[[str], None] = lambda _: None,
 ) -> CrashLoopReport:
     """Run the whole scenario against ``bootstrap``; never leaves the worker running.
@@ -230,6 +232,8 @@ async def run_crash_loop(
         async def committed_all(what: str) -> None:
             await wait_until(all_committed, within=120, what=what, interval=0.1)
 
+        where = [(0, DATA)]  # (epoch, stage) the producer is in: kills are placed by it
+
         async def stream() -> None:
             # A cold start (imports, first join) is not charged to the first epoch's budget.
             async def started() -> bool:
@@ -238,11 +242,13 @@ async def run_crash_loop(
             await wait_until(started, within=120, what="a first worker run to restore")
             stamped: dict[int, Event] = {}
             for k, chunk in enumerate(chunks):
+                where[0] = (k, DATA)
                 epoch = Epoch(start_ms=now_ms())
                 span_ms = int(len(chunk) / rate * 1000)
                 epoch.events = stamp(chunk, epoch.start_ms, span_ms, SECRET, stamped)
                 await send(epoch.events, rate)
                 await committed_all(f"epoch {k} data to be committed")
+                where[0] = (k, BARRIER)
                 epoch.barrier = list(barrier_commands(barrier_rng, workload.bots, now_ms(), SECRET))
                 await send(epoch.barrier, None)
                 await committed_all(f"epoch {k} barrier commands to be committed")
@@ -250,6 +256,7 @@ async def run_crash_loop(
                 report.epoch_commit_ms.append(epoch.committed_ms - epoch.start_ms)
                 if epoch.late(expiry_ms):
                     report.late_epochs.append(k)
+                where[0] = (k, GAP)
                 # Past every boundary the epoch set, and two sweeps after that.
                 sweep_ms = config.worker.sweep_interval_ms
                 await asyncio.sleep(
@@ -257,48 +264,83 @@ async def run_crash_loop(
                 )
                 epoch.swept_ms = now_ms()
                 sent.append(epoch)
+            where[0] = (len(chunks), DATA)
 
         producer = asyncio.create_task(stream(), name="chaos-producer")
+
+        async def reach(target: tuple[int, int]) -> None:
+            async def reached() -> bool:
+                return where[0] >= target or producer.done()
+
+            await wait_until(
+                reached, within=600, what=f"epoch {target[0]} stage {target[1]}", interval=0.1
+            )
+
+        async def kill(starting: bool) -> None:
+            worker.check_alive()  # it must only ever die by our hand
+            if producer.done():
+                producer.result()  # a failed epoch fails the run now
+            if starting:
+                report.kills_while_starting += 1
+            elif await offsets.lag() > 0:
+                report.kills_mid_stream += 1
+            worker.kill()
+            report.kills += 1
+            if report.kills % 10 == 0 or report.kills == kills:
+                say(
+                    f"  {report.kills}/{kills} kills; {len(sent)}/{epochs} epochs;"
+                    f" {len(produced)} produced; {await offsets.committed_total()} committed"
+                )
+
         try:
-            for n in range(kills):
+            while report.kills < kills:
+                # Kills go to every epoch in turn, alternately while its records are
+                # applied and in its gap, where the clock expires what it set (a run
+                # started there restores, and sweeps, past the boundaries).
+                n = report.kills
+                target = (n * epochs // kills, GAP if n % 2 else DATA)
                 restores = _restores(worker.log_path)
                 worker.start()
                 before = await offsets.committed_total()
-                if rng.random() < startup_kill_share:
-                    # Anywhere from process start through joining and restoring.
-                    await asyncio.sleep(rng.uniform(0.05, 3.0))
-                    report.kills_while_starting += 1
-                else:
-                    delay = rng.uniform(0.0, 1.5)
 
-                    async def progressed(before: int = before, restores: int = restores) -> bool:
-                        # Between epochs there is nothing to commit: a restore will do.
-                        return (
-                            await offsets.committed_total() > before
-                            or producer.done()
-                            or (await offsets.lag() == 0 and _restores(worker.log_path) > restores)
-                        )
+                async def progressed(before: int = before, restores: int = restores) -> bool:
+                    # Between epochs there is nothing to commit: a restore will do.
+                    return (
+                        await offsets.committed_total() > before
+                        or producer.done()
+                        or (await offsets.lag() == 0 and _restores(worker.log_path) > restores)
+                    )
+
+                await wait_until(
+                    progressed,
+                    within=60,
+                    what=f"worker run {n + 1} to commit progress",
+                    interval=0.1,
+                    alive=worker.check_alive,
+                )
+                await reach(target)
+                in_gap = target[1] == GAP
+                if not in_gap:
+                    # While records are applied but not yet committed, if it can.
+                    async def uncommitted(target: tuple[int, int] = target) -> bool:
+                        return await offsets.lag() > 0 or where[0] > target or producer.done()
 
                     await wait_until(
-                        progressed,
-                        within=60,
-                        what=f"worker run {n + 1} to commit progress",
-                        interval=0.1,
+                        uncommitted,
+                        within=120,
+                        what=f"records in flight in epoch {target[0]}",
+                        interval=0.05,
                         alive=worker.check_alive,
                     )
-                    await asyncio.sleep(delay)
-                    if await offsets.lag() > 0:
-                        report.kills_mid_stream += 1
-                worker.check_alive()  # it must only ever die by our hand
-                if producer.done():
-                    producer.result()  # a failed epoch fails the run now
-                worker.kill()
-                report.kills += 1
-                if (n + 1) % 10 == 0 or n + 1 == kills:
-                    say(
-                        f"  {n + 1}/{kills} kills; {len(sent)}/{epochs} epochs;"
-                        f" {len(produced)} produced; {await offsets.committed_total()} committed"
-                    )
+                await asyncio.sleep(rng.uniform(0.0, expiry_secs / 2 if in_gap else 0.3))
+                await kill(starting=False)
+                if in_gap and n // 2 % 2 == 0 and report.kills < kills:
+                    # Every other gap kill is followed by one anywhere from process start
+                    # through joining and restoring (in a gap: the epoch's commit budget
+                    # is not charged with the restarts).
+                    worker.start()
+                    await asyncio.sleep(rng.uniform(0.05, 3.0))
+                    await kill(starting=True)
             # The last run serves the rest of the epochs and stops cleanly. It is stopped
             # only once it has restored (so it runs its signal handlers).
             restores = _restores(worker.log_path)

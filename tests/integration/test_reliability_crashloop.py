@@ -59,7 +59,7 @@ async def test_a_crash_loop_loses_and_double_counts_nothing(
     assert report.mismatches == 0, "\n".join(report.lines())
     # What the seeded workload exercised, counted by the model (not by the worker):
     # exact, so a generator or model change that stops reaching a region shows here.
-    assert report.kills_while_starting == 1
+    assert report.kills_while_starting == 1  # after the gap kill of epoch 0
     assert report.events == 3_094 and report.barrier_commands == 18
     assert dict(report.refused) == {
         "bad_signature": 3,
