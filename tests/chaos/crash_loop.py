@@ -3,10 +3,11 @@
 A producer streams a long seeded mix of fills, outcomes, intents, operator
 commands, re-sent duplicates and bad records for many bots. Meanwhile a
 supervisor runs ``riskgate run --config FILE`` and SIGKILLs it again and again
-(``--kills`` times) at seeded random moments - sometimes while it is still
-starting, joining the group or restoring, mostly a random instant after it
-made progress - and restarts it each time. A last run (ended by SIGTERM)
-finishes the stream.
+(``--kills`` times), spread over the epochs below: alternately while records are
+applied but not committed and at a seeded moment of an epoch's gap (where the
+clock expires state), every other gap kill followed by one while the next run
+is still starting, joining the group or restoring - and restarts it each time.
+A last run (ended by SIGTERM) finishes the stream.
 
 The breaker window, the cooldown and the reservation TTL are short
 (``--expiry-secs``), so the wall clock ends trips, evicts losses and expires
