@@ -43,12 +43,14 @@ schemas: $(STAMP)
 # Run as modules from the root so `bench.*` and `tests.support.*` import without sys.path edits.
 bench: $(STAMP)
 	$(BIN)/python -m bench.core
+	$(BIN)/python -m bench.decision_cost
+	$(BIN)/python -m bench.memory_model
 	$(BIN)/python -m bench.gateview_cost
 
 bench-e2e: $(STAMP)
 	$(BIN)/python -m bench.e2e_throughput
 	$(BIN)/python -m bench.e2e_latency --seconds 30 --worker-fetch-max-wait-ms 5
-	$(BIN)/python -m bench.e2e_restore
+	$(BIN)/python -m bench.e2e_restore --symbols 10000,100000 --source both
 	$(BIN)/python -m bench.check_latency
 
 # Reliability suite (tests/chaos/README.md). `reliability` is its default-run part;
