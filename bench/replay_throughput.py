@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
 import tempfile
 import time
@@ -191,13 +192,16 @@ def main() -> None:
         spec = parse_sweep(["defaults.breaker.loss_limit=3,4,6"])  # + the base: 4 jobs
         times = {}
         for workers in (1, 2):
-            w0 = time.perf_counter()
+            c0, w0 = os.times(), time.perf_counter()
             run_sweep(cfg_path, sample, spec, workers=workers)
             times[workers] = time.perf_counter() - w0
+            c1 = os.times()
+            busy = c1.children_user + c1.children_system - c0.children_user - c0.children_system
             jobs = 4
             print(
                 f"sweep    {jobs} jobs x {len(sample):,} events, --workers {workers}: "
-                f"{times[workers]:6.2f} s  ({jobs * len(sample) / times[workers]:,.0f} events/s)"
+                f"{times[workers]:6.2f} s  ({jobs * len(sample) / times[workers]:,.0f} events/s; "
+                f"workers' CPU {busy:.2f} s: {busy / times[workers]:.2f} cores busy)"
             )
         print(f"sweep speed-up on 2 workers: {times[1] / times[2]:.2f}x")
 
