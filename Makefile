@@ -84,7 +84,7 @@ fuzz: $(STAMP)  ## FUZZ_MINUTES=10 FUZZ_EXAMPLES=100 (RISKGATE_FUZZ_STEPS: steps
 	done; rm -f $$log; \
 	echo "fuzz: $$passes passes, $$examples examples over every state machine, no failure"
 
-# Mutation score of the core (worker/engine.py, worker/risk/) against the unit
+# Mutation score of the core (worker/core/) against the unit
 # suite; config in pyproject.toml [tool.mutmut]. Survivors: `mutmut results`,
 # one diff: `mutmut show <name>`.
 mutate: $(STAMP)
