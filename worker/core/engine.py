@@ -16,8 +16,6 @@ accepted depends only on the record and state, never on when it is processed
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections.abc import Iterable, KeysView, Mapping
 from typing import NamedTuple
 
@@ -27,17 +25,11 @@ from worker.core.bot import BotRisk
 from worker.core.commands import control
 from worker.core.effects import Effects, Origin
 from worker.core.events import apply_fill, apply_outcome
-from worker.core.idlog import IdLogRef
+from worker.core.names import check_name
 from worker.core.replay import IdChunkOut
+from worker.core.restore import restore
 from worker.core.session import utc_day
-from worker.core.snapshot import (
-    PortfolioSnapshot,
-    SnapshotError,
-    SymbolSnapshot,
-    decode_chunk,
-    decode_snapshot,
-    parse_chunk_key,
-)
+from worker.core.snapshot import PortfolioSnapshot, SymbolSnapshot
 from worker.core.views import BotView, bot_view
 from worker.errors import Rejected
 from worker.messages import (
@@ -49,26 +41,6 @@ from worker.messages import (
     OrderIntent,
     TradeOutcome,
 )
-
-_UNSAFE_NAME = re.compile(r"[/\s]")
-MAX_NAME_CHARS = 64
-
-
-def check_name(kind: str, name: str) -> None:
-    """Names become parts of ``/``-separated keys and event ids: reject before they
-    create state (N1). ``*`` names the whole bot in event ids, so no symbol may use it;
-    control and format characters would display as something else (or nothing)."""
-    problem = None
-    if not 0 < len(name) <= MAX_NAME_CHARS:
-        problem = f"must be 1..{MAX_NAME_CHARS} characters"
-    elif _UNSAFE_NAME.search(name):
-        problem = "contains '/' or whitespace"
-    elif any(unicodedata.category(ch) in ("Cc", "Cf") for ch in name):
-        problem = "contains control or format characters"
-    elif kind == "symbol" and name == "*":
-        problem = "'*' names the whole bot"
-    if problem is not None:
-        raise Rejected("invalid_name", f"{kind} {name!r} {problem}")
 
 
 class BotSnapshots(NamedTuple):
@@ -221,69 +193,9 @@ class RiskEngine:
     def restore(
         self, records: Mapping[str, bytes | None], now_ms: int, out: Effects | None = None
     ) -> list[tuple[str, str]]:
-        """Restore from the last value per snapshot key; returns ``(key, why)`` of ignored ones.
-
-        Corrupt values, unknown versions, bots no longer configured and symbols no
-        longer in their bot's ``symbols`` (N2) are ignored (never fatal, never
-        misread); tombstones (None) are skipped. Then every restored bot is swept
-        at ``now_ms``: the wall clock, not the snapshot, says what day it is.
-        """
-        if out is None:
-            out = Effects()
-        ignored: list[tuple[str, str]] = []
-        restored: dict[str, BotRisk] = {}
-        legacy: list[tuple[BotRisk, SymbolSnapshot]] = []
-        chunks: dict[str, dict[str, dict[int, bytes]]] = {}
-        """bot -> window -> chunk number -> entries"""
-        refs: dict[str, dict[str, IdLogRef]] = {}
-        for key, value in records.items():
-            if value is None:
-                continue
-            chunk = parse_chunk_key(key)
-            if chunk is not None:
-                bot_id, window, number = chunk
-                try:
-                    entries = decode_chunk(value)
-                    chunks.setdefault(bot_id, {}).setdefault(window, {})[number] = entries
-                except SnapshotError as exc:
-                    ignored.append((key, str(exc)))
-                continue
-            try:
-                bot_id, symbol, snap = decode_snapshot(key, value)
-                bot = self.bot(bot_id, now_ms)
-                if symbol is not None:
-                    self._check_restored_symbol(bot, symbol)
-            except (SnapshotError, Rejected) as exc:
-                ignored.append((key, str(exc)))
-                continue
-            restored[bot_id] = bot
-            if isinstance(snap, SymbolSnapshot) and symbol is not None:
-                bot.restore_symbol(symbol, snap, now_ms, out)
-                if snap.recent_outcome_ids or snap.recent_fill_ids:
-                    legacy.append((bot, snap))
-            elif isinstance(snap, PortfolioSnapshot):
-                bot.restore_portfolio(snap, now_ms, out)
-                if snap.id_logs is not None:
-                    refs[bot_id] = snap.id_logs
-        for bot_id, bot_refs in refs.items():
-            missing = restored[bot_id].ids.restore(bot_id, bot_refs, chunks.get(bot_id, {}))
-            ignored.extend((key, "id chunk missing: newer entries kept") for key in missing)
-        for bot, snap in legacy:  # after the portfolios, whose windows they join
-            bot.ids.adopt(snap)
-        for bot in restored.values():
-            bot.sweep(now_ms, out)
-        return ignored
-
-    @staticmethod
-    def _check_restored_symbol(bot: BotRisk, symbol: str) -> None:
-        """A snapshot of a symbol the config no longer allows (or never could) is ignored;
-        its events are then dead-lettered as ``unknown_symbol`` (N2)."""
-        check_name("symbol", symbol)
-        allowed = bot.settings.symbols
-        if allowed is not None and symbol not in allowed:
-            raise Rejected(
-                "unknown_symbol", f"symbol {symbol!r} is no longer configured for bot {bot.bot!r}"
-            )
+        """Restore from the last value per snapshot key; returns ``(key, why)`` of ignored ones
+        (:func:`worker.core.restore.restore`)."""
+        return restore(lambda bot_id: self.bot(bot_id, now_ms), records, now_ms, out or Effects())
 
     # -- reads: all the shell sees of the state -------------------------------------------
 
