@@ -8,7 +8,9 @@
    writes it as JSONL and times reading it (``read_file`` + ordering).
 2. Times ``replay`` over the decoded records in this process: one core.
 3. Times a sweep of 3 combinations (+ the base config: 4 jobs) with ``--workers 1``
-   and ``--workers 2``: the speed-up of the process pool on 2 cores (ideal: 2x).
+   and ``--workers 2``: the speed-up of the process pool on 2 cores (ideal: 2x), beside
+   a control (a bare CPU loop in the same kind of pool): on a shared or throttled
+   machine the control shows what speed-up the machine allowed at all.
 
 Target (issue 12): >= 250k events/s, the engine's own speed (bench/core.py).
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing as mp
 import os
 import random
 import tempfile
@@ -204,6 +207,26 @@ def main() -> None:
                 f"workers' CPU {busy:.2f} s: {busy / times[workers]:.2f} cores busy)"
             )
         print(f"sweep speed-up on 2 workers: {times[1] / times[2]:.2f}x")
+        print(f"control: a bare CPU loop in the same kind of pool: {pool_control():.2f}x")
+
+
+def _burn(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def pool_control() -> float:
+    """The speed-up of 2 forked workers on pure CPU work: what the machine allows a sweep."""
+    ctx = mp.get_context("fork")
+    walls = {}
+    for workers in (1, 2):
+        w0 = time.perf_counter()
+        with ctx.Pool(workers) as pool:
+            pool.map(_burn, [5_000_000] * 4)
+        walls[workers] = time.perf_counter() - w0
+    return walls[1] / walls[2]
 
 
 if __name__ == "__main__":
