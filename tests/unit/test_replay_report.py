@@ -255,7 +255,7 @@ def test_a_sweep_ranks_every_combination_and_maps_two_keys(tmp_path: Path) -> No
     cfg = config_file(tmp_path)
     records = in_time_order([read_file(write_jsonl(tmp_path / "h.jsonl", sweep_rows(t0)))])
     spec = parse_sweep(["defaults.session.loss_limit=-30,-1000", "defaults.breaker.loss_limit=0,2"])
-    base, section = run_sweep(cfg, records, spec, workers=2)
+    base, section, _ = run_sweep(cfg, records, spec, workers=2)
     # Independent: with session -30 the 2nd loss (-40) halts; the breaker at 2 trips at the 2nd
     # loss too. Either way the rest (-40 and +100) is prevented: with = -40. With neither
     # limit, nothing is prevented: with = actual = 20.
@@ -296,7 +296,7 @@ def test_a_stopped_sweep_returns_every_combination_partial(tmp_path: Path) -> No
     rows = [out("a", i, 1.0, t0 + i) for i in range(10_000)]
     records = in_time_order([read_file(write_jsonl(tmp_path / "h.jsonl", rows))])
     spec = parse_sweep(["defaults.session.loss_limit=-30,-1000"])
-    base, section = run_sweep(
+    base, section, _ = run_sweep(
         config_file(tmp_path), records, spec, workers=2, should_stop=lambda: True
     )
     assert (base["input"]["complete"], base["input"]["replayed"]) == (False, 4096)
@@ -307,7 +307,8 @@ def test_a_stopped_sweep_returns_every_combination_partial(tmp_path: Path) -> No
 def test_the_command_writes_both_reports_and_the_dead_letters(tmp_path: Path) -> None:
     t0 = D0 + 10 * HOUR
     cfg = config_file(tmp_path)
-    history = write_jsonl(tmp_path / "h.jsonl", sweep_rows(t0), [b"garbage\n"])
+    stranger = out("zzz", 9, 1.0, t0)  # an unknown bot: refused by the engine, not the decoder
+    history = write_jsonl(tmp_path / "h.jsonl", [*sweep_rows(t0), stranger], [b"garbage\n"])
     out_dir = tmp_path / "out"
     result = CliRunner().invoke(
         replay_command,
@@ -327,7 +328,16 @@ def test_the_command_writes_both_reports_and_the_dead_letters(tmp_path: Path) ->
     assert result.exit_code == 0, result.output
     rep = json.loads((out_dir / "report.json").read_text())
     assert rep["schema"] == report.SCHEMA
-    assert rep["input"]["rejected"] == {"malformed_json": 1}
+    assert rep["input"]["rejected"] == {"malformed_json": 1, "unknown_bot": 1}
+    dead = [json.loads(line) for line in (out_dir / "deadletters.jsonl").read_text().splitlines()]
+    assert [(d["reason"], d["original"], d["reencoded"]) for d in dead] == [
+        ("malformed_json", "garbage", False),
+        (
+            "unknown_bot",
+            json.dumps({k: v for k, v in stranger.items() if k != "type"}, separators=(",", ":")),
+            True,
+        ),
+    ]
     assert [r["params"] for r in rep["sweep"]["rows"]] == [
         {"defaults.session.loss_limit": "-1000"},
         {"defaults.session.loss_limit": "-30"},

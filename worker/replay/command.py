@@ -152,7 +152,7 @@ def replay_command(
         task = bar.add_task("replay", total=len(records))  # a sweep sets its own total
         if spec:
             try:
-                built, section = run_sweep(
+                built, section, dead = run_sweep(
                     config_path,
                     records,
                     spec,
@@ -166,7 +166,6 @@ def replay_command(
                 raise click.ClickException(str(exc)) from exc
             built["sweep"] = section
             built["input"]["sources"] = sources
-            result = None
         else:
             result = replay(
                 config,
@@ -177,13 +176,12 @@ def replay_command(
                 progress=lambda seen: bar.update(task, completed=seen),
             )
             built = report.build(result, config_path=str(config_path), sources=sources)
+            dead = result.dead_letters()
     json_path, html_path = report.write(built, out_dir)
-    if result is not None and result.bad_records:
-        _write_deadletters(result.bad_records, out_dir / "deadletters.jsonl")
-        console.print(
-            f"{len(result.bad_records):,} bad records skipped (by reason in the report): "
-            f"{out_dir / 'deadletters.jsonl'}"
-        )
+    if dead:
+        path = out_dir / "deadletters.jsonl"
+        path.write_text("".join(json.dumps(row) + "\n" for row in dead))
+        console.print(f"{len(dead):,} bad records skipped (by reason in the report): {path}")
     console.print(report.terminal_summary(built))
     console.print(f"report: {html_path}  data: {json_path}")
     if not built["input"]["complete"]:
@@ -212,22 +210,3 @@ def _read(
         lo, hi = start_ms or 0, end_ms if end_ms is not None else 1 << 62
         records = [r for r in records if lo <= r.time <= hi]
     return records, [str(path) for _, path in parsed]
-
-
-def _write_deadletters(records: Sequence[Any], path: Path) -> None:
-    """Bad input as the worker would dead-letter it: where, why, and the original bytes."""
-    with path.open("w") as fh:
-        for rec in records:
-            error = rec.error
-            fh.write(
-                json.dumps(
-                    {
-                        "source": rec.source,
-                        "position": rec.position,
-                        "reason": error.reason if error else "invalid_message",
-                        "message": str(error) if error else "",
-                        "original": (rec.raw or b"").decode("utf-8", "backslashreplace"),
-                    }
-                )
-                + "\n"
-            )

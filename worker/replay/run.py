@@ -22,6 +22,9 @@ import heapq
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
 
 from worker.config import Config, bot_settings
 from worker.core import Origin, RiskEngine
@@ -52,6 +55,30 @@ class ReplayResult:
     start_ms: int | None = None
     end_ms: int | None = None
     interrupted: bool = False
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """Bad input as the worker would dead-letter it: where, why, and the original.
+
+        Records the decoder refused keep their original bytes; records the engine
+        refused (unknown bot, future event, ...) were decoded, and only their
+        event is kept (a copy of every good record's bytes would double the
+        replay's memory): their ``original`` is the event re-encoded, and says so.
+        """
+        rows = []
+        for rec in self.bad_records:
+            error = rec.error
+            raw = rec.raw if rec.raw is not None else msgspec.json.encode(rec.event)
+            rows.append(
+                {
+                    "source": rec.source,
+                    "position": rec.position,
+                    "reason": error.reason if error else "invalid_message",
+                    "message": str(error) if error else "",
+                    "original": raw.decode("utf-8", "backslashreplace"),
+                    "reencoded": rec.raw is None,
+                }
+            )
+        return rows
 
 
 class Replay:

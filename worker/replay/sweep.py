@@ -102,7 +102,7 @@ def _job(
     )
     built = report.build(result, config_path=str(config_path), sources=[], overrides=overrides)
     if full:
-        return built
+        return {"report": built, "dead_letters": result.dead_letters()}
     return {
         "params": overrides,
         "overall": built["overall"],
@@ -121,8 +121,9 @@ def run_sweep(
     end_ms: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Replay the base config and every combination; returns (base report, sweep section).
+) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """Replay the base config and every combination: (base report, sweep section, the base
+    run's dead letters).
 
     ``on_progress(done, total)`` is called from this process a few times a
     second (records replayed over all jobs); ``should_stop`` is polled as often
@@ -154,12 +155,12 @@ def run_sweep(
                 time.sleep(0.1)
             if on_progress is not None:
                 on_progress(done.value, total)
-            base_report = base.get()
+            base_out = base.get()
             rows = [j.get() for j in jobs]
     finally:
         _records = ()
         gc.unfreeze()
-    return base_report, section(spec, rows)
+    return base_out["report"], section(spec, rows), base_out["dead_letters"]
 
 
 def section(spec: SweepSpec, rows: list[dict[str, Any]]) -> dict[str, Any]:
