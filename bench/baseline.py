@@ -11,7 +11,9 @@ does on the same broker, in the same invocation, with the same client settings:
   topic (from its end) that produces each record it fetches, unchanged, to the
   same partition of another topic and waits for the acks before fetching again
   (as the worker waits for its outputs' acks). No group, no commits. Chained,
-  relays give the raw cost of N broker hops.
+  relays give the raw cost of N broker hops. With ``--side-target``, records
+  without a ``probe`` header go to that topic instead (the worker, too, writes
+  halts to one topic and its other outputs to others).
 
 Each runs as its own process (as the worker does), started and stopped by PID
 through :class:`BaselineProcess`. The process side imports only aiokafka and
@@ -160,7 +162,7 @@ async def relay(args: argparse.Namespace) -> None:
             batch = await consumer.getmany(timeout_ms=args.poll_timeout_ms)
             futures = [
                 await producer.send(
-                    args.target,
+                    _route(args, record.headers),
                     record.value,
                     key=record.key,
                     partition=tp.partition,
@@ -173,6 +175,13 @@ async def relay(args: argparse.Namespace) -> None:
     finally:
         await consumer.stop()
         await producer.stop()
+
+
+def _route(args: argparse.Namespace, headers: object) -> str:
+    """``--target``, or ``--side-target`` for a record without the ``probe`` header."""
+    if args.side_target is None or any(name == "probe" for name, _ in headers or ()):
+        return str(args.target)
+    return str(args.side_target)
 
 
 # -- the benchmark side --------------------------------------------------------------
@@ -271,9 +280,15 @@ def loop_argv(
 
 
 def relay_argv(
-    bootstrap: str, source: str, target: str, *, partitions: int, fetch_max_wait_ms: int
+    bootstrap: str,
+    source: str,
+    target: str,
+    *,
+    partitions: int,
+    fetch_max_wait_ms: int,
+    side_target: str | None = None,
 ) -> list[str]:
-    return [
+    argv = [
         "relay",
         f"--bootstrap={bootstrap}",
         f"--source={source}",
@@ -281,6 +296,7 @@ def relay_argv(
         f"--partitions={partitions}",
         f"--fetch-max-wait-ms={fetch_max_wait_ms}",
     ]
+    return [*argv, f"--side-target={side_target}"] if side_target else argv
 
 
 class CommitWatch:
@@ -383,6 +399,9 @@ def main() -> None:
     hop.add_argument("--source", required=True)
     hop.add_argument("--target", required=True)
     hop.add_argument("--partitions", type=int, required=True)
+    hop.add_argument(
+        "--side-target", help="records without a 'probe' header go here instead of --target"
+    )
     for each in (loop, hop):
         each.add_argument("--bootstrap", required=True)
         each.add_argument("--fetch-max-wait-ms", type=int, default=20)

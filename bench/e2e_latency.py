@@ -67,6 +67,7 @@ TARGET_P99_MS = 10.0
 TARGET_RATIO = 1.2
 PARTITIONS = 4
 PREFIX_RAW = "bench.raw"
+PROBE_HEADERS = [("probe", b"1")]
 BOTS = [f"bot{i}" for i in range(4)]
 BODY = """
 [defaults.session]
@@ -97,14 +98,16 @@ async def feed(
         for i in range(per_tick):
             bot = BOTS[n % len(BOTS)]
             n += 1
+            headers = None
             if i == 0 and tick % 5 == 0:
                 symbol = f"P{probes:06d}"
                 probes += 1
                 outcome = TradeOutcome(f"{bot}-{n}", bot, symbol, -100.0, 0.0, ts)
                 sent_at[f"{bot}/{symbol}"] = time.time()
+                headers = PROBE_HEADERS  # the raw relay routes on it; riskgate ignores it
             else:
                 outcome = TradeOutcome(f"{bot}-{n}", bot, f"S{n % 200:03d}", 1.0, 0.01, ts)
-            await producer.send(topic, _encode(outcome), key=bot.encode())
+            await producer.send(topic, _encode(outcome), key=bot.encode(), headers=headers)
         tick += 1
         # Next tick on the 10 ms grid (no drift).
         await asyncio.sleep(max(0.0, start + tick * 0.01 - time.monotonic()))
@@ -201,15 +204,22 @@ async def measure(
 async def raw_hops(
     args: argparse.Namespace, broker: EmbeddedBroker, producer: AIOKafkaProducer, kwargs: dict, tmp
 ) -> Run:
-    """The same feed through one plain relay: producer -> topic -> relay -> topic -> subscriber."""
-    source, sink = f"{PREFIX_RAW}.{os.getpid()}.in", f"{PREFIX_RAW}.{os.getpid()}.out"
-    await create_plain_topics(broker.bootstrap_servers, [source, sink], PARTITIONS)
+    """The same feed through one plain relay: producer -> topic -> relay -> topic -> subscriber.
+
+    The relay forwards every record: probes to the topic the subscriber reads,
+    the rest to a side topic, as the worker writes halts to one topic and gate
+    records to another (so both subscribers read the same volume).
+    """
+    prefix = f"{PREFIX_RAW}.{os.getpid()}"
+    source, sink, side = f"{prefix}.in", f"{prefix}.out", f"{prefix}.side"
+    await create_plain_topics(broker.bootstrap_servers, [source, sink, side], PARTITIONS)
     argv = relay_argv(
         broker.bootstrap_servers,
         source,
         sink,
         partitions=PARTITIONS,
         fetch_max_wait_ms=args.worker_fetch_max_wait_ms,
+        side_target=side,
     )
     with baseline_process(argv, tmp / "relay.log") as relay:
         await relay.wait_for("ready", within=60)
