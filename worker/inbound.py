@@ -11,7 +11,7 @@ from typing import Literal
 
 import msgspec
 
-from worker.engine import Rejected
+from worker.errors import Rejected
 from worker.messages import ControlCommand, Event, Fill, OrderIntent, TradeOutcome
 
 InputKind = Literal["fill", "outcome", "intent", "control"]

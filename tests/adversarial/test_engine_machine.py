@@ -43,7 +43,8 @@ from hypothesis.stateful import (
 
 from worker import signing
 from worker.config import load_config
-from worker.engine import Effects, Origin, Rejected, RiskEngine
+from worker.core import Effects, Origin, RiskEngine
+from worker.errors import Rejected
 from worker.messages import ControlCommand, Fill, HaltEvent, OrderIntent, TradeOutcome
 
 BOT = "alpha"

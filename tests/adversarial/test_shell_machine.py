@@ -44,8 +44,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from tests.support.transport import Shell, Stored, broker_for, engine_state
 from worker.config import Config, load_config
+from worker.core import idlog
 from worker.messages import ControlCommand, Event, Fill, OrderIntent, TradeOutcome
-from worker.risk import idlog
 
 NOW = 1_767_268_800_000  # 2026-01-01 12:00 UTC: every event of a run is of this day
 BOTS = ("alpha", "bravo")  # murmur2 puts them on partitions 0 and 1 of 2
@@ -91,7 +91,7 @@ specs = st.tuples(
 
 
 CHUNK_ENTRIES = 2
-"""Id chunks of two entries (:mod:`worker.risk.idlog`): a few events seal chunks, so
+"""Id chunks of two entries (:mod:`worker.core.idlog`): a few events seal chunks, so
 crashes land between chunk, portfolio and tombstone records too."""
 
 

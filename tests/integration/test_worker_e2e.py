@@ -38,8 +38,8 @@ from tests.support.harness import (
     running_worker,
     wait_processed,
 )
-from worker.engine import RiskEngine
-from worker.snapshot import encode
+from worker.core import RiskEngine
+from worker.core.snapshot import encode
 
 pytestmark = pytest.mark.broker
 

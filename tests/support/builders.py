@@ -6,7 +6,7 @@ import itertools
 from typing import Any
 
 from worker.config import Config, load_config
-from worker.engine import Effects, Origin, RiskEngine
+from worker.core import Effects, Origin, RiskEngine
 from worker.messages import ControlCommand, Fill, OrderIntent, Side, TradeOutcome
 
 DAY_MS = 86_400_000

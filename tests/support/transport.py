@@ -26,7 +26,7 @@ import msgspec
 from aiokafka import TopicPartition
 
 from worker.config import Config
-from worker.engine import RiskEngine
+from worker.core import RiskEngine
 from worker.runtime import Worker
 from worker.runtime.memory import (
     MAX_REQUEST_SIZE,

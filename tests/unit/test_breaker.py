@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from tests.support.builders import DAY_MS, HOUR_MS, T0, apply_all, engine, intent, outcome
 from worker.config import BreakerConfig
-from worker.engine import Effects
-from worker.risk import CircuitBreaker
+from worker.core import CircuitBreaker, Effects
 
 S0 = T0 // 1000
 

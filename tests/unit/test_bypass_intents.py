@@ -10,12 +10,11 @@ import msgspec
 import pytest
 
 from tests.support.builders import T0, apply_all, control, engine, fill, intent, origin, outcome
-from worker.engine import Effects, RiskEngine
+from worker.core import Effects, Reservation, RiskEngine
+from worker.core.intents import ENTRY_BYTES, IntentWindow
+from worker.core.portfolio import MAX_RESERVATIONS
+from worker.core.snapshot import ManualHalt, encode
 from worker.messages import GateDecision, OrderIntent
-from worker.risk import Reservation
-from worker.risk.intents import ENTRY_BYTES, IntentWindow
-from worker.risk.portfolio import MAX_RESERVATIONS
-from worker.snapshot import ManualHalt, encode
 
 TTL = 30_000
 

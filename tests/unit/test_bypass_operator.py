@@ -22,7 +22,7 @@ from rich.console import Console
 
 from tests.support.builders import T0, config, control, engine, outcome
 from worker.cli import main
-from worker.engine import Effects
+from worker.core import Effects
 from worker.messages import Command, ControlCommand
 from worker.operator import (
     SECRET_ENV,

@@ -23,7 +23,7 @@ from tests.support.transport import (
     engine_state,
 )
 from worker.config import Config, load_config
-from worker.engine import Effects, Origin, RiskEngine
+from worker.core import Effects, Origin, RiskEngine, idlog
 from worker.kafka.records import (
     DEADLETTER_MAX_BYTES,
     deadletter_record,
@@ -37,7 +37,6 @@ from worker.kafka.restore import (
     record_epoch,
 )
 from worker.messages import ControlCommand, Event, Fill, OrderIntent, TradeOutcome
-from worker.risk import idlog
 from worker.runtime import PublishRefused, home_partition
 from worker.runtime.memory import InMemoryBroker, MemoryTransport
 from worker.runtime.ownership import Ownership
@@ -316,7 +315,7 @@ def test_worst_case_record_of_every_kind_is_well_under_the_request_size(id_chars
     print("worst-case record bytes:", sizes)
     for kind, size in sizes.items():
         assert size <= WELL_UNDER, f"{kind}: {size} bytes"
-    # The id windows are chunk records now (worker.risk.idlog): the portfolio keeps at
+    # The id windows are chunk records now (worker.core.idlog): the portfolio keeps at
     # most a chunk's worth of each (its tail), reservations and command digests are the
     # rest (measured 149,787 bytes; 740 KB when it held the whole windows).
     assert sizes["portfolio snapshot"] <= 160_000

@@ -27,7 +27,7 @@ import worker.runtime.batch as batch_module
 from tests.support.transport import Shell, broker_for
 from worker import inbound
 from worker.config import Config, ConfigError, load_config
-from worker.engine import RiskEngine
+from worker.core import RiskEngine
 from worker.kafka.fetch import fetch
 from worker.kafka.options import check_timeouts
 from worker.kafka.progress import InputProgress

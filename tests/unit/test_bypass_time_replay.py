@@ -21,17 +21,17 @@ from tests.support.builders import (
     outcome,
 )
 from worker import signing
-from worker.engine import Effects, Origin, Rejected, RiskEngine
-from worker.messages import ControlCommand, Event, HaltEvent, TradeOutcome
-from worker.risk import CircuitBreakerSnapshot, SessionPnlSnapshot
-from worker.risk.dedupe import IdWindow, IdWindowSnapshot
-from worker.snapshot import (
+from worker.core import CircuitBreakerSnapshot, Effects, Origin, RiskEngine, SessionPnlSnapshot
+from worker.core.dedupe import IdWindow, IdWindowSnapshot
+from worker.core.snapshot import (
     PortfolioSnapshot,
     SymbolSnapshot,
     encode,
     portfolio_key,
     symbol_key,
 )
+from worker.errors import Rejected
+from worker.messages import ControlCommand, Event, HaltEvent, TradeOutcome
 
 SECRET = b"s3cret"
 

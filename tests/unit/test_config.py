@@ -553,7 +553,7 @@ def test_env_values_are_strings_except_arrays_and_inline_tables() -> None:
 @pytest.mark.parametrize("content", ["", "  \n\t\n"])
 def test_empty_or_blank_control_secret_file_is_a_config_error(tmp_path: Path, content: str) -> None:
     """Issue 9 minor: a blank secret file gave an empty HMAC key anybody could sign with."""
-    from worker.engine import RiskEngine
+    from worker.core import RiskEngine
 
     secret = tmp_path / "control-secret"
     secret.write_text(content)

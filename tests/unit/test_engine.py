@@ -23,9 +23,9 @@ from tests.support.builders import (
 )
 from worker import signing
 from worker.config import load_config
-from worker.engine import Effects, Origin, Rejected, RiskEngine
+from worker.core import Effects, Origin, Reservation, RiskEngine
+from worker.errors import Rejected
 from worker.messages import ControlCommand, Event, TradeOutcome
-from worker.risk import Reservation
 
 ALL_GATES = """
 [defaults.session]

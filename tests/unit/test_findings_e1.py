@@ -29,7 +29,7 @@ from tests.unit.test_bypass_persist import config as persist_config
 from tests.unit.test_bypass_persist import intent as persist_intent
 from tests.unit.test_bypass_persist import outcome as persist_outcome
 from worker import signing
-from worker.engine import Effects, Origin, RiskEngine
+from worker.core import Effects, Origin, RiskEngine
 from worker.kafka.restore import epoch_headers, fold_snapshot_records
 from worker.messages import ControlCommand, Event, HaltEvent
 

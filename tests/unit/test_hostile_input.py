@@ -50,7 +50,8 @@ from tests.chaos.hostile import (
 )
 from tests.support.builders import HOUR_MS, T0
 from worker.config import TopicsConfig, load_config
-from worker.engine import Effects, Origin, Rejected, RiskEngine
+from worker.core import Effects, Origin, RiskEngine
+from worker.errors import Rejected
 from worker.inbound import InputKind, decode_input
 from worker.kafka.records import DEADLETTER_MAX_BYTES, deadletter_record
 from worker.messages import ControlCommand, Fill, OrderIntent, TradeOutcome

@@ -1,4 +1,4 @@
-"""Id windows persisted as chunk records (worker.risk.idlog): small, incremental, exact."""
+"""Id windows persisted as chunk records (worker.core.idlog): small, incremental, exact."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import pytest
 
 from tests.support.transport import engine_state
 from worker.config import load_config
-from worker.engine import Effects, Origin, RiskEngine
+from worker.core import Effects, Origin, RiskEngine, idlog
+from worker.core.snapshot import chunk_key, encode, portfolio_key
 from worker.kafka.records import OutRecord, snapshot_records
 from worker.messages import OrderIntent, TradeOutcome
-from worker.risk import idlog
-from worker.snapshot import chunk_key, encode, portfolio_key
 
 NOW = 1_767_268_800_000  # 2026-01-01 12:00 UTC
 CONFIG = """

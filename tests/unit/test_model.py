@@ -35,8 +35,8 @@ from tests.support.model import (
     limits_from_config,
 )
 from worker.config import load_config
-from worker.engine import Effects, RiskEngine
-from worker.engine import Rejected as EngineRejected
+from worker.core import Effects, RiskEngine
+from worker.errors import Rejected as EngineRejected
 from worker.kafka.records import snapshot_records
 from worker.messages import ControlCommand, Event, Fill, OrderIntent, TradeOutcome
 

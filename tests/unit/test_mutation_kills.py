@@ -1,6 +1,6 @@
 """Behaviours that plausible one-line bugs broke while the suite stayed green.
 
-Issue 17 planted mutants in ``worker/engine.py`` and ``worker/risk/`` and the
+Issue 17 planted mutants in the core (``worker/core/``, then engine.py and risk/) and the
 unit suite let them live; ``make mutate`` finds more. Each test here is named
 after the behaviour it pins and asserts exact values, so the mutant that breaks
 the behaviour fails it.
@@ -28,12 +28,12 @@ from tests.support.builders import (
 )
 from worker import signing
 from worker.config import BreakerConfig, WorkerConfig
-from worker.engine import Effects, Rejected, RiskEngine
+from worker.core import CircuitBreaker, Effects, Position, PositionSnapshot, RiskEngine, idlog
+from worker.core.dedupe import IdWindow, IdWindowSnapshot, digest
+from worker.core.intents import DEFAULT_KEEP, IntentWindow, content_digest, id_digest
+from worker.core.snapshot import chunk_key, encode, portfolio_key, symbol_key
+from worker.errors import Rejected
 from worker.messages import GateDecision, OrderIntent
-from worker.risk import CircuitBreaker, Position, PositionSnapshot, idlog
-from worker.risk.dedupe import IdWindow, IdWindowSnapshot, digest
-from worker.risk.intents import DEFAULT_KEEP, IntentWindow, content_digest, id_digest
-from worker.snapshot import chunk_key, encode, portfolio_key, symbol_key
 
 TTL = 1_000
 RESERVING = f"""

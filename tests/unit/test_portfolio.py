@@ -16,10 +16,9 @@ from tests.support.builders import (
     outcome,
 )
 from worker.config import PortfolioConfig
-from worker.engine import Effects
-from worker.risk import PortfolioRisk
-from worker.risk.session import utc_day
-from worker.snapshot import PortfolioSnapshot
+from worker.core import Effects, PortfolioRisk
+from worker.core.session import utc_day
+from worker.core.snapshot import PortfolioSnapshot
 
 
 def portfolio(**limits: float | int | None) -> PortfolioRisk:

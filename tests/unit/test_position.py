@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.builders import T0, apply_all, engine, fill
-from worker.engine import Effects, RiskEngine
-from worker.risk import Position
+from worker.core import Effects, Position, RiskEngine
 
 
 def test_adds_average_the_entry_price() -> None:

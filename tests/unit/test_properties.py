@@ -13,10 +13,8 @@ from hypothesis import strategies as st
 
 from tests.support.builders import DAY_MS, T0, config, next_id
 from worker.config import BreakerConfig
-from worker.engine import Effects, Origin, Rejected, RiskEngine, SymbolRisk
-from worker.messages import ControlCommand, Fill, OrderIntent, TradeOutcome
-from worker.risk import CircuitBreaker
-from worker.snapshot import (
+from worker.core import CircuitBreaker, Effects, Origin, RiskEngine
+from worker.core.snapshot import (
     PortfolioSnapshot,
     SymbolSnapshot,
     decode_snapshot,
@@ -24,6 +22,9 @@ from worker.snapshot import (
     portfolio_key,
     symbol_key,
 )
+from worker.core.symbol import SymbolRisk
+from worker.errors import Rejected
+from worker.messages import ControlCommand, Fill, OrderIntent, TradeOutcome
 
 FAST = settings(
     # ``make mutate`` runs the suite once per mutant: it asks for fewer examples.

@@ -24,9 +24,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support.builders import T0, control, engine, outcome
-from worker.engine import Effects, Origin
+from worker.core import Effects, Origin
+from worker.core.snapshot import ManualHalt
 from worker.messages import HaltEvent
-from worker.snapshot import ManualHalt
 
 BODY = """
 [bots.alpha]

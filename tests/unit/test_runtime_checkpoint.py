@@ -7,7 +7,7 @@ import asyncio
 from aiokafka import TopicPartition
 
 from worker.config import load_config
-from worker.engine import Effects
+from worker.core import Effects
 from worker.runtime.checkpoint import Checkpoint, Offsets
 
 CONFIG = "[worker]\ncommit_interval_ms = 1000\nmax_unpersisted_keys = 3\n"

@@ -11,8 +11,9 @@ import pytest
 
 from tests.support.builders import T0, config
 from worker.config import BotSettings, bot_settings
-from worker.engine import BotRisk, Effects, SymbolRisk
-from worker.snapshot import (
+from worker.core import Effects
+from worker.core.bot import BotRisk
+from worker.core.snapshot import (
     SNAPSHOT_VERSION,
     SnapshotError,
     SymbolSnapshot,
@@ -20,6 +21,7 @@ from worker.snapshot import (
     encode,
     symbol_key,
 )
+from worker.core.symbol import SymbolRisk
 
 T0_SECS = T0 // 1000
 

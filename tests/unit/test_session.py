@@ -8,8 +8,8 @@ import pytest
 
 from tests.support.builders import DAY0, DAY_MS, MIDNIGHT, T0
 from worker.config import SessionConfig
-from worker.risk import SessionPnl, utc_day
-from worker.risk.session import next_midnight_ms
+from worker.core import SessionPnl, utc_day
+from worker.core.session import next_midnight_ms
 
 
 def session(loss_limit: float = -50.0, ts: int = T0) -> SessionPnl:

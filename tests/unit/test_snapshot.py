@@ -8,8 +8,8 @@ import msgspec
 import pytest
 
 from tests.support.builders import DAY0, T0, apply_all, control, engine, fill, intent, outcome
-from worker.engine import Effects
-from worker.snapshot import (
+from worker.core import Effects
+from worker.core.snapshot import (
     PortfolioSnapshot,
     SnapshotError,
     SymbolSnapshot,

@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 
 from tests.support.builders import DAY0, MIDNIGHT, T0, control, engine, fill, intent, outcome
 from worker import signing
-from worker.engine import Effects, Origin, RiskEngine
-from worker.snapshot import (
+from worker.core import Effects, Origin, RiskEngine
+from worker.core.snapshot import (
     PortfolioSnapshot,
     SymbolSnapshot,
     decode_snapshot,

@@ -6,7 +6,7 @@ from aiokafka import TopicPartition
 
 from tests.support.transport import broker_for
 from worker.config import load_config
-from worker.engine import Effects
+from worker.core import Effects
 from worker.runtime import Worker
 from worker.runtime.memory import MemoryTransport
 

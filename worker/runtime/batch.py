@@ -13,7 +13,8 @@ import structlog
 from aiokafka import TopicPartition
 
 from worker.config import Config, TopicsConfig
-from worker.engine import Effects, Origin, Rejected, RiskEngine
+from worker.core import Effects, Origin, RiskEngine
+from worker.errors import Rejected
 from worker.inbound import InputKind, decode_input
 from worker.kafka.fetch import Unreadable
 from worker.kafka.records import OutRecord

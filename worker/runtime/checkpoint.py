@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from aiokafka import TopicPartition
 
 from worker.config import WorkerConfig
-from worker.engine import Effects
+from worker.core import Effects
 
 Offsets = dict[TopicPartition, int]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from worker.engine import RiskEngine
+from worker.core import RiskEngine
 from worker.metrics import Metrics
 from worker.runtime.ownership import Ownership
 from worker.runtime.transport import Consumer

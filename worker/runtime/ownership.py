@@ -22,7 +22,7 @@ from aiokafka import TopicPartition
 from aiokafka.partitioner import murmur2
 
 from worker.config import TopicsConfig
-from worker.engine import Rejected
+from worker.errors import Rejected
 from worker.kafka.records import OutRecord, claim_record
 from worker.kafka.restore import SnapshotRead
 from worker.messages import Event

@@ -31,7 +31,7 @@ from aiokafka.errors import (
 from tenacity import AsyncRetrying, retry_if_exception, wait_exponential
 
 from worker.config import Config
-from worker.engine import Effects, RiskEngine
+from worker.core import Effects, RiskEngine
 from worker.kafka.records import OutRecord, heartbeat_records, output_records, snapshot_records
 from worker.metrics import Metrics
 from worker.runtime.ownership import Ownership

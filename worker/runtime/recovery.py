@@ -16,11 +16,12 @@ from collections.abc import Iterable
 import structlog
 
 from worker.config import Config
-from worker.engine import Effects, Rejected, RiskEngine
+from worker.core import Effects, RiskEngine
+from worker.core.snapshot import SnapshotError, parse_chunk_key, parse_key
+from worker.errors import Rejected
 from worker.kafka.restore import SnapshotRead
 from worker.metrics import Metrics
 from worker.runtime.ownership import Ownership, home_partition
-from worker.snapshot import SnapshotError, parse_chunk_key, parse_key
 
 log = structlog.get_logger("riskgate.worker")
 

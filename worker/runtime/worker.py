@@ -28,7 +28,7 @@ from aiokafka import TopicPartition
 
 from worker.clock import wall_clock_ms
 from worker.config import Config
-from worker.engine import Effects, RiskEngine
+from worker.core import Effects, RiskEngine
 from worker.health import Health
 from worker.kafka.records import OutRecord
 from worker.kafka.watch import InputWatch
