@@ -1,10 +1,12 @@
-"""A thin front for one bot: directs each event to the state it changes.
+"""A thin front for one bot: the state it owns, and the paths that change it.
 
 :class:`BotRisk` owns the bot's symbols (:mod:`worker.core.symbol`), its
 account (:mod:`worker.core.account`), its replay guards and id windows
 (:mod:`worker.core.replay`), and when the wall clock next matters (its
-deadline). The gate policy is :mod:`worker.core.gates`; operator commands are
-:mod:`worker.core.commands`; persistence is :mod:`worker.core.persist`.
+deadline). It decides intents and sweeps; fills and outcomes are
+:mod:`worker.core.events`, operator commands :mod:`worker.core.commands`,
+the gate policy :mod:`worker.core.gates`. Every transition becomes a halt
+event in :meth:`BotRisk.emit`, and only there.
 """
 
 from __future__ import annotations

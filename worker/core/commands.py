@@ -89,7 +89,7 @@ def _control_bot(
 
 
 def _born_before(sym: SymbolRisk, origin: Origin | None) -> bool:
-    """Did ``sym`` exist when the event at ``origin`` was first applied? (``BotRisk._created``)"""
+    """Did ``sym`` exist when the event at ``origin`` was first applied? (``events._created``)"""
     return origin is None or sym.born.get(origin.source, -1) < origin.offset
 
 

@@ -44,7 +44,7 @@ class SymbolRisk(Holder):
     def __init__(self, symbol: str, settings: BotSettings, day: int) -> None:
         super().__init__()
         self.born: dict[str, int] = {}
-        """The bot's watermarks when this symbol was created live (see ``BotRisk.created``)."""
+        """The bot's watermarks when this symbol was created live (see ``events._created``)."""
         session_cfg, breaker_cfg = settings.risk_for(symbol)
         self.symbol = symbol
         self.key = (settings.bot, symbol)
