@@ -631,6 +631,34 @@ def test_building_a_gate_record_never_mutates_state() -> None:
     eng.apply(outcome(-1.0, outcome_id="o-next", ts=T0 + 7), T0 + 7)
     assert [s.seq for s in eng.gate_states(dirty, T0 + 8)] == [3, 3]  # changes count
 
+def test_the_read_api_reports_exact_counts_watermarks_and_an_immutable_view() -> None:
+    """Issue 10: the shell reads the engine only through these (it walked ``bots``)."""
+    eng = engine(BREAKER_1)
+    eng.apply(outcome(-1.0, ts=T0), T0, origin(4))
+    eng.apply(fill("buy", 2.0, 10.0, symbol="ETHUSDT"), T0, origin(7, "trading.fills/0"))
+    eng.apply(intent(symbol="SOLUSDT", intent_id="i-1"), T0, origin(2, "trading.intents/0"))
+    eng.apply(outcome(-1.0, bot="beta", ts=T0), T0, origin(9))
+    assert tuple(eng.stats()) == (2, 3, 1)  # bots, symbols, reservations
+    assert sorted(eng.bot_ids()) == ["alpha", "beta"]
+    assert eng.symbols_of("alpha") == ("BTCUSDT", "ETHUSDT")
+    assert eng.symbols_of("ghost") == ()
+    assert eng.watermarks(["alpha"]) == {
+        "trading.outcomes/0": 4,
+        "trading.fills/0": 7,
+        "trading.intents/0": 2,
+    }
+    assert eng.watermarks(["alpha", "beta"])["trading.outcomes/0"] == 9
+    view = eng.bot_view("alpha", T0 + 5)
+    assert view is not None and eng.bot_view("ghost", T0) is None
+    assert list(view.symbols) == ["BTCUSDT", "ETHUSDT"]
+    btc = view.symbols["BTCUSDT"]
+    assert (btc.gate.trades, btc.losses, btc.cooldown_until_secs) == (1, 1, T0 // 1000 + 3600)
+    assert (view.account.open_positions, view.account.gross_exposure) == (1, 20.0)
+    with pytest.raises(TypeError):
+        view.symbols["BTCUSDT"] = btc  # type: ignore[index]
+    eng.apply(outcome(-1.0, symbol="XRPUSDT", ts=T0), T0, origin(5))
+    assert "XRPUSDT" not in view.symbols  # a picture, not the live state
+
 def test_forget_drops_bots() -> None:
     eng = RiskEngine(config("[defaults]\naccept_unknown_bots = true\n"))
     apply_all(eng, [outcome(-1.0, bot="a"), outcome(-1.0, bot="b")])
