@@ -631,6 +631,7 @@ def test_building_a_gate_record_never_mutates_state() -> None:
     eng.apply(outcome(-1.0, outcome_id="o-next", ts=T0 + 7), T0 + 7)
     assert [s.seq for s in eng.gate_states(dirty, T0 + 8)] == [3, 3]  # changes count
 
+
 def test_the_read_api_reports_exact_counts_watermarks_and_an_immutable_view() -> None:
     """Issue 10: the shell reads the engine only through these (it walked ``bots``)."""
     eng = engine(BREAKER_1)
@@ -658,6 +659,7 @@ def test_the_read_api_reports_exact_counts_watermarks_and_an_immutable_view() ->
         view.symbols["BTCUSDT"] = btc  # type: ignore[index]
     eng.apply(outcome(-1.0, symbol="XRPUSDT", ts=T0), T0, origin(5))
     assert "XRPUSDT" not in view.symbols  # a picture, not the live state
+
 
 def test_forget_drops_bots() -> None:
     eng = RiskEngine(config("[defaults]\naccept_unknown_bots = true\n"))
