@@ -1,4 +1,4 @@
-"""``riskgate`` command line: run, demo, console, broker, topics, state, halt, resume, reset-*."""
+"""``riskgate`` command line: run, demo, console, broker, topics, state and the commands."""
 
 from __future__ import annotations
 
@@ -227,7 +227,7 @@ def broker(port: int, host: str) -> None:
     click.echo("broker stopped", err=True)
 
 
-for _command in ("halt", "resume", "reset_breaker", "reset_session"):
+for _command in ("halt", "resume", "reset_breaker", "reset_session", "kill", "reset_state"):
     main.add_command(_control(_command), _command.replace("_", "-"))
 main.add_command(replay_command)
 

@@ -56,7 +56,9 @@ EpochMs = Annotated[int, msgspec.Meta(ge=946_684_800_000, le=4_102_444_800_000)]
 
 Side = Literal["buy", "sell"]
 Action = Literal["open", "close"]
-Command = Literal["halt", "resume", "reset_breaker", "reset_session"]
+Command = Literal["halt", "resume", "reset_breaker", "reset_session", "kill", "reset_state"]
+"""``kill``: the kill switch (every intent denied, closes included) until ``resume``;
+``reset_state``: lift ``unreadable_state`` from a bot (bot target only)."""
 HaltKind = Literal["halted", "resumed", "killed"]
 """``killed``: the kill switch engaged (every intent denied, closes included; the event
 asks execution services to cancel working orders). It is lifted by a ``resumed``."""

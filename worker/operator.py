@@ -315,6 +315,15 @@ def command_event_id(cmd: ControlCommand) -> str:
     return f"{cmd.bot}/{cmd.symbol or '*'}/{command_gate(cmd)}/cmd-{command_digest(cmd)}"
 
 
+def _is_verdict(event: HaltEvent, cmd: ControlCommand) -> bool:
+    """Is ``event`` one the worker published for ``cmd``? A ``resume`` may lift the kill
+    switch, the manual halt or both: any gate of the target, named after the command."""
+    target = f"{cmd.bot}/{cmd.symbol or '*'}/"
+    return event.event_id.startswith(target) and event.event_id.endswith(
+        f"/cmd-{command_digest(cmd)}"
+    )
+
+
 class Verdict(NamedTuple):
     ok: bool
     message: str
@@ -338,7 +347,6 @@ async def send_and_wait(config: Config, cmd: ControlCommand, timeout_s: float) -
     """
     topics = config.topics
     value = msgspec.json.encode(cmd)
-    expected = command_event_id(cmd)
     needs = (topics.control, topics.halts, topics.deadletter, topics.gates)
     async with kafka_session(config, needs) as kwargs:
         watch = AIOKafkaConsumer(
@@ -359,7 +367,7 @@ async def send_and_wait(config: Config, cmd: ControlCommand, timeout_s: float) -
             for tp, end in (await watch.end_offsets(tps)).items():
                 watch.seek(tp, end)
             await _send(config, kwargs, cmd)
-            verdict = await _watch(watch, config, value, expected, timeout_s)
+            verdict = await _watch(watch, config, value, cmd, timeout_s)
         finally:
             await watch.stop()
         if verdict is not None:
@@ -380,7 +388,7 @@ async def _send(config: Config, kwargs: dict[str, Any], cmd: ControlCommand) -> 
 
 
 async def _watch(
-    watch: AIOKafkaConsumer, config: Config, value: bytes, expected: str, timeout_s: float
+    watch: AIOKafkaConsumer, config: Config, value: bytes, cmd: ControlCommand, timeout_s: float
 ) -> Verdict | None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -389,8 +397,9 @@ async def _watch(
             for record in records:
                 if tp.topic == config.topics.halts:
                     event = _decode(record.value, HaltEvent)
-                    if event is not None and event.event_id == expected:
-                        return Verdict(True, f"{event.kind}: {event.reason} (event {expected})")
+                    if event is not None and _is_verdict(event, cmd):
+                        reason = f"{event.kind}: {event.reason} (event {event.event_id})"
+                        return Verdict(True, reason)
                 elif record.value == value:
                     headers = {k: v.decode("utf-8", "replace") for k, v in record.headers}
                     return Verdict(
@@ -405,9 +414,10 @@ async def _watch(
 def _settled(cmd: ControlCommand, gates: Mapping[str, bytes | None], timeout_s: float) -> Verdict:
     """Whether the target's gate records already show what ``cmd`` asks for."""
     gate = command_gate(cmd)
+    gates_of_command = {gate, "kill_switch"} if cmd.command == "resume" else {gate}
     if cmd.symbol is not None:
         keys = [gate_key(cmd.bot, cmd.symbol)]
-    elif cmd.command in ("halt", "resume"):
+    elif cmd.command in ("halt", "resume", "kill", "reset_state"):
         keys = [gate_key(cmd.bot, None)]
     else:
         keys = [k for k in gates if k.startswith(gate_key(cmd.bot, "")) and gates[k] is not None]
@@ -423,10 +433,10 @@ def _settled(cmd: ControlCommand, gates: Mapping[str, bytes | None], timeout_s: 
                 f"no verdict within {timeout_s:g}s and no gate record {key!r}: "
                 "is a worker running and caught up?",
             )
-        if any(b.gate == gate for b in record.blocks):
+        if any(b.gate in gates_of_command for b in record.blocks):
             blocking.append(key)
     target = f"{cmd.bot}/{cmd.symbol or '*'}"
-    if (cmd.command == "halt") == bool(blocking):
+    if (cmd.command in ("halt", "kill")) == bool(blocking):
         return Verdict(
             True,
             f"no change: {target} already {'shows' if blocking else 'has no'} {gate} "

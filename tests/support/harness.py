@@ -103,6 +103,7 @@ def topics_toml(prefix: str, partitions: int) -> str:
         "halts": "risk.halts",
         "decisions": "risk.decisions",
         "deadletter": "risk.deadletter",
+        "marks": "trading.marks",
     }
     lines = [f'{field} = "{prefix}.{name}"' for field, name in names.items()]
     return "[topics]\n" + "\n".join(lines) + f"\npartitions = {partitions}\n"

@@ -14,9 +14,11 @@ allowed one reserves until fills with its id consume it (R2) or it expires.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from worker.core.gates import ALLOWED, REUSED_ID, Verdict, decision
 from worker.core.intents import Seen, content_digest, id_digest
+from worker.core.marks import exposure
 from worker.core.portfolio import PortfolioRisk
 from worker.core.session import MS_PER_DAY, utc_day
 from worker.core.symbol import SymbolRisk
@@ -98,13 +100,39 @@ class Account:
             self._net_updates += 1
 
     def decision_net(self, now_ms: int) -> float:
-        """Today's account net for a decision: O(1) running sum, exact near the limit."""
+        """Today's account net for a decision: O(1) running sum, exact near the limit;
+        with ``include_unrealised``, the equity (open positions at their marks)."""
         day = utc_day(now_ms)
-        net = self.running_net(day)
+        unrealised = self.loss_unrealised()
+        net = self.running_net(day) + unrealised
         limit = self.portfolio.config.max_daily_loss
         if limit is not None and abs(net - limit) <= edge(limit, net):
-            net = self.account_net(day)
+            net = self.account_net(day) + unrealised
         return net
+
+    # -- marks -------------------------------------------------------------------
+
+    def unrealised(self) -> float:
+        """The open positions at their latest marks (positions without one count 0)."""
+        return math.fsum(s.unrealised() for s in self._open.values()) if self._open else 0.0
+
+    def loss_unrealised(self) -> float:
+        """What the daily-loss limit adds to the account net: the unrealised PnL with
+        ``[portfolio] include_unrealised`` (the default), else nothing."""
+        return self.unrealised() if self.portfolio.config.include_unrealised else 0.0
+
+    def equity(self, day: int) -> float:
+        """The bot's equity for the UTC day: today's realised net + unrealised PnL."""
+        return self.account_net(day) + self.unrealised()
+
+    def stale_mark(self, now_ms: int, max_age_ms: Callable[[str], int | None]) -> str | None:
+        """An open symbol whose held mark is older than its ``max_age_ms`` (None: its mark
+        does not matter), if any."""
+        for name, sym in self._open.items():
+            age = max_age_ms(name)
+            if age is not None and sym.marks.stale(name, now_ms, age):
+                return name
+        return None
 
     def latch(self, ts_ms: int) -> bool:
         """Latch the daily loss if the account reached it after an event at ``ts_ms`` (hot
@@ -126,10 +154,12 @@ class Account:
             net = self._net_sum  # ``running_net``, inlined
         else:
             net = self.running_net(day)
+        unrealised = self.loss_unrealised() if self._open else 0.0
+        net += unrealised
         if net - limit > 1e-6 * (1.0 + abs(limit) + abs(net)):  # ``edge``, inlined
             return False  # clearly above the limit: nothing to latch
         if abs(net - limit) <= edge(limit, net):
-            net = self.account_net(day)  # on the edge: decide on the exact sum
+            net = self.account_net(day) + unrealised  # on the edge: decide on the exact sum
         if portfolio.daily_loss_breached(net):
             portfolio.halted = True
             return True
@@ -140,7 +170,7 @@ class Account:
         operator reset lowered it); True when this latched it."""
         portfolio = self.portfolio
         if portfolio.halted or not portfolio.daily_loss_breached(
-            self.account_net(portfolio.last_reset_day)
+            self.account_net(portfolio.last_reset_day) + self.loss_unrealised()
         ):
             return False
         portfolio.halted = True
@@ -150,10 +180,14 @@ class Account:
         """The daily-loss block, checked live *and* latched."""
         portfolio = self.portfolio
         day = portfolio.last_reset_day
-        if not (portfolio.halted or portfolio.daily_loss_breached(self.account_net(day))):
+        unrealised = self.loss_unrealised()
+        if not (
+            portfolio.halted or portfolio.daily_loss_breached(self.account_net(day) + unrealised)
+        ):
             return []
         limit = portfolio.config.max_daily_loss
-        reason = f"account net PnL reached max daily loss {limit:g}"
+        basis = "account net PnL" if unrealised == 0.0 else "equity (with unrealised PnL)"
+        reason = f"{basis} reached max daily loss {limit:g}"
         return [Block("portfolio_daily_loss", reason, (day + 1) * MS_PER_DAY)]
 
     # -- positions ----------------------------------------------------------------
@@ -169,8 +203,14 @@ class Account:
         return set(self._open)
 
     def gross_exposure(self) -> float:
-        """Exactly rounded (``fsum``): the same whatever order positions were opened or restored."""
-        return math.fsum(s.position.notional for s in self._open.values())
+        """Open positions at their marks (else at entry price), exactly rounded (``fsum``):
+        the same whatever order positions were opened or restored."""
+        return math.fsum(
+            exposure(s.position.qty, s.position.avg_price, s.position.contract_value, m.price)
+            if (m := s.marks.latest(name)) is not None
+            else s.position.notional
+            for name, s in self._open.items()
+        )
 
     # -- intents and reservations ---------------------------------------------------
 

@@ -15,9 +15,11 @@ from collections.abc import Sequence
 
 from worker.config import BotSettings
 from worker.core.account import Account
+from worker.core.controls import UNREADABLE_BLOCK, BotControls, kill_block
 from worker.core.effects import Effects, Origin
 from worker.core.gates import evaluate, transitions
 from worker.core.idlog import IdLogRef
+from worker.core.marks import MarkTable
 from worker.core.portfolio import PortfolioRisk
 from worker.core.replay import Cause, Holder, IdChunkOut, IdWindows
 from worker.core.session import MS_PER_DAY, utc_day
@@ -31,14 +33,30 @@ from worker.messages import (
     OrderIntent,
 )
 
-BOT_GATES: tuple[Gate, Gate] = ("manual_halt", "portfolio_daily_loss")
+BOT_GATES: tuple[Gate, ...] = (
+    "kill_switch",
+    "manual_halt",
+    "unreadable_state",
+    "portfolio_daily_loss",
+    "drawdown",
+)
 """The bot-level gates, in the order :meth:`BotRisk.signature` reports them."""
 
 
 class BotRisk(Holder):
     """Everything one bot owns: its symbols, its account and its replay guards."""
 
-    __slots__ = ("account", "bot", "deadline", "ids", "manual_halt", "settings", "symbols")
+    __slots__ = (
+        "account",
+        "bot",
+        "controls",
+        "deadline",
+        "ids",
+        "manual_halt",
+        "marks",
+        "settings",
+        "symbols",
+    )
 
     def __init__(
         self,
@@ -48,6 +66,7 @@ class BotRisk(Holder):
         dedupe_keep: int,
         max_reservations: int = 1_000,
         day: int,
+        marks: MarkTable | None = None,
     ) -> None:
         """``day``: the UTC day of the wall clock when the bot is created (its current day)."""
         super().__init__()
@@ -64,6 +83,9 @@ class BotRisk(Holder):
         )
         self.ids = IdWindows(dedupe_keep, portfolio.intents)
         self.manual_halt: ManualHalt | None = None
+        self.marks = marks if marks is not None else MarkTable()
+        """The engine's mark table, shared by every bot (market-wide)."""
+        self.controls = BotControls(settings, day)
         self.deadline = (day + 1) * MS_PER_DAY
         """Earliest wall time at which a sweep can change anything (rollover, expiry)."""
 
@@ -84,21 +106,44 @@ class BotRisk(Holder):
         stamped past midnight must not start a session the wall clock has not reached)."""
         sym = self.symbols.get(name)
         if sym is None:
-            sym = self.symbols[name] = SymbolRisk(name, self.settings, self.day)
+            sym = self.symbols[name] = SymbolRisk(name, self.settings, self.day, self.marks)
         return sym
 
-    def signature(self) -> tuple[bool, bool]:
+    def signature(self) -> tuple[bool, ...]:
         """Which bot-level gates block, in ``BOT_GATES`` order."""
-        return (self.manual_halt is not None, self.account.portfolio.halted)
+        controls = self.controls
+        return (
+            controls.kill is not None,
+            self.manual_halt is not None,
+            controls.unreadable,
+            self.account.portfolio.halted,
+            controls.drawdown.halted,
+        )
 
     def bot_blocks(self) -> list[Block]:
-        return [manual_block(self.manual_halt)] if self.manual_halt is not None else []
+        """The bot's own blocks (kill switch, manual halt, unreadable state), in gate order."""
+        controls = self.controls
+        blocks = [kill_block(controls.kill)] if controls.kill is not None else []
+        if self.manual_halt is not None:
+            blocks.append(manual_block(self.manual_halt))
+        if controls.unreadable:
+            blocks.append(UNREADABLE_BLOCK)
+        return blocks
 
     # -- events --------------------------------------------------------------------
 
-    def decide(self, i: OrderIntent, now_ms: int, origin: Origin | None, out: Effects) -> None:
-        """Answer an intent: only an allowed one changes risk state (its reservation);
-        nothing creates symbol state (a symbol never touched is flat and unblocked, N3)."""
+    def decide(
+        self,
+        i: OrderIntent,
+        now_ms: int,
+        origin: Origin | None,
+        out: Effects,
+        record_ts: int | None = None,
+    ) -> None:
+        """Answer an intent: only an allowed one changes risk state (its reservation, its
+        place in the order rate, duplicate and notional counts); nothing creates symbol
+        state (a symbol never touched is flat and unblocked, N3). ``record_ts``: the
+        intent's record time (``now_ms`` when None)."""
         if not self.fresh(origin):
             out.skipped += 1
             return
@@ -109,8 +154,11 @@ class BotRisk(Holder):
             sym = self.symbols.get(i.symbol)
             if sym is not None:
                 self.tick_symbol(sym, now_ms, out)
-            verdict = evaluate(i, self.bot_blocks(), sym, account, now_ms)
+            at = now_ms if record_ts is None else record_ts
+            verdict = evaluate(i, self, sym, now_ms, at)
             answer = account.settle(i, verdict, now_ms)
+            if answer.allowed:
+                self.controls.allowed(i, self.settings.orders_for(i.symbol), at)
             if answer.reservation_expires_ts is not None:
                 self.deadline = min(self.deadline, answer.reservation_expires_ts)
         out.decisions.append(answer)
@@ -145,7 +193,10 @@ class BotRisk(Holder):
         (restore, a decision) at once, so sessions and the latch never disagree on
         what day it is.
         """
-        if not self.account.portfolio.tick(now_ms):
+        # The drawdown's new day opens at the equity now: the positions carried over
+        # at their marks (realised PnL starts the day at 0).
+        rolled = self.controls.tick(now_ms, self.account.unrealised())
+        if not self.account.portfolio.tick(now_ms) and not rolled:
             return False
         self.account.resum()
         self.gate_seq += 1
@@ -196,7 +247,9 @@ class BotRisk(Holder):
     # -- reads -----------------------------------------------------------------------
 
     def account_blocks(self) -> list[Block]:
-        return [*self.bot_blocks(), *self.account.blocks()]
+        drawdown = self.controls.drawdown_block()
+        tail = [drawdown] if drawdown is not None else []
+        return [*self.bot_blocks(), *self.account.blocks(), *tail]
 
     def gate_state(self, sym: SymbolRisk, now_ms: int) -> GateState:
         return sym.gate_state(now_ms)
@@ -214,6 +267,8 @@ class BotRisk(Holder):
             gross_exposure=account.gross_exposure(),
             updated_ts=now_ms,
             seq=self.gate_seq,
+            unrealised_pnl=account.unrealised(),
+            equity=account.equity(self.day),
         )
 
     # -- snapshots ---------------------------------------------------------------------
@@ -228,6 +283,7 @@ class BotRisk(Holder):
             outcome_ids=self.ids.outcomes.dump() if whole else None,
             fill_ids=self.ids.fills.dump() if whole else None,
             id_logs=id_logs,
+            controls=self.controls.snapshot(),
             **self.numbering(),
         )
 
@@ -250,6 +306,8 @@ class BotRisk(Holder):
         """The latch, unlike the seed's, survives restarts."""
         self.account.portfolio.restore(snap)
         self.manual_halt = snap.manual_halt
+        if snap.controls is not None:
+            self.controls.restore(snap.controls)
         self.restore_numbering(snap)
         self.ids.load(snap)
         self.deadline = min(self.deadline, now_ms)

@@ -11,10 +11,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from worker import signing
+from worker.core.bot import BOT_GATES
+from worker.core.controls import kill_from
 from worker.core.effects import Effects, Origin
 from worker.core.gates import command_transition
 from worker.core.replay import Holder
-from worker.core.symbol import SymbolRisk, command_gate, halt_from
+from worker.core.symbol import SYMBOL_GATES, SymbolRisk, command_gate, halt_from
 from worker.messages import ControlCommand, Gate
 
 if TYPE_CHECKING:
@@ -38,11 +40,11 @@ def control(bot: BotRisk, c: ControlCommand, origin: Origin | None, out: Effects
     sym.fresh(origin)
     sym.record_command(c, digest)
     before = sym.signature()
-    gate = sym.apply_command(c)
+    sym.apply_command(c)
     bot.account.resum()
     sym.gate_seq += 1
     sym.touch(out)
-    if c.command == "halt" or sym.signature() != before:
+    for gate in _command_gates(c, SYMBOL_GATES, before, sym.signature()):
         _emit(bot, sym, sym.symbol, gate, c, digest=digest, out=out)
     # The portfolio's own watermark moves too (the portfolio record goes with the
     # symbol's): a replay that finds the latch persisted must not judge it again (D3).
@@ -60,12 +62,13 @@ def _control_bot(
     if not replayed:
         bot.check_command(c, digest)
     bot.fresh(origin)
-    if c.command in ("halt", "resume"):
+    if c.command in ("halt", "resume", "kill", "reset_state"):
         if replayed:
             out.skipped += 1
             return
-        changed = c.command == "halt" or bot.manual_halt is not None
-        bot.manual_halt = halt_from(c) if c.command == "halt" else None
+        before = bot.signature()
+        _apply_to_bot(bot, c)
+        gates = _command_gates(c, BOT_GATES, before, bot.signature())
     else:
         bot.account.resum()
         changed = False
@@ -79,13 +82,37 @@ def _control_bot(
         if replayed:
             out.skipped += 1
             return
+        gates = [command_gate(c)] if changed else []
     bot.record_command(c, digest)
     bot.gate_seq += 1
     bot.touch(out)
-    if changed:
-        _emit(bot, bot, None, command_gate(c), c, digest=digest, out=out)
+    for gate in gates:
+        _emit(bot, bot, None, gate, c, digest=digest, out=out)
     # No latch judgement: a bot-wide ``reset_session`` zeroes every session of
     # today, so the account is at 0, above any limit (limits are negative).
+
+
+def _apply_to_bot(bot: BotRisk, c: ControlCommand) -> None:
+    """A bot-level ``halt``, ``kill``, ``resume`` (lifts both) or ``reset_state``."""
+    if c.command == "halt":
+        bot.manual_halt = halt_from(c)
+    elif c.command == "kill":
+        bot.controls.kill = kill_from(c)
+    elif c.command == "resume":
+        bot.manual_halt = None
+        bot.controls.kill = None
+    else:
+        bot.controls.unreadable = False
+
+
+def _command_gates(
+    c: ControlCommand, gates: tuple[Gate, ...], before: tuple[bool, ...], after: tuple[bool, ...]
+) -> list[Gate]:
+    """The gates a command's events name: a ``halt`` or ``kill`` always (the operator's
+    acknowledgement, also when already on); otherwise each gate it stopped (C2)."""
+    if c.command in ("halt", "kill"):
+        return [command_gate(c)]
+    return [g for g, was, now in zip(gates, before, after, strict=True) if was and not now]
 
 
 def _born_before(sym: SymbolRisk, origin: Origin | None) -> bool:

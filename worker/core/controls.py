@@ -100,21 +100,28 @@ class BotControls:
 
     def blocks(self) -> list[Block]:
         """Bot-level blocks of these controls, in gate order (kill first, drawdown last)."""
+        out = self.state_blocks()
+        drawdown = self.drawdown_block()
+        if drawdown is not None:
+            out.append(drawdown)
+        return out
+
+    def state_blocks(self) -> list[Block]:
+        """The kill switch and the unreadable-state block (what an operator lifts)."""
         out: list[Block] = []
         if self.kill is not None:
             out.append(kill_block(self.kill))
         if self.unreadable:
             out.append(UNREADABLE_BLOCK)
-        if self.drawdown.halted:
-            dd = self.drawdown
-            out.append(
-                Block(
-                    "drawdown",
-                    f"equity fell {dd.limit:g} below the day's peak {dd.peak:.2f}",
-                    dd.until_ts,
-                )
-            )
         return out
+
+    def drawdown_block(self) -> Block | None:
+        dd = self.drawdown
+        if not dd.halted:
+            return None
+        return Block(
+            "drawdown", f"equity fell {dd.limit:g} below the day's peak {dd.peak:.2f}", dd.until_ts
+        )
 
     def tick(self, now_ms: int, opening_equity: float) -> bool:
         """The wall clock's UTC rollover (drawdown latch, notional budget); True if rolled."""

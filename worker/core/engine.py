@@ -24,7 +24,8 @@ from worker.config import BotSettings, Config, bot_settings
 from worker.core.bot import BotRisk
 from worker.core.commands import control
 from worker.core.effects import Effects, Origin
-from worker.core.events import apply_fill, apply_outcome
+from worker.core.events import apply_fill, apply_mark, apply_outcome
+from worker.core.marks import MarkTable
 from worker.core.names import check_name
 from worker.core.replay import IdChunkOut
 from worker.core.restore import restore
@@ -38,6 +39,7 @@ from worker.messages import (
     Event,
     Fill,
     GateState,
+    Mark,
     OrderIntent,
     TradeOutcome,
 )
@@ -67,6 +69,8 @@ class RiskEngine:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.bots: dict[str, BotRisk] = {}
+        self.marks = MarkTable()
+        """The latest mark per symbol: market-wide, shared by every bot (issue 11)."""
         self._control_secret = config.control.resolved_secret()
         self._max_skew_ms = config.worker.max_future_skew_ms
 
@@ -97,6 +101,7 @@ class RiskEngine:
             dedupe_keep=worker.dedupe_ids_per_bot,
             max_reservations=worker.max_reservations_per_bot,
             day=utc_day(now_ms),
+            marks=self.marks,
         )
         return bot
 
@@ -133,6 +138,10 @@ class RiskEngine:
                     "pnl_source",
                     f"bot {event.bot!r} books PnL from fills; outcomes would double-count",
                 )
+        elif type(event) is ControlCommand and event.command == "reset_state" and symbol:
+            raise Rejected(
+                "invalid_message", "reset_state addresses a whole bot: its symbol must be null"
+            )
         elif type(event) is ControlCommand and self._control_secret is not None:
             problem = signing.verify(
                 event, self._control_secret, ref_ms, self.config.control.replay_window_ms
@@ -164,9 +173,24 @@ class RiskEngine:
         elif kind is Fill:
             apply_fill(bot, event, origin, out)  # type: ignore[arg-type]
         elif kind is OrderIntent:
-            bot.decide(event, now_ms, origin, out)  # type: ignore[arg-type]
+            bot.decide(event, now_ms, origin, out, record_ts)  # type: ignore[arg-type]
         else:
             control(bot, event, origin, out)  # type: ignore[arg-type]
+        return out
+
+    def apply_mark(self, mark: Mark, out: Effects | None = None) -> Effects:
+        """A mark price (``[topics] marks``): hold it if it is the symbol's latest, then
+        re-value every held bot's open position on it (gate records, equity limits,
+        sessions with ``include_unrealised``). A mark never creates a bot or a symbol."""
+        if out is None:
+            out = Effects()
+        if not self.marks.apply(mark):
+            return out
+        symbol = mark.symbol
+        for bot in self.bots.values():
+            sym = bot.symbols.get(symbol)
+            if sym is not None and not sym.position.is_flat:
+                apply_mark(bot, sym, mark.ts, out)
         return out
 
     def sweep(self, now_ms: int, out: Effects | None = None) -> Effects:
@@ -195,7 +219,13 @@ class RiskEngine:
     ) -> list[tuple[str, str]]:
         """Restore from the last value per snapshot key; returns ``(key, why)`` of ignored ones
         (:func:`worker.core.restore.restore`)."""
-        return restore(lambda bot_id: self.bot(bot_id, now_ms), records, now_ms, out or Effects())
+        return restore(
+            lambda bot_id: self.bot(bot_id, now_ms),
+            records,
+            now_ms,
+            out or Effects(),
+            block_unreadable=self.config.worker.on_unreadable_state == "halt",
+        )
 
     # -- reads: all the shell sees of the state -------------------------------------------
 

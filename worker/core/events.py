@@ -3,7 +3,9 @@
 Each passes the replay guards first (its topic's id window, then the symbol's
 and the portfolio's own watermarks, decisions D1-D2), books what it realised
 on the symbol, re-checks the symbol's gates, then judges the daily-loss latch
-on the running account net — only above the portfolio's own watermark.
+on the running account net (with the open positions at their marks) and the
+drawdown — only above the portfolio's own watermark. A mark (:func:`apply_mark`)
+re-values a held position the same way.
 """
 
 from __future__ import annotations
@@ -29,11 +31,11 @@ def apply_outcome(bot: BotRisk, o: TradeOutcome, origin: Origin | None, out: Eff
     before = (session.halted, sym.breaker.tripped_at, session.last_reset_day)
     gross, fee = o.gross_pnl, o.fee
     booked = session.record_close(gross, fee, o.ts) is not None  # None: a late event
-    if gross - fee < 0.0:
-        _record_loss(bot, sym, o.ts, before[1])
+    cooled = gross - fee < 0.0 and _record_loss(bot, sym, o.ts, before[1])
     sym.gate_seq += 1  # the gate records change where the state does (``Holder.gate_seq``)
     out.dirty_symbols.add(sym.key)  # ``touch``, inlined (hot path)
-    _settle(bot, sym, before, gross - fee if booked else None, ts_ms=o.ts, out=out, fresh=fresh)
+    delta = gross - fee if booked else None
+    _settle(bot, sym, before, delta, ts_ms=o.ts, out=out, fresh=fresh, cooled=cooled)
 
 
 def apply_fill(bot: BotRisk, f: Fill, origin: Origin | None, out: Effects) -> None:
@@ -59,20 +61,24 @@ def apply_fill(bot: BotRisk, f: Fill, origin: Origin | None, out: Effects) -> No
     closed_net = trip.closed_net
     booked = trip.fees or trip.gross
     if bot.settings.pnl_source != "fills" or (closed_net is None and not booked):
-        # Nothing booked: no gate can change, but the latch may still be judged.
-        if fresh and bot.account.latch(f.ts):
-            _latched(bot, f.ts, out)
+        # Nothing booked: only a loss judged at the mark can halt the session (the
+        # position moved); the bot's latches may still be judged.
+        if not sym.session.halted and sym.judge_unrealised(f.ts):
+            bot.emit(sym, _without(sym.signature(), _SESSION), f.ts, out)
+        if fresh:
+            judge_equity(bot, f.ts, out)
         return
     session = sym.session
     before = (session.halted, sym.breaker.tripped_at, session.last_reset_day)
     moved = booked and session.book(trip.gross, trip.fees, f.ts)
     # A round trip ends even when its last leg realises nothing by itself.
+    cooled = False
     if closed_net is not None:
         session.count_trade(closed_net, f.ts)
         if closed_net < 0.0:
-            _record_loss(bot, sym, f.ts, before[1])
+            cooled = _record_loss(bot, sym, f.ts, before[1])
     delta = trip.gross - trip.fees if moved else None
-    _settle(bot, sym, before, delta, ts_ms=f.ts, out=out, fresh=fresh)
+    _settle(bot, sym, before, delta, ts_ms=f.ts, out=out, fresh=fresh, cooled=cooled)
 
 
 def _admit(
@@ -111,6 +117,7 @@ def _settle(
     ts_ms: int,
     out: Effects,
     fresh: bool,
+    cooled: bool,
 ) -> None:
     """After the symbol booked ``booked`` (None: nothing): the running account net, the
     halt/resume events of what flipped, then the portfolio latch.
@@ -118,17 +125,26 @@ def _settle(
     The latch is the portfolio's state: an event at or below the portfolio's
     watermark (replayed after a crash that persisted the portfolio but not
     this symbol) must not re-judge it against a partly caught-up account (D2).
+    ``cooled``: the event started the symbol's after-loss cooldown.
     """
     was_halted, tripped_before, day_before = before
     if booked is not None:
         bot.account.fold(day_before, sym.session.last_reset_day, booked)
         if fresh:  # counted above the bot's own watermark, as all its state (D2)
             bot.gate_seq += 1  # the account net moved
-    if sym.session.halted is not was_halted or sym.breaker.tripped_at != tripped_before:
-        flags = (sym.manual_halt is not None, was_halted, tripped_before is not None)
+    if not was_halted:
+        sym.judge_unrealised(ts_ms)  # ``[session] include_unrealised``
+    if cooled or sym.session.halted is not was_halted or sym.breaker.tripped_at != tripped_before:
+        flags = (
+            sym.controls.kill is not None,
+            sym.manual_halt is not None,
+            was_halted,
+            tripped_before is not None,
+            sym.controls.cooldown.blocking and not cooled,
+        )
         bot.emit(sym, flags, ts_ms, out)
-    if fresh and bot.account.latch(ts_ms):
-        _latched(bot, ts_ms, out)
+    if fresh:
+        judge_equity(bot, ts_ms, out)
 
 
 def _created(bot: BotRisk, name: str, origin: Origin | None) -> SymbolRisk:
@@ -145,16 +161,60 @@ def _created(bot: BotRisk, name: str, origin: Origin | None) -> SymbolRisk:
     return sym
 
 
-def _latched(bot: BotRisk, ts_ms: int, out: Effects) -> None:
-    """The event at ``ts_ms`` latched the daily loss (it was not latched before)."""
+def judge_equity(bot: BotRisk, ts_ms: int, out: Effects) -> None:
+    """After an event of the bot at ``ts_ms`` (above the portfolio's watermark, or a
+    mark): latch the daily loss (on equity with ``include_unrealised``) and the
+    drawdown when reached, publishing what started blocking. Only ever latches (T1).
+    Hot path: the drawdown costs nothing unless configured."""
+    account = bot.account
+    loss = account.latch(ts_ms)
+    drawdown = bot.controls.drawdown
+    fell = False
+    if drawdown.limit and not drawdown.halted:
+        fell = drawdown.observe(account.running_net(bot.day) + account.unrealised(), ts_ms)
+    if loss or fell:
+        bot.gate_seq += 1
+        bot.touch(out)
+        before = bot.signature()
+        if loss:
+            before = _without(before, _LOSS)
+        if fell:
+            before = _without(before, _DRAWDOWN)
+        bot.emit(bot, before, ts_ms, out)
+
+
+def apply_mark(bot: BotRisk, sym: SymbolRisk, ts_ms: int, out: Effects) -> None:
+    """A new mark of ``sym``, which holds a position: its unrealised PnL moved, and with
+    it the gate records, the session's loss with ``include_unrealised`` and the bot's
+    equity limits. Marks have no offset in the bot's partitions: always judged."""
+    sym.gate_seq += 1
+    sym.touch(out)
+    if not sym.session.halted and sym.judge_unrealised(ts_ms):
+        bot.emit(sym, _without(sym.signature(), _SESSION), ts_ms, out)
     bot.gate_seq += 1
     bot.touch(out)
-    bot.emit(bot, (bot.manual_halt is not None, False), ts_ms, out)
+    judge_equity(bot, ts_ms, out)
 
 
-def _record_loss(bot: BotRisk, sym: SymbolRisk, ts_ms: int, tripped_before: int | None) -> None:
+_SESSION = 2
+"""Index of ``session_halt`` in ``SYMBOL_GATES``."""
+_LOSS, _DRAWDOWN = 3, 4
+"""Indices of ``portfolio_daily_loss`` and ``drawdown`` in ``BOT_GATES``."""
+
+
+def _without(signature: tuple[bool, ...], index: int) -> tuple[bool, ...]:
+    """``signature`` with the gate at ``index`` not blocking: what it was before the
+    event that just made it block."""
+    return (*signature[:index], False, *signature[index + 1 :])
+
+
+def _record_loss(bot: BotRisk, sym: SymbolRisk, ts_ms: int, tripped_before: int | None) -> bool:
+    """A losing trade: the breaker's window and the after-loss cooldown; True if the
+    cooldown started blocking."""
     breaker = sym.breaker
     tripped = breaker.record_loss(ts_ms // 1000)
-    if tripped or tripped_before is None or breaker.tripped_at != tripped_before:
+    cooled = sym.controls.cooldown.record_loss(ts_ms)
+    if tripped or cooled or tripped_before is None or breaker.tripped_at != tripped_before:
         # Unless the loss was dropped by a trip that is still on, a deadline moved.
         bot.deadline = sym.wake(bot.deadline)
+    return cooled

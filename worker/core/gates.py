@@ -17,6 +17,7 @@ from worker.messages import Block, ControlCommand, Gate, GateDecision, HaltKind,
 
 if TYPE_CHECKING:
     from worker.core.account import Account
+    from worker.core.bot import BotRisk
     from worker.core.symbol import SymbolRisk
 
 ALLOWED = {"open": "entries allowed", "close": "reduce-only exit: bypasses entry gates"}
@@ -26,6 +27,10 @@ RESUME_REASONS: dict[Gate, str] = {
     "session_halt": "session rolled over at 00:00 UTC",
     "circuit_breaker": "breaker cooldown elapsed",
     "portfolio_daily_loss": "portfolio latch cleared at 00:00 UTC",
+    "drawdown": "drawdown latch cleared at 00:00 UTC",
+    "loss_cooldown": "after-loss cooldown elapsed",
+    "kill_switch": "kill switch lifted",
+    "unreadable_state": "state reset by an operator",
 }
 
 
@@ -46,27 +51,67 @@ class Transition(NamedTuple):
 
 
 def evaluate(
-    i: OrderIntent,
-    bot_blocks: Sequence[Block],
-    sym: SymbolRisk | None,
-    account: Account,
-    now_ms: int,
+    i: OrderIntent, bot: BotRisk, sym: SymbolRisk | None, now_ms: int, record_ts: int
 ) -> Verdict:
-    """Gate order of SPEC §4; the first block answers. ``sym`` None: never touched (N3).
+    """Gate order of SPEC §4.7; the first block answers. ``sym`` None: never touched (N3).
 
-    ``bot_blocks``: the bot's manual halt, if any (the latch is judged here, live).
+    ``kill_switch`` → the order sanity checks (every intent, closes included) →
+    a reducing close bypasses the rest → ``manual_halt`` → ``unreadable_state`` →
+    ``session_halt`` → ``circuit_breaker`` → ``loss_cooldown`` → (``stale_mark``)
+    → ``portfolio_daily_loss`` → ``drawdown`` → ``daily_notional`` →
+    ``max_concurrent_positions`` → ``gross_exposure``. ``record_ts``: the intent's
+    record time, which the order rate and duplicate window run on (deterministic).
     """
+    controls = bot.controls
+    kill = controls.kill or (sym.controls.kill if sym is not None else None)
+    if kill is not None:
+        return Verdict("kill_switch", f"killed by {kill.issued_by}: {kill.reason}")
+    cfg = bot.settings.orders_for(i.symbol)
+    mark = bot.marks.fresh(i.symbol, now_ms, cfg.mark_max_age_ms) if cfg.price_collar_bps else None
+    denial = controls.sanity(i, cfg, mark, record_ts)
+    if denial is not None:
+        return Verdict(*denial)
+    account = bot.account
     if i.action == "close":
         return _evaluate_close(i, sym, account)
-    blocks = [*bot_blocks, *(sym.blocks() if sym is not None else ())]
+    blocks = [*bot.bot_blocks(), *(sym.blocks() if sym is not None else ())]
     if blocks:
-        return Verdict(blocks[0].gate, blocks[0].reason)
+        first = min(blocks, key=lambda b: _STATE_ORDER.get(b.gate, 0))
+        return Verdict(first.gate, first.reason)
+    return _evaluate_open(i, bot, account, now_ms)
+
+
+_HOLDER_GATES: tuple[Gate, ...] = (
+    "kill_switch",
+    "manual_halt",
+    "unreadable_state",
+    "session_halt",
+    "circuit_breaker",
+    "loss_cooldown",
+)
+_STATE_ORDER: dict[Gate, int] = {gate: n for n, gate in enumerate(_HOLDER_GATES)}
+"""The holders' own blocks in contract order (the bot's manual halt before the
+symbol's: blocks are listed bot first and ``min`` keeps the first of equals). The
+account's latches are judged after them, live (:func:`_evaluate_open`)."""
+
+
+def _evaluate_open(i: OrderIntent, bot: BotRisk, account: Account, now_ms: int) -> Verdict:
+    """The gates an open meets once no state gate blocks: marks, limits, the reservation cap."""
     portfolio = account.portfolio
     config = portfolio.config
+    stale = account.stale_mark(now_ms, lambda symbol: _mark_max_age(bot, symbol))
+    if stale is not None:
+        return Verdict("stale_mark", f"the {stale} mark is too old to value the open position")
     if portfolio.blocked_by_daily_loss(account.decision_net(now_ms)):
         return Verdict(
             "portfolio_daily_loss", f"account reached max daily loss {config.max_daily_loss:g}"
         )
+    drawdown = bot.controls.drawdown_block()
+    if drawdown is not None:
+        return Verdict(drawdown.gate, drawdown.reason)
+    denial = bot.controls.notional.check(i.notional)
+    if denial is not None:
+        return Verdict(*denial)
     if portfolio.concurrency_blocks(account.open_symbols(), i.symbol):
         cap = config.max_concurrent_positions
         return Verdict("max_concurrent_positions", f"{cap} positions already open or reserved")
@@ -76,6 +121,19 @@ def evaluate(
             f"notional {i.notional:g} would exceed {config.max_gross_exposure:g}",
         )
     return _reservation_cap(account) or Verdict(None, ALLOWED["open"])
+
+
+def _mark_max_age(bot: BotRisk, symbol: str) -> int | None:
+    """How fresh the mark of an open ``symbol`` must be for an open to be judged: a loss
+    limit values the position at it (the bot's equity limits, or the symbol's session
+    with ``include_unrealised``); None when none does."""
+    settings = bot.settings
+    portfolio = settings.portfolio
+    equity_limits = portfolio.max_daily_loss is not None or portfolio.max_drawdown > 0.0
+    session, _ = settings.risk_for(symbol)
+    if (portfolio.include_unrealised and equity_limits) or session.include_unrealised:
+        return settings.orders_for(symbol).mark_max_age_ms
+    return None
 
 
 def _evaluate_close(i: OrderIntent, sym: SymbolRisk | None, account: Account) -> Verdict:
@@ -154,5 +212,6 @@ def transitions(
 
 def command_transition(c: ControlCommand, gate: Gate) -> Transition:
     """The event of an operator command itself (published when it changed a gate, C2)."""
-    kind: HaltKind = "halted" if c.command == "halt" else "resumed"
+    kinds: dict[str, HaltKind] = {"halt": "halted", "kill": "killed"}
+    kind = kinds.get(c.command, "resumed")
     return Transition(kind, gate, f"{c.command} by {c.issued_by}: {c.reason}", None)

@@ -144,6 +144,7 @@ class Holder:
             ts=ts_ms,
             until_ts=t.until_ts,
             issued_by=cause[0] if cause is not None else None,
+            cancel_open_orders=t.kind == "killed",
         )
 
     def numbering(self) -> dict[str, Any]:

@@ -32,6 +32,8 @@ def restore(
     records: Mapping[str, bytes | None],
     now_ms: int,
     out: Effects,
+    *,
+    block_unreadable: bool = False,
 ) -> list[tuple[str, str]]:
     """Restore from the last value per snapshot key; returns ``(key, why)`` of ignored ones.
 
@@ -40,6 +42,10 @@ def restore(
     symbols no longer in their bot's ``symbols`` (N2) are ignored; tombstones
     (None) are skipped. Then every restored bot is swept at ``now_ms``: the wall
     clock, not the snapshot, says what day it is.
+
+    ``block_unreadable`` (``[worker] on_unreadable_state = "halt"``): a bot with a
+    record that does not decode or has an unknown version starts blocked by
+    ``unreadable_state`` (issue 11) instead of fresh.
     """
     ignored: list[tuple[str, str]] = []
     restored: dict[str, BotRisk] = {}
@@ -47,6 +53,7 @@ def restore(
     chunks: dict[str, dict[str, dict[int, bytes]]] = {}
     """bot -> window -> chunk number -> entries"""
     refs: dict[str, dict[str, IdLogRef]] = {}
+    unreadable: set[str] = set()
     for key, value in records.items():
         if value is None:
             continue
@@ -58,6 +65,7 @@ def restore(
                 chunks.setdefault(bot_id, {}).setdefault(window, {})[number] = entries
             except SnapshotError as exc:
                 ignored.append((key, str(exc)))
+                unreadable.add(bot_id)
             continue
         try:
             bot_id, symbol, snap = decode_snapshot(key, value)
@@ -66,6 +74,8 @@ def restore(
                 _check_restored_symbol(bot, symbol)
         except (SnapshotError, Rejected) as exc:
             ignored.append((key, str(exc)))
+            if isinstance(exc, SnapshotError):
+                unreadable.add(key.split("/", 1)[0])
             continue
         restored[bot_id] = bot
         if isinstance(snap, SymbolSnapshot) and symbol is not None:
@@ -81,9 +91,27 @@ def restore(
         ignored.extend((key, "id chunk missing: newer entries kept") for key in missing)
     for bot, snap in legacy:  # after the portfolios, whose windows they join
         bot.ids.adopt(snap)
+    for bot_id in sorted(unreadable) if block_unreadable else ():
+        try:
+            restored[bot_id] = _block_unreadable(bot_of(bot_id), now_ms, out)
+        except Rejected:  # a bot no longer configured
+            continue
     for bot in restored.values():
         bot.sweep(now_ms, out)
     return ignored
+
+
+def _block_unreadable(bot: BotRisk, now_ms: int, out: Effects) -> BotRisk:
+    """Block a bot some of whose saved state could not be read, until an operator's
+    ``reset_state``: starting it fresh would forget its halts and latches (fail
+    closed, where NautilusTrader fails open: its issues #4011, #4946)."""
+    before = bot.signature()
+    bot.controls.unreadable = True
+    if bot.signature() != before:
+        bot.gate_seq += 1
+        bot.emit(bot, before, now_ms, out)
+    bot.touch(out)  # the flag is persisted with the portfolio
+    return bot
 
 
 def _check_restored_symbol(bot: BotRisk, symbol: str) -> None:

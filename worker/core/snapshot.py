@@ -11,6 +11,7 @@ from __future__ import annotations
 import msgspec
 
 from worker.core.breaker import CircuitBreakerSnapshot
+from worker.core.controls import BotControlsSnapshot, SymbolControlsSnapshot
 from worker.core.dedupe import IdWindowSnapshot
 from worker.core.idlog import IdChunk, IdLogRef
 from worker.core.portfolio import Reservation
@@ -59,6 +60,8 @@ class SymbolSnapshot(msgspec.Struct, kw_only=True):
     born: dict[str, int] = {}
     """The bot's watermarks when the symbol was created (decision D2): a bot-wide
     reset at or below them, replayed after a crash, predates the symbol."""
+    controls: SymbolControlsSnapshot | None = None
+    """The symbol's kill switch and after-loss cooldown (issue 11); absent when off."""
 
 
 class PortfolioSnapshot(msgspec.Struct, kw_only=True):
@@ -88,6 +91,9 @@ class PortfolioSnapshot(msgspec.Struct, kw_only=True):
     id_logs: dict[str, IdLogRef] | None = None
     """Written instead of the three windows above (then empty): per window (``outcomes``,
     ``fills``, ``intents``) its chunk records and unsealed tail (:mod:`worker.core.idlog`)."""
+    controls: BotControlsSnapshot | None = None
+    """Kill switch, unreadable flag, drawdown, order rate/duplicate windows and the
+    day's notional (issue 11); absent in older snapshots (everything off)."""
 
 
 class SnapshotError(ValueError):

@@ -1,4 +1,4 @@
-"""One (bot, symbol): session PnL, circuit breaker, position and manual halt.
+"""One (bot, symbol): session PnL, circuit breaker, position, halts and issue 11's controls.
 
 Its blocks are the symbol-level gates in SPEC order; its wall-clock changes
 (UTC rollover, cooldown end, window eviction) happen only in :meth:`SymbolRisk.tick`.
@@ -8,14 +8,22 @@ from __future__ import annotations
 
 from worker.config import BotSettings
 from worker.core.breaker import CircuitBreaker
+from worker.core.controls import SymbolControls, kill_block, kill_from
 from worker.core.effects import Effects
+from worker.core.marks import MarkTable, unrealised_pnl
 from worker.core.position import Position
 from worker.core.replay import Holder
 from worker.core.session import MS_PER_DAY, SessionPnl
 from worker.core.snapshot import ManualHalt, SymbolSnapshot
 from worker.messages import Block, ControlCommand, Gate, GateState
 
-SYMBOL_GATES: tuple[Gate, Gate, Gate] = ("manual_halt", "session_halt", "circuit_breaker")
+SYMBOL_GATES: tuple[Gate, ...] = (
+    "kill_switch",
+    "manual_halt",
+    "session_halt",
+    "circuit_breaker",
+    "loss_cooldown",
+)
 """The symbol-level gates, in the order :meth:`SymbolRisk.signature` reports them."""
 
 
@@ -33,15 +41,31 @@ def command_gate(c: ControlCommand) -> Gate:
         return "circuit_breaker"
     if c.command == "reset_session":
         return "session_halt"
+    if c.command == "kill":
+        return "kill_switch"
+    if c.command == "reset_state":
+        return "unreadable_state"
     return "manual_halt"
 
 
 class SymbolRisk(Holder):
     """Session PnL, breaker, position and manual halt of one (bot, symbol)."""
 
-    __slots__ = ("born", "breaker", "key", "manual_halt", "position", "session", "symbol")
+    __slots__ = (
+        "born",
+        "breaker",
+        "controls",
+        "key",
+        "manual_halt",
+        "marks",
+        "position",
+        "session",
+        "symbol",
+    )
 
-    def __init__(self, symbol: str, settings: BotSettings, day: int) -> None:
+    def __init__(
+        self, symbol: str, settings: BotSettings, day: int, marks: MarkTable | None = None
+    ) -> None:
         super().__init__()
         self.born: dict[str, int] = {}
         """The bot's watermarks when this symbol was created live (see ``events._created``)."""
@@ -54,20 +78,49 @@ class SymbolRisk(Holder):
         self.breaker = CircuitBreaker(breaker_cfg)
         self.position = Position()
         self.manual_halt: ManualHalt | None = None
+        self.controls = SymbolControls(settings.cooldown_for(symbol))
+        self.marks = marks if marks is not None else MarkTable()
+        """The engine's mark table (shared by every bot)."""
+
+    def unrealised(self) -> float:
+        """The position at the symbol's latest mark (0 when flat or without a mark)."""
+        held = self.marks.latest(self.symbol)
+        p = self.position
+        if held is None or p.qty == 0.0:
+            return 0.0
+        return unrealised_pnl(p.qty, p.avg_price, p.contract_value, held.price)
+
+    def judge_unrealised(self, ts_ms: int) -> bool:
+        """``[session] include_unrealised``: halt when net + unrealised reached the limit
+        after an event of the session's day; True if this halted it."""
+        session = self.session
+        if (
+            not session.config.include_unrealised
+            or session.halted
+            or ts_ms // MS_PER_DAY < session.last_reset_day
+            or session.net_pnl + self.unrealised() > session.config.loss_limit
+        ):
+            return False
+        session.halted = True
+        return True
 
     def touch(self, out: Effects) -> None:
         out.dirty_symbols.add(self.key)
 
-    def signature(self) -> tuple[bool, bool, bool]:
+    def signature(self) -> tuple[bool, ...]:
         """Which symbol-level gates block, in ``SYMBOL_GATES`` order."""
         return (
+            self.controls.kill is not None,
             self.manual_halt is not None,
             self.session.halted,
             self.breaker.tripped_at is not None,
+            self.controls.cooldown.until_ms is not None,
         )
 
     def blocks(self) -> list[Block]:
         blocks: list[Block] = []
+        if self.controls.kill is not None:
+            blocks.append(kill_block(self.controls.kill))
         if self.manual_halt is not None:
             blocks.append(manual_block(self.manual_halt))
         if self.session.halted:
@@ -90,6 +143,9 @@ class SymbolRisk(Holder):
                     until * 1000,
                 )
             )
+        cooldown = self.controls.cooldown_block()
+        if cooldown is not None:
+            blocks.append(cooldown)
         return blocks
 
     def gate_state(self, now_ms: int) -> GateState:
@@ -106,18 +162,24 @@ class SymbolRisk(Holder):
             position_qty=self.position.qty,
             updated_ts=now_ms,
             seq=self.gate_seq,
+            unrealised_pnl=self.unrealised(),
+            mark=mark.price if (mark := self.marks.latest(self.symbol)) is not None else None,
         )
 
     def apply_command(self, c: ControlCommand) -> Gate:
         """What an operator command does to this symbol; returns the gate it acts on."""
         if c.command == "halt":
             self.manual_halt = halt_from(c)
-        elif c.command == "resume":
+        elif c.command == "kill":
+            self.controls.kill = kill_from(c)
+        elif c.command == "resume":  # lifts the halt and the kill switch alike
             self.manual_halt = None
+            self.controls.kill = None
         elif c.command == "reset_breaker":
             self.breaker.reset()
-        else:
+        elif c.command == "reset_session":
             self.session.reset()
+        # ``reset_state`` addresses a bot only (``RiskEngine.validate`` refuses it here).
         return command_gate(c)
 
     def tick(self, now_ms: int) -> tuple[bool, bool]:
@@ -128,7 +190,9 @@ class SymbolRisk(Holder):
         losses = len(self.breaker.recent_losses)
         rolled = self.session.tick(now_ms)
         reset = self.breaker.tick(now_ms // 1000)
-        return rolled, rolled or reset or len(self.breaker.recent_losses) != losses
+        cooled = self.controls.cooldown.tick(now_ms)
+        changed = rolled or reset or cooled or len(self.breaker.recent_losses) != losses
+        return rolled, changed
 
     def wake(self, deadline: int) -> int:
         """``deadline``, or earlier when the trip ends or the oldest loss leaves the window.
@@ -142,6 +206,9 @@ class SymbolRisk(Holder):
             deadline = min(deadline, (breaker.tripped_at + config.cooldown_secs) * 1000)
         if breaker.recent_losses:
             deadline = min(deadline, (breaker.recent_losses[0] + config.window_secs) * 1000)
+        cooldown_until = self.controls.cooldown.until_ms
+        if cooldown_until is not None:
+            deadline = min(deadline, cooldown_until)
         return deadline
 
     def snapshot(self) -> SymbolSnapshot:
@@ -151,6 +218,7 @@ class SymbolRisk(Holder):
             position=self.position.snapshot(),
             manual_halt=self.manual_halt,
             born=dict(self.born),
+            controls=self.controls.snapshot(),
             **self.numbering(),
         )
 
@@ -161,4 +229,5 @@ class SymbolRisk(Holder):
             self.position.restore(snap.position)
         self.manual_halt = snap.manual_halt
         self.born = dict(snap.born)
+        self.controls.restore(snap.controls)
         self.restore_numbering(snap)

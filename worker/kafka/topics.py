@@ -66,9 +66,11 @@ async def ensure_topics(kafka: KafkaConfig, topics: TopicsConfig) -> list[str]:
             replication_factor=topics.replication_factor,
             topic_configs={"cleanup.policy": policy},
         )
-        # The console's audit trail too; the worker never reads it, so its start-up
-        # check (topic_policies) does not require it.
-        for name, policy in (topic_policies(topics) | {topics.audit: DELETE}).items()
+        # The console's audit trail and the marks too; the worker's start-up check
+        # (topic_policies) requires neither: nobody may publish marks.
+        for name, policy in (
+            topic_policies(topics) | {topics.audit: DELETE, topics.marks: DELETE}
+        ).items()
     ]
     async with admin_client(kafka) as admin:
         existing = set(await admin.list_topics())

@@ -32,6 +32,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaConnectionError, MessageSizeTooLargeError
 
 from worker.kafka.restore import SnapshotRead, fold_snapshot_records
+from worker.runtime.marks import MarkSource
 from worker.runtime.ownership import home_partition
 from worker.runtime.transport import Connection, Headers, Rebalance
 
@@ -292,6 +293,33 @@ class MemoryConsumer:
         return None
 
 
+class MemoryMarkSource:
+    """Every partition of a marks topic of an :class:`InMemoryBroker` (no group)."""
+
+    def __init__(self, broker: InMemoryBroker, topic: str) -> None:
+        self._logs = [
+            broker.logs[TopicPartition(topic, p)] for p in range(broker.partitions[topic])
+        ]
+        self._read = [0] * len(self._logs)
+
+    async def history(self) -> list[Stored]:
+        return self._take()
+
+    async def follow(self) -> list[Stored]:
+        await asyncio.sleep(0.005)
+        return self._take()
+
+    def _take(self) -> list[Stored]:
+        records: list[Stored] = []
+        for n, log in enumerate(self._logs):
+            records.extend(log[self._read[n] :])
+            self._read[n] = len(log)
+        return records
+
+    async def close(self) -> None:
+        pass
+
+
 class MemoryTransport:
     """One group member's connection to an :class:`InMemoryBroker`.
 
@@ -305,9 +333,12 @@ class MemoryTransport:
         snapshots_topic: str,
         *,
         consumer: MemoryConsumer | None = None,
+        marks_topic: str = "trading.marks",
     ) -> None:
         self.broker = broker
         self.snapshots_topic = snapshots_topic
+        self.marks_topic = marks_topic
+        """The marks topic (``[topics] marks``); absent from the broker: no marks."""
         self.consumer = consumer or MemoryConsumer(broker)
         self.producer = MemoryProducer(broker)
         self._topics: tuple[str, ...] = ()
@@ -323,6 +354,12 @@ class MemoryTransport:
 
     async def read_snapshots(self, partitions: frozenset[int]) -> SnapshotRead:
         return await self.broker.read_snapshots(self.snapshots_topic, partitions)
+
+    def marks_source(self) -> MarkSource | None:
+        """The marks topic's logs when the broker has that topic."""
+        if self.marks_topic not in self.broker.partitions:
+            return None
+        return MemoryMarkSource(self.broker, self.marks_topic)
 
     def input_tps(self, partitions: Iterable[int]) -> list[TopicPartition]:
         return [TopicPartition(t, p) for t in self._topics for p in partitions]

@@ -24,6 +24,7 @@ from worker.config import Config
 from worker.kafka.options import client_kwargs, consumer_kwargs
 from worker.kafka.restore import SnapshotRead, read_snapshot_partitions
 from worker.kafka.topics import check_topics
+from worker.runtime.marks import KafkaMarkSource, MarkSource
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -101,6 +102,10 @@ class Transport(Protocol):
         """The snapshot partitions ``partitions``, read to their end and folded."""
         ...
 
+    def marks_source(self) -> MarkSource | None:
+        """Every partition of the marks topic, outside the group (None: no marks)."""
+        ...
+
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, rebalance: Rebalance) -> None:
@@ -144,4 +149,10 @@ class KafkaTransport:
     async def read_snapshots(self, partitions: frozenset[int]) -> SnapshotRead:
         return await read_snapshot_partitions(
             self.client_kwargs, self._config.topics.snapshots, partitions
+        )
+
+    def marks_source(self) -> MarkSource | None:
+        config = self._config
+        return KafkaMarkSource(
+            self.client_kwargs, config.topics.marks, config.kafka.fetch_max_wait_ms
         )

@@ -38,6 +38,7 @@ from worker.runtime.checkpoint import Checkpoint, Offsets
 from worker.runtime.gauges import register_state_gauges, update_lag
 from worker.runtime.lifecycle import CLOSE_STEP_MAX_S, until_stopped
 from worker.runtime.link import BrokerLink
+from worker.runtime.marks import MarkFeed
 from worker.runtime.ownership import Ownership
 from worker.runtime.publish import Publisher
 from worker.runtime.recovery import Recovery
@@ -85,6 +86,8 @@ class Worker:
         self._applier = BatchApplier(config, self.engine, self.ownership, m, kinds)
         self._watch = InputWatch(kinds, config.worker.heartbeat_interval_ms, m, clock())
         """Per input partition: progress (heartbeats) and restarted offsets."""
+        self._marks = MarkFeed(self.transport.marks_source())
+        """Every mark, read outside the group; applied at the start of each iteration."""
         self._next_sweep = 0
         self.started = asyncio.Event()
         """Set once the clients are connected and the loop is running."""
@@ -111,6 +114,7 @@ class Worker:
         own = self.ownership
         return (
             bool(own.assigned)
+            and self._marks.restored
             and not own.restoring
             and not self._stopping.is_set()
             and self.health.talking
@@ -147,11 +151,15 @@ class Worker:
             if connection is None:
                 return
             self.ownership.input_partitions = connection.input_partitions
+            # The mark table before any input: a decision never meets a bot whose
+            # positions the topic could already value (issue 11, "restored before ready").
+            await until_stopped(self._marks.restore(), self._stopping, grace_s=0)
             self.started.set()
             grace_s = 2 * self.config.kafka.request_timeout_ms / 1000
             await until_stopped(self._loop(), self._stopping, grace_s=grace_s)
         finally:
             self.ownership.cancel_restores()
+            await self._marks.close()
             await self._link.close()
             log.info("worker stopped")
 
@@ -166,6 +174,8 @@ class Worker:
             effects = Effects()
             deadletters: list[OutRecord] = []
             now = self.clock()
+            for mark in self._marks.drain():
+                self.engine.apply_mark(mark, effects)
             self._apply_restores(consumer, now, effects)
             log_halts(effects.halts, cause="restore")
             fetched = await self._link.fetch()
