@@ -18,7 +18,13 @@ stays on, as in the worker (``--gc freeze`` moves the warm state out of its
 reach first, ``--gc off`` disables it: the difference is what full collections
 of a big heap cost the tail).
 
-    .venv/bin/python -m bench.decision_cost [--calls 200000]
+    .venv/bin/python -m bench.decision_cost [--calls 200000] [--controls]
+
+``--controls`` adds issue 11's controls, every one on: order size and notional
+caps, a price collar against a fresh mark of every symbol, an order rate and a
+duplicate window (intents then carry record times 1 ms apart, so neither denies),
+equity-based daily loss, a drawdown, a daily notional budget and an after-loss
+cooldown (ended by a sweep before timing).
 
 Target: p99 <= 30 us.
 """
@@ -36,7 +42,7 @@ import msgspec
 
 from worker.config import load_config
 from worker.core import Effects, Origin, RiskEngine
-from worker.messages import Fill, OrderIntent, TradeOutcome
+from worker.messages import Fill, Mark, OrderIntent, TradeOutcome
 
 TARGET_P99_US = 30.0
 BOTS = [f"bot{i}" for i in range(8)]
@@ -62,11 +68,34 @@ CONFIG = "\n".join(
         *(f"[bots.{bot}]\nsymbols = [{', '.join(repr(s) for s in SYMBOLS)}]" for bot in BOTS),
     ]
 ).replace("'", '"')
+CONTROL_TABLES = """
+[defaults.orders]
+max_qty = 1000000.0
+max_notional = 1e12
+price_collar_bps = 1000.0
+max_orders_per_sec = 1000
+duplicate_window_ms = 500
+[defaults.cooldown]
+after_loss_secs = 1
+"""
+CONTROL_PORTFOLIO = "max_drawdown = 1e12\nmax_daily_notional = 1e15"
 
 
-def warm_engine(now: int) -> RiskEngine:
-    """8 x 50 symbols with outcomes booked, a third holding a position, id windows full."""
-    engine = RiskEngine(load_config(text=CONFIG, env={}))
+def config_text(controls: bool) -> str:
+    """The bench's config, with issue 11's controls all on when ``controls``."""
+    if not controls:
+        return CONFIG
+    portfolio = "[defaults.portfolio]"
+    return CONFIG.replace(portfolio, f"{portfolio}\n{CONTROL_PORTFOLIO}") + CONTROL_TABLES
+
+
+def warm_engine(now: int, controls: bool = False) -> RiskEngine:
+    """8 x 50 symbols with outcomes booked, a third holding a position, id windows full
+    (with ``controls``: a mark of every symbol, the warm-up's cooldowns swept away)."""
+    engine = RiskEngine(load_config(text=config_text(controls), env={}))
+    if controls:
+        for symbol in SYMBOLS:
+            engine.apply_mark(Mark(symbol, 100.0, now))
     offsets = {"outcomes": 0, "fills": 0, "intents": 0}
 
     def origin(topic: str) -> Origin:
@@ -87,6 +116,8 @@ def warm_engine(now: int) -> RiskEngine:
             intent, fill = pair(n, bot, now)
             engine.apply(intent, now, origin("intents"))
             engine.apply(fill, now, origin("fills"))
+    if controls:
+        engine.sweep(now)  # the warm-up's losses started cooldowns ending now
     return engine
 
 
@@ -114,11 +145,12 @@ def main() -> int:
         default="on",
         help="collector as in the worker today / warm state frozen out of it / off",
     )
+    parser.add_argument("--controls", action="store_true", help="issue 11's controls, all on")
     args = parser.parse_args()
 
     now = T0
     started = time.perf_counter()
-    engine = warm_engine(now)
+    engine = warm_engine(now, args.controls)
     print(f"warm state built in {time.perf_counter() - started:.1f} s")
     first = engine.config.worker.dedupe_ids_per_bot
     pairs = [pair(first + n // len(BOTS), BOTS[n % len(BOTS)], now) for n in range(args.calls)]
@@ -150,14 +182,16 @@ def main() -> int:
     for n, (intent, fill) in enumerate(pairs):
         offset += 1
         origin = Origin("trading.intents/0", offset)
+        # 1 ms apart (under the rate), after the warm-up's second (its duplicates lapsed).
+        record_ts = now + 1_000 + n if args.controls else None
         if n % 2:
             into = timed["apply(intent)"]
             c, w = cpu(), wall()
-            apply(intent, now, origin, out)
+            apply(intent, now, origin, out, record_ts=record_ts)
         else:
             into = timed["decode + apply(intent)"]
             c, w = cpu(), wall()
-            apply(decode(raw[n]), now, origin, out)
+            apply(decode(raw[n]), now, origin, out, record_ts=record_ts)
         w, c = wall() - w, cpu() - c
         into["wall"].append(w)
         into["cpu"].append(c)
@@ -172,7 +206,8 @@ def main() -> int:
     print(
         f"python {platform.python_version()}, {os.cpu_count()} CPUs, load average "
         f"{os.getloadavg()[0]:.2f}; {args.calls:,} decisions over {len(BOTS)} bots x "
-        f"{len(SYMBOLS)} symbols, every gate configured, all allowed; gc {args.gc}"
+        f"{len(SYMBOLS)} symbols, every gate configured"
+        f"{' (issue 11 controls on)' if args.controls else ''}, all allowed; gc {args.gc}"
     )
     for clock, values in timers.items():
         values.sort()

@@ -357,3 +357,48 @@ def test_persisted_controls_restore_exactly() -> None:
         "loss_cooldown",
         "kill_switch",
     ]
+
+
+# -- record sizes (N1): issue 11's state at every bound -------------------------------
+
+
+def test_worst_case_controls_keep_every_snapshot_record_well_under_the_request_size() -> None:
+    """The worst-case bot of issue 9 item 9 plus every control at its bound: a kill with
+    the longest reason on the bot and each symbol, 1,000 order times, 1,000 remembered
+    orders, a drawdown and a cooldown. Measured: see the printout."""
+    from tests.unit.test_bypass_persist import (
+        ISSUER,
+        NAME,
+        REASON,
+        WELL_UNDER,
+        worst_case_engine,
+    )
+    from worker.core.controls import Kill
+    from worker.core.orders import MAX_RECENT_ORDERS, OrderRate
+    from worker.kafka.records import snapshot_records
+
+    engine, out, _ = worst_case_engine()
+    bot = engine.bots[NAME]
+    kill = Kill(REASON, ISSUER, T0)
+    bot.controls.kill = kill
+    bot.controls.unreadable = True
+    bot.controls.rate = OrderRate(1_000)
+    for n in range(MAX_RECENT_ORDERS):
+        ts = 4_102_444_800_000 - n  # 13-digit times, the longest JSON
+        bot.controls.rate.record(ts)
+        bot.controls.recent.record(intent(qty=float(n + 1), symbol=NAME), ts, 86_400_000)
+    bot.controls.drawdown.observe(-1e15, T0)
+    bot.controls.notional.record(1e15 - 1)
+    for sym in bot.symbols.values():
+        sym.controls.kill = kill
+        sym.controls.cooldown.until_ms = 4_102_444_800_000
+    assert len(bot.controls.recent) == MAX_RECENT_ORDERS
+    records = snapshot_records(engine, out, engine.config.topics, {NAME: 0}, {0: 1 << 40})
+    sizes = {
+        (r.key or b"").decode(): len(r.key or b"") + len(r.value or b"")
+        for r in records
+        if r.key is not None and b"/ids/" not in r.key
+    }
+    print("worst-case snapshot bytes with controls:", sizes)
+    assert len(sizes) == 3  # the portfolio and both symbols
+    assert max(sizes.values()) <= WELL_UNDER

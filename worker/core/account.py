@@ -14,11 +14,10 @@ allowed one reserves until fills with its id consume it (R2) or it expires.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 from worker.core.gates import ALLOWED, REUSED_ID, Verdict, decision
 from worker.core.intents import Seen, content_digest, id_digest
-from worker.core.marks import exposure
+from worker.core.marks import MarkTable, exposure, unrealised_pnl
 from worker.core.portfolio import PortfolioRisk
 from worker.core.session import MS_PER_DAY, utc_day
 from worker.core.symbol import SymbolRisk
@@ -40,10 +39,15 @@ class Account:
     """Account-wide state of one bot over its symbols (shared with the bot, read only)."""
 
     __slots__ = (
+        "_exposure",
         "_net_day",
         "_net_sum",
         "_net_updates",
         "_open",
+        "_stale_after",
+        "_unrealised",
+        "_valued_at",
+        "marks",
         "max_reservations",
         "portfolio",
         "reservation_ttl_ms",
@@ -57,8 +61,16 @@ class Account:
         *,
         reservation_ttl_ms: int,
         max_reservations: int,
+        marks: MarkTable | None = None,
     ) -> None:
         self.portfolio = portfolio
+        self.marks = marks if marks is not None else MarkTable()
+        self._valued_at = -1
+        """``marks.version`` the cached valuation below was made at; -1: positions moved."""
+        self._unrealised = 0.0
+        self._exposure = 0.0
+        self._stale_after = math.inf
+        """Wall time after which some open position's mark that matters is stale."""
         self.symbols = symbols
         """The bot's symbols (the bot adds them; the account only reads)."""
         self._open: dict[str, SymbolRisk] = {}
@@ -113,8 +125,36 @@ class Account:
     # -- marks -------------------------------------------------------------------
 
     def unrealised(self) -> float:
-        """The open positions at their latest marks (positions without one count 0)."""
-        return math.fsum(s.unrealised() for s in self._open.values()) if self._open else 0.0
+        """The open positions at their latest marks (positions without one count 0).
+
+        Cached until a mark or a position changes: a decision reads it up to three
+        times, and summing every open position each time made it O(positions)."""
+        if self._valued_at != self.marks.version:
+            self._value()
+        return self._unrealised
+
+    def _value(self) -> None:
+        """One pass over the open positions at the current marks: unrealised PnL, exposure
+        and when the first mark that matters goes stale."""
+        unrealised: list[float] = []
+        exposures: list[float] = []
+        stale_after = math.inf
+        latest = self.marks.latest
+        for sym in self._open.values():
+            p = sym.position
+            held = latest(sym.symbol)
+            if held is None:
+                exposures.append(p.notional)
+                continue
+            unrealised.append(unrealised_pnl(p.qty, p.avg_price, p.contract_value, held.price))
+            exposures.append(exposure(p.qty, p.avg_price, p.contract_value, held.price))
+            age = sym.mark_max_age_ms
+            if age is not None and held.ts + age < stale_after:
+                stale_after = held.ts + age
+        self._unrealised = math.fsum(unrealised)
+        self._exposure = math.fsum(exposures)
+        self._stale_after = stale_after
+        self._valued_at = self.marks.version
 
     def loss_unrealised(self) -> float:
         """What the daily-loss limit adds to the account net: the unrealised PnL with
@@ -125,12 +165,16 @@ class Account:
         """The bot's equity for the UTC day: today's realised net + unrealised PnL."""
         return self.account_net(day) + self.unrealised()
 
-    def stale_mark(self, now_ms: int, max_age_ms: Callable[[str], int | None]) -> str | None:
-        """An open symbol whose held mark is older than its ``max_age_ms`` (None: its mark
-        does not matter), if any."""
+    def stale_mark(self, now_ms: int) -> str | None:
+        """An open symbol whose mark matters (``SymbolRisk.mark_max_age_ms``) and is
+        older than that at ``now_ms``, if any (O(1) while none is)."""
+        if self._valued_at != self.marks.version:
+            self._value()
+        if now_ms <= self._stale_after:
+            return None
         for name, sym in self._open.items():
-            age = max_age_ms(name)
-            if age is not None and sym.marks.stale(name, now_ms, age):
+            age = sym.mark_max_age_ms
+            if age is not None and self.marks.stale(name, now_ms, age):
                 return name
         return None
 
@@ -194,6 +238,7 @@ class Account:
 
     def track(self, sym: SymbolRisk) -> None:
         """Keep the open symbols in step after ``sym``'s position changed (fill, restore)."""
+        self._valued_at = -1
         if sym.position.is_flat:
             self._open.pop(sym.symbol, None)
         else:
@@ -204,13 +249,11 @@ class Account:
 
     def gross_exposure(self) -> float:
         """Open positions at their marks (else at entry price), exactly rounded (``fsum``):
-        the same whatever order positions were opened or restored."""
-        return math.fsum(
-            exposure(s.position.qty, s.position.avg_price, s.position.contract_value, m.price)
-            if (m := s.marks.latest(name)) is not None
-            else s.position.notional
-            for name, s in self._open.items()
-        )
+        the same whatever order positions were opened or restored. Cached with the
+        unrealised PnL (:meth:`unrealised`)."""
+        if self._valued_at != self.marks.version:
+            self._value()
+        return self._exposure
 
     # -- intents and reservations ---------------------------------------------------
 

@@ -75,16 +75,17 @@ class BotRisk(Holder):
         self.symbols: dict[str, SymbolRisk] = {}
         portfolio = PortfolioRisk(settings.portfolio)
         portfolio.last_reset_day = day
+        self.marks = marks if marks is not None else MarkTable()
+        """The engine's mark table, shared by every bot (market-wide)."""
         self.account = Account(
             portfolio,
             self.symbols,
             reservation_ttl_ms=reservation_ttl_ms,
             max_reservations=max_reservations,
+            marks=self.marks,
         )
         self.ids = IdWindows(dedupe_keep, portfolio.intents)
         self.manual_halt: ManualHalt | None = None
-        self.marks = marks if marks is not None else MarkTable()
-        """The engine's mark table, shared by every bot (market-wide)."""
         self.controls = BotControls(settings, day)
         self.deadline = (day + 1) * MS_PER_DAY
         """Earliest wall time at which a sweep can change anything (rollover, expiry)."""

@@ -99,7 +99,7 @@ def _evaluate_open(i: OrderIntent, bot: BotRisk, account: Account, now_ms: int) 
     """The gates an open meets once no state gate blocks: marks, limits, the reservation cap."""
     portfolio = account.portfolio
     config = portfolio.config
-    stale = account.stale_mark(now_ms, lambda symbol: _mark_max_age(bot, symbol))
+    stale = account.stale_mark(now_ms)
     if stale is not None:
         return Verdict("stale_mark", f"the {stale} mark is too old to value the open position")
     if portfolio.blocked_by_daily_loss(account.decision_net(now_ms)):
@@ -121,19 +121,6 @@ def _evaluate_open(i: OrderIntent, bot: BotRisk, account: Account, now_ms: int) 
             f"notional {i.notional:g} would exceed {config.max_gross_exposure:g}",
         )
     return _reservation_cap(account) or Verdict(None, ALLOWED["open"])
-
-
-def _mark_max_age(bot: BotRisk, symbol: str) -> int | None:
-    """How fresh the mark of an open ``symbol`` must be for an open to be judged: a loss
-    limit values the position at it (the bot's equity limits, or the symbol's session
-    with ``include_unrealised``); None when none does."""
-    settings = bot.settings
-    portfolio = settings.portfolio
-    equity_limits = portfolio.max_daily_loss is not None or portfolio.max_drawdown > 0.0
-    session, _ = settings.risk_for(symbol)
-    if (portfolio.include_unrealised and equity_limits) or session.include_unrealised:
-        return settings.orders_for(symbol).mark_max_age_ms
-    return None
 
 
 def _evaluate_close(i: OrderIntent, sym: SymbolRisk | None, account: Account) -> Verdict:

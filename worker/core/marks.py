@@ -25,10 +25,12 @@ class MarkEntry(NamedTuple):
 class MarkTable:
     """Latest mark per symbol, with its ``ts``."""
 
-    __slots__ = ("_marks",)
+    __slots__ = ("_marks", "version")
 
     def __init__(self) -> None:
         self._marks: dict[str, MarkEntry] = {}
+        self.version = 0
+        """Counts the changes: whoever caches a valuation at the marks compares it."""
 
     def __len__(self) -> int:
         return len(self._marks)
@@ -43,6 +45,7 @@ class MarkTable:
         if held is not None and (mark.ts < held.ts or held == (mark.price, mark.ts)):
             return False
         self._marks[mark.symbol] = MarkEntry(mark.price, mark.ts)
+        self.version += 1
         return True
 
     def latest(self, symbol: str) -> MarkEntry | None:

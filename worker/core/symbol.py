@@ -48,6 +48,18 @@ def command_gate(c: ControlCommand) -> Gate:
     return "manual_halt"
 
 
+def _mark_max_age(settings: BotSettings, symbol: str) -> int | None:
+    """How fresh this symbol's mark must be for an open to be judged while it holds a
+    position: when a loss limit values the position at it (the bot's equity limits, or
+    the symbol's session with ``include_unrealised``); None when none does."""
+    portfolio = settings.portfolio
+    equity_limits = portfolio.max_daily_loss is not None or portfolio.max_drawdown > 0.0
+    session, _ = settings.risk_for(symbol)
+    if (portfolio.include_unrealised and equity_limits) or session.include_unrealised:
+        return settings.orders_for(symbol).mark_max_age_ms
+    return None
+
+
 class SymbolRisk(Holder):
     """Session PnL, breaker, position and manual halt of one (bot, symbol)."""
 
@@ -57,6 +69,7 @@ class SymbolRisk(Holder):
         "controls",
         "key",
         "manual_halt",
+        "mark_max_age_ms",
         "marks",
         "position",
         "session",
@@ -81,6 +94,7 @@ class SymbolRisk(Holder):
         self.controls = SymbolControls(settings.cooldown_for(symbol))
         self.marks = marks if marks is not None else MarkTable()
         """The engine's mark table (shared by every bot)."""
+        self.mark_max_age_ms = _mark_max_age(settings, symbol)
 
     def unrealised(self) -> float:
         """The position at the symbol's latest mark (0 when flat or without a mark)."""
