@@ -11,7 +11,7 @@ from aiokafka import TopicPartition
 
 from tests.support.transport import Shell, broker_for
 from worker.config import load_config
-from worker.messages import Fill, HaltEvent, Mark
+from worker.messages import ControlCommand, Fill, HaltEvent, Mark, OrderIntent
 from worker.runtime.marks import MarkFeed
 
 NOW = 1_767_225_600_000
@@ -110,4 +110,24 @@ async def test_a_mark_move_halts_a_bot_with_a_losing_open_position_in_one_iterat
         assert [(h.kind, h.gate, h.event_id) for h in halts] == [
             ("halted", "portfolio_daily_loss", "alpha/*/portfolio_daily_loss/1")
         ]
+        assert await shell.stop()
+
+
+async def test_decisions_and_halts_are_counted_per_new_gate() -> None:
+    """Metrics per gate (issue 11): a kill's event and the decisions it denies."""
+    cfg = load_config(text=CONFIG, env={})
+    broker = broker_for(cfg, timestamp_ms=NOW)
+    kill = ControlCommand("kill", "alpha", None, "runaway", "ops", NOW - 3)
+    broker.append(cfg.topics.control, b"alpha", encode(kill))
+    with Shell(cfg, broker, NOW) as shell:
+        worker = shell.start([0])
+        assert await shell.idle()
+        for n in range(2):
+            i = OrderIntent(f"i-{n}", "alpha", "BTCUSDT", "open", "buy", 1.0, 100.0, NOW - 1)
+            broker.append(cfg.topics.intents, b"alpha", encode(i))
+        assert await shell.idle()
+        registry = worker.metrics.registry
+        assert registry.get_sample_value("riskgate_decisions_total", {"gate": "kill_switch"}) == 2
+        halts = {"gate": "kill_switch", "kind": "killed"}
+        assert registry.get_sample_value("riskgate_halts_total", halts) == 1
         assert await shell.stop()
