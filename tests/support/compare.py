@@ -193,7 +193,9 @@ def model_gates(model: Model) -> dict[str, list[str]]:
     """
     out: dict[str, list[str]] = {}
     for bot in model.bots.values():
-        account = ["manual_halt"] if bot.manual_halt is not None else []
+        account = ["kill_switch"] if bot.killed is not None else []
+        if bot.manual_halt is not None:
+            account.append("manual_halt")
         if bot.latched or bot.daily_loss_breached():
             account.append("portfolio_daily_loss")
         out[f"{bot.name}/gate"] = account
@@ -201,7 +203,8 @@ def model_gates(model: Model) -> dict[str, list[str]]:
         for name, sym in bot.symbols.items():
             if not pristine(symbol_view(states[f"{bot.name}/risk/{name}"])):
                 blocking = zip(SYMBOL_GATES, sym.blocks(), strict=True)
-                out[f"{bot.name}/gate/{name}"] = [gate for gate, on in blocking if on]
+                killed = ["kill_switch"] if sym.killed is not None else []
+                out[f"{bot.name}/gate/{name}"] = killed + [gate for gate, on in blocking if on]
     return out
 
 

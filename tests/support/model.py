@@ -262,6 +262,8 @@ class SymbolState:
     tripped_at: int | None = None
     manual_halt: tuple[str, str, int] | None = None
     """(reason, issued_by, ts) of the operator halt."""
+    killed: tuple[str, str, int] | None = None
+    """(reason, issued_by, ts) of the operator's kill switch (every intent denied)."""
 
     def blocks(self) -> tuple[bool, bool, bool]:
         return (self.manual_halt is not None, self.session.halted, self.tripped_at is not None)
@@ -325,6 +327,7 @@ class BotState:
     symbols: dict[str, SymbolState] = field(default_factory=dict)
     latched: bool = False
     manual_halt: tuple[str, str, int] | None = None
+    killed: tuple[str, str, int] | None = None
     reservations: dict[str, Reservation] = field(default_factory=dict)
     seen: dict[str, OrderedDict[str, None]] = field(default_factory=dict)
     """Per input topic, the most recent event ids (dedupe window)."""
@@ -352,6 +355,8 @@ class BotState:
 def evaluate(bot: BotState, intent: Any, max_reservations: int) -> str | None:
     """The gate order of the spec for an intent: the gate that blocks it, or None."""
     sym = bot.symbols.get(intent.symbol)
+    if bot.killed is not None or (sym is not None and sym.killed is not None):
+        return "kill_switch"  # every intent, closes included
     held = sym.position.qty if sym is not None else 0.0
     if intent.action == "close":
         if not ((held > 0 and intent.side == "sell") or (held < 0 and intent.side == "buy")):
@@ -424,6 +429,7 @@ _COMMAND_GATE = {
     "resume": "manual_halt",
     "reset_session": "session_halt",
     "reset_breaker": "circuit_breaker",
+    "kill": "kill_switch",
 }
 
 
@@ -776,6 +782,17 @@ class Model(_State):
         cause = f"cmd-{digest[:16]}"
         gate = _COMMAND_GATE[c.command]
         kind = "halted" if c.command == "halt" else "resumed"
+        if c.command in ("kill", "resume"):
+            target: BotState | SymbolState = (
+                self._symbol(bot, c.symbol) if c.symbol is not None else bot
+            )
+            was_killed = target.killed is not None
+            target.killed = (c.reason, c.issued_by, c.ts) if c.command == "kill" else None
+            if c.command == "kill":  # always answered, like a halt
+                self._emit(bot, c.symbol, "killed", "kill_switch", c.ts, None, cause)
+                return
+            if was_killed:  # a resume lifts the kill switch first (gate order)
+                self._emit(bot, c.symbol, "resumed", "kill_switch", c.ts, None, cause)
         if c.symbol is not None:
             sym = self._symbol(bot, c.symbol)
             before = sym.blocks()

@@ -681,7 +681,7 @@ def _random_event(rng: random.Random, n: int, now: int, asked: list[OrderIntent]
         intent = OrderIntent(f"i{n}", bot, sym, action, side, qty, price, min(ts, now))  # type: ignore[arg-type]
         asked.append(intent)
         return intent
-    command = rng.choice(("halt", "resume", "reset_breaker", "reset_session"))
+    command = rng.choice(("halt", "resume", "reset_breaker", "reset_session", "kill"))
     target = sym if rng.random() < 0.6 else None
     return ControlCommand(command, bot, target, "r", "ops", ts - rng.randint(0, 5_000))  # type: ignore[arg-type]
 
