@@ -314,6 +314,27 @@ async def test_console_operator_halt_is_audited_then_sent_signed(env: Env) -> No
     assert SECRET not in str(answer) and SECRET not in str(record)
 
 
+async def test_console_operator_kill_sends_a_signed_bot_wide_kill(env: Env) -> None:
+    response = await env.client.post(
+        "/api/actions",
+        json=halt_body(action="kill", symbol=None, reason="runaway order loop"),
+        headers={"Authorization": f"Bearer {TOKENS['olga']}"},
+    )
+    assert response.status == 202, await response.text()
+    [cmd] = env.commands
+    assert (cmd.command, cmd.bot, cmd.symbol, cmd.reason, cmd.issued_by) == (
+        "kill",
+        "b1",
+        None,
+        "runaway order loop",
+        "olga",
+    )
+    assert verify(cmd, SECRET.encode(), NOW_MS, 1) is None
+    assert (await response.json())["event_id"] == f"b1/*/kill_switch/cmd-{command_digest(cmd)}"
+    [record] = env.audit
+    assert (record["user"], record["outcome"]) == ("olga", "issued")
+
+
 async def test_console_operator_bearer_acts_without_csrf(env: Env) -> None:
     response = await env.client.post(
         "/api/actions",

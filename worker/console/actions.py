@@ -36,10 +36,13 @@ ACTIONS: Mapping[str, Command] = {
     "resume": "resume",
     "reset-breaker": "reset_breaker",
     "reset-session": "reset_session",
+    "kill": "kill",
 }
-"""Console action name → control command. A new command (issue 11's ``kill``)
-joins the console by one entry here once the worker and ``make_command`` know it;
-the page lists whatever ``/api/me`` returns from this table."""
+"""Console action name → control command; the page lists whatever ``/api/me``
+returns from this table. ``kill`` denies every intent, closes included, and the
+worker's ``killed`` event tells execution services to cancel working orders;
+``resume`` lifts it. ``reset_state`` is left to the CLI: it discards a bot's
+unreadable snapshot, a deliberate act an operator takes with the files at hand."""
 
 Outcome = Literal["refused", "issued", "send_failed"]
 
