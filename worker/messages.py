@@ -9,7 +9,7 @@ producers can add fields without breaking the worker.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import msgspec
 
@@ -85,30 +85,9 @@ Gate = Literal[
     "drawdown",
     "daily_notional",
 ]
-GATES: tuple[Gate, ...] = (
-    "manual_halt",
-    "session_halt",
-    "circuit_breaker",
-    "portfolio_daily_loss",
-    "max_concurrent_positions",
-    "gross_exposure",
-    "no_position",
-    "reduce_only_exceeds_position",
-    "duplicate_intent_id",
-    "expired",
-    "kill_switch",
-    "max_order_qty",
-    "max_order_notional",
-    "price_collar",
-    "stale_mark",
-    "order_rate",
-    "duplicate_order",
-    "unreadable_state",
-    "loss_cooldown",
-    "drawdown",
-    "daily_notional",
-)
-"""Every gate, in a fixed order: append only (intent-id windows persist gate indices)."""
+GATES: tuple[Gate, ...] = get_args(Gate)
+"""Every gate, in ``Gate``'s order (one list, so the two cannot drift): append only
+(intent-id windows persist gate indices)."""
 
 
 # -- inputs --------------------------------------------------------------------
