@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import msgspec
 from aiokafka import AIOKafkaProducer
@@ -34,6 +35,7 @@ from worker.messages import (
 from worker.testing.follow import first, latest, wait_for_record
 
 Input = Fill | TradeOutcome | OrderIntent | ControlCommand
+E = TypeVar("E", Fill, TradeOutcome, OrderIntent)
 
 ANY = "\0any"
 """``symbol=ANY`` (the default) waits for a halt of any symbol or of the whole bot;
@@ -131,11 +133,10 @@ class RiskgateIO:
             qty,
             price,
             fee,
-            self.clock() if ts is None else ts,
+            self._stamp(ts),
             intent_id=intent_id,
         )
-        await self.produce(fill)
-        return fill
+        return await self._send(fill)
 
     async def produce_outcome(
         self,
@@ -148,15 +149,9 @@ class RiskgateIO:
         outcome_id: str | None = None,
     ) -> TradeOutcome:
         outcome = TradeOutcome(
-            outcome_id or new_id("outcome"),
-            bot,
-            symbol,
-            gross_pnl,
-            fee,
-            self.clock() if ts is None else ts,
+            outcome_id or new_id("outcome"), bot, symbol, gross_pnl, fee, self._stamp(ts)
         )
-        await self.produce(outcome)
-        return outcome
+        return await self._send(outcome)
 
     async def produce_intent(
         self,
@@ -180,10 +175,17 @@ class RiskgateIO:
             side,
             qty,
             price,
-            self.clock() if ts is None else ts,
+            self._stamp(ts),
         )
-        await self.produce(intent)
-        return intent
+        return await self._send(intent)
+
+    def _stamp(self, ts: int | None) -> int:
+        """``ts``, or the test's clock: one rule for every event built here."""
+        return self.clock() if ts is None else ts
+
+    async def _send(self, event: E) -> E:
+        await self.produce(event)
+        return event
 
     # -- outputs -----------------------------------------------------------------------
 
