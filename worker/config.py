@@ -283,6 +283,24 @@ class WorkerConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     ``unreadable_state`` until an operator ``reset-state`` (fail closed)."""
 
 
+def read_secret_file(path: str, field: str) -> bytes:
+    """The secret in the file at ``path`` (config key ``field``), surrounding ASCII
+    whitespace stripped.
+
+    Read when a component starts, never when the config loads, so tools that do not
+    need the secret work without its mount. An unreadable or blank file is a
+    ConfigError: it is a deployment mistake (an unpopulated secret mount), and an
+    empty key or token is one anybody can present.
+    """
+    try:
+        secret = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {field}: {exc}") from exc
+    if not secret:
+        raise ConfigError(f"{field} {path!r} is empty")
+    return secret
+
+
 class ControlConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     secret: Annotated[str, msgspec.Meta(pattern=r"\S")] | None = None
     """A blank secret is an error, not "unsigned": an empty HMAC key is one anybody can use."""
@@ -302,13 +320,7 @@ class ControlConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
         mistake (an unpopulated secret mount) that must stop the start.
         """
         if self.secret_file is not None:
-            try:
-                key = Path(self.secret_file).read_bytes().strip()
-            except OSError as exc:
-                raise ConfigError(f"cannot read control.secret_file: {exc}") from exc
-            if not key:
-                raise ConfigError(f"control.secret_file {self.secret_file!r} is empty")
-            return key
+            return read_secret_file(self.secret_file, "control.secret_file")
         return self.secret.encode() if self.secret is not None else None
 
 

@@ -232,6 +232,25 @@ def test_console_user_token_from_a_file(tmp_path: Path) -> None:
     assert auth.bearer("Bearer file-token-abcdef") == Principal("fran", "operator", "bearer")
 
 
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        (None, r"cannot read console\.users\.fran\.token_file"),
+        (" \n\t", r"console\.users\.fran\.token_file .* is empty"),
+    ],
+)
+def test_console_token_file_unreadable_or_blank_is_a_config_error(
+    tmp_path: Path, content: str | None, error: str
+) -> None:
+    """A blank token file must not register the empty token (anybody could log in)."""
+    token_file = tmp_path / "token"
+    if content is not None:
+        token_file.write_text(content)
+    text = f'[console.users.fran]\nrole = "operator"\ntoken_file = "{token_file}"\n'
+    with pytest.raises(ConfigError, match=error):
+        Authenticator(load_config(text=text, env={}).console)
+
+
 def test_console_user_without_a_token_is_a_config_error() -> None:
     text = '[console.users.nobody]\nrole = "operator"\n'
     with pytest.raises(ConfigError, match="set token_sha256 or token_file"):

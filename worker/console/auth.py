@@ -26,12 +26,11 @@ import hmac
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Literal, NamedTuple
 
 import msgspec
 
-from worker.config import ConfigError, ConsoleConfig, ConsoleRole
+from worker.config import ConfigError, ConsoleConfig, ConsoleRole, read_secret_file
 
 Via = Literal["bearer", "cookie"]
 MAX_USER_NAME = 64
@@ -80,13 +79,8 @@ def _user_digests(console: ConsoleConfig) -> dict[str, bytes]:
                 "characters without spaces (it signs commands as issued_by)"
             )
         if user.token_file is not None:
-            try:
-                token = Path(user.token_file).read_text().strip()
-            except OSError as exc:
-                raise ConfigError(f"console.users.{name}.token_file: {exc}") from exc
-            if not token:
-                raise ConfigError(f"console.users.{name}.token_file {user.token_file!r} is empty")
-            digests[name] = token_digest(token)
+            token = read_secret_file(user.token_file, f"console.users.{name}.token_file")
+            digests[name] = hashlib.sha256(token).digest()
         elif user.token_sha256 is not None:
             digests[name] = bytes.fromhex(user.token_sha256)
         else:
