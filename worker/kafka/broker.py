@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
@@ -167,34 +167,18 @@ class EmbeddedBroker:
 
     def start(self) -> Self:
         """Spawn the broker and block until it answers a metadata request."""
-        attempts = 1 if self._requested_port else 3
-        for attempt in range(attempts):
-            self._spawn()
-            deadline = time.monotonic() + self.startup_timeout
-            while time.monotonic() < deadline:
-                if self._exited_early(attempt, attempts):
-                    break
-                if _probe(self.host, self.port, timeout=0.5):
-                    return self
-                time.sleep(0.05)
-            else:
-                self._timed_out()
+        for _ in self._probe_times():
+            if _probe(self.host, self.port, timeout=0.5):
+                return self
+            time.sleep(0.05)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def start_async(self) -> Self:
         """``start()`` without blocking the event loop while waiting for readiness."""
-        attempts = 1 if self._requested_port else 3
-        for attempt in range(attempts):
-            self._spawn()
-            deadline = time.monotonic() + self.startup_timeout
-            while time.monotonic() < deadline:
-                if self._exited_early(attempt, attempts):
-                    break
-                if await asyncio.to_thread(_probe, self.host, self.port, 0.5):
-                    return self
-                await asyncio.sleep(0.05)
-            else:
-                self._timed_out()
+        for _ in self._probe_times():
+            if await asyncio.to_thread(_probe, self.host, self.port, 0.5):
+                return self
+            await asyncio.sleep(0.05)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def stop(self) -> None:
@@ -312,6 +296,25 @@ class EmbeddedBroker:
         )
         with _live_lock:
             _live.add(self)
+
+    def _probe_times(self) -> Iterator[None]:
+        """Spawn the broker and yield each time the caller should probe it.
+
+        The start policy, shared by ``start`` and ``start_async`` (which differ only in
+        how they probe and sleep): a broker that dies because its random port was taken
+        is respawned on another one, up to three times; any other exit, or no answer
+        within ``startup_timeout``, raises EmbeddedBrokerError.
+        """
+        attempts = 1 if self._requested_port else 3
+        for attempt in range(attempts):
+            self._spawn()
+            deadline = time.monotonic() + self.startup_timeout
+            while time.monotonic() < deadline:
+                if self._exited_early(attempt, attempts):
+                    break
+                yield
+            else:
+                self._timed_out()
 
     def _exited_early(self, attempt: int, attempts: int) -> bool:
         """Handle a broker that died during start; True means "retry on a new port"."""
