@@ -85,15 +85,14 @@ fuzz: $(STAMP)  ## FUZZ_MINUTES=10 FUZZ_EXAMPLES=100 (RISKGATE_FUZZ_STEPS: steps
 	echo "fuzz: $$passes passes, $$examples examples over every state machine, no failure"
 
 # Mutation score of the core (worker/core/) against the unit
-# suite; config in pyproject.toml [tool.mutmut]. Survivors: `mutmut results`,
+# suite; config in pyproject.toml [tool.mutmut]. Part of it only:
+# `make mutate MUTANTS="worker.core.gates.* worker.core.account.*"`. Prints the
+# score per module (mutants not checked apart). Survivors: `mutmut results`,
 # one diff: `mutmut show <name>`.
+MUTANTS ?=
 mutate: $(STAMP)
-	RISKGATE_PROPERTY_EXAMPLES=25 $(BIN)/mutmut run --max-children $${JOBS:-2}
-	$(BIN)/mutmut export-cicd-stats
-	$(BIN)/python -c 'import json; s = json.load(open("mutants/mutmut-cicd-stats.json")); \
-	  k, n = s["killed"] + s["timeout"], s["total"] - s["skipped"]; \
-	  print(f"mutation score: {k}/{n} killed = {100 * k / max(n, 1):.1f}%", \
-	        {x: s[x] for x in ("survived", "no_tests", "suspicious")})'
+	set -f; RISKGATE_PROPERTY_EXAMPLES=25 $(BIN)/mutmut run --max-children $${JOBS:-2} $(MUTANTS)
+	set -f; $(BIN)/python -m tests.support.mutation_score $(MUTANTS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache mutants
