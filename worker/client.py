@@ -41,7 +41,7 @@ from aiokafka.errors import KafkaError
 
 from worker.config import KafkaConfig, TopicsConfig
 from worker.kafka.fetch import fetch
-from worker.kafka.options import client_kwargs
+from worker.kafka.options import client_kwargs, reader
 from worker.kafka.topics import TopicLayoutError
 from worker.messages import (
     AccountGateState,
@@ -124,12 +124,8 @@ class _Follower:
         """Records and callbacks skipped, by kind (e.g. ``UnicodeDecodeError``)."""
 
     async def _open(self, topics: tuple[str, ...], *, from_end: bool) -> AIOKafkaConsumer:
-        consumer = AIOKafkaConsumer(
-            **client_kwargs(self._kafka),
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=self._kafka.fetch_max_wait_ms,
+        consumer = reader(
+            client_kwargs(self._kafka), fetch_max_wait_ms=self._kafka.fetch_max_wait_ms
         )
         await consumer.start()
         try:

@@ -43,7 +43,7 @@ from tests.support.compare import (
 )
 from tests.support.model import Model, limits_from_config
 from worker.config import Config, KafkaConfig, load_config
-from worker.kafka.options import client_kwargs
+from worker.kafka.options import client_kwargs, reader
 from worker.kafka.topics import ensure_topics
 from worker.messages import Event, TradeOutcome
 from worker.runtime import Clock, Worker
@@ -257,11 +257,8 @@ async def read_topic(kafka: KafkaConfig, topic: str, within: float = 15.0) -> li
     + 1*, not the log end offset, so the listed end alone can stop inside the
     last batch (the fetch high watermark is right).
     """
-    consumer = AIOKafkaConsumer(
-        **client_kwargs(kafka),
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
+    consumer = reader(
+        client_kwargs(kafka),
         fetch_max_wait_ms=20,
         max_partition_fetch_bytes=8 * 1024 * 1024,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.helpers import create_ssl_context
 
@@ -64,6 +65,19 @@ def client_kwargs(kafka: KafkaConfig) -> dict[str, Any]:
         kwargs["sasl_plain_username"] = kafka.sasl_username
         kwargs["sasl_plain_password"] = password
     return kwargs
+
+
+def reader(client: dict[str, Any], **fetch: Any) -> AIOKafkaConsumer:
+    """A consumer that reads as an observer, from ``client`` (:func:`client_kwargs`).
+
+    It joins no group, so it never takes partitions from the workers or triggers
+    a rebalance; it commits nothing; a partition it is assigned without a position
+    starts at the earliest offset, so it sees the topic's whole retained history.
+    ``fetch`` tunes its fetches (e.g. ``fetch_max_wait_ms``).
+    """
+    return AIOKafkaConsumer(
+        **client, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest", **fetch
+    )
 
 
 def redacted(kwargs: dict[str, Any]) -> dict[str, Any]:

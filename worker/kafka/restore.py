@@ -42,7 +42,9 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
+
+from worker.kafka.options import reader
 
 EPOCH_HEADER = "riskgate.epoch"
 CLAIM_KEY = b"/owner"
@@ -155,11 +157,8 @@ async def read_snapshot_partitions(
 ) -> SnapshotRead:
     """Last value per key of the given (default: all) partitions, read to their captured end."""
     started = time.perf_counter()
-    consumer = AIOKafkaConsumer(
-        **client_kwargs,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
+    consumer = reader(
+        client_kwargs,
         max_partition_fetch_bytes=8 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
         fetch_max_wait_ms=20,

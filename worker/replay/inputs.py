@@ -260,9 +260,9 @@ async def read_topics(config: Config, start_ms: int, end_ms: int) -> list[InputR
     the time lookup only approximately). A record off its bot's home partition
     is the dead letter the worker made of it (``bot_partition_mismatch``).
     """
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
-    from worker.kafka.options import client_kwargs
+    from worker.kafka.options import client_kwargs, reader
     from worker.runtime import home_partition
 
     topics = config.topics
@@ -273,11 +273,8 @@ async def read_topics(config: Config, start_ms: int, end_ms: int) -> list[InputR
         topics.control: "control",
     }
     max_bytes = config.worker.max_message_bytes
-    consumer = AIOKafkaConsumer(
-        **client_kwargs(config.kafka),
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
+    consumer = reader(
+        client_kwargs(config.kafka),
         fetch_max_wait_ms=50,
         max_partition_fetch_bytes=8 * 1024 * 1024,
     )

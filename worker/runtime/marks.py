@@ -26,6 +26,7 @@ import msgspec
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from worker.kafka.options import reader
 from worker.messages import Mark
 
 log = structlog.get_logger("riskgate.marks")
@@ -120,13 +121,7 @@ class KafkaMarkSource:
         self._consumer: AIOKafkaConsumer | None = None
 
     async def history(self) -> list[Any]:
-        consumer = AIOKafkaConsumer(
-            **self._kwargs,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=self._wait_ms,
-        )
+        consumer = reader(self._kwargs, fetch_max_wait_ms=self._wait_ms)
         await consumer.start()
         self._consumer = consumer
         await consumer.topics()

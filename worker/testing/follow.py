@@ -13,10 +13,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from worker.config import KafkaConfig
-from worker.kafka.options import client_kwargs
+from worker.kafka.options import client_kwargs, reader
 
 T = TypeVar("T")
 
@@ -59,13 +59,7 @@ async def wait_for_record(
     when the worker died, so a crash fails at once instead of timing out.
     Tombstones and records that do not decode are skipped.
     """
-    consumer = AIOKafkaConsumer(
-        **client_kwargs(kafka),
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=kafka.fetch_max_wait_ms,
-    )
+    consumer = reader(client_kwargs(kafka), fetch_max_wait_ms=kafka.fetch_max_wait_ms)
     await consumer.start()
     seen: list[T] = []
     try:
