@@ -11,10 +11,22 @@ from typing import Literal
 
 import msgspec
 
+from worker.config import TopicsConfig
 from worker.errors import Rejected
 from worker.messages import ControlCommand, Event, Fill, OrderIntent, TradeOutcome
 
 InputKind = Literal["fill", "outcome", "intent", "control"]
+
+
+def input_kinds(topics: TopicsConfig) -> dict[str, InputKind]:
+    """Input topic name → the kind of message it carries."""
+    return {
+        topics.fills: "fill",
+        topics.outcomes: "outcome",
+        topics.intents: "intent",
+        topics.control: "control",
+    }
+
 
 _DECODERS: dict[InputKind, msgspec.json.Decoder[Event]] = {
     "fill": msgspec.json.Decoder(Fill),

@@ -25,7 +25,7 @@ import msgspec
 
 from worker.config import Config
 from worker.errors import Rejected
-from worker.inbound import InputKind, decode_input
+from worker.inbound import InputKind, decode_input, input_kinds
 from worker.messages import ControlCommand, Event, Fill, OrderIntent, TradeOutcome
 
 KINDS: dict[str, InputKind] = {
@@ -265,13 +265,7 @@ async def read_topics(config: Config, start_ms: int, end_ms: int) -> list[InputR
     from worker.kafka.options import client_kwargs, reader
     from worker.runtime import home_partition
 
-    topics = config.topics
-    kinds: dict[str, InputKind] = {
-        topics.fills: "fill",
-        topics.outcomes: "outcome",
-        topics.intents: "intent",
-        topics.control: "control",
-    }
+    kinds = input_kinds(config.topics)
     max_bytes = config.worker.max_message_bytes
     consumer = reader(
         client_kwargs(config.kafka),

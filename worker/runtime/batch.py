@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 from aiokafka import TopicPartition
 
-from worker.config import Config, TopicsConfig
+from worker.config import Config
 from worker.core import Effects, Origin, RiskEngine
 from worker.errors import Rejected
 from worker.inbound import InputKind, decode_input
@@ -38,16 +38,6 @@ def log_halts(halts: Iterable[HaltEvent], **context: object) -> None:
             event_id=halt.event_id,
             **context,
         )
-
-
-def input_kinds(topics: TopicsConfig) -> dict[str, InputKind]:
-    """Input topic name → the kind of message it carries."""
-    return {
-        topics.fills: "fill",
-        topics.outcomes: "outcome",
-        topics.intents: "intent",
-        topics.control: "control",
-    }
 
 
 class BatchApplier:

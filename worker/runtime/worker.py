@@ -30,10 +30,11 @@ from worker.clock import wall_clock_ms
 from worker.config import Config
 from worker.core import Effects, RiskEngine
 from worker.health import Health
+from worker.inbound import input_kinds
 from worker.kafka.records import OutRecord
 from worker.kafka.watch import InputWatch
 from worker.metrics import Metrics
-from worker.runtime.batch import BatchApplier, input_kinds, log_halts
+from worker.runtime.batch import BatchApplier, log_halts
 from worker.runtime.checkpoint import Checkpoint, Offsets
 from worker.runtime.gauges import register_state_gauges, update_lag
 from worker.runtime.lifecycle import CLOSE_STEP_MAX_S, until_stopped
