@@ -53,6 +53,7 @@ from worker.core import Effects, RiskEngine
 from worker.core.snapshot import encode, portfolio_key, symbol_key
 from worker.kafka.broker import EmbeddedBroker
 from worker.messages import TradeOutcome
+from worker.runtime import home_partition
 
 TARGET_BYTES_PER_SYMBOL = 2048
 BOTS = [f"bot{i}" for i in range(8)]
@@ -149,7 +150,7 @@ async def from_templates(args: argparse.Namespace, n: int) -> Measured:
             await create_topics(config)
             symbol_values, portfolio_values = templates(config, args.recent_ids)
             topic = config.topics.snapshots
-            partition_of = {bot: partition_for(bot.encode(), args.partitions) for bot in BOTS}
+            partition_of = {bot: home_partition(bot.encode(), args.partitions) for bot in BOTS}
 
             def records():
                 for i in range(n):
@@ -191,7 +192,7 @@ async def from_live(args: argparse.Namespace, n: int) -> tuple[Measured, Measure
             )
             await create_topics(config)
             topic = config.topics.outcomes
-            partition_of = {bot: partition_for(bot.encode(), args.partitions) for bot in BOTS}
+            partition_of = {bot: home_partition(bot.encode(), args.partitions) for bot in BOTS}
             ends = dict.fromkeys(range(args.partitions), 0)
             encode_json = msgspec.json.Encoder().encode
             start = now_ms() - 60_000
@@ -289,13 +290,6 @@ def current_rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS in /proc status")
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    from aiokafka.partitioner import DefaultPartitioner
-
-    every = list(range(partitions))
-    return int(DefaultPartitioner()(key, every, every))
 
 
 if __name__ == "__main__":
