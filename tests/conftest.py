@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
+from tests.support.system import in_ci
 from worker.kafka.broker import EmbeddedBroker
 from worker.testing.kafka import broker_plan
 from worker.testing.plugin import KAFKA_USED
@@ -28,17 +29,13 @@ from worker.testing.plugin import KAFKA_USED
 # state machine runs the same derandomized examples. `make fuzz` (RISKGATE_FUZZ_EXAMPLES)
 # and local runs keep drawing fresh ones, which is where new failures are found.
 settings.register_profile("ci", derandomize=True, database=None)
-if os.environ.get("CI") == "true" and "RISKGATE_FUZZ_EXAMPLES" not in os.environ:
+if in_ci() and "RISKGATE_FUZZ_EXAMPLES" not in os.environ:
     settings.load_profile("ci")
 
 DAY_MS = 86_400_000
 GUARD_BEFORE_MS = 3 * 60_000
 """Longer than any one broker test: none that starts outside the guard crosses 00:00 UTC."""
 GUARD_AFTER_MS = 60_000
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +53,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    ci = " (CI: skipped security tests fail)" if _in_ci() else ""
+    ci = " (CI: skipped security tests fail)" if in_ci() else ""
     return f"riskgate broker: {broker_plan()}{ci}"
 
 
@@ -88,10 +85,12 @@ def _clear_of_utc_midnight(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[Any]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
     outcome = yield
     report = outcome.get_result()
-    if report.skipped and _in_ci() and item.get_closest_marker("security") is not None:
+    if report.skipped and in_ci() and item.get_closest_marker("security") is not None:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"security test skipped in CI: {reason}"
