@@ -1,0 +1,157 @@
+"""Behaviours of the split core (``worker/core/``) that mutants survived the unit suite on.
+
+``make mutate`` over ``worker/core/{gates,account,symbol,...}.py`` (issue 17, item 2)
+left these alive; each test is named after the behaviour it pins and asserts
+exact values, so the mutant that breaks it fails here. Survivors judged
+equivalent are listed with why in ``docs/mutation.md``.
+"""
+
+from __future__ import annotations
+
+from tests.support.builders import DAY_MS, MIDNIGHT, T0, control, engine, fill, intent
+from worker import signing
+from worker.core import Effects, RiskEngine
+from worker.messages import AccountGateState, GateDecision, GateState, HaltEvent, Mark
+
+BOT = """
+[bots.alpha]
+pnl_source = "fills"
+[bots.alpha.session]
+loss_limit = -1000000.0
+"""
+
+
+def _engine(extra: str = "") -> RiskEngine:
+    return engine(BOT + extra)
+
+
+def _mark(e: RiskEngine, price: float, ts: int = T0, symbol: str = "BTCUSDT") -> Effects:
+    return e.apply_mark(Mark(symbol=symbol, price=price, ts=ts))
+
+
+def _round_trip(e: RiskEngine, symbol: str, buy: float, sell: float) -> None:
+    """Realise ``sell - buy`` on one unit of ``symbol`` (the bot's PnL comes from fills)."""
+    e.apply(fill("buy", 1.0, buy, symbol=symbol), T0)
+    e.apply(fill("sell", 1.0, sell, symbol=symbol), T0)
+
+
+def _decide(e: RiskEngine, now: int = T0, **kw: object) -> GateDecision:
+    (d,) = e.apply(intent(ts=now, **kw), now).decisions  # type: ignore[arg-type]
+    return d
+
+
+def _account(e: RiskEngine, now: int = T0) -> AccountGateState:
+    dirty = Effects()
+    dirty.dirty_bots.add("alpha")
+    (state,) = e.gate_states(dirty, now)
+    assert isinstance(state, AccountGateState)
+    return state
+
+
+def _symbol(e: RiskEngine, symbol: str = "BTCUSDT", now: int = T0) -> GateState:
+    dirty = Effects()
+    dirty.dirty_symbols.add(("alpha", symbol))
+    (state,) = e.gate_states(dirty, now)
+    assert isinstance(state, GateState)
+    return state
+
+
+# -- gates.py: what a denial says ------------------------------------------------------------
+
+
+def test_a_stale_mark_denial_names_the_symbol_whose_mark_is_too_old() -> None:
+    e = _engine("[bots.alpha.portfolio]\nmax_daily_loss = -100.0\n")
+    e.apply(fill("buy", 2.0, 100.0), T0)
+    _mark(e, 100.0)
+    d = _decide(e, T0 + 60_001, symbol="ETHUSDT")
+    assert (d.gate, d.reason) == (
+        "stale_mark",
+        "the BTCUSDT mark is too old to value the open position",
+    )
+
+
+def test_a_daily_loss_denial_states_the_configured_limit() -> None:
+    e = _engine("[bots.alpha.portfolio]\nmax_daily_loss = -100.0\n")
+    _round_trip(e, "BTCUSDT", 100.0, 0.0)
+    d = _decide(e, symbol="ETHUSDT")
+    assert (d.gate, d.reason) == ("portfolio_daily_loss", "account reached max daily loss -100")
+
+
+def test_a_drawdown_denial_says_how_far_below_the_peak() -> None:
+    e = _engine("[bots.alpha.portfolio]\nmax_drawdown = 50.0\n")
+    e.apply(fill("buy", 1.0, 100.0), T0)
+    _mark(e, 180.0, T0 + 1)
+    _mark(e, 130.0, T0 + 3)
+    d = _decide(e, T0 + 4, symbol="ETHUSDT")
+    assert (d.gate, d.reason) == ("drawdown", "equity fell 50 below the day's peak 80.00")
+
+
+def test_a_close_on_the_wrong_side_says_it_does_not_reduce() -> None:
+    e = _engine()
+    e.apply(fill("buy", 1.0, 100.0), T0)
+    d = _decide(e, action="close", side="buy")
+    assert (d.gate, d.reason) == ("no_position", "a buy does not reduce the open position")
+
+
+# -- account.py: equity and the daily-loss limit with unrealised PnL ---------------------------
+
+
+def test_a_winning_open_position_offsets_a_realised_loss_in_the_daily_loss_decision() -> None:
+    """Equity -80 + 50 = -30 is above the -50 limit: the open is allowed (not -130)."""
+    e = _engine("[bots.alpha.portfolio]\nmax_daily_loss = -50.0\n")
+    e.apply(fill("buy", 1.0, 100.0), T0)
+    _mark(e, 150.0)
+    _round_trip(e, "ETHUSDT", 100.0, 20.0)
+    d = _decide(e, T0 + 1, symbol="SOLUSDT")
+    assert (d.gate, d.allowed) == (None, True)
+
+
+def test_account_equity_is_realised_net_plus_unrealised() -> None:
+    e = _engine()
+    e.apply(fill("buy", 1.0, 100.0), T0)
+    _mark(e, 150.0)
+    _round_trip(e, "ETHUSDT", 100.0, 20.0)
+    acc = _account(e)
+    assert (acc.account_net_pnl, acc.unrealised_pnl, acc.equity) == (-80.0, 50.0, -30.0)
+
+
+def test_reset_session_latches_on_equity_when_the_reset_win_hid_an_unrealised_loss() -> None:
+    """+30 realised, -60 unrealised: -30, above -50; resetting the win leaves -60: latched."""
+    e = _engine("[bots.alpha.portfolio]\nmax_daily_loss = -50.0\n")
+    _round_trip(e, "ETHUSDT", 100.0, 130.0)
+    e.apply(fill("buy", 1.0, 100.0), T0)
+    assert _mark(e, 40.0).halts == []
+    reset = control("reset_session", symbol="ETHUSDT", ts=T0 + 1)
+    out = e.apply(reset, T0 + 1)
+    assert out.halts == [
+        HaltEvent(
+            event_id=f"alpha/*/portfolio_daily_loss/cmd-{signing.command_digest(reset)}",
+            bot="alpha",
+            symbol=None,
+            kind="halted",
+            gate="portfolio_daily_loss",
+            reason="equity (with unrealised PnL) reached max daily loss -50",
+            ts=T0 + 1,
+            until_ts=MIDNIGHT + DAY_MS,
+            issued_by="alice",
+            cancel_open_orders=False,
+        )
+    ]
+
+
+def test_a_reset_session_that_latches_nothing_leaves_the_account_record_unchanged() -> None:
+    e = _engine()
+    e.apply(fill("buy", 1.0, 100.0), T0)
+    assert _account(e).seq == 1
+    out = e.apply(control("reset_session", ts=T0 + 1), T0 + 1)
+    assert (out.halts, _account(e, T0 + 1).seq) == ([], 1)
+
+
+# -- symbol.py ----------------------------------------------------------------------------
+
+
+def test_a_position_without_a_mark_has_zero_unrealised_pnl() -> None:
+    e = _engine()
+    e.apply(fill("buy", 1.0, 100.0), T0)
+    sym = _symbol(e)
+    assert (sym.position_qty, sym.mark, sym.unrealised_pnl) == (1.0, None, 0.0)
