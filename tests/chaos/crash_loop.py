@@ -48,7 +48,6 @@ import argparse
 import asyncio
 import random
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -71,15 +70,18 @@ from tests.support.reliability import (
     OffsetWatcher,
     RiskgateProcess,
     Verdict,
+    add_place_args,
     avoid_utc_midnight,
     error_lines,
     fmt_ints,
     generate_workload,
     judge,
+    report_exit,
+    say,
+    script_place,
     stopping,
 )
 from worker.config import load_config
-from worker.kafka.broker import EmbeddedBroker
 from worker.messages import Event
 
 DATA, BARRIER, GAP = range(3)
@@ -419,45 +421,29 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--expiry-secs", type=int, default=15, help="breaker window, cooldown, reservation TTL"
     )
     parser.add_argument("--session-timeout-ms", type=int, default=1_000)
-    parser.add_argument("--bootstrap", default=None, help="use this broker, not an embedded one")
-    parser.add_argument("--workdir", type=Path, default=None, help="keep config and logs here")
+    add_place_args(parser)
     return parser.parse_args(argv)
 
 
 async def _main(args: argparse.Namespace) -> int:
-    def say(text: str) -> None:
-        print(text, flush=True)
-
     # Roughly: restarts cost a few seconds each, plus the stream's own pace and the epochs.
     needed = args.kills * 8 + args.events / 500 + args.epochs * (args.expiry_secs + 5) + 120
     await avoid_utc_midnight(needed, say=say)
-    with tempfile.TemporaryDirectory(prefix="riskgate-chaos-") as tmp:
-        workdir = args.workdir or Path(tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
-        if args.bootstrap:
-            bootstrap, broker = args.bootstrap, None
-        else:
-            broker = await EmbeddedBroker(log_dir=workdir / "broker").start_async()
-            bootstrap = broker.bootstrap_servers
-        try:
-            report = await run_crash_loop(
-                bootstrap,
-                workdir,
-                kills=args.kills,
-                events=args.events,
-                seed=args.seed,
-                bots=args.bots,
-                partitions=args.partitions,
-                epochs=args.epochs,
-                expiry_secs=args.expiry_secs,
-                session_timeout_ms=args.session_timeout_ms,
-                say=say,
-            )
-        finally:
-            if broker is not None:
-                await broker.stop_async()
-    print("\n".join(report.lines()), flush=True)
-    return 0 if report.ok else 1
+    async with script_place(args, "riskgate-chaos-") as place:
+        report = await run_crash_loop(
+            place.bootstrap,
+            place.workdir,
+            kills=args.kills,
+            events=args.events,
+            seed=args.seed,
+            bots=args.bots,
+            partitions=args.partitions,
+            epochs=args.epochs,
+            expiry_secs=args.expiry_secs,
+            session_timeout_ms=args.session_timeout_ms,
+            say=say,
+        )
+    return report_exit(report)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import random
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -39,13 +38,16 @@ from tests.support.harness import config_text, create_topics
 from tests.support.reliability import (
     OffsetWatcher,
     RiskgateProcess,
+    add_place_args,
     error_lines,
     pid_rss_mib,
+    report_exit,
+    say,
+    script_place,
     stopping,
     warning_count,
 )
 from worker.config import Config, load_config
-from worker.kafka.broker import EmbeddedBroker
 
 _encode = msgspec.json.encode
 
@@ -374,45 +376,31 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sample-every", type=float, default=5.0, help="seconds")
     parser.add_argument("--max-growth-mib", type=float, default=64.0)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--bootstrap", default=None, help="use this broker, not an embedded one")
-    parser.add_argument("--workdir", type=Path, default=None, help="keep config and logs here")
+    add_place_args(parser)
     return parser.parse_args(argv)
 
 
 async def _main(args: argparse.Namespace) -> int:
-    def say(text: str) -> None:
-        print(text, flush=True)
-
-    with tempfile.TemporaryDirectory(prefix="riskgate-soak-") as tmp:
-        workdir = args.workdir or Path(tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
-        broker: EmbeddedBroker | None = None
-        if args.bootstrap:
-            bootstrap = args.bootstrap
-        else:
-            broker = await EmbeddedBroker(log_dir=workdir / "broker").start_async()
-            bootstrap = broker.bootstrap_servers
-        say(f"soak: {args.minutes:g} min at {args.rate:g}/s, {args.symbols} symbols; in {workdir}")
-        try:
-            report = await run_soak(
-                bootstrap,
-                workdir,
-                seconds=args.minutes * 60,
-                rate=args.rate,
-                symbols=args.symbols,
-                bots=args.bots,
-                partitions=args.partitions,
-                sample_every=args.sample_every,
-                seed=args.seed,
-                broker_pid=broker.pid if broker is not None else None,
-                max_growth_mib=args.max_growth_mib,
-                say=say,
-            )
-        finally:
-            if broker is not None:
-                await broker.stop_async()
-    print("\n".join(report.lines()), flush=True)
-    return 0 if report.ok else 1
+    async with script_place(args, "riskgate-soak-") as place:
+        say(
+            f"soak: {args.minutes:g} min at {args.rate:g}/s, {args.symbols} symbols;"
+            f" in {place.workdir}"
+        )
+        report = await run_soak(
+            place.bootstrap,
+            place.workdir,
+            seconds=args.minutes * 60,
+            rate=args.rate,
+            symbols=args.symbols,
+            bots=args.bots,
+            partitions=args.partitions,
+            sample_every=args.sample_every,
+            seed=args.seed,
+            broker_pid=place.broker_pid,
+            max_growth_mib=args.max_growth_mib,
+            say=say,
+        )
+    return report_exit(report)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -384,7 +384,6 @@ async def wait_until(
     died (so a crashed worker fails fast with its own error instead of a timeout).
     """
     deadline = time.monotonic() + within
-    last: Any = None
     while True:
         if alive is not None:
             alive()

@@ -9,18 +9,20 @@ via the harness), so the scripts in ``tests/chaos`` and the short tests in
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -46,6 +48,7 @@ from tests.support.harness import (
 )
 from tests.support.model import Model
 from worker.config import Config, KafkaConfig
+from worker.kafka.broker import EmbeddedBroker
 from worker.kafka.options import client_kwargs
 from worker.messages import ControlCommand, Event, Fill, OrderIntent, TradeOutcome
 
@@ -844,6 +847,57 @@ async def stopping(worker: WorkerProcess) -> AsyncIterator[WorkerProcess]:
         with contextlib.suppress(Exception):
             worker.terminate(grace=15)
         worker.kill()
+
+
+# -- the chaos scripts' command line (tests/chaos) ------------------------------------
+
+
+def say(text: str) -> None:
+    """A script's progress line, shown at once (runs take minutes)."""
+    print(text, flush=True)
+
+
+def add_place_args(parser: argparse.ArgumentParser) -> None:
+    """``--bootstrap`` and ``--workdir``, which :func:`script_place` reads."""
+    parser.add_argument("--bootstrap", default=None, help="use this broker, not an embedded one")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep config and logs here")
+
+
+class Place(NamedTuple):
+    workdir: Path
+    bootstrap: str
+    broker_pid: int | None
+    """The embedded broker's process (None with ``--bootstrap``: not ours to watch)."""
+
+
+@contextlib.asynccontextmanager
+async def script_place(args: argparse.Namespace, prefix: str) -> AsyncIterator[Place]:
+    """Where a script runs: ``--workdir`` (else a temporary directory, removed after)
+    and ``--bootstrap`` (else an embedded broker logging into the workdir, stopped after)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        if args.bootstrap:
+            yield Place(workdir, args.bootstrap, None)
+            return
+        broker = await EmbeddedBroker(log_dir=workdir / "broker").start_async()
+        try:
+            yield Place(workdir, broker.bootstrap_servers, broker.pid)
+        finally:
+            await broker.stop_async()
+
+
+class Report(Protocol):
+    @property
+    def ok(self) -> bool: ...
+
+    def lines(self) -> list[str]: ...
+
+
+def report_exit(report: Report) -> int:
+    """Print ``report``; the script's exit code (0 only when it passed)."""
+    print("\n".join(report.lines()), flush=True)
+    return 0 if report.ok else 1
 
 
 def fmt_ints(values: Iterable[float]) -> str:
