@@ -472,12 +472,16 @@ class WorkerProcess:
     proc: subprocess.Popen[bytes] | None = None
     runs: list[int] = field(default_factory=list)
 
+    def command(self) -> list[str]:
+        """The program that is the worker, before ``run --config FILE``."""
+        return [sys.executable, "-m", "worker.cli"]
+
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None
         log = self.log_path.open("ab")
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", "run", "--config", str(self.config_path)],
+                [*self.command(), "run", "--config", str(self.config_path)],
                 cwd=PROJECT_ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +29,6 @@ from tests.support.compare import HaltView
 from tests.support.harness import (
     DAY_MS,
     MIN_MS,
-    PROJECT_ROOT,
     Produced,
     Record,
     WorkerProcess,
@@ -67,21 +64,8 @@ def riskgate_command() -> list[str]:
 class RiskgateProcess(WorkerProcess):
     """The harness's worker process, started as ``riskgate run --config FILE``."""
 
-    def start(self) -> None:
-        assert self.proc is None or self.proc.poll() is not None
-        log = self.log_path.open("ab")
-        try:
-            self.proc = subprocess.Popen(
-                [*riskgate_command(), "run", "--config", str(self.config_path)],
-                cwd=PROJECT_ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={k: v for k, v in os.environ.items() if not k.startswith("RISKGATE_")},
-            )
-        finally:
-            log.close()
-        self.runs.append(self.proc.pid)
+    def command(self) -> list[str]:
+        return riskgate_command()
 
     @property
     def alive(self) -> bool:
