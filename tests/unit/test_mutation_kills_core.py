@@ -155,3 +155,54 @@ def test_a_position_without_a_mark_has_zero_unrealised_pnl() -> None:
     e.apply(fill("buy", 1.0, 100.0), T0)
     sym = _symbol(e)
     assert (sym.position_qty, sym.mark, sym.unrealised_pnl) == (1.0, None, 0.0)
+
+
+# -- account.py: the stale-mark check -----------------------------------------------------
+
+SESSION_MARKED = """
+[bots.alpha.overrides.BTCUSDT.session]
+loss_limit = -1000000.0
+include_unrealised = true
+"""
+"""Only BTCUSDT's session values its position at the mark: only its mark must be fresh."""
+
+
+def test_a_mark_that_arrived_since_the_last_valuation_is_judged_for_staleness() -> None:
+    """No account limit values positions on the mark's arrival; the open must still see it."""
+    e = _engine(SESSION_MARKED)
+    e.apply(fill("buy", 1.0, 100.0), T0)
+    _mark(e, 100.0)
+    assert _decide(e, T0 + 60_001, symbol="SOLUSDT").gate == "stale_mark"
+
+
+def test_the_stale_mark_denial_names_the_symbol_whose_mark_matters() -> None:
+    """ETHUSDT (opened first) needs no fresh mark; BTCUSDT's is the stale one."""
+    e = _engine(SESSION_MARKED)
+    e.apply(fill("buy", 1.0, 100.0, symbol="ETHUSDT"), T0)
+    e.apply(fill("buy", 1.0, 100.0), T0)
+    _mark(e, 100.0)
+    _mark(e, 100.0, symbol="ETHUSDT")
+    d = _decide(e, T0 + 60_001, symbol="SOLUSDT")
+    assert (d.gate, d.reason) == (
+        "stale_mark",
+        "the BTCUSDT mark is too old to value the open position",
+    )
+
+
+def test_an_open_at_exactly_the_daily_loss_limit_on_equity_is_denied_live() -> None:
+    """-20 realised and -30 unrealised is exactly the -50 limit: denied on the exact equity.
+
+    The mark is stamped on the day before, so it latches nothing (a late event); the
+    live check alone must deny, deciding on the exact sum as the net is on the edge.
+    """
+    e = _engine(
+        "[bots.alpha.portfolio]\nmax_daily_loss = -50.0\n"
+        "[defaults.orders]\nmark_max_age_ms = 172800000\n"
+    )
+    _round_trip(e, "ETHUSDT", 100.0, 80.0)
+    e.apply(fill("buy", 1.0, 100.0), T0)
+    assert _mark(e, 70.0, MIDNIGHT - 1).halts == []
+    d = _decide(e, T0 + 1, symbol="SOLUSDT")
+    assert (d.gate, d.reason) == ("portfolio_daily_loss", "account reached max daily loss -50")
+    acc = _account(e, T0 + 1)
+    assert (acc.account_net_pnl, acc.unrealised_pnl, acc.equity) == (-20.0, -30.0, -50.0)
