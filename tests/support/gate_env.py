@@ -67,11 +67,15 @@ def uid(prefix: str) -> str:
 
 
 async def eventually(
-    probe: Callable[[], T], *, within: float = 10.0, what: str, alive: Callable[[], None] | None
+    probe: Callable[[], T | None],
+    *,
+    within: float = 10.0,
+    what: str,
+    alive: Callable[[], None] | None,
 ) -> T:
     """Poll a synchronous ``probe`` until it returns something truthy."""
 
-    async def call() -> T:
+    async def call() -> T | None:
         return probe()
 
     return await wait_until(call, within=within, what=what, interval=0.01, alive=alive)
@@ -97,15 +101,8 @@ class GateEnv:
     async def stop_worker(self) -> None:
         """Graceful stop (persist, commit, leave the group); re-raises a worker crash."""
         running, self.running = self.running, None
-        if running is None:
-            return
-        running.worker.stop()
-        try:
-            async with asyncio.timeout(30):
-                await running.task
-        finally:
-            if not running.task.done():
-                running.task.cancel()
+        if running is not None:
+            await running.stop()
 
     async def ensure_worker(self) -> None:
         if self.running is None:

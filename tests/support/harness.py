@@ -371,7 +371,7 @@ async def all_committed(config: Config, produced: Iterable[Produced]) -> bool:
 
 
 async def wait_until(
-    probe: Callable[[], Awaitable[T]],
+    probe: Callable[[], Awaitable[T | None]],
     *,
     within: float,
     what: str,
@@ -408,6 +408,17 @@ class InProcess:
             error = None if self.task.cancelled() else self.task.exception()
             raise AssertionError(f"worker task ended unexpectedly: {error!r}")
 
+    async def stop(self) -> None:
+        """Graceful stop (finish batch, persist, commit, leave the group); the task is
+        awaited, so an exception inside the worker is raised here."""
+        self.worker.stop()
+        try:
+            async with asyncio.timeout(30):
+                await self.task
+        finally:
+            if not self.task.done():
+                self.task.cancel()
+
 
 @contextlib.asynccontextmanager
 async def running_worker(
@@ -425,13 +436,7 @@ async def running_worker(
             await wait_ready(running, ready_timeout)
         yield running
     finally:
-        worker.stop()
-        try:
-            async with asyncio.timeout(30):
-                await running.task
-        finally:
-            if not running.task.done():
-                running.task.cancel()
+        await running.stop()
 
 
 async def wait_ready(running: InProcess, within: float = 30.0) -> None:
