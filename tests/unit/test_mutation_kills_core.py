@@ -11,7 +11,14 @@ from __future__ import annotations
 from tests.support.builders import DAY_MS, MIDNIGHT, T0, control, engine, fill, intent
 from worker import signing
 from worker.core import Effects, RiskEngine
-from worker.messages import AccountGateState, GateDecision, GateState, HaltEvent, Mark
+from worker.messages import (
+    AccountGateState,
+    Block,
+    GateDecision,
+    GateState,
+    HaltEvent,
+    Mark,
+)
 
 BOT = """
 [bots.alpha]
@@ -189,7 +196,7 @@ def test_the_stale_mark_denial_names_the_symbol_whose_mark_matters() -> None:
     )
 
 
-def test_an_open_at_exactly_the_daily_loss_limit_on_equity_is_denied_live() -> None:
+def test_an_account_at_exactly_the_daily_loss_limit_on_equity_is_blocked_live() -> None:
     """-20 realised and -30 unrealised is exactly the -50 limit: denied on the exact equity.
 
     The mark is stamped on the day before, so it latches nothing (a late event); the
@@ -206,3 +213,13 @@ def test_an_open_at_exactly_the_daily_loss_limit_on_equity_is_denied_live() -> N
     assert (d.gate, d.reason) == ("portfolio_daily_loss", "account reached max daily loss -50")
     acc = _account(e, T0 + 1)
     assert (acc.account_net_pnl, acc.unrealised_pnl, acc.equity) == (-20.0, -30.0, -50.0)
+    assert (acc.entries_allowed, acc.blocks) == (
+        False,
+        [
+            Block(
+                "portfolio_daily_loss",
+                "equity (with unrealised PnL) reached max daily loss -50",
+                MIDNIGHT + DAY_MS,
+            )
+        ],
+    )
