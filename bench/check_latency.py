@@ -55,6 +55,7 @@ from bench.baseline import (
     windows_line,
 )
 from worker.client import GateClient
+from worker.clock import wall_clock_ms as now_ms
 from worker.config import Config, KafkaConfig, load_config
 from worker.kafka.broker import EmbeddedBroker
 from worker.kafka.options import client_kwargs
@@ -63,10 +64,6 @@ from worker.messages import Fill, GateDecision, OrderIntent
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 1.2
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def config_toml(args: argparse.Namespace, bootstrap: str) -> str:
