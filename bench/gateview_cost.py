@@ -23,15 +23,12 @@ import msgspec
 from aiokafka import AIOKafkaProducer
 
 from worker.client import GateView
+from worker.clock import wall_clock_ms as now_ms
 from worker.config import KafkaConfig, TopicsConfig
 from worker.kafka.broker import EmbeddedBroker
 from worker.kafka.options import client_kwargs
 from worker.kafka.topics import ensure_topics
 from worker.messages import AccountGateState, Block, GateState
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def records(bots: int, symbols: int) -> list[tuple[bytes, bytes]]:

@@ -39,6 +39,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from worker.clock import wall_clock_ms
 from worker.config import KafkaConfig, TopicsConfig
 from worker.kafka.fetch import fetch
 from worker.kafka.options import client_kwargs, reader
@@ -71,10 +72,6 @@ _account_state = msgspec.json.Decoder(AccountGateState)
 _halt = msgspec.json.Decoder(HaltEvent)
 _decision = msgspec.json.Decoder(GateDecision)
 _encode = msgspec.json.Encoder().encode
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _monotonic_ms() -> int:
@@ -491,7 +488,7 @@ class GateClient(_Follower):
         topics: TopicsConfig | None = None,
         *,
         timeout_ms: int = 250,
-        clock: Callable[[], int] = _now_ms,
+        clock: Callable[[], int] = wall_clock_ms,
     ) -> None:
         super().__init__(kafka, topics)
         self.timeout_ms = timeout_ms

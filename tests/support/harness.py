@@ -42,6 +42,7 @@ from tests.support.compare import (
     snapshot_symbols,
 )
 from tests.support.model import Model, limits_from_config
+from worker.clock import wall_clock_ms
 from worker.config import Config, KafkaConfig, load_config
 from worker.kafka.options import client_kwargs, reader
 from worker.kafka.topics import ensure_topics
@@ -63,9 +64,8 @@ ANCHOR_MS = 20_254 * DAY_MS + 12 * HOUR_MS
 _CLOCK_OFFSET_MS = ANCHOR_MS - time.time_ns() // 1_000_000
 
 
-def now_ms() -> int:
-    """The real wall clock (for workers in a subprocess, which cannot be given a clock)."""
-    return time.time_ns() // 1_000_000
+now_ms = wall_clock_ms
+"""The real wall clock (for workers in a subprocess, which cannot be given a clock)."""
 
 
 def clock() -> int:

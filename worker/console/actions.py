@@ -15,7 +15,6 @@ a missing reason, a bot the worker would reject) is audited too.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from typing import Literal, Protocol
 
@@ -23,6 +22,7 @@ import msgspec
 import structlog
 from aiokafka.errors import KafkaError
 
+from worker.clock import wall_clock_ms
 from worker.config import Config
 from worker.console.auth import Principal
 from worker.messages import Command, ControlCommand
@@ -100,10 +100,6 @@ class Sender(Protocol):
     async def send_and_wait(self, topic: str, value: bytes, key: bytes) -> object: ...
 
 
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class Actions:
     """Performs actions for authenticated users; ``secret`` is the control secret or None."""
 
@@ -113,7 +109,7 @@ class Actions:
         producer: Sender,
         secret: bytes | None,
         *,
-        clock: Callable[[], int] = _wall_ms,
+        clock: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self._config = config
         self._producer = producer

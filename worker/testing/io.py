@@ -8,7 +8,6 @@ re-sent ids) and stamps it with the test's clock unless told otherwise.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import TypeVar
@@ -16,6 +15,7 @@ from typing import TypeVar
 import msgspec
 from aiokafka import AIOKafkaProducer
 
+from worker.clock import wall_clock_ms
 from worker.config import Config
 from worker.kafka.options import client_kwargs
 from worker.messages import (
@@ -48,10 +48,6 @@ _halt = msgspec.json.Decoder(HaltEvent).decode
 _decision = msgspec.json.Decoder(GateDecision).decode
 _symbol_gate = msgspec.json.Decoder(GateState).decode
 _account_gate = msgspec.json.Decoder(AccountGateState).decode
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def new_id(kind: str) -> str:
