@@ -601,12 +601,12 @@ def test_gate_state_records() -> None:
     apply_all(eng, [outcome(-1.0), fill("buy", 2.0, 10.0)])
     bot = eng.bots["alpha"]
     sym = bot.symbols["BTCUSDT"]
-    g = bot.gate_state(sym, T0 + 5)
+    g = sym.gate_state(T0 + 5)
     assert not g.entries_allowed
     assert [b.gate for b in g.blocks] == ["circuit_breaker"]
     assert (g.net_pnl, g.trades, g.recent_losses, g.position_qty) == (-1.0, 1, 1, 2.0)
     assert g.seq == 2  # the outcome and the fill changed it
-    assert bot.gate_state(sym, T0 + 6).seq == 2  # reading it changed nothing
+    assert sym.gate_state(T0 + 6).seq == 2  # reading it changed nothing
     acct = bot.account_gate_state(T0 + 5)
     assert acct.entries_allowed
     assert (acct.open_positions, acct.gross_exposure) == (1, 20.0)
@@ -686,7 +686,7 @@ def test_sweep_evicts_aged_out_losses_and_marks_the_symbol() -> None:
     assert sym.breaker.recent_losses == []
     assert out.dirty_symbols == {("alpha", "BTCUSDT")}
     assert out.halts == []
-    assert eng.bots["alpha"].gate_state(sym, T0 + 3_600_000).recent_losses == 0
+    assert sym.gate_state(T0 + 3_600_000).recent_losses == 0
 
 
 def test_restart_does_not_change_what_later_sweeps_do() -> None:

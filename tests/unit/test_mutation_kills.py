@@ -557,7 +557,7 @@ def test_gate_records_carry_every_field() -> None:
     eng.apply(outcome(-2.0, ts=T0 + 1000), T0 + 1000)
     eng.apply(control("halt", symbol=None, ts=T0 + 2000, reason="ops", issued_by="alice"), T0)
     bot = eng.bots["alpha"]
-    gate = bot.gate_state(bot.symbols["BTCUSDT"], T0 + 5000)
+    gate = bot.symbols["BTCUSDT"].gate_state(T0 + 5000)
     account = bot.account_gate_state(T0 + 5000)
     assert (gate.bot, gate.symbol, gate.entries_allowed, gate.updated_ts) == (
         "alpha",

@@ -6,22 +6,19 @@ every symbol per event would cost O(symbols), so the sum is kept by deltas
 (bounding float drift), after any change outside the event paths (rollover,
 operator reset, restore), and exactly whenever it is near the limit.
 
-Intents are answered here after the gates (:func:`worker.core.gates.evaluate`):
-a stale intent is refused, a repeat gets its first answer again (R3), an
-allowed one reserves until fills with its id consume it (R2) or it expires.
+Fills release what they filled of their intent's reservation here (R2); intents
+are answered in :mod:`worker.core.answers`.
 """
 
 from __future__ import annotations
 
 import math
 
-from worker.core.gates import ALLOWED, REUSED_ID, Verdict, decision
-from worker.core.intents import Seen, content_digest, id_digest
 from worker.core.marks import MarkTable, exposure, unrealised_pnl
 from worker.core.portfolio import PortfolioRisk
 from worker.core.session import MS_PER_DAY, utc_day
 from worker.core.symbol import SymbolRisk
-from worker.messages import Block, Fill, GateDecision, OrderIntent
+from worker.messages import AccountGateState, Block, Fill
 
 NET_RESYNC = 256
 """Deltas folded into a bot's running account net before it is summed afresh."""
@@ -255,50 +252,23 @@ class Account:
             self._value()
         return self._exposure
 
-    # -- intents and reservations ---------------------------------------------------
+    def gate_state(self, bot: str, blocks: list[Block], seq: int, now_ms: int) -> AccountGateState:
+        """The account record of the bot (its bot-wide ``blocks``); a pure read."""
+        day = self.portfolio.last_reset_day
+        return AccountGateState(
+            bot=bot,
+            entries_allowed=not blocks,
+            blocks=blocks,
+            account_net_pnl=self.account_net(day),
+            open_positions=len(self.open_symbols()),
+            gross_exposure=self.gross_exposure(),
+            updated_ts=now_ms,
+            seq=seq,
+            unrealised_pnl=self.unrealised(),
+            equity=self.equity(day),
+        )
 
-    def recall(self, i: OrderIntent, now_ms: int) -> GateDecision | None:
-        """The answer to an intent that needs no gate: too old (R4), a repeat, or a reused
-        id (R3); None when the gates must judge it."""
-        age = now_ms - i.ts
-        ttl = self.reservation_ttl_ms
-        if age > ttl:
-            reason = f"intent is {age} ms old; reservations last {ttl} ms"
-            return decision(i, "expired", reason, now_ms)
-        portfolio = self.portfolio
-        seen = portfolio.intents.get(id_digest(i.intent_id))
-        if seen is not None:
-            if seen.content == content_digest(i):
-                return self._repeat(i, seen)
-            return decision(i, "duplicate_intent_id", REUSED_ID, now_ms)
-        if i.intent_id in portfolio.reservations:  # remembered no more, still reserved
-            return decision(i, "duplicate_intent_id", REUSED_ID, now_ms)
-        return None
-
-    def _repeat(self, i: OrderIntent, seen: Seen) -> GateDecision:
-        """The same intent again: the first decision again, reserving nothing more.
-
-        Rebuilt from the compact window entry, so it reads the same live and
-        after a restore; a denial's reason names its gate, not the first text.
-        """
-        ts = i.ts + seen.delay
-        if seen.gate is not None:
-            return decision(i, seen.gate, f"repeat of an intent denied by {seen.gate}", ts)
-        return decision(i, None, ALLOWED[i.action], ts, ts + self.reservation_ttl_ms)
-
-    def settle(self, i: OrderIntent, verdict: Verdict, now_ms: int) -> GateDecision:
-        """Remember a judged intent; an allowed one reserves until ``now + ttl``."""
-        gate, reason = verdict
-        expires = None
-        portfolio = self.portfolio
-        if gate is None:
-            expires = now_ms + self.reservation_ttl_ms
-            close = i.action == "close"
-            notional = 0.0 if close else i.notional
-            portfolio.reserve(i.intent_id, i.symbol, notional, expires, qty=i.qty, close=close)
-        key = id_digest(i.intent_id)
-        portfolio.intents.remember(key, content_digest(i), now_ms - i.ts, gate)
-        return decision(i, gate, reason, now_ms, expires)
+    # -- reservations --------------------------------------------------------------
 
     def consume(self, f: Fill) -> bool:
         """A fill releases only what it filled of its intent's reservation (R2); True if a

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from worker.config import BotSettings
 from worker.core.account import Account
+from worker.core.answers import recall, settle
 from worker.core.controls import UNREADABLE_BLOCK, BotControls, kill_block
 from worker.core.effects import Effects, Origin
 from worker.core.gates import evaluate, transitions
@@ -29,7 +30,6 @@ from worker.messages import (
     AccountGateState,
     Block,
     Gate,
-    GateState,
     OrderIntent,
 )
 
@@ -150,14 +150,15 @@ class BotRisk(Holder):
             return
         self.touch(out)  # its watermark moved, even for a repeat or a denial (D2)
         account = self.account
-        answer = account.recall(i, now_ms)
+        ttl = account.reservation_ttl_ms
+        answer = recall(account.portfolio, i, now_ms, ttl)
         if answer is None:
             sym = self.symbols.get(i.symbol)
             if sym is not None:
                 self.tick_symbol(sym, now_ms, out)
             at = now_ms if record_ts is None else record_ts
             verdict = evaluate(i, self, sym, now_ms, at)
-            answer = account.settle(i, verdict, now_ms)
+            answer = settle(account.portfolio, i, verdict, now_ms, ttl)
             if answer.allowed:
                 self.controls.allowed(i, self.settings.orders_for(i.symbol), at)
             if answer.reservation_expires_ts is not None:
@@ -252,25 +253,9 @@ class BotRisk(Holder):
         tail = [drawdown] if drawdown is not None else []
         return [*self.bot_blocks(), *self.account.blocks(), *tail]
 
-    def gate_state(self, sym: SymbolRisk, now_ms: int) -> GateState:
-        return sym.gate_state(now_ms)
-
     def account_gate_state(self, now_ms: int) -> AccountGateState:
         """The bot-wide gates and account figures; a pure read."""
-        blocks = self.account_blocks()
-        account = self.account
-        return AccountGateState(
-            bot=self.bot,
-            entries_allowed=not blocks,
-            blocks=blocks,
-            account_net_pnl=account.account_net(self.day),
-            open_positions=len(account.open_symbols()),
-            gross_exposure=account.gross_exposure(),
-            updated_ts=now_ms,
-            seq=self.gate_seq,
-            unrealised_pnl=account.unrealised(),
-            equity=account.equity(self.day),
-        )
+        return self.account.gate_state(self.bot, self.account_blocks(), self.gate_seq, now_ms)
 
     # -- snapshots ---------------------------------------------------------------------
 
