@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import msgspec
 
+from tests.support import builders
 from tests.support.harness import (
     InProcess,
     create_topics,
@@ -125,15 +126,8 @@ class GateEnv:
         qty: float = 1.0,
         price: float = 100.0,
     ) -> OrderIntent:
-        return OrderIntent(
-            intent_id=uid("i"),
-            bot=bot,
-            symbol=symbol,
-            action=action,
-            side=side,
-            qty=qty,
-            price=price,
-            ts=now_ms(),
+        return builders.intent(
+            action, side, qty, price, ts=now_ms(), bot=bot, symbol=symbol, intent_id=uid("i")
         )
 
     async def check(
@@ -171,27 +165,21 @@ class GateEnv:
         *,
         intent_id: str | None = None,
     ) -> Fill:
-        return Fill(
-            fill_id=uid("f"),
+        return builders.fill(
+            side,
+            qty,
+            price,
+            ts=now_ms(),
             bot=bot,
             symbol=symbol,
-            side=side,
-            qty=qty,
-            price=price,
-            fee=0.0,
-            ts=now_ms(),
             intent_id=intent_id,
+            fill_id=uid("f"),
         )
 
     @staticmethod
     def outcome(bot: str, symbol: str, gross: float, *, ago_ms: int = 0) -> TradeOutcome:
-        return TradeOutcome(
-            outcome_id=uid("o"),
-            bot=bot,
-            symbol=symbol,
-            gross_pnl=gross,
-            fee=0.0,
-            ts=now_ms() - ago_ms,
+        return builders.outcome(
+            gross, ts=now_ms() - ago_ms, bot=bot, symbol=symbol, outcome_id=uid("o")
         )
 
     async def fill_and_wait(
