@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable
 from typing import Protocol, Self
 
+from worker.clock import wall_clock_ms
 from worker.config import Config
-from worker.testing.io import RiskgateIO, wall_clock_ms
+from worker.testing.io import RiskgateIO
 
 STOP_GRACE_S = 15.0
 """How long stopping may take beyond the worker's own shutdown bound."""
