@@ -223,3 +223,30 @@ def test_an_account_at_exactly_the_daily_loss_limit_on_equity_is_blocked_live() 
             )
         ],
     )
+
+
+# -- gates.py: evaluate ----------------------------------------------------------------------
+
+
+def test_a_kill_switch_denial_names_who_killed_and_why() -> None:
+    e = _engine()
+    e.apply(control("kill", symbol=None, reason="runaway", issued_by="bob"), T0)
+    d = _decide(e, T0 + 1)
+    assert (d.gate, d.reason) == ("kill_switch", "killed by bob: runaway")
+
+
+def test_a_symbols_order_override_applies_to_its_intents_only() -> None:
+    e = _engine("[bots.alpha.overrides.BTCUSDT.orders]\nmax_qty = 1.0\n")
+    d = _decide(e, qty=2.0)
+    assert (d.gate, d.reason) == ("max_order_qty", "qty 2 exceeds max_qty 1")
+    assert _decide(e, qty=2.0, symbol="ETHUSDT").gate is None
+
+
+def test_a_symbols_manual_halt_answers_before_the_bots_unreadable_state() -> None:
+    """Contract order: manual_halt before unreadable_state, whichever holder has it."""
+    e = _engine("[worker]\non_unreadable_state = 'halt'\n")
+    e.restore({"alpha/risk/ETHUSDT": b"{not json"}, T0, Effects())
+    e.apply(control("halt", reason="maintenance"), T0)
+    d = _decide(e, T0 + 1)
+    assert (d.gate, d.reason) == ("manual_halt", "halted by alice: maintenance")
+    assert _decide(e, T0 + 1, symbol="SOLUSDT").gate == "unreadable_state"
