@@ -44,6 +44,7 @@ def _unique_topics(partitions: int) -> TopicsConfig:
         decisions=f"{prefix}.risk.decisions",
         deadletter=f"{prefix}.risk.deadletter",
         audit=f"{prefix}.risk.audit",
+        marks=f"{prefix}.trading.marks",
         partitions=partitions,
     )
 
@@ -196,6 +197,7 @@ async def test_ensure_topics_is_idempotent_and_sets_policies(kafka_bootstrap: st
         topics.decisions,
         topics.deadletter,
         topics.audit,
+        topics.marks,
     ]
     created = await ensure_topics(kafka, topics)
     assert sorted(created) == sorted(names)
@@ -207,7 +209,7 @@ async def test_ensure_topics_is_idempotent_and_sets_policies(kafka_bootstrap: st
     policies = await cleanup_policies(kafka, names)
     assert policies[topics.snapshots] == "compact"
     assert policies[topics.gates] == "compact"
-    deleted = (*topics.inputs(), topics.deadletter, topics.audit)
+    deleted = (*topics.inputs(), topics.deadletter, topics.audit, topics.marks)
     assert {policies[name] for name in deleted} == {"delete"}
 
 
@@ -222,6 +224,6 @@ async def test_check_topics_refuses_under_partitioned_snapshots(kafka_bootstrap:
     topics = _unique_topics(partitions=4)
     await _create_topic(kafka, topics.snapshots, 2)  # an operator's mistake
     created = await ensure_topics(kafka, topics)
-    assert topics.snapshots not in created and len(created) == 9
+    assert topics.snapshots not in created and len(created) == 10
     with pytest.raises(TopicLayoutError, match=r"snapshot topic .*snapshots has 2 partitions"):
         await check_topics(kafka, topics)
