@@ -19,6 +19,7 @@ from worker.messages import (
     HaltEvent,
     Mark,
 )
+from worker.operator import command_event_id
 
 BOT = """
 [bots.alpha]
@@ -250,3 +251,14 @@ def test_a_symbols_manual_halt_answers_before_the_bots_unreadable_state() -> Non
     d = _decide(e, T0 + 1)
     assert (d.gate, d.reason) == ("manual_halt", "halted by alice: maintenance")
     assert _decide(e, T0 + 1, symbol="SOLUSDT").gate == "unreadable_state"
+
+
+def test_the_operator_predicts_the_event_id_of_a_reset_state() -> None:
+    """``riskgate reset-state`` waits for this id: the gate in it is ``unreadable_state``."""
+    e = _engine("[worker]\non_unreadable_state = 'halt'\n")
+    e.restore({"alpha/risk/ETHUSDT": b"{not json"}, T0, Effects())
+    reset = control("reset_state", symbol=None, ts=T0 + 1)
+    (event,) = e.apply(reset, T0 + 1).halts
+    digest = signing.command_digest(reset)
+    assert event.event_id == f"alpha/*/unreadable_state/cmd-{digest}"
+    assert command_event_id(reset) == event.event_id
