@@ -8,7 +8,17 @@ equivalent are listed with why in ``docs/mutation.md``.
 
 from __future__ import annotations
 
-from tests.support.builders import DAY_MS, MIDNIGHT, T0, control, engine, fill, intent
+from tests.support.builders import (
+    DAY0,
+    DAY_MS,
+    MIDNIGHT,
+    T0,
+    control,
+    engine,
+    fill,
+    intent,
+    outcome,
+)
 from worker import signing
 from worker.core import Effects, RiskEngine
 from worker.messages import (
@@ -262,3 +272,41 @@ def test_the_operator_predicts_the_event_id_of_a_reset_state() -> None:
     digest = signing.command_digest(reset)
     assert event.event_id == f"alpha/*/unreadable_state/cmd-{digest}"
     assert command_event_id(reset) == event.event_id
+
+
+# -- account.py: the exact re-sum near the daily-loss limit ------------------------------------
+
+DRIFT_LIMIT = -18230934512.616386
+"""The exact account net of ``DRIFT_OUTCOMES``: the sum of the three sessions' nets."""
+DRIFT_RUNNING = -18230934512.616383
+"""The same net summed event by event (the O(1) running sum): 2 ulps above the limit."""
+DRIFT_OUTCOMES = [
+    (-3646208630.6968784, 2352.839555302262, "ETHUSDT"),
+    (-3177847862.4318943, 2722.9608628539627, "BTCUSDT"),
+    (-3991205790.8948374, 318.47076994386805, "SOLUSDT"),
+    (-2958729782.303649, 819.2991970114481, "BTCUSDT"),
+    (-3047433001.0002365, 2747.5228854924285, "SOLUSDT"),
+    (-1409499686.6720097, 797.5236083157055, "BTCUSDT"),
+]
+
+
+def test_the_latch_decides_on_the_exact_net_when_float_drift_hides_the_limit() -> None:
+    """The running sum drifted 3.8e-6 above a limit the exact net reaches: it latches.
+
+    Large amounts make the drift larger than a tolerance that ignores them; the
+    edge scales with the amounts, so the exact sum is taken.
+    """
+    e = engine(
+        "[defaults]\naccept_unknown_bots = true\n"
+        "[defaults.session]\nloss_limit = -1e12\n"
+        "[defaults.breaker]\nloss_limit = 0\n"
+        f"[defaults.portfolio]\nmax_daily_loss = {DRIFT_LIMIT!r}\n"
+    )
+    halts = []
+    for gross, fee, symbol in DRIFT_OUTCOMES:
+        halts = e.apply(outcome(gross, fee, symbol=symbol), T0).halts
+    account = e.bots["alpha"].account
+    assert (account.running_net(DAY0), account.account_net(DAY0)) == (DRIFT_RUNNING, DRIFT_LIMIT)
+    assert [(h.kind, h.gate, h.event_id) for h in halts] == [
+        ("halted", "portfolio_daily_loss", "alpha/*/portfolio_daily_loss/1")
+    ]
