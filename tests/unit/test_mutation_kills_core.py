@@ -310,3 +310,25 @@ def test_the_latch_decides_on_the_exact_net_when_float_drift_hides_the_limit() -
     assert [(h.kind, h.gate, h.event_id) for h in halts] == [
         ("halted", "portfolio_daily_loss", "alpha/*/portfolio_daily_loss/1")
     ]
+
+
+def test_an_open_is_judged_on_the_exact_net_when_float_drift_hides_the_limit() -> None:
+    """The same drift, reaching the limit through a late mark (which latches nothing):
+    the decision itself must take the exact sum near the limit and deny."""
+    limit = DRIFT_LIMIT - 100.0
+    e = engine(
+        "[defaults]\naccept_unknown_bots = true\n"
+        "[defaults.session]\nloss_limit = -1e12\n"
+        "[defaults.breaker]\nloss_limit = 0\n"
+        "[defaults.orders]\nmark_max_age_ms = 172800000\n"
+        f"[defaults.portfolio]\nmax_daily_loss = {limit!r}\n"
+    )
+    for gross, fee, symbol in DRIFT_OUTCOMES:
+        assert e.apply(outcome(gross, fee, symbol=symbol), T0).halts == []
+    e.apply(fill("buy", 1.0, 100.0, symbol="XRPUSDT"), T0)
+    assert _mark(e, 0.0, MIDNIGHT - 1, symbol="XRPUSDT").halts == []  # unrealised -100
+    d = _decide(e, T0 + 1, symbol="ADAUSDT")
+    assert (d.gate, d.reason) == (
+        "portfolio_daily_loss",
+        f"account reached max daily loss {limit:g}",
+    )
