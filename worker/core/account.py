@@ -158,10 +158,6 @@ class Account:
         ``[portfolio] include_unrealised`` (the default), else nothing."""
         return self.unrealised() if self.portfolio.config.include_unrealised else 0.0
 
-    def equity(self, day: int) -> float:
-        """The bot's equity for the UTC day: today's realised net + unrealised PnL."""
-        return self.account_net(day) + self.unrealised()
-
     def stale_mark(self, now_ms: int) -> str | None:
         """An open symbol whose mark matters (``SymbolRisk.mark_max_age_ms``) and is
         older than that at ``now_ms``, if any (O(1) while none is)."""
@@ -217,15 +213,24 @@ class Account:
         portfolio.halted = True
         return True
 
-    def blocks(self) -> list[Block]:
-        """The daily-loss block, checked live *and* latched."""
+    def blocks(self, net: float | None = None) -> list[Block]:
+        """The daily-loss block, checked live *and* latched.
+
+        ``net``: today's ``account_net`` when the caller summed it already. The sum
+        is O(symbols) and the account record needs it too, so the record sums it
+        once (every batch builds that record for every bot it touched); nothing
+        is summed at all without a daily-loss limit.
+        """
         portfolio = self.portfolio
         day = portfolio.last_reset_day
         unrealised = self.loss_unrealised()
-        if not (
-            portfolio.halted or portfolio.daily_loss_breached(self.account_net(day) + unrealised)
-        ):
-            return []
+        if not portfolio.halted:
+            if portfolio.config.max_daily_loss is None:
+                return []
+            if net is None:
+                net = self.account_net(day)
+            if not portfolio.daily_loss_breached(net + unrealised):
+                return []
         limit = portfolio.config.max_daily_loss
         basis = "account net PnL" if unrealised == 0.0 else "equity (with unrealised PnL)"
         reason = f"{basis} reached max daily loss {limit:g}"
@@ -252,20 +257,23 @@ class Account:
             self._value()
         return self._exposure
 
-    def gate_state(self, bot: str, blocks: list[Block], seq: int, now_ms: int) -> AccountGateState:
-        """The account record of the bot (its bot-wide ``blocks``); a pure read."""
-        day = self.portfolio.last_reset_day
+    def gate_state(
+        self, bot: str, blocks: list[Block], net: float, seq: int, now_ms: int
+    ) -> AccountGateState:
+        """The account record of the bot (its bot-wide ``blocks``, today's account
+        ``net``); a pure read. Equity is today's realised net + unrealised PnL."""
+        unrealised = self.unrealised()
         return AccountGateState(
             bot=bot,
             entries_allowed=not blocks,
             blocks=blocks,
-            account_net_pnl=self.account_net(day),
+            account_net_pnl=net,
             open_positions=len(self.open_symbols()),
             gross_exposure=self.gross_exposure(),
             updated_ts=now_ms,
             seq=seq,
-            unrealised_pnl=self.unrealised(),
-            equity=self.equity(day),
+            unrealised_pnl=unrealised,
+            equity=net + unrealised,
         )
 
     # -- reservations --------------------------------------------------------------

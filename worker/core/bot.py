@@ -248,14 +248,20 @@ class BotRisk(Holder):
 
     # -- reads -----------------------------------------------------------------------
 
-    def account_blocks(self) -> list[Block]:
+    def account_blocks(self, net: float | None = None) -> list[Block]:
+        """``net``: today's account net when already summed (see ``Account.blocks``)."""
         drawdown = self.controls.drawdown_block()
         tail = [drawdown] if drawdown is not None else []
-        return [*self.bot_blocks(), *self.account.blocks(), *tail]
+        return [*self.bot_blocks(), *self.account.blocks(net), *tail]
 
     def account_gate_state(self, now_ms: int) -> AccountGateState:
-        """The bot-wide gates and account figures; a pure read."""
-        return self.account.gate_state(self.bot, self.account_blocks(), self.gate_seq, now_ms)
+        """The bot-wide gates and account figures; a pure read.
+
+        Today's account net is an O(symbols) sum: summed once, for the blocks,
+        the figure and the equity alike (docs/performance.md)."""
+        net = self.account.account_net(self.day)
+        blocks = self.account_blocks(net)
+        return self.account.gate_state(self.bot, blocks, net, self.gate_seq, now_ms)
 
     # -- snapshots ---------------------------------------------------------------------
 

@@ -1,0 +1,88 @@
+"""The account gate record sums the account net once (docs/performance.md, lever 1).
+
+Every batch builds the account record of every bot it touched. Today's account
+net is a sum over all of the bot's symbols, and the record used to sum it three
+times (the daily-loss block, the figure, the equity): a worker holding many
+symbols paid three O(symbols) sums per touched bot per batch, the halt path's
+growth with state. The figures themselves must not change.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.config import load_config
+from worker.core import Effects, Origin, RiskEngine
+from worker.core.account import Account
+from worker.messages import AccountGateState, Block, TradeOutcome
+
+T0 = 1_750_000_000_000  # 2025-06-15T15:06:40Z
+DAY_END = (T0 // 86_400_000 + 1) * 86_400_000
+
+
+def engine(limit: str) -> RiskEngine:
+    toml = f"[defaults]\naccept_unknown_bots = true\n[defaults.portfolio]\n{limit}\n"
+    return RiskEngine(load_config(text=toml, env={}))
+
+
+def account_record(eng: RiskEngine) -> AccountGateState:
+    dirty = Effects()
+    dirty.dirty_bots.add("bot")
+    (record,) = eng.gate_states(dirty, T0)
+    assert isinstance(record, AccountGateState)
+    return record
+
+
+def book(eng: RiskEngine, nets: list[tuple[float, float]]) -> None:
+    for n, (gross, fee) in enumerate(nets):
+        outcome = TradeOutcome(f"o{n}", "bot", f"S{n}", gross, fee, T0)
+        eng.apply(outcome, T0, Origin("trading.outcomes/0", n))
+
+
+@pytest.fixture
+def sums(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Days ``Account.account_net`` was asked to sum, call by call."""
+    calls: list[int] = []
+    summed = Account.account_net
+
+    def counted(self: Account, day: int) -> float:
+        calls.append(day)
+        return summed(self, day)
+
+    monkeypatch.setattr(Account, "account_net", counted)
+    return calls
+
+
+def test_account_record_sums_the_account_net_once_with_a_daily_loss_limit(
+    sums: list[int],
+) -> None:
+    eng = engine("max_daily_loss = -100.0")
+    book(eng, [(2.5, 0.5), (-1.0, 0.0), (4.0, 0.5)])
+    sums.clear()
+    record = account_record(eng)
+    assert sums == [T0 // 86_400_000]
+    assert (record.entries_allowed, record.account_net_pnl, record.equity) == (True, 4.5, 4.5)
+
+
+def test_account_record_sums_the_account_net_once_without_a_daily_loss_limit(
+    sums: list[int],
+) -> None:
+    eng = engine("max_concurrent_positions = 10")
+    book(eng, [(2.5, 0.5), (-1.0, 0.0)])
+    sums.clear()
+    record = account_record(eng)
+    assert sums == [T0 // 86_400_000]
+    assert (record.blocks, record.account_net_pnl, record.equity) == ([], 1.0, 1.0)
+
+
+def test_account_record_past_the_daily_loss_still_shows_the_block_and_the_exact_net(
+    sums: list[int],
+) -> None:
+    eng = engine("max_daily_loss = -5.0")
+    book(eng, [(-4.0, 0.5), (-2.0, 0.0), (1.0, 0.0)])
+    sums.clear()
+    record = account_record(eng)
+    assert sums == [T0 // 86_400_000]
+    block = Block("portfolio_daily_loss", "account net PnL reached max daily loss -5", DAY_END)
+    assert (record.entries_allowed, record.blocks) == (False, [block])
+    assert (record.account_net_pnl, record.equity) == (-5.5, -5.5)
