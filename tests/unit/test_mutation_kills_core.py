@@ -332,3 +332,14 @@ def test_an_open_is_judged_on_the_exact_net_when_float_drift_hides_the_limit() -
         "portfolio_daily_loss",
         f"account reached max daily loss {limit:g}",
     )
+
+
+def test_a_realised_only_daily_loss_latches_at_exactly_the_limit_with_a_position_open() -> None:
+    """``include_unrealised = false``: the open position adds nothing (not even a unit)."""
+    e = _engine("[bots.alpha.portfolio]\nmax_daily_loss = -100.0\ninclude_unrealised = false\n")
+    e.apply(fill("buy", 1.0, 100.0), T0)
+    e.apply(fill("buy", 1.0, 100.0, symbol="ETHUSDT"), T0)
+    halts = e.apply(fill("sell", 1.0, 0.0, symbol="ETHUSDT"), T0).halts
+    assert [(h.kind, h.gate, h.reason) for h in halts] == [
+        ("halted", "portfolio_daily_loss", "account net PnL reached max daily loss -100")
+    ]
