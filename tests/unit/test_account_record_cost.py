@@ -14,7 +14,7 @@ import pytest
 from worker.config import load_config
 from worker.core import Effects, Origin, RiskEngine
 from worker.core.account import Account
-from worker.messages import AccountGateState, Block, TradeOutcome
+from worker.messages import AccountGateState, Block, Fill, TradeOutcome
 
 T0 = 1_750_000_000_000  # 2025-06-15T15:06:40Z
 DAY_END = (T0 // 86_400_000 + 1) * 86_400_000
@@ -86,3 +86,29 @@ def test_account_record_past_the_daily_loss_still_shows_the_block_and_the_exact_
     block = Block("portfolio_daily_loss", "account net PnL reached max daily loss -5", DAY_END)
     assert (record.entries_allowed, record.blocks) == (False, [block])
     assert (record.account_net_pnl, record.equity) == (-5.5, -5.5)
+
+
+def test_fill_without_any_mark_values_no_open_position(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fill's daily-loss latch check read the unrealised PnL, which re-valued every
+    open position after each fill (the fill moved one): O(open positions) per fill
+    even with no mark held, where every position counts 0."""
+    eng = engine("max_daily_loss = -1000.0")
+    for n in range(20):
+        fill = Fill(f"f{n}", "bot", f"S{n}", "buy", 1.0, 100.0, 0.0, T0)
+        eng.apply(fill, T0, Origin("trading.fills/0", n))
+    valued: list[int] = []
+    value = Account._value
+
+    def counted(self: Account) -> None:
+        valued.append(len(self.open_symbols()))
+        value(self)
+
+    monkeypatch.setattr(Account, "_value", counted)
+    eng.apply(Fill("f20", "bot", "S20", "buy", 1.0, 100.0, 0.0, T0), T0, Origin("f/0", 20))
+    assert valued == []
+    record = account_record(eng)
+    assert (record.open_positions, record.unrealised_pnl, record.gross_exposure) == (
+        21,
+        0.0,
+        2100.0,
+    )

@@ -125,7 +125,12 @@ class Account:
         """The open positions at their latest marks (positions without one count 0).
 
         Cached until a mark or a position changes: a decision reads it up to three
-        times, and summing every open position each time made it O(positions)."""
+        times, and summing every open position each time made it O(positions).
+        Without any mark held it is 0 at once: every fill moves a position, and the
+        daily-loss latch reads this after each one (re-valuing every open position
+        per fill made fills 2.6x slower, docs/performance.md)."""
+        if not self.marks:
+            return 0.0
         if self._valued_at != self.marks.version:
             self._value()
         return self._unrealised
