@@ -343,3 +343,11 @@ def test_a_realised_only_daily_loss_latches_at_exactly_the_limit_with_a_position
     assert [(h.kind, h.gate, h.reason) for h in halts] == [
         ("halted", "portfolio_daily_loss", "account net PnL reached max daily loss -100")
     ]
+
+
+def test_an_event_far_above_the_daily_loss_limit_does_not_count_as_a_latch() -> None:
+    """The account record's ``seq`` counts changes: a fill that latches nothing and books
+    nothing (an opening leg) leaves it where a bot without a limit has it."""
+    e = _engine("[bots.alpha.portfolio]\nmax_daily_loss = -100.0\n")
+    out = e.apply(fill("buy", 1.0, 100.0), T0)
+    assert (out.halts, _account(e).seq) == ([], 1)
