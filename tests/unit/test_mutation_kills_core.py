@@ -351,3 +351,31 @@ def test_an_event_far_above_the_daily_loss_limit_does_not_count_as_a_latch() -> 
     e = _engine("[bots.alpha.portfolio]\nmax_daily_loss = -100.0\n")
     out = e.apply(fill("buy", 1.0, 100.0), T0)
     assert (out.halts, _account(e).seq) == ([], 1)
+
+
+# -- symbol.py: whose mark must be fresh ----------------------------------------------------
+
+
+def test_without_an_equity_limit_an_old_mark_does_not_block_opens() -> None:
+    e = _engine()
+    e.apply(fill("buy", 1.0, 100.0), T0)
+    _mark(e, 100.0)
+    assert _decide(e, T0 + 60_001, symbol="ETHUSDT").gate is None
+
+
+def test_a_small_drawdown_limit_makes_the_mark_of_an_open_position_matter() -> None:
+    e = _engine("[bots.alpha.portfolio]\nmax_drawdown = 0.5\n")
+    e.apply(fill("buy", 1.0, 100.0), T0)
+    _mark(e, 100.0)
+    assert _decide(e, T0 + 60_001, symbol="ETHUSDT").gate == "stale_mark"
+
+
+def test_an_event_just_above_the_daily_loss_limit_does_not_count_as_a_latch() -> None:
+    """Within the edge of the limit (judged on the exact sum) but above it: no latch,
+    so the account record's seq moves for the fill's own changes, not for a latch."""
+    e = _engine("[bots.alpha.portfolio]\nmax_daily_loss = -100.0\n")
+    e.apply(fill("buy", 1.0, 100.0), T0)
+    seq = _account(e).seq
+    out = e.apply(fill("sell", 1.0, 0.0000001), T0)
+    acc = _account(e)
+    assert (out.halts, acc.account_net_pnl, acc.seq - seq) == ([], -99.9999999, 2)
