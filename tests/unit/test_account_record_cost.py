@@ -14,6 +14,7 @@ import pytest
 from worker.config import load_config
 from worker.core import Effects, Origin, RiskEngine
 from worker.core.account import Account
+from worker.core.valuation import Valuation
 from worker.messages import AccountGateState, Block, Fill, TradeOutcome
 
 T0 = 1_750_000_000_000  # 2025-06-15T15:06:40Z
@@ -97,13 +98,13 @@ def test_fill_without_any_mark_values_no_open_position(monkeypatch: pytest.Monke
         fill = Fill(f"f{n}", "bot", f"S{n}", "buy", 1.0, 100.0, 0.0, T0)
         eng.apply(fill, T0, Origin("trading.fills/0", n))
     valued: list[int] = []
-    value = Account._value
+    value = Valuation._value
 
-    def counted(self: Account) -> None:
-        valued.append(len(self.open_symbols()))
+    def counted(self: Valuation) -> None:
+        valued.append(len(self.open))
         value(self)
 
-    monkeypatch.setattr(Account, "_value", counted)
+    monkeypatch.setattr(Valuation, "_value", counted)
     eng.apply(Fill("f20", "bot", "S20", "buy", 1.0, 100.0, 0.0, T0), T0, Origin("f/0", 20))
     assert valued == []
     record = account_record(eng)

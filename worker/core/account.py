@@ -7,17 +7,17 @@ every symbol per event would cost O(symbols), so the sum is kept by deltas
 operator reset, restore), and exactly whenever it is near the limit.
 
 Fills release what they filled of their intent's reservation here (R2); intents
-are answered in :mod:`worker.core.answers`.
+are answered in :mod:`worker.core.answers`; open positions are valued at the
+marks in :mod:`worker.core.valuation`.
 """
 
 from __future__ import annotations
 
-import math
-
-from worker.core.marks import MarkTable, exposure, unrealised_pnl
+from worker.core.marks import MarkTable
 from worker.core.portfolio import PortfolioRisk
 from worker.core.session import MS_PER_DAY, utc_day
 from worker.core.symbol import SymbolRisk
+from worker.core.valuation import Valuation
 from worker.messages import AccountGateState, Block, Fill
 
 NET_RESYNC = 256
@@ -36,19 +36,14 @@ class Account:
     """Account-wide state of one bot over its symbols (shared with the bot, read only)."""
 
     __slots__ = (
-        "_exposure",
         "_net_day",
         "_net_sum",
         "_net_updates",
-        "_open",
-        "_stale_after",
-        "_unrealised",
-        "_valued_at",
-        "marks",
         "max_reservations",
         "portfolio",
         "reservation_ttl_ms",
         "symbols",
+        "valuation",
     )
 
     def __init__(
@@ -61,18 +56,10 @@ class Account:
         marks: MarkTable | None = None,
     ) -> None:
         self.portfolio = portfolio
-        self.marks = marks if marks is not None else MarkTable()
-        self._valued_at = -1
-        """``marks.version`` the cached valuation below was made at; -1: positions moved."""
-        self._unrealised = 0.0
-        self._exposure = 0.0
-        self._stale_after = math.inf
-        """Wall time after which some open position's mark that matters is stale."""
+        self.valuation = Valuation(marks if marks is not None else MarkTable())
+        """The open positions and their value at the marks."""
         self.symbols = symbols
         """The bot's symbols (the bot adds them; the account only reads)."""
-        self._open: dict[str, SymbolRisk] = {}
-        """Symbols holding a position: all that exposure and concurrency checks read, so
-        a decision costs the same whatever number of flat symbols the bot has."""
         self.reservation_ttl_ms = reservation_ttl_ms
         self.max_reservations = max_reservations
         self._net_day = -1
@@ -122,41 +109,8 @@ class Account:
     # -- marks -------------------------------------------------------------------
 
     def unrealised(self) -> float:
-        """The open positions at their latest marks (positions without one count 0).
-
-        Cached until a mark or a position changes: a decision reads it up to three
-        times, and summing every open position each time made it O(positions).
-        Without any mark held it is 0 at once: every fill moves a position, and the
-        daily-loss latch reads this after each one (re-valuing every open position
-        per fill made fills 2.6x slower, docs/performance.md)."""
-        if not self.marks:
-            return 0.0
-        if self._valued_at != self.marks.version:
-            self._value()
-        return self._unrealised
-
-    def _value(self) -> None:
-        """One pass over the open positions at the current marks: unrealised PnL, exposure
-        and when the first mark that matters goes stale."""
-        unrealised: list[float] = []
-        exposures: list[float] = []
-        stale_after = math.inf
-        latest = self.marks.latest
-        for sym in self._open.values():
-            p = sym.position
-            held = latest(sym.symbol)
-            if held is None:
-                exposures.append(p.notional)
-                continue
-            unrealised.append(unrealised_pnl(p.qty, p.avg_price, p.contract_value, held.price))
-            exposures.append(exposure(p.qty, p.avg_price, p.contract_value, held.price))
-            age = sym.mark_max_age_ms
-            if age is not None and held.ts + age < stale_after:
-                stale_after = held.ts + age
-        self._unrealised = math.fsum(unrealised)
-        self._exposure = math.fsum(exposures)
-        self._stale_after = stale_after
-        self._valued_at = self.marks.version
+        """The open positions at their latest marks (:meth:`Valuation.unrealised`)."""
+        return self.valuation.unrealised()
 
     def loss_unrealised(self) -> float:
         """What the daily-loss limit adds to the account net: the unrealised PnL with
@@ -164,17 +118,8 @@ class Account:
         return self.unrealised() if self.portfolio.config.include_unrealised else 0.0
 
     def stale_mark(self, now_ms: int) -> str | None:
-        """An open symbol whose mark matters (``SymbolRisk.mark_max_age_ms``) and is
-        older than that at ``now_ms``, if any (O(1) while none is)."""
-        if self._valued_at != self.marks.version:
-            self._value()
-        if now_ms <= self._stale_after:
-            return None
-        for name, sym in self._open.items():
-            age = sym.mark_max_age_ms
-            if age is not None and self.marks.stale(name, now_ms, age):
-                return name
-        return None
+        """An open symbol whose mark matters and is stale (:meth:`Valuation.stale_mark`)."""
+        return self.valuation.stale_mark(now_ms)
 
     def latch(self, ts_ms: int) -> bool:
         """Latch the daily loss if the account reached it after an event at ``ts_ms`` (hot
@@ -196,7 +141,7 @@ class Account:
             net = self._net_sum  # ``running_net``, inlined
         else:
             net = self.running_net(day)
-        unrealised = self.loss_unrealised() if self._open else 0.0
+        unrealised = self.loss_unrealised() if self.valuation.open else 0.0
         net += unrealised
         if net - limit > 1e-6 * (1.0 + abs(limit) + abs(net)):  # ``edge``, inlined
             return False  # clearly above the limit: nothing to latch
@@ -244,23 +189,15 @@ class Account:
     # -- positions ----------------------------------------------------------------
 
     def track(self, sym: SymbolRisk) -> None:
-        """Keep the open symbols in step after ``sym``'s position changed (fill, restore)."""
-        self._valued_at = -1
-        if sym.position.is_flat:
-            self._open.pop(sym.symbol, None)
-        else:
-            self._open[sym.symbol] = sym
+        """``sym``'s position changed (fill, restore): :meth:`Valuation.track`."""
+        self.valuation.track(sym)
 
     def open_symbols(self) -> set[str]:
-        return set(self._open)
+        return set(self.valuation.open)
 
     def gross_exposure(self) -> float:
-        """Open positions at their marks (else at entry price), exactly rounded (``fsum``):
-        the same whatever order positions were opened or restored. Cached with the
-        unrealised PnL (:meth:`unrealised`)."""
-        if self._valued_at != self.marks.version:
-            self._value()
-        return self._exposure
+        """Open positions at their marks, else at entry price (:mod:`worker.core.valuation`)."""
+        return self.valuation.gross_exposure()
 
     def gate_state(
         self, bot: str, blocks: list[Block], net: float, seq: int, now_ms: int

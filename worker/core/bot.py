@@ -5,42 +5,32 @@ account (:mod:`worker.core.account`), its replay guards and id windows
 (:mod:`worker.core.replay`), and when the wall clock next matters (its
 deadline). It decides intents and sweeps; fills and outcomes are
 :mod:`worker.core.events`, operator commands :mod:`worker.core.commands`,
-the gate policy :mod:`worker.core.gates`. Every transition becomes a halt
-event in :meth:`BotRisk.emit`, and only there.
+the gate policy :mod:`worker.core.gates`, its portfolio record
+:mod:`worker.core.bot_snapshot`. Every transition becomes a halt
+event in :func:`worker.core.halt_events.emit`, and only there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from worker.config import BotSettings
+from worker.core import bot_snapshot, halt_events
 from worker.core.account import Account
 from worker.core.answers import recall, settle
 from worker.core.controls import UNREADABLE_BLOCK, BotControls, kill_block
 from worker.core.effects import Effects, Origin
-from worker.core.gates import evaluate, transitions
+from worker.core.gates import evaluate
 from worker.core.idlog import IdLogRef
 from worker.core.marks import MarkTable
 from worker.core.portfolio import PortfolioRisk
-from worker.core.replay import Cause, Holder, IdChunkOut, IdWindows
+from worker.core.replay import Holder, IdChunkOut, IdWindows
 from worker.core.session import MS_PER_DAY, utc_day
 from worker.core.snapshot import ManualHalt, PortfolioSnapshot, SymbolSnapshot
-from worker.core.symbol import SYMBOL_GATES, SymbolRisk, manual_block
+from worker.core.symbol import SymbolRisk, manual_block
 from worker.messages import (
     AccountGateState,
     Block,
-    Gate,
     OrderIntent,
 )
-
-BOT_GATES: tuple[Gate, ...] = (
-    "kill_switch",
-    "manual_halt",
-    "unreadable_state",
-    "portfolio_daily_loss",
-    "drawdown",
-)
-"""The bot-level gates, in the order :meth:`BotRisk.signature` reports them."""
 
 
 class BotRisk(Holder):
@@ -111,7 +101,7 @@ class BotRisk(Holder):
         return sym
 
     def signature(self) -> tuple[bool, ...]:
-        """Which bot-level gates block, in ``BOT_GATES`` order."""
+        """Which bot-level gates block, in ``halt_events.BOT_GATES`` order."""
         controls = self.controls
         return (
             controls.kill is not None,
@@ -221,30 +211,9 @@ class BotRisk(Holder):
 
     # -- transitions → halt/resume events ---------------------------------------------
 
-    def emit(
-        self,
-        holder: SymbolRisk | BotRisk,
-        before: Sequence[bool],
-        ts_ms: int,
-        out: Effects,
-        cause: Cause = None,
-    ) -> None:
-        """Events for the gates of ``holder`` (a symbol, or this bot) that flipped since
-        ``before``; ``cause``: the operator command that caused them (C3)."""
-        if isinstance(holder, SymbolRisk):
-            gates: Sequence[Gate] = SYMBOL_GATES
-            symbol: str | None = holder.symbol
-            after: Sequence[bool] = holder.signature()
-        else:
-            gates, symbol, after = BOT_GATES, None, self.signature()
-        if tuple(after) == tuple(before):
-            return
-        blocks = holder.blocks() if isinstance(holder, SymbolRisk) else self.account_blocks()
-        out.halts.extend(
-            holder.halt_event(self.bot, symbol, t, ts_ms, cause)
-            for t in transitions(gates, before, after, blocks)
-        )
-        holder.touch(out)
+    emit = halt_events.emit
+    """``bot.emit(holder, before, ts_ms, out, cause=...)``: events for the gates of
+    ``holder`` that flipped, made in :func:`worker.core.halt_events.emit` only."""
 
     # -- reads -----------------------------------------------------------------------
 
@@ -266,18 +235,8 @@ class BotRisk(Holder):
     # -- snapshots ---------------------------------------------------------------------
 
     def portfolio_snapshot(self, id_logs: dict[str, IdLogRef] | None = None) -> PortfolioSnapshot:
-        """The portfolio state, id windows whole (a self-contained record, the older format)
-        or, given ``id_logs`` (:meth:`persist`), by reference to their chunk records."""
-        whole = id_logs is None
-        return PortfolioSnapshot(
-            manual_halt=self.manual_halt,
-            **self.account.portfolio.persisted(whole=whole),
-            outcome_ids=self.ids.outcomes.dump() if whole else None,
-            fill_ids=self.ids.fills.dump() if whole else None,
-            id_logs=id_logs,
-            controls=self.controls.snapshot(),
-            **self.numbering(),
-        )
+        """The portfolio record (:func:`worker.core.bot_snapshot.portfolio_snapshot`)."""
+        return bot_snapshot.portfolio_snapshot(self, id_logs)
 
     def persist(self) -> tuple[list[IdChunkOut], PortfolioSnapshot, list[tuple[str, int]]]:
         """A persist's portfolio record, with the id chunks to write before it and those to
@@ -295,11 +254,5 @@ class BotRisk(Holder):
         self.deadline = sym.wake(self.deadline)
 
     def restore_portfolio(self, snap: PortfolioSnapshot, now_ms: int, out: Effects) -> None:
-        """The latch, unlike the seed's, survives restarts."""
-        self.account.portfolio.restore(snap)
-        self.manual_halt = snap.manual_halt
-        if snap.controls is not None:
-            self.controls.restore(snap.controls)
-        self.restore_numbering(snap)
-        self.ids.load(snap)
-        self.deadline = min(self.deadline, now_ms)
+        """Take the portfolio record back (:func:`worker.core.bot_snapshot.restore_portfolio`)."""
+        bot_snapshot.restore_portfolio(self, snap, now_ms)

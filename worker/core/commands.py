@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from worker import signing
-from worker.core.bot import BOT_GATES
 from worker.core.controls import kill_from
 from worker.core.effects import Effects, Origin
 from worker.core.gates import command_transition
+from worker.core.halt_events import BOT_GATES
 from worker.core.replay import Holder
 from worker.core.symbol import SYMBOL_GATES, SymbolRisk, command_gate, halt_from
 from worker.messages import ControlCommand, Gate
@@ -135,7 +135,7 @@ def _latch_on_reset(bot: BotRisk, c: ControlCommand, digest: str, out: Effects) 
     before = bot.signature()
     if bot.account.latch_exact():
         bot.gate_seq += 1
-        bot.emit(bot, before, c.ts, out, (c.issued_by, digest))
+        bot.emit(bot, before, c.ts, out, cause=(c.issued_by, digest))
 
 
 def _emit(

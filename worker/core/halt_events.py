@@ -1,0 +1,58 @@
+"""Gate transitions become halt/resume events here, and only here.
+
+A symbol and a bot alike report "which of my gates block" as a signature
+(``SymbolRisk.signature``, ``BotRisk.signature``); a path that may change state
+takes the signature before, and this diffs it with the one after
+(:func:`worker.core.gates.transitions`) into numbered ``HaltEvent``s
+(``Holder.halt_event``), each carrying the blocks in force afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from worker.core.effects import Effects
+from worker.core.gates import transitions
+from worker.core.replay import Cause
+from worker.core.symbol import SYMBOL_GATES, SymbolRisk
+from worker.messages import Gate
+
+if TYPE_CHECKING:
+    from worker.core.bot import BotRisk
+
+BOT_GATES: tuple[Gate, ...] = (
+    "kill_switch",
+    "manual_halt",
+    "unreadable_state",
+    "portfolio_daily_loss",
+    "drawdown",
+)
+"""The bot-level gates, in the order ``BotRisk.signature`` reports them."""
+
+
+def emit(
+    bot: BotRisk,
+    holder: SymbolRisk | BotRisk,
+    before: Sequence[bool],
+    ts_ms: int,
+    out: Effects,
+    *,
+    cause: Cause = None,
+) -> None:
+    """Events for the gates of ``holder`` (a symbol of ``bot``, or ``bot``) that flipped
+    since ``before``; ``cause``: the operator command that caused them (C3)."""
+    if isinstance(holder, SymbolRisk):
+        gates: Sequence[Gate] = SYMBOL_GATES
+        symbol: str | None = holder.symbol
+        after: Sequence[bool] = holder.signature()
+    else:
+        gates, symbol, after = BOT_GATES, None, bot.signature()
+    if tuple(after) == tuple(before):
+        return
+    blocks = holder.blocks() if isinstance(holder, SymbolRisk) else bot.account_blocks()
+    out.halts.extend(
+        holder.halt_event(bot.bot, symbol, t, ts_ms, cause)
+        for t in transitions(gates, before, after, blocks)
+    )
+    holder.touch(out)
