@@ -379,3 +379,16 @@ def test_an_event_just_above_the_daily_loss_limit_does_not_count_as_a_latch() ->
     out = e.apply(fill("sell", 1.0, 0.0000001), T0)
     acc = _account(e)
     assert (out.halts, acc.account_net_pnl, acc.seq - seq) == ([], -99.9999999, 2)
+
+
+# -- bot.py: the rollover counts once in each gate record ------------------------------------
+
+
+def test_the_midnight_rollover_counts_one_change_in_the_bot_and_symbol_records() -> None:
+    e = _engine()
+    e.apply(fill("buy", 1.0, 100.0), T0)
+    e.apply(fill("buy", 1.0, 100.0), T0 + 1)
+    before = (_account(e).seq, _symbol(e).seq)
+    e.sweep(MIDNIGHT + DAY_MS)
+    after = (_account(e, MIDNIGHT + DAY_MS).seq, _symbol(e, now=MIDNIGHT + DAY_MS).seq)
+    assert (before, after) == ((2, 2), (3, 3))
