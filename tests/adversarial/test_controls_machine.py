@@ -136,7 +136,8 @@ class ControlsMachine(RuleBasedStateMachine):
             return  # an older mark changes nothing
         changed = (price, ts) != (held.mark, held.mark_ts)
         held.mark, held.mark_ts = price, ts
-        if changed and held.qty:
+        late = ts // DAY_MS < self.expected.day  # stamped before today's rollover
+        if changed and held.qty and not late:
             self.expected.observe()
 
     @rule(where=targets, command=st.sampled_from(["kill", "kill", "halt", "resume"]))

@@ -259,6 +259,23 @@ def test_drawdown_latches_below_the_days_equity_peak_and_the_rollover_releases_i
     assert [(k, g) for k, _, g, _ in events(swept)] == [("resumed", "drawdown")]
 
 
+def test_a_mark_of_yesterday_arriving_after_the_rollover_revalues_but_latches_no_drawdown() -> None:
+    e = eng("[bots.alpha.portfolio]\nmax_drawdown = 50.0\n")
+    long_btc(e, 1.0, 100.0)
+    e.apply_mark(mark(180.0, MIDNIGHT + DAY_MS - 10_000))  # equity 80 yesterday
+    e.sweep(MIDNIGHT + DAY_MS + 5)  # today opens at equity 80, the peak
+    late = e.apply_mark(mark(100.0, MIDNIGHT + DAY_MS - 5_000))  # stamped yesterday
+    assert late.halts == []
+    [account] = [
+        g
+        for g in e.gate_states(_dirty_bot(), MIDNIGHT + DAY_MS + 6)
+        if isinstance(g, AccountGateState)
+    ]
+    assert (account.equity, [b.gate for b in account.blocks]) == (0.0, [])
+    out = e.apply_mark(mark(100.0, MIDNIGHT + DAY_MS + 7))  # the same price, stamped today
+    assert events(out) == [("halted", None, "drawdown", "alpha/*/drawdown/1")]
+
+
 # -- after-loss cooldown --------------------------------------------------------------------
 
 
