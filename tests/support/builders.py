@@ -7,7 +7,15 @@ from typing import Any
 
 from worker.config import Config, load_config
 from worker.core import Effects, Origin, RiskEngine
-from worker.messages import ControlCommand, Fill, OrderIntent, Side, TradeOutcome
+from worker.messages import (
+    AccountGateState,
+    ControlCommand,
+    Fill,
+    GateState,
+    OrderIntent,
+    Side,
+    TradeOutcome,
+)
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -145,3 +153,23 @@ def apply_all(
 
 def origin(offset: int, source: str = "trading.outcomes/0") -> Origin:
     return Origin(source, offset)
+
+
+def account_record(e: RiskEngine, now: int = T0, bot: str = "alpha") -> AccountGateState:
+    """The bot's account gate record as the worker would publish it at ``now``."""
+    dirty = Effects()
+    dirty.dirty_bots.add(bot)
+    (state,) = e.gate_states(dirty, now)
+    assert isinstance(state, AccountGateState)
+    return state
+
+
+def symbol_record(
+    e: RiskEngine, symbol: str = "BTCUSDT", now: int = T0, bot: str = "alpha"
+) -> GateState:
+    """One symbol's gate record as the worker would publish it at ``now``."""
+    dirty = Effects()
+    dirty.dirty_symbols.add((bot, symbol))
+    (state,) = e.gate_states(dirty, now)
+    assert isinstance(state, GateState)
+    return state

@@ -10,16 +10,18 @@ from tests.support.builders import (
     DAY_MS,
     MIDNIGHT,
     T0,
+    account_record,
     control,
     engine,
     fill,
     intent,
     outcome,
+    symbol_record,
 )
 from worker import signing
 from worker.core import Effects, RiskEngine
 from worker.errors import Rejected
-from worker.messages import AccountGateState, GateState, HaltEvent, Mark
+from worker.messages import HaltEvent, Mark
 
 BOT = """
 [bots.alpha]
@@ -58,22 +60,6 @@ def long_btc(e: RiskEngine, qty: float = 2.0, price: float = 100.0) -> None:
     e.apply(fill("buy", qty, price), T0)
 
 
-def account(e: RiskEngine, now: int = T0) -> AccountGateState:
-    dirty = Effects()
-    dirty.dirty_bots.add("alpha")
-    (state,) = e.gate_states(dirty, now)
-    assert isinstance(state, AccountGateState)
-    return state
-
-
-def symbol_state(e: RiskEngine, symbol: str = "BTCUSDT", now: int = T0) -> GateState:
-    dirty = Effects()
-    dirty.dirty_symbols.add(("alpha", symbol))
-    (state,) = e.gate_states(dirty, now)
-    assert isinstance(state, GateState)
-    return state
-
-
 # -- the kill switch ------------------------------------------------------------------
 
 
@@ -97,8 +83,8 @@ def test_a_bot_kill_denies_every_intent_closes_included_and_asks_to_cancel_order
         )
     ]
     assert ask(e, intent("open"), intent("close", "sell", 1.0)) == ["kill_switch", "kill_switch"]
-    assert [b.gate for b in account(e).blocks] == ["kill_switch"]
-    assert account(e).entries_allowed is False
+    assert [b.gate for b in account_record(e).blocks] == ["kill_switch"]
+    assert account_record(e).entries_allowed is False
 
 
 def test_resume_lifts_the_kill_and_the_halt_with_one_event_each() -> None:
@@ -123,7 +109,7 @@ def test_a_symbol_kill_blocks_that_symbol_only_and_a_repeat_kill_is_acknowledged
         "kill_switch",
         None,
     ]
-    assert [b.gate for b in symbol_state(e).blocks] == ["kill_switch"]
+    assert [b.gate for b in symbol_record(e).blocks] == ["kill_switch"]
 
 
 # -- order sanity -----------------------------------------------------------------------
@@ -194,7 +180,7 @@ def test_a_mark_move_latches_the_daily_loss_of_a_bot_with_a_losing_open_position
     assert out.halts[0].reason == "equity (with unrealised PnL) reached max daily loss -100"
     assert e.apply_mark(mark(200.0, T0 + 3)).halts == []  # latched for the day
     assert ask(e, intent(), now=T0 + 4) == ["portfolio_daily_loss"]
-    acc = account(e, T0 + 4)
+    acc = account_record(e, T0 + 4)
     assert (acc.unrealised_pnl, acc.equity, acc.account_net_pnl) == (200.0, 200.0, 0.0)
 
 
@@ -209,9 +195,9 @@ def test_gate_records_carry_the_mark_unrealised_pnl_and_mark_exposure() -> None:
     e = eng()
     e.apply(fill("sell", 2.0, 100.0), T0)  # short 2 @ 100
     e.apply_mark(mark(90.0, T0 + 1))
-    sym = symbol_state(e)
+    sym = symbol_record(e)
     assert (sym.mark, sym.unrealised_pnl) == (90.0, 20.0)
-    acc = account(e)
+    acc = account_record(e)
     assert (acc.gross_exposure, acc.unrealised_pnl, acc.equity) == (180.0, 20.0, 20.0)
 
 
@@ -266,12 +252,8 @@ def test_a_mark_of_yesterday_arriving_after_the_rollover_revalues_but_latches_no
     e.sweep(MIDNIGHT + DAY_MS + 5)  # today opens at equity 80, the peak
     late = e.apply_mark(mark(100.0, MIDNIGHT + DAY_MS - 5_000))  # stamped yesterday
     assert late.halts == []
-    [account] = [
-        g
-        for g in e.gate_states(_dirty_bot(), MIDNIGHT + DAY_MS + 6)
-        if isinstance(g, AccountGateState)
-    ]
-    assert (account.equity, [b.gate for b in account.blocks]) == (0.0, [])
+    record = account_record(e, MIDNIGHT + DAY_MS + 6)
+    assert (record.equity, [b.gate for b in record.blocks]) == (0.0, [])
     out = e.apply_mark(mark(100.0, MIDNIGHT + DAY_MS + 7))  # the same price, stamped today
     assert events(out) == [("halted", None, "drawdown", "alpha/*/drawdown/1")]
 

@@ -13,19 +13,19 @@ from tests.support.builders import (
     DAY_MS,
     MIDNIGHT,
     T0,
+    account_record,
     control,
     engine,
     fill,
     intent,
     outcome,
+    symbol_record,
 )
 from worker import signing
 from worker.core import Effects, RiskEngine
 from worker.messages import (
-    AccountGateState,
     Block,
     GateDecision,
-    GateState,
     HaltEvent,
     Mark,
 )
@@ -56,22 +56,6 @@ def _round_trip(e: RiskEngine, symbol: str, buy: float, sell: float) -> None:
 def _decide(e: RiskEngine, now: int = T0, **kw: object) -> GateDecision:
     (d,) = e.apply(intent(ts=now, **kw), now).decisions  # type: ignore[arg-type]
     return d
-
-
-def _account(e: RiskEngine, now: int = T0) -> AccountGateState:
-    dirty = Effects()
-    dirty.dirty_bots.add("alpha")
-    (state,) = e.gate_states(dirty, now)
-    assert isinstance(state, AccountGateState)
-    return state
-
-
-def _symbol(e: RiskEngine, symbol: str = "BTCUSDT", now: int = T0) -> GateState:
-    dirty = Effects()
-    dirty.dirty_symbols.add(("alpha", symbol))
-    (state,) = e.gate_states(dirty, now)
-    assert isinstance(state, GateState)
-    return state
 
 
 # -- gates.py: what a denial says ------------------------------------------------------------
@@ -129,7 +113,7 @@ def test_account_equity_is_realised_net_plus_unrealised() -> None:
     e.apply(fill("buy", 1.0, 100.0), T0)
     _mark(e, 150.0)
     _round_trip(e, "ETHUSDT", 100.0, 20.0)
-    acc = _account(e)
+    acc = account_record(e)
     assert (acc.account_net_pnl, acc.unrealised_pnl, acc.equity) == (-80.0, 50.0, -30.0)
 
 
@@ -160,9 +144,9 @@ def test_reset_session_latches_on_equity_when_the_reset_win_hid_an_unrealised_lo
 def test_a_reset_session_that_latches_nothing_leaves_the_account_record_unchanged() -> None:
     e = _engine()
     e.apply(fill("buy", 1.0, 100.0), T0)
-    assert _account(e).seq == 1
+    assert account_record(e).seq == 1
     out = e.apply(control("reset_session", ts=T0 + 1), T0 + 1)
-    assert (out.halts, _account(e, T0 + 1).seq) == ([], 1)
+    assert (out.halts, account_record(e, T0 + 1).seq) == ([], 1)
 
 
 # -- symbol.py ----------------------------------------------------------------------------
@@ -171,7 +155,7 @@ def test_a_reset_session_that_latches_nothing_leaves_the_account_record_unchange
 def test_a_position_without_a_mark_has_zero_unrealised_pnl() -> None:
     e = _engine()
     e.apply(fill("buy", 1.0, 100.0), T0)
-    sym = _symbol(e)
+    sym = symbol_record(e)
     assert (sym.position_qty, sym.mark, sym.unrealised_pnl) == (1.0, None, 0.0)
 
 
@@ -222,7 +206,7 @@ def test_an_account_at_exactly_the_daily_loss_limit_on_equity_is_blocked_live() 
     assert _mark(e, 70.0, MIDNIGHT - 1).halts == []
     d = _decide(e, T0 + 1, symbol="SOLUSDT")
     assert (d.gate, d.reason) == ("portfolio_daily_loss", "account reached max daily loss -50")
-    acc = _account(e, T0 + 1)
+    acc = account_record(e, T0 + 1)
     assert (acc.account_net_pnl, acc.unrealised_pnl, acc.equity) == (-20.0, -30.0, -50.0)
     assert (acc.entries_allowed, acc.blocks) == (
         False,
@@ -350,7 +334,7 @@ def test_an_event_far_above_the_daily_loss_limit_does_not_count_as_a_latch() -> 
     nothing (an opening leg) leaves it where a bot without a limit has it."""
     e = _engine("[bots.alpha.portfolio]\nmax_daily_loss = -100.0\n")
     out = e.apply(fill("buy", 1.0, 100.0), T0)
-    assert (out.halts, _account(e).seq) == ([], 1)
+    assert (out.halts, account_record(e).seq) == ([], 1)
 
 
 # -- symbol.py: whose mark must be fresh ----------------------------------------------------
@@ -375,9 +359,9 @@ def test_an_event_just_above_the_daily_loss_limit_does_not_count_as_a_latch() ->
     so the account record's seq moves for the fill's own changes, not for a latch."""
     e = _engine("[bots.alpha.portfolio]\nmax_daily_loss = -100.0\n")
     e.apply(fill("buy", 1.0, 100.0), T0)
-    seq = _account(e).seq
+    seq = account_record(e).seq
     out = e.apply(fill("sell", 1.0, 0.0000001), T0)
-    acc = _account(e)
+    acc = account_record(e)
     assert (out.halts, acc.account_net_pnl, acc.seq - seq) == ([], -99.9999999, 2)
 
 
@@ -388,7 +372,7 @@ def test_the_midnight_rollover_counts_one_change_in_the_bot_and_symbol_records()
     e = _engine()
     e.apply(fill("buy", 1.0, 100.0), T0)
     e.apply(fill("buy", 1.0, 100.0), T0 + 1)
-    before = (_account(e).seq, _symbol(e).seq)
+    before = (account_record(e).seq, symbol_record(e).seq)
     e.sweep(MIDNIGHT + DAY_MS)
-    after = (_account(e, MIDNIGHT + DAY_MS).seq, _symbol(e, now=MIDNIGHT + DAY_MS).seq)
+    after = (account_record(e, MIDNIGHT + DAY_MS).seq, symbol_record(e, now=MIDNIGHT + DAY_MS).seq)
     assert (before, after) == ((2, 2), (3, 3))
