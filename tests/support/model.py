@@ -733,7 +733,12 @@ class Model(_State):
         content = (i.bot, i.symbol, i.action, i.side, i.qty, i.price, i.contract_value, i.ts)
         seen = bot.intents.get(i.intent_id)
         if seen is not None and seen[0] == content:
-            self.decisions.append(seen[1])
+            sym = bot.symbols.get(i.symbol)
+            killed = bot.killed is not None or (sym is not None and sym.killed is not None)
+            if seen[1].allowed and killed:  # the kill switch answers repeats too
+                self.decisions.append(self._decision(i, now_ms, "kill_switch", None))
+            else:
+                self.decisions.append(seen[1])
             return
         if seen is not None or i.intent_id in bot.reservations:
             self.decisions.append(self._decision(i, now_ms, "duplicate_intent_id", None))

@@ -63,6 +63,19 @@ def long_btc(e: RiskEngine, qty: float = 2.0, price: float = 100.0) -> None:
 # -- the kill switch ------------------------------------------------------------------
 
 
+def test_a_retried_intent_allowed_before_a_kill_is_denied_by_the_kill_switch() -> None:
+    e = eng()
+    first = intent(ts=T0)
+    (allowed,) = e.apply(first, T0).decisions
+    assert (allowed.allowed, allowed.gate) == (True, None)
+    e.apply(control("kill", symbol=None, ts=T0 + 1), T0 + 1)
+    (retry,) = e.apply(first, T0 + 2).decisions
+    assert (retry.allowed, retry.gate, retry.ts) == (False, "kill_switch", T0 + 2)
+    e.apply(control("resume", symbol=None, ts=T0 + 3), T0 + 3)
+    (after,) = e.apply(first, T0 + 4).decisions
+    assert after == allowed  # the first answer again: the kill denial was not remembered
+
+
 def test_a_bot_kill_denies_every_intent_closes_included_and_asks_to_cancel_orders() -> None:
     e = eng()
     long_btc(e)

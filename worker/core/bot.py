@@ -18,7 +18,7 @@ from worker.core.account import Account
 from worker.core.answers import recall, settle
 from worker.core.controls import UNREADABLE_BLOCK, BotControls, kill_block
 from worker.core.effects import Effects, Origin
-from worker.core.gates import evaluate
+from worker.core.gates import decision, evaluate, kill_verdict
 from worker.core.idlog import IdLogRef
 from worker.core.marks import MarkTable
 from worker.core.portfolio import PortfolioRisk
@@ -142,6 +142,10 @@ class BotRisk(Holder):
         account = self.account
         ttl = account.reservation_ttl_ms
         answer = recall(account.portfolio, i, now_ms, ttl)
+        if answer is not None and answer.allowed:
+            killed = kill_verdict(self, self.symbols.get(i.symbol))
+            if killed is not None:  # remembered as first answered: a resume allows it again
+                answer = decision(i, killed.gate, killed.reason, now_ms)
         if answer is None:
             sym = self.symbols.get(i.symbol)
             if sym is not None:

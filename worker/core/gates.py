@@ -62,10 +62,10 @@ def evaluate(
     ``max_concurrent_positions`` → ``gross_exposure``. ``record_ts``: the intent's
     record time, which the order rate and duplicate window run on (deterministic).
     """
+    killed = kill_verdict(bot, sym)
+    if killed is not None:
+        return killed
     controls = bot.controls
-    kill = controls.kill or (sym.controls.kill if sym is not None else None)
-    if kill is not None:
-        return Verdict("kill_switch", f"killed by {kill.issued_by}: {kill.reason}")
     cfg = bot.settings.orders_for(i.symbol)
     mark = bot.marks.fresh(i.symbol, now_ms, cfg.mark_max_age_ms) if cfg.price_collar_bps else None
     denial = controls.sanity(i, cfg, mark, record_ts)
@@ -150,6 +150,16 @@ def _reservation_cap(account: Account) -> Verdict | None:
         "max_concurrent_positions",
         f"{held} reservations outstanding; report fills with their intent_id",
     )
+
+
+def kill_verdict(bot: BotRisk, sym: SymbolRisk | None) -> Verdict | None:
+    """The kill switch of the bot or of the symbol, when one is on: it answers every
+    intent first, closes and repeats of an allowed intent included (a retried intent
+    after a kill would be an order after it)."""
+    kill = bot.controls.kill or (sym.controls.kill if sym is not None else None)
+    if kill is None:
+        return None
+    return Verdict("kill_switch", f"killed by {kill.issued_by}: {kill.reason}")
 
 
 def decision(
