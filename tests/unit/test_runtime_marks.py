@@ -21,6 +21,8 @@ encode = msgspec.json.encode
 class Rec(NamedTuple):
     key: bytes | None
     value: bytes | None
+    timestamp: int = NOW
+    """The record's time (CreateTime), which a mark's future skew is judged against."""
 
 
 def rec(symbol: str, price: float, ts: int = NOW, key: str | None = None) -> Rec:
@@ -58,6 +60,16 @@ def test_pending_marks_coalesce_to_the_latest_per_symbol_and_bad_ones_are_counte
     assert feed.drain() == [Mark("BTC", 100.0, NOW + 5), Mark("ETH", 10.0, NOW)]
     assert feed.drain() == []
     assert dict(feed.ignored) == {"DecodeError": 1, "key_mismatch": 1, "ValidationError": 1}
+
+
+def test_a_mark_stamped_ahead_of_its_record_is_refused_so_it_cannot_freeze_the_price() -> None:
+    feed = MarkFeed(None, max_future_skew_ms=60_000)
+    feed.take([rec("BTC", 100.0, NOW + 60_000), rec("ETH", 10.0, NOW + 60_001)])
+    assert feed.drain() == [Mark("BTC", 100.0, NOW + 60_000)]
+    feed.take([rec("ETH", 10.0, NOW + 86_400_000 * 365)])  # a producer's clock a year ahead
+    feed.take([rec("ETH", 9.0, NOW)])  # the correct mark after it is held
+    assert feed.drain() == [Mark("ETH", 9.0, NOW)]
+    assert dict(feed.ignored) == {"future_mark": 2}
 
 
 async def test_restore_reads_the_history_before_it_reports_restored() -> None:

@@ -51,9 +51,12 @@ class MarkSource(Protocol):
 class MarkFeed:
     """The marks read so far and not yet applied; ``restored`` once the history is in."""
 
-    def __init__(self, source: MarkSource | None) -> None:
-        """``source`` None: no marks topic (positions are valued at entry price)."""
+    def __init__(self, source: MarkSource | None, max_future_skew_ms: int = 5 * 60_000) -> None:
+        """``source`` None: no marks topic (positions are valued at entry price).
+        ``max_future_skew_ms``: ``[worker] max_future_skew_ms``, judged against the
+        record's timestamp as for every input."""
         self._source = source
+        self._max_skew_ms = max_future_skew_ms
         self._pending: dict[str, Mark] = {}
         self._task: asyncio.Task[None] | None = None
         self.restored = source is None
@@ -83,6 +86,11 @@ class MarkFeed:
                 continue
             if record.key is not None and record.key != mark.symbol.encode():
                 self._note("key_mismatch", f"key {record.key!r} is not {mark.symbol!r}")
+                continue
+            if mark.ts > record.timestamp + self._max_skew_ms:
+                # Held, it would outrank every correct mark after it (the latest ts
+                # wins) and read fresh for ever: a frozen price under the equity limits.
+                self._note("future_mark", f"ts {mark.ts} is ahead of the record's time")
                 continue
             held = pending.get(mark.symbol)
             if held is None or mark.ts >= held.ts:

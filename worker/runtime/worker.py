@@ -87,7 +87,7 @@ class Worker:
         self._applier = BatchApplier(config, self.engine, self.ownership, m, kinds)
         self._watch = InputWatch(kinds, config.worker.heartbeat_interval_ms, m, clock())
         """Per input partition: progress (heartbeats) and restarted offsets."""
-        self._marks = MarkFeed(self.transport.marks_source())
+        self._marks = MarkFeed(self.transport.marks_source(), config.worker.max_future_skew_ms)
         """Every mark, read outside the group; applied at the start of each iteration."""
         self._next_sweep = 0
         self.started = asyncio.Event()
