@@ -144,16 +144,29 @@ svg.chart{display:block;margin:6px 0;background:#fcfcfc;border:1px solid #eee}
 """
 
 _ROWS = (
-    ("trades", "trades", int),
-    ("blocked_trades", "trades prevented", int),
-    ("net_pnl_actual", "net PnL, actual", float),
-    ("net_pnl_with_limits", "net PnL with the limits", float),
-    ("pnl_avoided", "losses avoided", float),
-    ("pnl_forgone", "wins forgone", float),
-    ("effect", "effect (with - actual)", float),
-    ("worst_intraday_drawdown_actual", "worst intraday drawdown, actual", float),
-    ("worst_intraday_drawdown_with_limits", "worst intraday drawdown with the limits", float),
+    # (summary key, label in the HTML table, short label in the terminal, type)
+    ("trades", "trades", "trades", int),
+    ("blocked_trades", "trades prevented", "prevented", int),
+    ("net_pnl_actual", "net PnL, actual", "net actual", float),
+    ("net_pnl_with_limits", "net PnL with the limits", "net w/ limits", float),
+    ("pnl_avoided", "losses avoided", "avoided", float),
+    ("pnl_forgone", "wins forgone", "forgone", float),
+    ("effect", "effect (with - actual)", "effect", float),
+    ("worst_intraday_drawdown_actual", "worst intraday drawdown, actual", "worst DD", float),
+    (
+        "worst_intraday_drawdown_with_limits",
+        "worst intraday drawdown with the limits",
+        "worst DD w/ lim",
+        float,
+    ),
 )
+"""The counterfactual rows, once for both renderings, so the HTML report and the
+terminal summary cannot list different figures."""
+
+
+def _figure(value: Any, kind: type) -> str:
+    """One cell of a counterfactual row, formatted the same in both renderings."""
+    return fmt_money(value) if kind is float else f"{value:,}"
 
 
 def render_html(report: Mapping[str, Any]) -> str:
@@ -218,10 +231,8 @@ def _counterfactual_table(report: Mapping[str, Any]) -> str:
     columns = [("overall", report["overall"]), *report["bots"].items()]
     head = "".join(f"<th>{escape(name)}</th>" for name, _ in columns)
     rows = [f"<h2>Counterfactual</h2><table class='counterfactual'><tr><th></th>{head}</tr>"]
-    for key, label, kind in _ROWS:
-        cells = "".join(
-            f"<td>{fmt_money(s[key]) if kind is float else f'{s[key]:,}'}</td>" for _, s in columns
-        )
+    for key, label, _, kind in _ROWS:
+        cells = "".join(f"<td>{_figure(s[key], kind)}</td>" for _, s in columns)
         rows.append(f"<tr><td>{label}</td>{cells}</tr>")
     gates = sorted({g for _, s in columns for g in s["halts"]})
     for gate in gates:
@@ -286,17 +297,6 @@ def _sweep(sweep: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
-_SHORT = (
-    ("trades", "trades", int),
-    ("blocked_trades", "prevented", int),
-    ("net_pnl_actual", "net actual", float),
-    ("net_pnl_with_limits", "net w/ limits", float),
-    ("pnl_avoided", "avoided", float),
-    ("pnl_forgone", "forgone", float),
-    ("effect", "effect", float),
-    ("worst_intraday_drawdown_actual", "worst DD", float),
-    ("worst_intraday_drawdown_with_limits", "worst DD w/ lim", float),
-)
 TERMINAL_BOTS = 4
 """Bots shown beside the overall column (those the limits changed most): one screen wide."""
 
@@ -315,10 +315,10 @@ def terminal_summary(report: Mapping[str, Any]) -> Any:
     columns = [("overall", report["overall"]), *bots[:TERMINAL_BOTS]]
     for name, _ in columns:
         table.add_column(name, justify="right")
-    for key, label, kind in _SHORT:
+    for key, _, label, kind in _ROWS:
         table.add_row(
             label,
-            *(fmt_money(s[key]) if kind is float else f"{s[key]:,}" for _, s in columns),
+            *(_figure(s[key], kind) for _, s in columns),
         )
     table.add_row("halts", *(str(sum(s["halts"].values())) for _, s in columns))
     sweep = report.get("sweep")
