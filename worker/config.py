@@ -160,17 +160,6 @@ class OrdersConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     it resolves per symbol like the checks that use it."""
 
 
-class OrdersOverride(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """A bot's ``[bots.X.orders]``: keys set here replace the default's."""
-
-    max_qty: OffCap | None = None
-    max_notional: OffCap | None = None
-    price_collar_bps: OffCap | None = None
-    max_orders_per_sec: OrderRate | None = None
-    duplicate_window_ms: DayMs | None = None
-    mark_max_age_ms: PositiveInt | None = None
-
-
 class SymbolOrdersOverride(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``[bots.X.overrides.SYM.orders]``: everything but the per-bot order rate."""
 
@@ -179,6 +168,13 @@ class SymbolOrdersOverride(_Section, frozen=True, forbid_unknown_fields=True, kw
     price_collar_bps: OffCap | None = None
     duplicate_window_ms: DayMs | None = None
     mark_max_age_ms: PositiveInt | None = None
+
+
+class OrdersOverride(SymbolOrdersOverride, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A bot's ``[bots.X.orders]``: keys set here replace the default's. The symbol
+    override's keys plus the order rate, which only a bot can set (one window per bot)."""
+
+    max_orders_per_sec: OrderRate | None = None
 
 
 class CooldownConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
