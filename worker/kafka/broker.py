@@ -117,6 +117,21 @@ def _parent_death_hook() -> Callable[[], None] | None:
     return hook
 
 
+def _broker_argv(binary: str, host: str, port: int, advertised_port: int) -> list[str]:
+    """Tansu's command line: listen on ``port``, advertise ``advertised_port`` (a proxy's,
+    when tests put one in front), keep everything in memory (nothing to clean up)."""
+    return [
+        binary,
+        "broker",
+        "--listener-url",
+        f"tcp://{host}:{port}",
+        "--advertised-listener-url",
+        f"tcp://{host}:{advertised_port}",
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+
+
 class EmbeddedBroker:
     """A private, memory-only Tansu broker on a loopback port.
 
@@ -273,19 +288,8 @@ class EmbeddedBroker:
         self._log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self._log_dir / f"tansu-{self.port}.log"
         self._log = self.log_path.open("ab")
-        url = f"tcp://{self.host}:{self.port}"
-        advertised = f"tcp://{self.host}:{self.advertised_port or self.port}"
         self._proc = subprocess.Popen(
-            [
-                binary,
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                advertised,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
+            _broker_argv(binary, self.host, self.port, self.advertised_port or self.port),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
