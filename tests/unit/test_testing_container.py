@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testcontainers.core.wait_strategies import HttpWaitStrategy
 
 from worker.testing.container import CONFIG_PATH, HTTP_PORT, IMAGE, RiskgateContainer, command
 
-NO_ENGINE = {"docker_client_kw": {"version": "1.44"}}
+NO_ENGINE: dict[str, Any] = {"docker_client_kw": {"version": "1.44"}}
 
 CONFIG = '[bots.bot1]\nsymbols = ["BTCUSDT"]\n'
 
@@ -94,12 +95,8 @@ def test_container_joins_the_network_of_its_kafka() -> None:
 def test_container_waits_for_readyz_200() -> None:
     container = RiskgateContainer(FakeKafka(), startup_timeout=90, **NO_ENGINE)
     wait = container._wait_strategy
-    assert (type(wait).__name__, wait._port, wait._path, wait._status_codes) == (
-        "HttpWaitStrategy",
-        9464,
-        "/readyz",
-        {200},
-    )
+    assert isinstance(wait, HttpWaitStrategy)
+    assert (wait._port, wait._path, wait._status_codes) == (9464, "/readyz", {200})
     assert wait._startup_timeout == 90
 
 
