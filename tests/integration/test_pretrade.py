@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypedDict
 
 import msgspec
 import pytest
@@ -17,7 +17,7 @@ import pytest_asyncio
 
 from tests.support.gate_env import GateEnv, gate_env
 from tests.support.harness import MIN_MS, decoded, latest, make_config, wait_until
-from worker.messages import GateDecision
+from worker.messages import GateDecision, HaltEvent
 
 pytestmark = pytest.mark.broker
 
@@ -72,7 +72,13 @@ max_gross_exposure = 1000.0
 [bots.restart_bot]
 """
 
-BIG = {"qty": 10.0, "price": 500.0}  # notional 5000: over every exposure cap here
+
+class _Size(TypedDict):
+    qty: float
+    price: float
+
+
+BIG: _Size = {"qty": 10.0, "price": 500.0}  # notional 5000: over every exposure cap here
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -115,13 +121,11 @@ async def test_gate_order_manual_session_breaker_then_daily_loss(env: GateEnv) -
         ("S1", "circuit_breaker"),
         (None, "portfolio_daily_loss"),
     ):
-        event = await env.wait_halt(
-            lambda e, s=symbol, g=gate: (
-                (e.bot, e.symbol, e.gate, e.kind) == ("order", s, g, "halted")
-            ),
-            after=seen,
-            what=f"{gate} halt",
-        )
+
+        def halted(e: HaltEvent, s: str | None = symbol, g: str = gate) -> bool:
+            return (e.bot, e.symbol, e.gate, e.kind) == ("order", s, g, "halted")
+
+        event = await env.wait_halt(halted, after=seen, what=f"{gate} halt")
         assert event.reason and event.issued_by is None
     halt = env.command("halt", "order", "S1", issued_by="alice", reason="fat finger on S1")
     await env.control(halt)
