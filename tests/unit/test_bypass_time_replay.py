@@ -24,6 +24,7 @@ from worker import signing
 from worker.core import CircuitBreakerSnapshot, Effects, Origin, RiskEngine, SessionPnlSnapshot
 from worker.core.dedupe import IdWindow, IdWindowSnapshot
 from worker.core.snapshot import (
+    ManualHalt,
     PortfolioSnapshot,
     SymbolSnapshot,
     encode,
@@ -154,7 +155,7 @@ def test_a_genuine_command_processed_ten_minutes_late_is_applied() -> None:
     cmd = signed("halt", T0)
     out = eng.apply(cmd, late, Origin("risk.control/0", 0), record_ts=T0)
     assert [(h.kind, h.gate) for h in out.halts] == [("halted", "manual_halt")]
-    assert eng.bots["alpha"].manual_halt.ts == T0
+    assert eng.bots["alpha"].manual_halt == ManualHalt("ops", "alice", T0)
     # Without the record's time it would be judged by processing time, as before.
     with pytest.raises(Rejected) as exc:
         engine(SIGNED).apply(cmd, late)
@@ -167,21 +168,21 @@ def test_a_replayed_signed_resume_after_a_later_halt_changes_nothing() -> None:
     for offset, cmd in enumerate((halt, resume, halt_again)):
         eng.apply(cmd, T0 + 3, Origin("risk.control/0", offset), record_ts=cmd.ts)
     bot = eng.bots["alpha"]
-    assert bot.manual_halt.ts == T0 + 2  # the later halt stands
+    assert bot.manual_halt == ManualHalt("ops", "alice", T0 + 2)  # the later halt stands
     with pytest.raises(Rejected) as stale:  # the captured resume, re-appended
         eng.apply(resume, T0 + 4, Origin("risk.control/0", 3), record_ts=T0 + 4)
     assert stale.value.reason == "stale_command"
     with pytest.raises(Rejected) as replayed:  # the latest command, re-appended
         eng.apply(halt_again, T0 + 5, Origin("risk.control/0", 4), record_ts=T0 + 5)
     assert replayed.value.reason == "replayed_command"
-    assert bot.manual_halt.ts == T0 + 2
+    assert bot.manual_halt == ManualHalt("ops", "alice", T0 + 2)
     # The guard is persisted: a restarted worker refuses the replay too.
     restarted = engine(SIGNED)
     restarted.restore({portfolio_key("alpha"): encode(bot.portfolio_snapshot())}, T0 + 6)
     with pytest.raises(Rejected) as after_restart:
         restarted.apply(resume, T0 + 6, Origin("risk.control/0", 5), record_ts=T0 + 6)
     assert after_restart.value.reason == "stale_command"
-    assert restarted.bots["alpha"].manual_halt.ts == T0 + 2
+    assert restarted.bots["alpha"].manual_halt == ManualHalt("ops", "alice", T0 + 2)
 
 
 def test_a_replayed_symbol_command_is_refused_per_target() -> None:
@@ -373,13 +374,13 @@ def _run(records: list[tuple[Event, Origin]], toml: str = IDS) -> list[HaltEvent
 
 
 def test_event_ids_do_not_depend_on_how_control_and_data_interleave() -> None:
-    control_records = [
+    control_records: list[tuple[Event, Origin]] = [
         (control("halt", ts=T0), Origin("risk.control/0", 0)),
         (control("resume", ts=T0 + 1), Origin("risk.control/0", 1)),
         (control("halt", symbol=None, ts=T0 + 2), Origin("risk.control/0", 2)),
         (control("halt", ts=T0 + 3), Origin("risk.control/0", 3)),
     ]
-    data_records = [
+    data_records: list[tuple[Event, Origin]] = [
         (outcome(-30.0, ts=T0 + 10, outcome_id=f"o{n}"), Origin("trading.outcomes/0", n))
         for n in range(3)
     ]

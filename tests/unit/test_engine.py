@@ -24,6 +24,7 @@ from tests.support.builders import (
 from worker import signing
 from worker.config import load_config
 from worker.core import Effects, Origin, Reservation, RiskEngine
+from worker.core.snapshot import ManualHalt
 from worker.errors import Rejected
 from worker.messages import ControlCommand, Event, TradeOutcome
 
@@ -321,8 +322,7 @@ def test_signed_control_is_applied() -> None:
     cmd = signing.signed(control("halt", symbol=None), b"s3cret")
     out = eng.apply(cmd, T0)
     assert [h.gate for h in out.halts] == ["manual_halt"]
-    halt = eng.bots["alpha"].manual_halt
-    assert (halt.reason, halt.issued_by, halt.ts) == ("ops", "alice", T0)
+    assert eng.bots["alpha"].manual_halt == ManualHalt("ops", "alice", T0)
 
 
 @pytest.mark.parametrize(
@@ -369,8 +369,7 @@ def test_tampered_signed_command_is_rejected() -> None:
 def test_unsigned_control_is_accepted_without_a_secret() -> None:
     eng = engine()
     eng.apply(control("halt", symbol=None), T0)
-    halt = eng.bots["alpha"].manual_halt
-    assert (halt.reason, halt.issued_by, halt.ts) == ("ops", "alice", T0)
+    assert eng.bots["alpha"].manual_halt == ManualHalt("ops", "alice", T0)
 
 
 # -- validation -------------------------------------------------------------------------------

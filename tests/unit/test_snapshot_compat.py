@@ -28,6 +28,7 @@ from tests.support.builders import DAY0, MIDNIGHT, T0, control, engine, fill, in
 from worker import signing
 from worker.core import Effects, Origin, RiskEngine
 from worker.core.snapshot import (
+    ManualHalt,
     PortfolioSnapshot,
     SymbolSnapshot,
     decode_snapshot,
@@ -114,7 +115,8 @@ def restore(value: bytes, now: int, key: str = KEY) -> tuple[RiskEngine, Effects
 
 def symbol_json(eng: RiskEngine, key: str = KEY) -> dict[str, Any]:
     bot, _, symbol = key.split("/")
-    return msgspec.to_builtins(eng.bots[bot].symbols[symbol].snapshot())
+    built: dict[str, Any] = msgspec.to_builtins(eng.bots[bot].symbols[symbol].snapshot())
+    return built
 
 
 @pytest.mark.parametrize("name", seed_fixtures())
@@ -280,8 +282,7 @@ def test_our_portfolio_fixture_restores_and_re_encodes_identically() -> None:
         None,
     )
     assert bot.portfolio.halted
-    halt = bot.manual_halt
-    assert (halt.reason, halt.issued_by, halt.ts) == ("desk closed", "bob", 1_749_978_300_000)
+    assert bot.manual_halt == ManualHalt("desk closed", "bob", 1_749_978_300_000)
     assert bot.portfolio.reservations["i-1"].notional == 50.0
 
 
