@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -42,6 +43,11 @@ def intents(eng: RiskEngine, first: int, count: int, out: Effects) -> None:
         eng.apply(i, NOW, Origin("trading.intents/0", n), out)
 
 
+def new_log() -> dict[str, bytes | None]:
+    """An empty compacted snapshot topic (last value per key; None: a tombstone)."""
+    return {}
+
+
 def persist(eng: RiskEngine, out: Effects, log: dict[str, bytes | None]) -> list[OutRecord]:
     """One persist, folded into ``log`` (the compacted topic: last value per key)."""
     records = snapshot_records(eng, out, eng.config.topics, {"alpha": 0})
@@ -51,7 +57,7 @@ def persist(eng: RiskEngine, out: Effects, log: dict[str, bytes | None]) -> list
     return records
 
 
-def restored(log: dict[str, bytes | None], keep: int = 10_000) -> RiskEngine:
+def restored(log: Mapping[str, bytes | None], keep: int = 10_000) -> RiskEngine:
     eng = engine(keep)
     assert eng.restore(log, NOW) == []
     return eng
@@ -67,7 +73,7 @@ def written(records: list[OutRecord]) -> dict[str, Any]:
 
 def test_persist_of_an_active_bot_rewrites_only_new_ids_not_the_whole_window() -> None:
     """The write amplification: every persist rewrote ~300 KB+ of unchanged ids."""
-    eng, out, log = engine(), Effects(), {}
+    eng, out, log = engine(), Effects(), new_log()
     outcomes(eng, 0, 10_000, out)
     first = written(persist(eng, out, log))
     assert first["chunks"] == 10_000 // 256  # 39 sealed chunks, 16 ids in the tail
@@ -80,7 +86,7 @@ def test_persist_of_an_active_bot_rewrites_only_new_ids_not_the_whole_window() -
 
 
 def test_chunks_out_of_the_window_are_tombstoned_after_the_portfolio() -> None:
-    eng, out, log = engine(keep=600), Effects(), {}
+    eng, out, log = engine(keep=600), Effects(), new_log()
     outcomes(eng, 0, 600, out)
     assert written(persist(eng, out, log))["chunks"] == 2  # 512 sealed, 88 in the tail
     out = Effects()
@@ -114,7 +120,7 @@ def test_snapshot_with_the_windows_inside_the_portfolio_record_still_restores() 
 
 
 def test_missing_chunk_keeps_the_newer_entries_and_is_reported() -> None:
-    eng, out, log = engine(), Effects(), {}
+    eng, out, log = engine(), Effects(), new_log()
     outcomes(eng, 0, 600, out)
     persist(eng, out, log)
     del log[chunk_key("alpha", "outcomes", 0)]
@@ -126,7 +132,7 @@ def test_missing_chunk_keeps_the_newer_entries_and_is_reported() -> None:
 
 def test_renumbered_windows_are_written_afresh_and_the_old_chunks_tombstoned() -> None:
     """What a restoring owner does when a zombie's chunk records were fenced."""
-    eng, out, log = engine(), Effects(), {}
+    eng, out, log = engine(), Effects(), new_log()
     outcomes(eng, 0, 600, out)
     persist(eng, out, log)
     assert eng.rewrite_ids("alpha")
@@ -148,7 +154,7 @@ def test_renumbered_windows_are_written_afresh_and_the_old_chunks_tombstoned() -
 
 @pytest.mark.parametrize("keep", [0, 1, 255, 256, 257])
 def test_window_sizes_around_a_chunk_restore_exactly(keep: int) -> None:
-    eng, log = engine(keep), {}
+    eng, log = engine(keep), new_log()
     for first in (0, 100, 400, 1_000):
         out = Effects()
         outcomes(eng, first, 300 if first < 1_000 else 5, out)
@@ -168,7 +174,7 @@ def test_a_fenced_chunk_makes_the_restoring_owner_write_the_windows_afresh() -> 
     from worker.runtime.ownership import Ownership
     from worker.runtime.recovery import Recovery
 
-    live, out, log = engine(), Effects(), {}
+    live, out, log = engine(), Effects(), new_log()
     outcomes(live, 0, 600, out)
     persist(live, out, log)
     successor = engine()
