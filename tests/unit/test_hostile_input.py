@@ -162,7 +162,7 @@ def seeded(max_bytes: int = MAX_BYTES) -> Path:
     """A path into an engine that already holds some state of every kind."""
     path = Path(engine(), max_bytes=max_bytes)
     sig = command(TS, symbol="BTCUSDT", bot="any", reason="seed")
-    for kind, key, value in (
+    seeds: list[tuple[InputKind, bytes, bytes]] = [
         ("outcome", b"alpha", _enc(outcome(TS, outcome_id="h-seed-loss", gross_pnl=-5.0))),
         (
             "outcome",
@@ -178,7 +178,8 @@ def seeded(max_bytes: int = MAX_BYTES) -> Path:
         ),
         ("intent", b"alpha", _enc(intent(TS, intent_id="h-seed-intent"))),
         ("control", b"any", _enc(sig)),
-    ):
+    ]
+    for kind, key, value in seeds:
         assert not isinstance(path.feed(kind, key, value, count=False), Rejected), value
     return path
 
