@@ -37,6 +37,13 @@ class Metrics:
             ["gate"],
             registry=r,
         )
+        self.marks_ignored = Counter(
+            "riskgate_marks_ignored",
+            "Mark records skipped (not applied, not dead-lettered: every worker reads every "
+            "mark), by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "riskgate_batch_records", "Records per processed batch.", buckets=_SIZES, registry=r
         )

@@ -32,6 +32,7 @@ SPEC_SECTIONS = ("kafka", "topics", "defaults", "bots")
 KNOWN_METRICS = {
     "riskgate_consumer_lag",
     "riskgate_deadletters_total",
+    "riskgate_marks_ignored_total",
     "riskgate_halts_total",
     "riskgate_batch_seconds",
     "riskgate_commit_seconds",

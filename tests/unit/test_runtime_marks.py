@@ -59,7 +59,7 @@ def test_pending_marks_coalesce_to_the_latest_per_symbol_and_bad_ones_are_counte
     )
     assert feed.drain() == [Mark("BTC", 100.0, NOW + 5), Mark("ETH", 10.0, NOW)]
     assert feed.drain() == []
-    assert dict(feed.ignored) == {"DecodeError": 1, "key_mismatch": 1, "ValidationError": 1}
+    assert dict(feed.ignored) == {"malformed_json": 1, "key_mismatch": 1, "invalid_message": 1}
 
 
 def test_a_mark_stamped_ahead_of_its_record_is_refused_so_it_cannot_freeze_the_price() -> None:

@@ -1,13 +1,17 @@
-"""The worker: one poll loop around the pure engine.
+"""The worker: one poll loop around the pure engine, pipelined against the broker.
 
 Each iteration: apply finished restores, fetch a batch, apply it, sweep on
-cadence, and publish the batch's outputs (halts, decisions, gate states, dead
-letters), waiting for their acks; then hand the batch to the
-:class:`~worker.runtime.checkpoint.Checkpoint`, which every
-``commit_interval_ms`` snapshots the changed keys and only then commits the
-input offsets. A crash anywhere replays from the last commit; per-key offset
-watermarks in the snapshots make the replay exact, and outputs are always
-acknowledged before the state that produced them is persisted, so none is lost.
+cadence, and *send* the batch's outputs (halts, decisions, gate states, dead
+letters) without waiting for their acks; the next iteration fetches and
+applies the next batch while they are in flight. The
+:class:`~worker.runtime.checkpoint.Checkpoint` carries each batch from send to
+commit: at most ``max_in_flight`` batches unconfirmed, and every
+``commit_interval_ms`` a persist that first confirms every output in flight,
+then sends the changed keys' snapshots and commits the input offsets once
+those are acknowledged, in the background. A crash anywhere replays from the
+last commit; per-key offset watermarks in the snapshots make the replay exact,
+and outputs are always acknowledged before the state that produced them is
+persisted, so none is lost.
 
 Rebalances never wait on a lock: a revoke asks the loop to persist at the end
 of its iteration and waits (bounded) for that, so a new owner restoring after
@@ -87,7 +91,12 @@ class Worker:
         self._applier = BatchApplier(config, self.engine, self.ownership, m, kinds)
         self._watch = InputWatch(kinds, config.worker.heartbeat_interval_ms, m, clock())
         """Per input partition: progress (heartbeats) and restarted offsets."""
-        self._marks = MarkFeed(self.transport.marks_source(), config.worker.max_future_skew_ms)
+        self._marks = MarkFeed(
+            self.transport.marks_source(),
+            config.worker.max_future_skew_ms,
+            max_message_bytes=config.worker.max_message_bytes,
+            metrics=m,
+        )
         """Every mark, read outside the group; applied at the start of each iteration."""
         self._next_sweep = 0
         self.started = asyncio.Event()
@@ -202,11 +211,10 @@ class Worker:
             heartbeat = await self._watch.heartbeat_bots(
                 consumer, self.engine, ownership.partition_of, now
             )
-            if not await self._publisher.publish(effects, deadletters, heartbeat, now):
-                return
-            checkpoint.add(effects, offsets)
+            sending = await self._publisher.send_outputs(effects, deadletters, heartbeat, now)
+            checkpoint.sent(sending, effects, offsets)
             self.health.owe(offsets, now)
-            if checkpoint.due(now) and not await self._persist(now):
+            if not await self._checkpoint(now):
                 return
             checkpoint.iteration_done()
             if batch:
@@ -217,11 +225,31 @@ class Worker:
                 await self._link.probe()
             update_lag(self.metrics, consumer, batch)
             self.health.tick()
-        await self._persist(self.clock())  # shutdown: everything applied is persisted
+        # Shutdown: everything applied is persisted and committed.
+        if await self._persist(self.clock()):
+            await checkpoint.persisted()
+
+    async def _checkpoint(self, now: int) -> bool:
+        """At most ``max_in_flight`` batches unconfirmed; persist when due; all on a flush.
+
+        False once a confirm or persist gave up (stopping): nothing more commits.
+        """
+        checkpoint = self.checkpoint
+        if checkpoint.persist_failed():
+            return False
+        if not await checkpoint.settle(self._publisher.confirm, checkpoint.max_in_flight):
+            return False
+        if checkpoint.due(now) and not await self._persist(now):
+            return False
+        # A revoke waits until the new owner can restore everything we applied.
+        return not checkpoint.flushing or await checkpoint.persisted()
 
     async def _persist(self, now: int) -> bool:
         """Phase 2, every ``commit_interval_ms``: snapshots of changed keys, then commit."""
-        return await self.checkpoint.persist(now, self._publisher.write_snapshots, self._commit)
+        publisher = self._publisher
+        return await self.checkpoint.persist(
+            now, publisher.confirm, publisher.send_snapshots, self._commit
+        )
 
     async def _commit(self, offsets: Offsets) -> None:
         await self._link.commit(self.ownership.committable(offsets))
