@@ -61,7 +61,7 @@ def test_seed_shaped_blob_restores() -> None:
 
     eng = engine(BREAKER_2)
     out = Effects()
-    eng.bot(bot_id).restore_symbol(symbol, snap, T0, out)
+    eng.bot(bot_id).restore_symbol("BTCUSDT", snap, T0, out)
     sym = eng.bots["rust-bot"].symbols["BTCUSDT"]
     assert sym.session.net_pnl == pytest.approx(-31.0)
     assert sym.session.losses == 1
