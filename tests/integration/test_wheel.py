@@ -104,8 +104,8 @@ def test_installed_wheel_runs_the_demo_on_the_embedded_broker(built: Path, tmp_p
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", venv], elsewhere, 60)
     python = venv / "bin" / "python"
-    pip = [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps"]
-    run([*pip, built / WHEEL], elsewhere, 120)
+    pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps"]
+    run([*pip, str(built / WHEEL)], elsewhere, 120)
     # Only now: pip must not see the checkout's editable riskgate while installing.
     where_site = run([python, "-c", "import site; print(site.getsitepackages()[0])"], elsewhere, 30)
     site = Path(where_site.stdout.strip())
