@@ -24,7 +24,7 @@ from tests.support.harness import (
     PROJECT_ROOT,
     config_text,
     create_topics,
-    read_topic,
+    read_values,
     running_worker,
     wait_until,
 )
@@ -90,13 +90,8 @@ async def test_console_action_is_audited_on_the_topic_and_applied_by_the_worker(
     status, answer = await call("POST", f"{console_url}api/actions", OPERATOR, body)
     assert status == 202, answer
 
-    [record] = [
-        msgspec.json.decode(r.value) for r in await read_topic(config.kafka, config.topics.audit)
-    ]
-    [sent] = [
-        msgspec.json.decode(r.value, type=ControlCommand)
-        for r in await read_topic(config.kafka, config.topics.control)
-    ]
+    [record] = await read_values(config.kafka, config.topics.audit, dict[str, Any])
+    [sent] = await read_values(config.kafka, config.topics.control, ControlCommand)
     assert verify(sent, SECRET.encode(), sent.ts, 1) is None  # signed by the console
     assert record == {
         "ts": sent.ts,

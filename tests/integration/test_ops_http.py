@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
-import msgspec
 import pytest
 
 import worker.runtime.transport as transport_module
@@ -25,6 +25,7 @@ from tests.support.harness import (
     produce,
     produce_events,
     read_topic,
+    read_values,
     wait_processed,
     wait_until,
 )
@@ -193,13 +194,11 @@ async def test_metrics_health_and_readiness_over_http(
     for histogram in ("output_send", "snapshot_send", "commit"):
         count = m.value(f"riskgate_{histogram}_seconds_count")
         assert count is not None and count >= 1, histogram
-    halts = [msgspec.json.decode(r.value) for r in await read_topic(config.kafka, topics.halts)]
+    halts = await read_values(config.kafka, topics.halts, dict[str, Any])
     assert [(h["bot"], h["symbol"], h["kind"], h["gate"]) for h in halts] == [
         ("alpha", "SOLUSDT", "halted", "circuit_breaker")
     ]
-    decisions = [
-        msgspec.json.decode(r.value) for r in await read_topic(config.kafka, topics.decisions)
-    ]
+    decisions = await read_values(config.kafka, topics.decisions, dict[str, Any])
     assert {d["intent_id"]: (d["allowed"], d["gate"]) for d in decisions} == {
         intents[0].intent_id: (True, None),
         intents[1].intent_id: (False, "circuit_breaker"),

@@ -36,13 +36,13 @@ from tests.support.harness import (
     Produced,
     config_text,
     create_topics,
-    read_topic,
+    read_values,
     running_worker,
     wait_processed,
     wait_until,
 )
 from worker.config import Config, load_config
-from worker.core import Effects, RiskEngine
+from worker.core import Effects, Origin, RiskEngine
 from worker.kafka.options import client_kwargs
 from worker.messages import (
     ControlCommand,
@@ -51,6 +51,7 @@ from worker.messages import (
     GateDecision,
     HaltEvent,
     OrderIntent,
+    Side,
     TradeOutcome,
 )
 from worker.replay.inputs import read_topics
@@ -110,7 +111,7 @@ def stream(seed: int = 12) -> list[Event]:
             )
         elif roll < 0.8:
             price = round(price + rng.uniform(-12.0, 8.0), 2)
-            side = "sell" if beta_long else "buy"
+            side: Side = "sell" if beta_long else "buy"
             beta_long = not beta_long
             events.append(
                 Fill(
@@ -172,25 +173,25 @@ class Recorder:
 
         def recording_apply(
             event: Event,
-            now: int,
-            origin: Any = None,
+            now_ms: int,
+            origin: Origin | None = None,
             out: Effects | None = None,
             *,
             record_ts: int | None = None,
         ) -> Effects:
             before = len(out.halts) if out is not None else 0
             try:
-                result = apply(event, now, origin, out, record_ts=record_ts)
+                result = apply(event, now_ms, origin, out, record_ts=record_ts)
             finally:
                 self.applied += 1
             self._note(result.halts[before:])
             return result
 
-        def recording_sweep(now: int, out: Effects | None = None) -> Effects:
+        def recording_sweep(now_ms: int, out: Effects | None = None) -> Effects:
             before = len(out.halts) if out is not None else 0
-            result = sweep(now, out)
+            result = sweep(now_ms, out)
             self._note(result.halts[before:])
-            self.swept.add(now)
+            self.swept.add(now_ms)
             return result
 
         engine.apply = recording_apply  # type: ignore[method-assign]
@@ -246,8 +247,12 @@ async def test_replaying_a_recorded_live_stream_reproduces_its_halts_exactly(
                     )
                 )
                 produced.append(meta)
+
+                def applied(target: int = target) -> bool:
+                    return rec.applied >= target
+
                 await wait_until(
-                    _true(lambda target=target: rec.applied >= target),
+                    _true(applied),
                     within=20,
                     what="the record applied",
                     alive=alive,
@@ -267,14 +272,8 @@ async def test_replaying_a_recorded_live_stream_reproduces_its_halts_exactly(
     finally:
         await producer.stop()
 
-    live = [
-        msgspec.json.decode(r.value, type=HaltEvent)
-        for r in await read_topic(config.kafka, config.topics.halts)
-    ]
-    decisions = [
-        msgspec.json.decode(r.value, type=GateDecision)
-        for r in await read_topic(config.kafka, config.topics.decisions)
-    ]
+    live = await read_values(config.kafka, config.topics.halts, HaltEvent)
+    decisions = await read_values(config.kafka, config.topics.decisions, GateDecision)
 
     records = await read_topics(config, events[0].ts, end)
     assert [r.time for r in records] == [e.ts for e in events]  # the record timestamps

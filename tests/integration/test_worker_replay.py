@@ -9,7 +9,6 @@ end state equals the reference model's.
 
 from __future__ import annotations
 
-import msgspec
 import pytest
 
 from tests.support.harness import (
@@ -24,7 +23,7 @@ from tests.support.harness import (
     outcome,
     persisted_snapshots,
     produce_events,
-    read_topic,
+    read_values,
     reference,
     running_worker,
     wait_processed,
@@ -66,15 +65,13 @@ async def test_backlog_of_losses_hours_apart_does_not_trip_but_minutes_apart_doe
 
         async def swept() -> bool:
             gates = decoded(await latest(config.kafka, config.topics.gates))
-            return gates.get("alpha/gate/HOURS", {}).get("recent_losses") == 1
+            recent_losses: object = gates.get("alpha/gate/HOURS", {}).get("recent_losses")
+            return recent_losses == 1
 
         # The sweep (wall clock) evicts the losses at or before now - 4 h.
         await wait_until(swept, within=20, what="the sweep to evict", alive=running.check_alive)
 
-    halts = [
-        msgspec.json.decode(r.value, type=HaltEvent)
-        for r in await read_topic(config.kafka, config.topics.halts)
-    ]
+    halts = await read_values(config.kafka, config.topics.halts, HaltEvent)
     assert [(h.symbol, h.kind, h.gate, h.ts) for h in halts] == [
         ("MINUTES", "halted", "circuit_breaker", minutes[3])  # tripped at the 4th loss's time
     ]

@@ -304,6 +304,17 @@ async def latest(kafka: KafkaConfig, topic: str) -> dict[str, Record]:
     return last_per_key(await read_topic(kafka, topic))
 
 
+async def read_values(kafka: KafkaConfig, topic: str, kind: type[T]) -> list[T]:
+    """Every value on the append-only ``topic`` now, decoded as ``kind`` (``dict[str, Any]``:
+    the JSON as sent). A tombstone there fails the test: only snapshots and gate records
+    are compacted, so none belongs on the topics read this way."""
+    values = []
+    for r in await read_topic(kafka, topic):
+        assert r.value is not None, f"tombstone on {topic} at offset {r.offset}"
+        values.append(msgspec.json.decode(r.value, type=kind))
+    return values
+
+
 def decoded(records: dict[str, Record]) -> dict[str, Any]:
     """Last JSON value per key (tombstones dropped)."""
     return {k: msgspec.json.decode(r.value) for k, r in records.items() if r.value is not None}
