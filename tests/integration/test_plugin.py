@@ -17,6 +17,7 @@ import worker.testing.plugin
 from worker.kafka.topics import topic_partitions, topic_policies
 from worker.messages import Block, ControlCommand
 from worker.testing import RiskgateWorker, WorkerDied
+from worker.testing.plugin import StartWorker
 
 pytestmark = pytest.mark.broker
 
@@ -42,7 +43,7 @@ def test_kafka_bootstrap_is_the_plugins_riskgate_kafka(
     assert kafka_bootstrap == riskgate_kafka
 
 
-async def test_worker_decides_halts_and_publishes_gate_state(riskgate_worker) -> None:
+async def test_worker_decides_halts_and_publishes_gate_state(riskgate_worker: StartWorker) -> None:
     rg: RiskgateWorker = riskgate_worker(CONFIG)
     intent = await rg.produce_intent("bot1", "BTCUSDT", "buy", 2.0, 50.0)
     decision = await rg.wait_for_decision(intent.intent_id)
@@ -75,7 +76,9 @@ async def test_worker_decides_halts_and_publishes_gate_state(riskgate_worker) ->
     assert 'riskgate_halts_total{gate="session_halt",kind="halted"} 1.0' in text.splitlines()
 
 
-async def test_worker_has_topics_of_its_own_deleted_when_it_stops(riskgate_worker) -> None:
+async def test_worker_has_topics_of_its_own_deleted_when_it_stops(
+    riskgate_worker: StartWorker,
+) -> None:
     rg: RiskgateWorker = riskgate_worker(CONFIG)
     names = set(topic_policies(rg.config.topics))
     prefix = rg.config.topics.fills.split(".")[0]
@@ -87,7 +90,7 @@ async def test_worker_has_topics_of_its_own_deleted_when_it_stops(riskgate_worke
     assert names.isdisjoint(await topic_partitions(rg.config.kafka))
 
 
-async def test_wait_times_out_quoting_what_it_read(riskgate_worker) -> None:
+async def test_wait_times_out_quoting_what_it_read(riskgate_worker: StartWorker) -> None:
     rg: RiskgateWorker = riskgate_worker(CONFIG)
     await rg.produce_outcome("bot1", "ETHUSDT", -150.0)
     await rg.wait_for_halt("bot1", symbol="ETHUSDT")
@@ -100,12 +103,12 @@ async def test_wait_times_out_quoting_what_it_read(riskgate_worker) -> None:
     )
 
 
-def test_worker_that_dies_at_start_fails_with_its_error(riskgate_worker) -> None:
+def test_worker_that_dies_at_start_fails_with_its_error(riskgate_worker: StartWorker) -> None:
     with pytest.raises(WorkerDied, match=r"cannot read control\.secret_file"):
         riskgate_worker('[control]\nsecret_file = "/nonexistent/riskgate-secret"\n')
 
 
-async def test_fill_moves_the_position_in_the_gate_record(riskgate_worker) -> None:
+async def test_fill_moves_the_position_in_the_gate_record(riskgate_worker: StartWorker) -> None:
     rg: RiskgateWorker = riskgate_worker(CONFIG)
     fill = await rg.produce_fill("bot1", "ETHUSDT", "buy", 3.0, 20.0, fee=0.5)
     assert (fill.bot, fill.symbol, fill.side, fill.qty, fill.price, fill.fee) == (
@@ -120,7 +123,7 @@ async def test_fill_moves_the_position_in_the_gate_record(riskgate_worker) -> No
     assert (state.position_qty, state.entries_allowed) == (3.0, True)
 
 
-async def test_an_operator_halt_is_a_bot_wide_halt_event(riskgate_worker) -> None:
+async def test_an_operator_halt_is_a_bot_wide_halt_event(riskgate_worker: StartWorker) -> None:
     rg: RiskgateWorker = riskgate_worker(CONFIG)
     command = ControlCommand("halt", "bot1", None, "desk closed", "tester", rg.clock())
     await rg.produce(command)
@@ -139,7 +142,9 @@ NOON_MS = 1_749_988_800_000
 """12:00 UTC on 2025-06-15."""
 
 
-async def test_a_given_clock_stamps_events_and_drives_the_worker(riskgate_worker) -> None:
+async def test_a_given_clock_stamps_events_and_drives_the_worker(
+    riskgate_worker: StartWorker,
+) -> None:
     rg: RiskgateWorker = riskgate_worker(CONFIG, clock=lambda: NOON_MS)
     intent = await rg.produce_intent("bot1", "BTCUSDT", "sell", 1.0, 10.0)
     decision = await rg.wait_for_decision(intent.intent_id)
