@@ -168,8 +168,8 @@ class BotRisk(Holder):
         self.deadline = (utc_day(now_ms) + 1) * MS_PER_DAY
         before = self.signature()
         self._roll_day(now_ms, out)
-        for sym in self.symbols.values():
-            self.tick_symbol(sym, now_ms, out)
+        for sym in self.symbols.values():  # the bot's day is current: no roll per symbol
+            self._tick(sym, now_ms, out)
             self.deadline = sym.wake(self.deadline)
         # No latch judgement here: the latch moves on events only, each above the
         # portfolio's own watermark. A sweep right after a restore may see symbols of
@@ -204,6 +204,11 @@ class BotRisk(Holder):
         bot_before = self.signature()
         if self._roll_day(now_ms, out):
             self.emit(self, bot_before, now_ms, out)
+        self._tick(sym, now_ms, out)
+
+    def _tick(self, sym: SymbolRisk, now_ms: int, out: Effects) -> None:
+        """:meth:`tick_symbol` once the bot's day is current at ``now_ms`` (a sweep rolled
+        it first): re-checking the bot's day per symbol valued every open position again."""
         before = sym.signature()
         rolled, changed = sym.tick(now_ms)
         if rolled:
@@ -256,6 +261,16 @@ class BotRisk(Holder):
         self.account.resum()
         self.tick_symbol(sym, now_ms, out)
         self.deadline = sym.wake(self.deadline)
+
+    def load_symbol(self, symbol: str, snap: SymbolSnapshot, now_ms: int) -> None:
+        """Restore one of many symbols: no tick, no deadline of its own. The sweep the bulk
+        restore runs once every record is in (due at ``now_ms``) ticks each symbol once
+        and takes the bot's next deadline from all of them (:func:`worker.core.restore.restore`).
+        """
+        sym = self.symbol(symbol)
+        sym.restore(snap)
+        self.account.track(sym)
+        self.deadline = min(self.deadline, now_ms)
 
     def restore_portfolio(self, snap: PortfolioSnapshot, now_ms: int, out: Effects) -> None:
         """Take the portfolio record back (:func:`worker.core.bot_snapshot.restore_portfolio`)."""

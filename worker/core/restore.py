@@ -79,7 +79,7 @@ def restore(
             continue
         restored[bot_id] = bot
         if isinstance(snap, SymbolSnapshot) and symbol is not None:
-            bot.restore_symbol(symbol, snap, now_ms, out)
+            bot.load_symbol(symbol, snap, now_ms)
             if snap.recent_outcome_ids or snap.recent_fill_ids:
                 legacy.append((bot, snap))
         elif isinstance(snap, PortfolioSnapshot):
@@ -97,7 +97,8 @@ def restore(
         except Rejected:  # a bot no longer configured
             continue
     for bot in restored.values():
-        bot.sweep(now_ms, out)
+        bot.account.resum()  # sessions changed outside the event paths
+        bot.sweep(now_ms, out)  # due at once: ticks every restored symbol once
     return ignored
 
 
