@@ -30,7 +30,7 @@ from tests.support.harness import (
     wait_until,
 )
 from worker.config import load_config
-from worker.messages import ControlCommand, GateDecision
+from worker.messages import ControlCommand, GateDecision, HaltEvent
 from worker.signing import command_digest
 
 pytestmark = pytest.mark.broker
@@ -140,9 +140,11 @@ async def test_signed_resets_clear_the_session_halt_and_the_breaker(env: GateEnv
     # -20 net: the session halts (limit -10) and the breaker trips (1 loss).
     await env.send(env.outcome("resets", "S1", -20.0))
     for gate in ("session_halt", "circuit_breaker"):
-        await env.wait_halt(
-            lambda e, g=gate: (e.bot, e.gate, e.kind) == ("resets", g, "halted"), after=seen
-        )
+
+        def halted(e: HaltEvent, g: str = gate) -> bool:
+            return (e.bot, e.gate, e.kind) == ("resets", g, "halted")
+
+        await env.wait_halt(halted, after=seen)
     denied(await env.check("resets", "S1"), "session_halt")
 
     event = await env.control(env.command("reset_session", "resets", "S1", reason="new day"))

@@ -20,6 +20,7 @@ from tests.chaos.hostile import BODY, Case, rejected_cases
 from tests.support.harness import (
     Produced,
     Raw,
+    Record,
     clock,
     create_topics,
     latest,
@@ -124,7 +125,7 @@ async def test_every_hostile_record_is_dead_lettered_and_the_worker_keeps_going(
         assert set(engine.bots["alpha"].symbols) == {"BTCUSDT", "ETHUSDT"}
 
     dead = await read_topic(config.kafka, topics.deadletter, within=60)
-    by_origin = {}
+    by_origin: dict[tuple[str, int, int], Record] = {}
     for record in dead:
         headers = dict(record.headers)
         assert all(headers.get(h) for h in ERROR_HEADERS), record.headers
@@ -138,10 +139,11 @@ async def test_every_hostile_record_is_dead_lettered_and_the_worker_keeps_going(
     print(f"\n{len(cases)} hostile records through a running worker, {len(dead)} dead letters")
     failures = []
     for case, where in zip(cases, produced, strict=True):
-        record = by_origin.pop((where.topic, where.partition, where.offset), None)
-        if record is None:
+        origin = (where.topic, where.partition, where.offset)
+        if origin not in by_origin:
             failures.append(f"{case.name}: not dead-lettered")
             continue
+        record = by_origin.pop(origin)
         headers = dict(record.headers)
         reason = headers["riskgate.errors.exception"].decode()
         if reason not in case.expect:
