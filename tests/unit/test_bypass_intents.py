@@ -304,7 +304,7 @@ def test_decisions_do_not_walk_every_symbol_of_the_bot() -> None:
     answers = [decide(eng, intent(intent_id=f"d{n}", qty=0.01)) for n in range(100)]
     assert all(d.allowed for d in answers)
     assert table.scans == 0
-    assert (bot.account.open_symbols(), bot.account.gross_exposure()) == ({"ETHUSDT"}, 100.0)
+    assert (set(bot.account.open_symbols()), bot.account.gross_exposure()) == ({"ETHUSDT"}, 100.0)
 
 
 def test_restored_positions_count_toward_exposure_and_concurrency() -> None:
@@ -316,7 +316,8 @@ def test_restored_positions_count_toward_exposure_and_concurrency() -> None:
     restored = engine(CAPPED)
     restored.restore(records, T0)
     again = restored.bots["alpha"]
-    assert (again.account.open_symbols(), again.account.gross_exposure()) == ({"ETHUSDT"}, 700.0)
+    opened = set(again.account.open_symbols())
+    assert (opened, again.account.gross_exposure()) == ({"ETHUSDT"}, 700.0)
     assert decide(restored, intent(qty=4.0)).gate == "gross_exposure"  # 700 + 400 > 1000
 
 
