@@ -12,7 +12,9 @@ and between them it
 - re-sends any run of earlier input records (same bytes, new offsets);
 - takes a partition away and gives it back (the revoke flushes), or hands every
   partition to a new worker (a rolling restart);
-- varies the fetch size, which moves batch and persist boundaries.
+- varies the fetch size, which moves batch and persist boundaries;
+- varies how many loop turns each ack is in flight (the worker pipelines: it
+  fetches and applies the next batch before the last one's acks arrive).
 
 A reference worker is fed the same input records and never crashes nor
 rebalances. After every step both have consumed everything, and their state
@@ -219,6 +221,12 @@ class ShellMachine(RuleBasedStateMachine):
         self.run(self._start(self.shell, max_records))
         self.broker.crash_after(None)
 
+    @rule(turns=st.integers(0, 4))
+    def ack_delay(self, turns: int) -> None:
+        """Acks arrive this many loop turns after their records: the worker fetches, applies
+        and sends the next batches meanwhile, so crashes land between a send and its ack."""
+        self.broker.ack_turns = turns
+
     # -- checks ------------------------------------------------------------------
 
     @invariant()
@@ -249,6 +257,13 @@ class SmallWindowShellMachine(ShellMachine):
     config_text = CONFIG.replace("[worker]\n", "[worker]\ndedupe_ids_per_bot = 3\n", 1)
 
 
+class PipelinedShellMachine(ShellMachine):
+    """Persists every eight changed keys: several batches' outputs are in flight between
+    persists (up to the checkpoint's bound), and crashes land among them."""
+
+    config_text = CONFIG.replace("max_unpersisted_keys = 1\n", "max_unpersisted_keys = 8\n", 1)
+
+
 def _tp(topic: str, partition: int) -> TopicPartition:
     return TopicPartition(topic, partition)
 
@@ -265,3 +280,8 @@ SmallWindowShellMachine.TestCase.settings = settings(
     max_examples=int(os.environ.get("RISKGATE_FUZZ_EXAMPLES", "20")),
 )
 test_shell_machine_small_id_windows = SmallWindowShellMachine.TestCase
+PipelinedShellMachine.TestCase.settings = settings(
+    ShellMachine.TestCase.settings,
+    max_examples=int(os.environ.get("RISKGATE_FUZZ_EXAMPLES", "20")),
+)
+test_shell_machine_pipelined = PipelinedShellMachine.TestCase

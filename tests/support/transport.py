@@ -8,7 +8,8 @@ this module adds what only tests need:
   on the next one, which does not happen. So a crash lands between two records
   of a publish or a persist, or between a persist and its commit — every
   boundary can be hit by choosing ``n``.
-- **Held and refused acks** (:meth:`FaultyBroker.hold_acks`, ``refuse_with``).
+- **Held and refused acks** (``hold_acks``/``release_acks`` of the memory broker,
+  whose acks are in flight for ``ack_turns`` loop turns; ``refuse_with``).
 - :class:`Shell`: worker processes started, run to idle, stopped, rebalanced
   and killed over one broker. The memory broker's deterministic interleaving
   (one partition's consecutive records per fetch, in append order) makes a
@@ -60,30 +61,11 @@ class FaultyBroker(InMemoryBroker):
         self._crash_in: int | None = None
         self.refuse_with: Exception | None = None
         """When set, every record is appended but its ack fails with this (a broker refusal)."""
-        self._held: list[tuple[asyncio.Future[Sent], Sent]] | None = None
 
     # -- acknowledgements ------------------------------------------------------
 
-    def hold_acks(self) -> None:
-        """Records are appended at once but acknowledged only at :meth:`release_acks`."""
-        self._held = []
-
-    def release_acks(self) -> None:
-        held, self._held = self._held or [], None
-        for future, sent in held:
-            if not future.done():
-                future.set_result(sent)
-
-    def acknowledge(self, sent: Sent) -> asyncio.Future[Sent]:
-        if self.refuse_with is None and self._held is None:
-            return super().acknowledge(sent)
-        future: asyncio.Future[Sent] = asyncio.get_running_loop().create_future()
-        if self.refuse_with is not None:
-            future.set_exception(self.refuse_with)
-        else:
-            assert self._held is not None
-            self._held.append((future, sent))
-        return future
+    def ack_error(self, sent: Sent) -> BaseException | None:
+        return self.refuse_with
 
     # -- crashes ----------------------------------------------------------------
 
@@ -175,13 +157,15 @@ class Shell:
             joining.cancel()
 
     async def idle(self) -> bool:
-        """Run until everything fetchable is consumed and restored; False if it crashed."""
+        """Run until everything fetchable is consumed, restored, acknowledged and committed
+        as far as due; False if it crashed."""
         task, consumer, worker = self._task, self.consumer, self.worker
         assert task is not None and consumer is not None and worker is not None
         consumer.empty_polls = 0
         while not task.done():
             assigned = bool(worker.ownership.assigned)
-            if assigned and consumer.empty_polls >= 3 and not worker.ownership.restoring:
+            caught_up = consumer.empty_polls >= 3 and not worker.ownership.restoring
+            if assigned and caught_up and worker.checkpoint.quiet:  # no ack or commit in flight
                 return True
             await asyncio.sleep(0)
         return self._reap(task)

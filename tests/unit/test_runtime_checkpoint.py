@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from aiokafka import TopicPartition
 
 from worker.config import load_config
 from worker.core import Effects
+from worker.kafka.records import OutRecord
 from worker.runtime.checkpoint import Checkpoint, Offsets
+from worker.runtime.publish import Sending
 
 CONFIG = "[worker]\ncommit_interval_ms = 1000\nmax_unpersisted_keys = 3\n"
 TP = TopicPartition("trading.outcomes", 0)
@@ -25,27 +28,47 @@ def dirty(*symbols: str) -> Effects:
 
 
 class Broker:
-    """Records the order of the persist's two writes; ``acked`` decides the first."""
+    """Records the order of the persist's writes; ``acked`` decides the snapshots' acks."""
 
     def __init__(self, *, acked: bool) -> None:
         self.acked = acked
         self.calls: list[tuple[str, object]] = []
 
-    async def write(self, keys: Effects) -> bool:
-        self.calls.append(("snapshots", sorted(keys.dirty_symbols)))
+    async def confirm(self, sendings: Sequence[Sending], count: int) -> bool:
+        self.calls.append(("confirm", [len(s.records) for s in sendings[:count]]))
         return self.acked
+
+    async def write(self, keys: Effects) -> Sending:
+        self.calls.append(("snapshots", sorted(keys.dirty_symbols)))
+        sending = Sending([snapshot(s) for _, s in sorted(keys.dirty_symbols)], Timer())
+        sending.sent([])
+        return sending
 
     async def commit(self, offsets: Offsets) -> None:
         self.calls.append(("commit", offsets))
+
+    async def persist(self, cp: Checkpoint, now: int) -> bool:
+        """A persist and its completion in the background."""
+        return await cp.persist(now, self.confirm, self.write, self.commit) and await cp.persisted()
+
+
+class Timer:
+    def observe(self, seconds: float) -> None:
+        pass
+
+
+def snapshot(symbol: str) -> OutRecord:
+    return OutRecord("risk.snapshots", f"alpha/risk/{symbol}".encode(), b"{}", 0)
 
 
 async def test_offsets_commit_only_after_the_snapshots_are_acknowledged() -> None:
     cp, broker = checkpoint(), Broker(acked=True)
     cp.add(dirty("BTC"), {TP: 5})
     cp.add(dirty("ETH"), {TP: 9})
-    assert await cp.persist(0, broker.write, broker.commit)
+    assert await broker.persist(cp, 0)
     assert broker.calls == [
         ("snapshots", [("alpha", "BTC"), ("alpha", "ETH")]),
+        ("confirm", [2]),
         ("commit", {TP: 9}),
     ]
     assert (cp.unpersisted.dirty_symbols, cp.uncommitted) == (set(), {})
@@ -54,8 +77,8 @@ async def test_offsets_commit_only_after_the_snapshots_are_acknowledged() -> Non
 async def test_a_persist_whose_snapshots_are_not_acknowledged_commits_nothing() -> None:
     cp, broker = checkpoint(), Broker(acked=False)
     cp.add(dirty("BTC"), {TP: 5})
-    assert not await cp.persist(0, broker.write, broker.commit)
-    assert broker.calls == [("snapshots", [("alpha", "BTC")])]
+    assert not await broker.persist(cp, 0)
+    assert broker.calls == [("snapshots", [("alpha", "BTC")]), ("confirm", [1])]
 
 
 async def test_a_persist_is_due_on_the_interval_on_too_many_keys_or_never_when_clean() -> None:
@@ -63,7 +86,7 @@ async def test_a_persist_is_due_on_the_interval_on_too_many_keys_or_never_when_c
     assert not cp.due(10_000), "nothing pending: never due"
     cp.add(dirty("BTC"), {TP: 1})
     assert cp.due(0), "the first persist is due at once"
-    await cp.persist(500, broker.write, broker.commit)
+    await broker.persist(cp, 500)
     cp.add(dirty("BTC"), {TP: 2})
     assert not cp.due(1_499)
     assert cp.due(1_500)
@@ -76,14 +99,14 @@ async def test_forgotten_offsets_are_never_committed() -> None:
     other = TopicPartition("trading.outcomes", 1)
     cp.add(dirty("BTC"), {TP: 5, other: 7})
     cp.forget([other])
-    await cp.persist(0, broker.write, broker.commit)
+    await broker.persist(cp, 0)
     assert broker.calls[-1] == ("commit", {TP: 5})
 
 
 async def test_a_revoke_flush_makes_the_persist_due_and_waits_for_the_iteration() -> None:
     cp, broker = checkpoint(), Broker(acked=True)
     cp.add(dirty("BTC"), {TP: 1})
-    await cp.persist(0, broker.write, broker.commit)
+    await broker.persist(cp, 0)
     cp.add(dirty("BTC"), {TP: 2})
     flushing = asyncio.create_task(cp.flush(timeout_s=60))
     await asyncio.sleep(0)

@@ -1,11 +1,23 @@
-"""What is applied but not yet persisted, and the order a persist must keep.
+"""What is applied but not yet committed, and the order a persist must keep.
 
-Every batch's outputs are acknowledged before its effects reach the
-checkpoint (:meth:`Checkpoint.add`), so when :meth:`Checkpoint.persist` later
-writes the changed keys' snapshots, every output reflecting that state is
-already on its topic. Then, and only once the snapshots are acknowledged, the
-input offsets commit: a crash anywhere replays from the last commit, and the
-per-key offset watermarks in the snapshots make that replay exact.
+An applied batch goes through three stages here, and its input offsets commit
+only at the end of the third:
+
+1. **in flight** (:meth:`Checkpoint.sent`): its outputs are sent, their acks
+   not yet confirmed; the loop fetches and applies the next batches meanwhile,
+   at most ``max_in_flight`` batches behind (:meth:`Checkpoint.settle`).
+2. **unpersisted**: its outputs are acknowledged; its changed keys and offsets
+   wait for a persist.
+3. **persisting** (:meth:`Checkpoint.persist`): first every batch still in
+   flight is confirmed (the snapshots about to be built reflect them, and an
+   output must never be lost behind a persisted state), then the changed
+   keys' snapshots are built and sent; their acks and the offset commit that
+   follows them complete in the background while the loop goes on. One
+   persist at a time: a key's next snapshot is never sent before the previous
+   one is acknowledged, so a re-sent older version can never land last.
+
+A crash anywhere replays from the last commit, and the per-key offset
+watermarks in the snapshots make that replay exact.
 
 A persist is due every ``commit_interval_ms``, when too many keys wait, or
 when a revoke asks for one (:meth:`Checkpoint.flush`) so the partition's next
@@ -15,28 +27,86 @@ owner restores from everything we applied.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 from aiokafka import TopicPartition
 
 from worker.config import WorkerConfig
 from worker.core import Effects
+from worker.runtime.publish import Sending
 
 Offsets = dict[TopicPartition, int]
 
+MAX_BATCHES_IN_FLIGHT = 4
+"""Batches whose outputs may await their acks while the loop goes on: bounds the
+records held for a re-send and how far applied state runs ahead of the broker."""
+
+
+Confirm = Callable[[Sequence[Sending], int], Awaitable[bool]]
+"""Wait for the acks of the first ``count`` of the sets (False: gave up, stopping)."""
+
+
+class _Batch:
+    __slots__ = ("acks", "effects", "offsets")
+
+    def __init__(self, acks: Sending, effects: Effects, offsets: Offsets) -> None:
+        self.acks, self.effects, self.offsets = acks, effects, offsets
+
 
 class Checkpoint:
-    """Dirty keys and uncommitted offsets since the last persist; when the next one is due."""
+    """Applied batches from their outputs' send to their offsets' commit."""
 
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(self, config: WorkerConfig, *, max_in_flight: int = MAX_BATCHES_IN_FLIGHT) -> None:
         self._config = config
+        self.max_in_flight = max_in_flight
+        self.in_flight: deque[_Batch] = deque()
+        """Batches whose outputs are sent and not yet confirmed, oldest first."""
         self.unpersisted = Effects()
         """Keys changed since the last persist (their outputs are already acknowledged)."""
         self.uncommitted: Offsets = {}
         """Next offset to consume per input partition, applied since the last persist."""
+        self._persisting: asyncio.Task[bool] | None = None
+        self._persisting_offsets: Offsets = {}
         self._next_persist = 0
         self._flush_requested = asyncio.Event()
         self._flushed = asyncio.Event()
+
+    # -- stage 1: outputs in flight -----------------------------------------------
+
+    def sent(self, acks: Sending, effects: Effects, offsets: Mapping[TopicPartition, int]) -> None:
+        """A batch's outputs are sent: its keys and offsets wait for their acks."""
+        self.in_flight.append(_Batch(acks, effects, dict(offsets)))
+
+    async def settle(self, confirm: Confirm, limit: int) -> bool:
+        """Confirm the oldest batches until at most ``limit`` are in flight.
+
+        Batches whose acks all arrived move on without waiting, in order (an
+        older batch's offsets never overwrite a newer one's); a failed one is
+        confirmed at once (:meth:`Publisher.confirm`: re-sent, or it raises). False if
+        ``confirm`` gave up (stopping): nothing of those batches commits.
+        """
+        self._take_landed()
+        excess = len(self.in_flight) - limit
+        if self.in_flight and self.in_flight[0].acks.failed():
+            excess = max(excess, 1)  # a failure is handled at once (re-sent, or it stops us)
+        if excess > 0:
+            if not await confirm([b.acks for b in self.in_flight], excess):
+                return False
+            for _ in range(excess):
+                self._take(self.in_flight.popleft())
+            self._take_landed()  # a re-send confirms every later batch too
+        return True
+
+    def _take_landed(self) -> None:
+        in_flight = self.in_flight
+        while in_flight and in_flight[0].acks.landed():
+            self._take(in_flight.popleft())
+
+    def _take(self, batch: _Batch) -> None:
+        self.add(batch.effects, batch.offsets)
+
+    # -- stage 2: acknowledged, waiting for a persist --------------------------------
 
     def add(self, effects: Effects, offsets: Mapping[TopicPartition, int]) -> None:
         """A batch whose outputs are acknowledged: its keys and offsets wait for a persist."""
@@ -46,42 +116,114 @@ class Checkpoint:
 
     def forget(self, tps: Iterable[TopicPartition]) -> None:
         """Never commit these offsets: the state behind them is forgotten unpersisted."""
+        stages = [self.uncommitted, self._persisting_offsets, *(b.offsets for b in self.in_flight)]
         for tp in tps:
-            self.uncommitted.pop(tp, None)
+            for offsets in stages:
+                offsets.pop(tp, None)
+
+    def owed(self) -> set[TopicPartition]:
+        """Partitions with applied offsets not yet committed, at any stage."""
+        owed = set(self.uncommitted) | set(self._persisting_offsets)
+        for batch in self.in_flight:
+            owed.update(batch.offsets)
+        return owed
 
     def due(self, now: int) -> bool:
         pending = self.unpersisted
-        if not (pending.dirty_symbols or pending.dirty_bots or self.uncommitted):
+        if not (pending.dirty_symbols or pending.dirty_bots or self.uncommitted or self.in_flight):
             return False
-        return (
-            now >= self._next_persist
-            or self._flush_requested.is_set()
-            or len(pending.dirty_symbols) >= self._config.max_unpersisted_keys
-        )
+        if self._flush_requested.is_set():
+            return True
+        if len(pending.dirty_symbols) >= self._config.max_unpersisted_keys:
+            return True  # waits for the persist in flight, if any: bounds what piles up
+        return now >= self._next_persist and not self.persisting
+
+    # -- stage 3: persist, then commit ---------------------------------------------------
+
+    @property
+    def quiet(self) -> bool:
+        """No output unconfirmed and no persist in flight."""
+        return not self.in_flight and self._persisting is None
+
+    def abandon(self) -> None:
+        """The loop is gone (stopped or killed): a persist in flight ends here, uncommitted."""
+        if self._persisting is not None:
+            self._persisting.cancel()
+
+    @property
+    def persisting(self) -> bool:
+        """A persist's snapshot acks or commit are still in flight."""
+        return self._persisting is not None and not self._persisting.done()
 
     async def persist(
         self,
         now: int,
-        write: Callable[[Effects], Awaitable[bool]],
+        confirm: Confirm,
+        write: Callable[[Effects], Awaitable[Sending]],
         commit: Callable[[Offsets], Awaitable[None]],
     ) -> bool:
-        """Persist-then-commit: ``write`` the dirty keys (acknowledged), only then ``commit``.
+        """Persist-then-commit: outputs confirmed, ``write`` the dirty keys, then ``commit``.
 
-        ``write`` must build its records before its first await: the state it
-        snapshots is the state these offsets produced. False if it gave up
-        (stopping): nothing is committed then.
+        Returns once the snapshots are sent; their acks and the commit complete
+        in the background (:meth:`persisted` waits for them). ``write`` must
+        build its records before its first await: the state it snapshots is the
+        state these offsets produced. False if a confirm gave up (stopping):
+        nothing is committed then.
         """
+        if not await self.settle(confirm, 0) or not await self.persisted():
+            return False
         dirty, offsets = self.unpersisted, self.uncommitted
         self.unpersisted = Effects()
         self.uncommitted = {}
         self._next_persist = now + self._config.commit_interval_ms
-        if not await write(dirty):
+        acks = await write(dirty)
+        self._persisting_offsets = offsets
+        self._persisting = asyncio.ensure_future(self._complete(acks, offsets, confirm, commit))
+        return True
+
+    async def _complete(
+        self,
+        acks: Sending,
+        offsets: Offsets,
+        confirm: Confirm,
+        commit: Callable[[Offsets], Awaitable[None]],
+    ) -> bool:
+        if not await confirm([acks], 1):
             return False
-        if offsets:
+        # Committing now: what the commit pays is no longer owed (see owed()).
+        self._persisting_offsets = {}
+        if offsets:  # forget() may have emptied it meanwhile
             await commit(offsets)
         return True
 
+    async def persisted(self) -> bool:
+        """Wait for the persist in flight (snapshots acknowledged, offsets committed).
+
+        False if it gave up (stopping); raises what stopped it (a refused record).
+        """
+        task = self._persisting
+        if task is None:
+            return True
+        try:
+            return await task
+        finally:
+            if task.done():
+                self._persisting, self._persisting_offsets = None, {}
+
+    def persist_failed(self) -> bool:
+        """Without waiting: the persist in flight gave up; raises what stopped it."""
+        task = self._persisting
+        if task is None or not task.done():
+            return False
+        self._persisting, self._persisting_offsets = None, {}
+        return not task.result()
+
     # -- revoke handshake -------------------------------------------------------
+
+    @property
+    def flushing(self) -> bool:
+        """A revoke waits for this iteration to persist everything and wait for it."""
+        return self._flush_requested.is_set()
 
     async def flush(self, timeout_s: float) -> bool:
         """Ask the loop to persist at the end of its iteration; wait at most ``timeout_s``.

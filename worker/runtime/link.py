@@ -159,9 +159,9 @@ class BrokerLink:
         """A broker round trip succeeded; ``commit``: a successful offset commit.
 
         A commit pays what was owed when it was taken; offsets applied since
-        (none, while the loop awaits its own persist) stay owed.
+        (in flight, or waiting for the next persist) stay owed.
         """
-        self._health.round_trip(commit=commit, still_owed=self._checkpoint.uncommitted)
+        self._health.round_trip(commit=commit, still_owed=self._checkpoint.owed())
 
     async def close(self) -> None:
         """Stop the clients, each within a bound: a frozen broker must not hold shutdown."""

@@ -7,14 +7,19 @@ property-based tests. :class:`MemoryTransport` is one group member whose
 rebalances the test plays (:meth:`MemoryTransport.assign` /
 :meth:`MemoryTransport.revoke`) through the worker's callbacks.
 
-Two properties make it usable for exact crash tests (the fault injection
+Three properties make it usable for exact crash tests (the fault injection
 itself lives with the tests, by overriding :meth:`InMemoryBroker.before_write`
-and :meth:`InMemoryBroker.acknowledge`):
+and :meth:`InMemoryBroker.ack_error`):
 
 - **Every write is a boundary.** ``send`` appends the record at once and every
   append and offset commit first calls ``before_write``, so a fault can land
   between any two records of a publish or a persist, or between a persist and
   its commit.
+- **Acks are in flight.** A record's ack arrives ``ack_turns`` event-loop
+  turns after its append (in append order), or only when the test releases it
+  (:meth:`InMemoryBroker.hold_acks`), and may fail (``ack_error``): so a fault
+  can land between a send and its ack, while the worker goes on with the next
+  batch, as it does with a real producer.
 - **Deterministic interleaving.** Every appended record gets a broker-wide
   sequence number, and one ``getmany`` returns a run of consecutive records of
   a *single* partition in that order, so a replay applies events in the order
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import NamedTuple
 
 from aiokafka import TopicPartition
@@ -75,16 +80,57 @@ class InMemoryBroker:
         self.timestamp_ms = timestamp_ms
         """Record timestamp (CreateTime) given to every appended record."""
         self.max_request_size = MAX_REQUEST_SIZE
+        self.ack_turns = 1
+        """Event-loop turns from a record's append to its ack (0: at once)."""
+        self._held: list[tuple[asyncio.Future[Sent], Sent]] | None = None
         self._seq = 0
 
     def before_write(self, what: str) -> None:
         """Called before every write a client makes (a record, a commit): the fault hook."""
 
+    # -- acknowledgements ------------------------------------------------------
+
     def acknowledge(self, sent: Sent) -> asyncio.Future[Sent]:
-        """The ack of an appended record (at once here; fault injection may delay or fail it)."""
+        """The ack of an appended record, in flight: held, or due ``ack_turns`` turns later."""
         future: asyncio.Future[Sent] = asyncio.get_running_loop().create_future()
-        future.set_result(sent)
+        if self._held is not None:
+            self._held.append((future, sent))
+        else:
+            self._turn(future, sent, self.ack_turns)
         return future
+
+    def ack_error(self, sent: Sent) -> BaseException | None:
+        """Called as an ack arrives: an error fails it (the fault hook; None: acknowledged)."""
+        return None
+
+    def hold_acks(self) -> None:
+        """Records are appended at once but acknowledged only at :meth:`release_acks`."""
+        self._held = []
+
+    def release_acks(self, error: Callable[[Sent], BaseException | None] | None = None) -> None:
+        """Deliver every held ack now, in append order; ``error`` may fail some of them."""
+        held, self._held = self._held or [], None
+        for future, sent in held:
+            failure = error(sent) if error is not None else None
+            if failure is not None and not future.done():
+                future.set_exception(failure)
+            else:
+                self._deliver(future, sent)
+
+    def _turn(self, future: asyncio.Future[Sent], sent: Sent, turns: int) -> None:
+        if turns > 0:
+            asyncio.get_running_loop().call_soon(self._turn, future, sent, turns - 1)
+        else:
+            self._deliver(future, sent)
+
+    def _deliver(self, future: asyncio.Future[Sent], sent: Sent) -> None:
+        if future.done():
+            return
+        failure = self.ack_error(sent)
+        if failure is None:
+            future.set_result(sent)
+        else:
+            future.set_exception(failure)
 
     def append(
         self,

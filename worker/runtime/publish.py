@@ -1,16 +1,27 @@
-"""Sending a set of records and waiting for every ack, through any broker outage.
+"""Sending records and confirming their acks, through any broker outage.
+
+The loop hands a batch's outputs to the producer (:meth:`Publisher.send`) and
+goes on to fetch and apply the next batch while their acks are in flight; it
+confirms them (:meth:`Publisher.confirm`) before the state they reflect is
+persisted, and at most a few batches behind. The producer keeps per-partition
+order for sends issued in order (aiokafka appends each record to its
+partition's batch queue, drains a partition's queue head first and mutes the
+partition while a batch of it is in flight; a retried batch goes back to the
+head), so batch N's outputs reach each partition before batch N+1's.
 
 A broker outage is retried until it ends (the worker stays alive and keeps its
-state); an error about the records themselves or our right to write them can
-never succeed, and retrying it would wedge every bot of this worker forever, so
-it stops the worker with :class:`PublishRefused`, naming the record.
+state): a set whose send or ack failed is sent again *with every set sent
+after it*, in order, so each partition ends with the newest outputs last. An
+error about the records themselves or our right to write them can never
+succeed, and retrying it would wedge every bot of this worker forever, so it
+stops the worker with :class:`PublishRefused`, naming the record.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -73,22 +84,114 @@ def _retriable_send_error(exc: BaseException) -> bool:
     return isinstance(exc, KafkaError | asyncio.TimeoutError) and not isinstance(exc, _REFUSED)
 
 
-async def _send_all(producer: Producer, records: list[OutRecord]) -> None:
-    """Send ``records`` and wait for every ack; a permanent refusal names the record."""
-    futures = []
-    for r in records:
+class Sending:
+    """One set of records handed to the producer in order; their acks may be in flight.
+
+    Once all are acknowledged (by their acks, or by a re-send: :meth:`confirm`),
+    ``timer`` observes the time since the first send and ``written`` (if any)
+    counts the records.
+    """
+
+    __slots__ = ("_acks", "_confirmed", "_started", "_timer", "_written", "error", "records")
+
+    def __init__(self, records: list[OutRecord], timer: Any, written: Any = None) -> None:
+        self.records = records
+        self._timer = timer
+        self._written = written
+        self._started = time.perf_counter()
+        self._acks: asyncio.Future[list[Any]] | None = None
+        self._confirmed = False
+        self.error: BaseException | None = None
+        """A retriable failure of ``send()`` itself: the records after it were not sent."""
+
+    def sent(self, acks: list[asyncio.Future[Any]]) -> None:
+        """Every record is with the producer; ``acks`` are their futures."""
+        self._acks = future = asyncio.gather(*acks)
+        future.add_done_callback(self._observe)
+
+    def _observe(self, future: asyncio.Future[list[Any]]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.confirm()
+
+    def landed(self) -> bool:
+        """Every ack arrived and none failed (known without waiting)."""
+        if self._confirmed:
+            return True
+        acks = self._acks
+        return (
+            self.error is None
+            and acks is not None
+            and acks.done()
+            and not acks.cancelled()
+            and acks.exception() is None
+        )
+
+    def failed(self) -> bool:
+        """The send or an ack failed (known without waiting): :meth:`wait` raises it."""
+        acks = self._acks
+        if self._confirmed:
+            return False
+        return self.error is not None or (
+            acks is not None and acks.done() and (acks.cancelled() or acks.exception() is not None)
+        )
+
+    async def wait(self) -> None:
+        """Until every ack arrived; raises the send's or the first failed ack's error."""
+        if self._confirmed:
+            return
+        if self.error is not None:
+            raise self.error
+        assert self._acks is not None
+        # Shielded: the loop being cancelled must not cancel the client's own futures.
+        await asyncio.shield(self._acks)
+
+    async def settled(self) -> None:
+        """Until no ack of this set is in flight any more, whatever the outcome."""
+        if self._acks is not None:
+            await asyncio.wait([self._acks])
+
+    def confirm(self) -> None:
+        """Acknowledged, by its own acks or by a later re-send of its records."""
+        if not self._confirmed:
+            self._confirmed = True
+            self._timer.observe(time.perf_counter() - self._started)
+            if self._written is not None:
+                self._written.inc(len(self.records))
+
+
+async def _send(producer: Producer, sending: Sending) -> Sending:
+    """Hand ``sending``'s records to the producer; a permanent refusal names the record."""
+    acks: list[asyncio.Future[Any]] = []
+    for r in sending.records:
         try:
-            futures.append(
-                await producer.send(
-                    r.topic, r.value, key=r.key, partition=r.partition, headers=r.headers
-                )
+            ack = await producer.send(
+                r.topic, r.value, key=r.key, partition=r.partition, headers=r.headers
             )
         except _REFUSED as exc:  # the client's own checks (size) name this record
             raise _refused(r, exc) from exc
+        except (TimeoutError, KafkaError) as exc:
+            sending.error = exc  # an outage: confirm() sends the whole set again
+            break
+        acks.append(asyncio.ensure_future(ack))
+    sending.sent(acks)
+    return sending
+
+
+async def _send_all(producer: Producer, records: list[OutRecord]) -> None:
+    """Send ``records`` and wait for every ack; a permanent refusal names the record."""
+    sending = await _send(producer, Sending(records, _NO_TIMER))
     try:
-        await asyncio.gather(*futures)
+        await sending.wait()
     except _REFUSED as exc:  # the broker's answer: name the biggest record sent
         raise _refused(max(records, key=_size), exc) from exc
+
+
+class _NoTimer:
+    def observe(self, seconds: float) -> None:
+        pass
+
+
+_NO_TIMER = _NoTimer()
 
 
 def _size(r: OutRecord) -> int:
@@ -102,9 +205,10 @@ def _refused(r: OutRecord, exc: BaseException) -> PublishRefused:
 
 
 class Publisher:
-    """The loop's two writes, each acknowledged: a batch's outputs, then a persist's snapshots.
+    """The loop's two writes: a batch's outputs, then a persist's snapshots.
 
-    Sends are retried while the broker is away (unless stopping).
+    Both are sent at once and confirmed later (:meth:`confirm`), in the order
+    they were sent; sends are retried while the broker is away (unless stopping).
     """
 
     def __init__(
@@ -127,13 +231,11 @@ class Publisher:
         self.republish = Effects()
         """Gate records owed after a restore (published with the next outputs, not persisted)."""
 
-    async def publish(
+    async def send_outputs(
         self, effects: Effects, deadletters: list[OutRecord], heartbeat: list[str], now: int
-    ) -> bool:
-        """Phase 1, every batch: halts, decisions, gate states, dead letters — acknowledged.
-
-        False if the worker is stopping before the broker took them.
-        """
+    ) -> Sending:
+        """Phase 1, every batch: halts, decisions, gate states, dead letters — sent, acks
+        in flight (the records are built before the first await: the state right now)."""
         engine, topics, m = self._engine, self._topics, self._metrics
         outputs = output_records(engine, effects, topics, now)
         republish, self.republish = self.republish, Effects()
@@ -146,23 +248,55 @@ class Publisher:
             m.halts.labels(halt.gate, halt.kind).inc()
         for decision in effects.decisions:
             m.decisions.labels(decision.gate or "none").inc()
-        return await self.send_acked(outputs, m.output_seconds)
+        return await self._send(Sending(outputs, m.output_seconds))
 
-    async def write_snapshots(self, dirty: Effects) -> bool:
-        """Phase 2: the snapshots of ``dirty`` keys (built before any await), acknowledged.
+    async def send_snapshots(self, dirty: Effects) -> Sending:
+        """Phase 2: the snapshots of ``dirty`` keys (built before any await), acks in flight.
 
-        Every output reflecting this state went out in an earlier, acknowledged
-        phase 1, so a crash after this point never loses one.
+        The caller confirmed every output reflecting this state first, so a
+        crash after these land never loses one.
         """
-        own = self._ownership
+        own, m = self._ownership, self._metrics
         snapshots = snapshot_records(
             self._engine, dirty, self._topics, own.partition_of, own.epochs
         )
         # Our claim on a partition goes just ahead of our first snapshot there.
         records = own.with_claims(snapshots)
-        if not await self.send_acked(records, self._metrics.snapshot_seconds):
-            return False
-        self._metrics.snapshot_writes.inc(len(records))
+        return await self._send(Sending(records, m.snapshot_seconds, m.snapshot_writes))
+
+    async def _send(self, sending: Sending) -> Sending:
+        producer = self.producer
+        assert producer is not None
+        return await _send(producer, sending)
+
+    async def confirm(self, sendings: Sequence[Sending], count: int) -> bool:
+        """Wait for the acks of the first ``count`` of ``sendings`` (sent in this order).
+
+        A set that failed for a broker outage is sent again with every later one
+        of ``sendings``, in order, and all of them are confirmed once that
+        re-send is acknowledged. False if the worker is stopping and the re-send
+        failed. Raises :class:`PublishRefused` for records no retry can get in.
+        """
+        for i, sending in enumerate(sendings[:count]):
+            try:
+                await sending.wait()
+            except _REFUSED as exc:  # the broker's answer: name the biggest record sent
+                raise _refused(max(sending.records, key=_size), exc) from exc
+            except BaseException as exc:
+                if not _retriable_send_error(exc):
+                    raise
+                self._metrics.send_retries.inc()
+                log.warning("publishing failed; sending again", error=repr(exc))
+                later = sendings[i:]
+                for other in later:  # nothing of ours still in flight, then all again
+                    await other.settled()
+                records = [r for other in later for r in other.records]
+                if not await self.send_acked(records, _NO_TIMER):
+                    return False
+                for other in later:
+                    other.confirm()
+                return True
+            sending.confirm()
         return True
 
     async def send_acked(self, records: list[OutRecord], timer: Any) -> bool:

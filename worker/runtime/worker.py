@@ -168,6 +168,7 @@ class Worker:
             grace_s = 2 * self.config.kafka.request_timeout_ms / 1000
             await until_stopped(self._loop(), self._stopping, grace_s=grace_s)
         finally:
+            self.checkpoint.abandon()
             self.ownership.cancel_restores()
             await self._marks.close()
             await self._link.close()
