@@ -27,7 +27,13 @@ from typing import Any
 DAY_MS = 86_400_000
 FLAT_TOLERANCE = 1e-9
 """Relative: |qty| at or below this share of the larger of (held, fill) is flat."""
+ORDER_TOLERANCE = 1e-9
+"""Relative: an order "exceeds" a limit only beyond this (SPEC §4.9)."""
+MAX_RECENT_ORDERS = 1_000
+"""Orders a bot remembers for ``duplicate_window_ms`` (SPEC §4.9)."""
 MAX_NAME = 64
+Marks = dict[str, tuple[float, int]]
+"""The mark table: symbol → (price, ts) of its latest mark."""
 
 
 class Rejected(Exception):
@@ -51,6 +57,14 @@ class SymbolLimits:
     breaker_losses: int = 4
     window_secs: int = 14_400
     cooldown_secs: int = 3_600
+    max_qty: float = 0.0
+    """``[orders]`` per symbol; every order check is off at 0."""
+    max_notional: float = 0.0
+    price_collar_bps: float = 0.0
+    duplicate_window_ms: int = 0
+    mark_max_age_ms: int = 60_000
+    after_loss_secs: int = 0
+    """``[cooldown] after_loss_secs``: entries wait this long after a losing trade."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +76,9 @@ class BotLimits:
     max_daily_loss: float | None = None
     max_concurrent_positions: int = 0
     max_gross_exposure: float | None = None
+    max_orders_per_sec: int = 0
+    """``[orders] max_orders_per_sec``: a bot setting (no per-symbol override)."""
+    max_daily_notional: float = 0.0
 
     def for_symbol(self, symbol: str) -> SymbolLimits:
         return self.overrides.get(symbol, self.default)
@@ -98,18 +115,25 @@ def limits_from_config(config: Any) -> Limits:
     """
     d = config.defaults
 
+    def pick(tables: list[Any], name: str) -> Any:
+        return _last_set(*(getattr(t, name, None) for t in tables if t is not None))
+
     def symbol_limits(*layers: Any) -> SymbolLimits:
         sessions = [getattr(layer, "session", None) for layer in layers]
         breakers = [getattr(layer, "breaker", None) for layer in layers]
-
-        def pick(tables: list[Any], name: str) -> Any:
-            return _last_set(*(getattr(t, name, None) for t in tables if t is not None))
-
+        orders = [getattr(layer, "orders", None) for layer in layers]
+        cooldowns = [getattr(layer, "cooldown", None) for layer in layers]
         return SymbolLimits(
             session_loss_limit=pick(sessions, "loss_limit"),
             breaker_losses=pick(breakers, "loss_limit"),
             window_secs=pick(breakers, "window_secs"),
             cooldown_secs=pick(breakers, "cooldown_secs"),
+            max_qty=pick(orders, "max_qty"),
+            max_notional=pick(orders, "max_notional"),
+            price_collar_bps=pick(orders, "price_collar_bps"),
+            duplicate_window_ms=pick(orders, "duplicate_window_ms"),
+            mark_max_age_ms=pick(orders, "mark_max_age_ms"),
+            after_loss_secs=pick(cooldowns, "after_loss_secs"),
         )
 
     def bot_limits(spec: Any) -> BotLimits:
@@ -128,6 +152,10 @@ def limits_from_config(config: Any) -> Limits:
             max_daily_loss=portfolio("max_daily_loss"),
             max_concurrent_positions=portfolio("max_concurrent_positions") or 0,
             max_gross_exposure=portfolio("max_gross_exposure"),
+            max_orders_per_sec=pick(
+                [d.orders, getattr(spec, "orders", None)], "max_orders_per_sec"
+            ),
+            max_daily_notional=portfolio("max_daily_notional") or 0.0,
         )
 
     w = config.worker
@@ -264,9 +292,25 @@ class SymbolState:
     """(reason, issued_by, ts) of the operator halt."""
     killed: tuple[str, str, int] | None = None
     """(reason, issued_by, ts) of the operator's kill switch (every intent denied)."""
+    cooldown_until: int | None = None
+    """After-loss cooldown: entries wait until this wall time (ms)."""
 
-    def blocks(self) -> tuple[bool, bool, bool]:
-        return (self.manual_halt is not None, self.session.halted, self.tripped_at is not None)
+    def blocks(self) -> tuple[bool, bool, bool, bool]:
+        """Whether each of ``SYMBOL_GATES`` blocks (the kill switch is judged apart)."""
+        return (
+            self.manual_halt is not None,
+            self.session.halted,
+            self.tripped_at is not None,
+            self.cooldown_until is not None,
+        )
+
+    def record_cooldown(self, ts_ms: int) -> None:
+        """A losing trade at ``ts_ms``: entries wait ``after_loss_secs`` from it; another
+        loss meanwhile extends the wait (never shortens it)."""
+        secs = self.limits.after_loss_secs
+        if secs:
+            end = ts_ms + secs * 1000
+            self.cooldown_until = max(end, self.cooldown_until or end)
 
     def record_loss(self, ts_ms: int) -> None:
         """A loss at its own time (Unix seconds).
@@ -298,6 +342,8 @@ class SymbolState:
         """The wall clock: end a cooldown it passed (losses after its end count afresh,
         and may trip again at once), then evict losses older than the window."""
         lim, now = self.limits, now_ms // 1000
+        if self.cooldown_until is not None and now_ms >= self.cooldown_until:
+            self.cooldown_until = None
         if self.tripped_at is not None and now >= self.tripped_at + lim.cooldown_secs:
             cut = max(self.tripped_at + lim.cooldown_secs, self.tripped_at + 1)
             self.losses = [t for t in self.losses if t >= cut]
@@ -336,6 +382,15 @@ class BotState:
     """Per target (a symbol, None for the bot): the last applied command's ts and the
     digests of the commands applied at that ts (an older one is stale anyway)."""
     seqs: dict[tuple[str | None, str], int] = field(default_factory=dict)
+    order_times: list[int] = field(default_factory=list)
+    """Record times of every allowed intent (``max_orders_per_sec``)."""
+    recent_orders: OrderedDict[tuple[str, str, float, float], int] = field(
+        default_factory=OrderedDict
+    )
+    """(symbol, side, qty, price) → record time it was last allowed, oldest first
+    (``duplicate_window_ms``; at most ``MAX_RECENT_ORDERS``)."""
+    notional_today: float = 0.0
+    """Notional of the opens allowed in the bot's UTC day (``max_daily_notional``)."""
 
     def account_net(self) -> float:
         return sum(s.session.net for s in self.symbols.values() if s.session.day == self.day)
@@ -352,11 +407,53 @@ class BotState:
         return held + sum(r.notional for r in self.reservations.values() if r.action == "open")
 
 
-def evaluate(bot: BotState, intent: Any, max_reservations: int) -> str | None:
-    """The gate order of the spec for an intent: the gate that blocks it, or None."""
+def exceeds(value: float, cap: float) -> bool:
+    """``value`` beyond ``cap`` by more than the spec's 1e-9 relative float tolerance."""
+    return value - cap > ORDER_TOLERANCE * max(abs(value), abs(cap))
+
+
+def order_check(bot: BotState, i: Any, marks: Marks, now_ms: int, record_ts: int) -> str | None:
+    """SPEC §4.9, in its order: the erroneous-order checks every intent meets."""
+    lim = bot.limits.for_symbol(i.symbol)
+    if lim.max_qty and exceeds(i.qty, lim.max_qty):
+        return "max_order_qty"
+    if lim.max_notional and exceeds(i.qty * i.price * i.contract_value, lim.max_notional):
+        return "max_order_notional"
+    if lim.price_collar_bps:
+        held = marks.get(i.symbol)
+        if held is None or now_ms - held[1] > lim.mark_max_age_ms:
+            return "stale_mark"  # the collar cannot be judged: fail closed
+        if exceeds(abs(i.price - held[0]) / held[0] * 10_000, lim.price_collar_bps):
+            return "price_collar"
+    rate = bot.limits.max_orders_per_sec
+    if rate and sum(1 for t in bot.order_times if t > record_ts - 1000) >= rate:
+        return "order_rate"
+    window = lim.duplicate_window_ms
+    seen = bot.recent_orders.get((i.symbol, i.side, i.qty, i.price))
+    if window and seen is not None and record_ts - seen < window:
+        return "duplicate_order"
+    return None
+
+
+def evaluate(
+    bot: BotState,
+    intent: Any,
+    max_reservations: int,
+    marks: Marks | None = None,
+    now_ms: int = 0,
+    record_ts: int = 0,
+) -> str | None:
+    """The gate order of the spec for an intent: the gate that blocks it, or None.
+
+    ``marks``: the mark table (symbol → (price, ts)) the price collar reads at
+    ``now_ms``; ``record_ts``: the intent's record time (order rate, duplicates).
+    """
     sym = bot.symbols.get(intent.symbol)
     if bot.killed is not None or (sym is not None and sym.killed is not None):
         return "kill_switch"  # every intent, closes included
+    order = order_check(bot, intent, marks or {}, now_ms, record_ts)
+    if order is not None:
+        return order  # an erroneous order, closes included
     held = sym.position.qty if sym is not None else 0.0
     if intent.action == "close":
         if not ((held > 0 and intent.side == "sell") or (held < 0 and intent.side == "buy")):
@@ -377,15 +474,19 @@ def evaluate(bot: BotState, intent: Any, max_reservations: int) -> str | None:
         return "session_halt"  # session loss limit
     if sym is not None and sym.tripped_at is not None:
         return "circuit_breaker"  # breaker tripped
+    if sym is not None and sym.cooldown_until is not None:
+        return "loss_cooldown"  # after a losing trade on the symbol
     if bot.latched or bot.daily_loss_breached():
         return "portfolio_daily_loss"  # account daily loss
     lim = bot.limits
+    notional = intent.qty * intent.price * intent.contract_value
+    if lim.max_daily_notional and exceeds(bot.notional_today + notional, lim.max_daily_notional):
+        return "daily_notional"  # the day's budget of opens
     cap = lim.max_concurrent_positions
     taken = {s for s, st in bot.symbols.items() if st.position.qty != 0.0}
     taken |= {r.symbol for r in bot.reservations.values() if r.action == "open"}
     if cap and intent.symbol not in taken and len(taken) >= cap:
         return "max_concurrent_positions"  # no free position slot
-    notional = intent.qty * intent.price * intent.contract_value
     exposure_cap = lim.max_gross_exposure
     if exposure_cap is not None and bot.gross_exposure() + notional > exposure_cap:
         return "gross_exposure"  # gross exposure cap
@@ -423,7 +524,7 @@ def command_digest(c: Any) -> str:
 
 # -- the model --------------------------------------------------------------------------
 
-SYMBOL_GATES = ("manual_halt", "session_halt", "circuit_breaker")
+SYMBOL_GATES = ("manual_halt", "session_halt", "circuit_breaker", "loss_cooldown")
 _COMMAND_GATE = {
     "halt": "manual_halt",
     "resume": "manual_halt",
@@ -439,17 +540,19 @@ class _State:
     def __init__(self) -> None:
         self.bots: dict[str, BotState] = {}
         self.halts: list[Halt] = []
+        self.marks: Marks = {}
 
     def _symbol_transitions(
         self,
         bot: BotState,
         symbol: str,
-        before: tuple[bool, bool, bool],
+        before: tuple[bool, ...],
         ts: int,
         cause: str | None,
     ) -> None:
         sym = bot.symbols[symbol]
         until = {
+            "loss_cooldown": sym.cooldown_until,
             "manual_halt": None,
             "session_halt": (sym.session.day + 1) * DAY_MS,
             "circuit_breaker": (
@@ -504,6 +607,7 @@ class _State:
         day = utc_day(now_ms)
         if day > bot.day:
             bot.day = day
+            bot.notional_today = 0.0  # the daily notional budget restarts
             if bot.latched:
                 bot.latched = False
                 self._emit(bot, None, "resumed", "portfolio_daily_loss", now_ms, None)
@@ -580,7 +684,7 @@ class Model(_State):
         elif kind == "Fill":
             self._fill(bot, event, now_ms)
         elif kind == "OrderIntent":
-            self._intent(bot, event, now_ms)
+            self._intent(bot, event, now_ms, now_ms if record_ts is None else record_ts)
         else:
             self._control(bot, event, now_ms)
 
@@ -713,9 +817,10 @@ class Model(_State):
                 s.breakevens += 1
         if net < 0:
             sym.record_loss(ts)
+            sym.record_cooldown(ts)
 
     def _data_transitions(
-        self, bot: BotState, symbol: str, before: tuple[bool, bool, bool], ts: int
+        self, bot: BotState, symbol: str, before: tuple[bool, ...], ts: int
     ) -> None:
         self._symbol_transitions(bot, symbol, before, ts, cause=None)
         if utc_day(ts) >= bot.day and not bot.latched and bot.daily_loss_breached():
@@ -724,7 +829,19 @@ class Model(_State):
 
     # -- intents ---------------------------------------------------------------------
 
-    def _intent(self, bot: BotState, i: Any, now_ms: int) -> None:
+    def apply_mark(self, mark: Any) -> None:
+        """A mark price: held unless one stamped later is (at an equal ``ts`` the later wins).
+
+        The model holds the table for the price collar only: positions valued at
+        the marks (equity limits, drawdown, exposure at the mark, ``stale_mark`` of
+        an open position) are modelled by tests/adversarial/test_controls_machine.py,
+        so a comparison that feeds marks keeps them off the marked symbols' bots.
+        """
+        held = self.marks.get(mark.symbol)
+        if held is None or mark.ts >= held[1]:
+            self.marks[mark.symbol] = (mark.price, mark.ts)
+
+    def _intent(self, bot: BotState, i: Any, now_ms: int, record_ts: int) -> None:
         """Staleness, then the id (same content: same answer), then the gates."""
         ttl = self.limits.reservation_ttl_ms
         if now_ms - i.ts > ttl:
@@ -746,7 +863,7 @@ class Model(_State):
         if i.symbol in bot.symbols:  # the bot's day and the symbol's gates as of now
             self._roll_day(bot, now_ms)
             self._tick_symbol(bot, i.symbol, now_ms)
-        gate = evaluate(bot, i, self.limits.max_reservations_per_bot)
+        gate = evaluate(bot, i, self.limits.max_reservations_per_bot, self.marks, now_ms, record_ts)
         expires: int | None = None
         if gate is None:
             expires = now_ms + ttl
@@ -754,11 +871,26 @@ class Model(_State):
             bot.reservations[i.intent_id] = Reservation(
                 i.symbol, i.action, i.qty, notional, expires
             )
+            self._count_order(bot, i, record_ts, notional)
         decision = self._decision(i, now_ms, gate, expires)
         bot.intents[i.intent_id] = (content, decision)
         if len(bot.intents) > self.limits.intent_ids_per_bot:
             bot.intents.popitem(last=False)
         self.decisions.append(decision)
+
+    @staticmethod
+    def _count_order(bot: BotState, i: Any, record_ts: int, notional: float) -> None:
+        """An allowed intent takes its place in the order rate and the duplicate window;
+        an allowed open spends its notional from the day's budget."""
+        if bot.limits.max_orders_per_sec:
+            bot.order_times.append(record_ts)
+        if bot.limits.for_symbol(i.symbol).duplicate_window_ms:
+            order = (i.symbol, i.side, i.qty, i.price)
+            bot.recent_orders.pop(order, None)
+            bot.recent_orders[order] = record_ts
+            if len(bot.recent_orders) > MAX_RECENT_ORDERS:
+                bot.recent_orders.popitem(last=False)
+        bot.notional_today += notional
 
     @staticmethod
     def _decision(i: Any, now_ms: int, gate: str | None, expires: int | None) -> Decision:

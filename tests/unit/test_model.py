@@ -38,7 +38,7 @@ from worker.config import load_config
 from worker.core import Effects, RiskEngine
 from worker.errors import Rejected as EngineRejected
 from worker.kafka.records import snapshot_records
-from worker.messages import ControlCommand, Event, Fill, OrderIntent, TradeOutcome
+from worker.messages import ControlCommand, Event, Fill, Mark, OrderIntent, TradeOutcome
 
 MIN = 60_000
 HOUR = 3_600_000
@@ -629,6 +629,106 @@ def test_resetting_a_winning_symbol_past_the_daily_loss_latches_for_the_day() ->
     ]
 
 
+# -- issue 11: order checks, the after-loss cooldown, the daily notional ---------------------
+
+
+def orders_limits(**changes: Any) -> Limits:
+    """One bot ``a`` (PnL from outcomes) with the given order/cooldown/notional settings."""
+    symbol = {k: v for k, v in changes.items() if k in SymbolLimits.__dataclass_fields__}
+    bot = {k: v for k, v in changes.items() if k in BotLimits.__dataclass_fields__}
+    return Limits(bots={"a": BotLimits(default=SymbolLimits(**symbol), **bot)})
+
+
+def test_order_checks_come_after_the_kill_switch_and_before_the_close_bypass() -> None:
+    m = Model(orders_limits(max_qty=2.0, max_notional=250.0, pnl_source="fills"))
+    m.apply(fill("buy", 5.0, 100.0), NOON)
+    m.apply(cmd("halt", None), NOON)
+    m.apply(intent("close", "sell", 3.0), NOON)  # a fat-fingered close is still erroneous
+    m.apply(intent("close", "sell", 2.0, 125.0), NOON)  # 250: on the limit
+    m.apply(intent("close", "sell", 2.0, 125.01), NOON)
+    m.apply(cmd("kill", "BTC", ts=NOON + 1), NOON)
+    m.apply(intent("close", "sell", 3.0), NOON)
+    assert gates(m) == [
+        (False, "max_order_qty"),
+        (True, None),  # halted: a reducing close still goes
+        (False, "max_order_notional"),
+        (False, "kill_switch"),
+    ]
+
+
+def test_the_price_collar_needs_a_fresh_mark_and_allows_a_price_on_the_collar() -> None:
+    m = Model(orders_limits(price_collar_bps=100.0, mark_max_age_ms=60_000))
+    m.apply(intent("open", "buy", 1.0, 100.0), NOON)
+    m.apply_mark(Mark("BTC", 100.0, NOON))
+    m.apply_mark(Mark("BTC", 50.0, NOON - 1))  # stamped earlier: ignored
+    m.apply(intent("open", "buy", 1.0, 101.0, ts=NOON + 60_000), NOON + 60_000)  # on the collar
+    m.apply(intent("open", "buy", 1.0, 98.99, ts=NOON + 60_000), NOON + 60_000)
+    m.apply(intent("open", "buy", 1.0, 100.0, ts=NOON + 60_001), NOON + 60_001)  # stale
+    assert gates(m) == [
+        (False, "stale_mark"),
+        (True, None),
+        (False, "price_collar"),
+        (False, "stale_mark"),
+    ]
+
+
+def test_order_rate_and_duplicates_run_on_record_time_and_count_only_allowed_orders() -> None:
+    m = Model(orders_limits(max_orders_per_sec=2, duplicate_window_ms=5_000, max_qty=3.0))
+    m.apply(intent("open", "buy", 1.0), NOON, record_ts=NOON)
+    m.apply(intent("open", "buy", 9.0), NOON, record_ts=NOON + 10)  # denied: counts nothing
+    m.apply(intent("open", "buy", 2.0), NOON + 900, record_ts=NOON + 20)
+    m.apply(intent("open", "buy", 3.0), NOON + 900, record_ts=NOON + 999)  # 2 in (-1, 999]
+    m.apply(intent("open", "buy", 3.0), NOON + 900, record_ts=NOON + 1_000)
+    m.apply(intent("open", "buy", 1.0, ts=NOON + 9_000), NOON + 9_000, record_ts=NOON + 4_999)
+    m.apply(intent("open", "buy", 1.0, ts=NOON + 9_000), NOON + 9_000, record_ts=NOON + 5_000)
+    assert gates(m) == [
+        (True, None),
+        (False, "max_order_qty"),
+        (True, None),
+        (False, "order_rate"),
+        (True, None),
+        (False, "duplicate_order"),  # 4 999 ms after the same order was allowed
+        (True, None),
+    ]
+
+
+def test_a_losing_trade_cools_its_symbol_down_and_the_sweep_publishes_the_resume() -> None:
+    m = Model(orders_limits(after_loss_secs=600, breaker_losses=0))
+    m.apply(out(-1.0, ts=NOON), NOON)
+    m.apply(out(-1.0, ts=NOON + MIN), NOON + MIN)  # extends the wait to its own end
+    m.apply(out(-1.0, ts=NOON - 5 * MIN), NOON + MIN)  # an earlier end shortens nothing
+    m.apply(intent("open", "buy", 1.0, ts=NOON + 10 * MIN), NOON + 10 * MIN)
+    m.apply(intent("open", "buy", 1.0, sym="ETH", ts=NOON + 10 * MIN), NOON + 10 * MIN)
+    m.sweep(NOON + 11 * MIN - 1)
+    m.sweep(NOON + 11 * MIN)
+    assert gates(m) == [(False, "loss_cooldown"), (True, None)]
+    assert halts(m) == [
+        ("BTC", "loss_cooldown", "halted", NOON, NOON + 10 * MIN),
+        ("BTC", "loss_cooldown", "resumed", NOON + 11 * MIN, None),
+    ]
+
+
+def test_the_daily_notional_counts_allowed_opens_and_restarts_at_the_rollover() -> None:
+    m = Model(orders_limits(max_daily_notional=300.0, pnl_source="fills"))
+    m.apply(intent("open", "buy", 2.0, 100.0), NOON)
+    m.apply(fill("buy", 2.0, 100.0), NOON)
+    m.apply(intent("close", "sell", 2.0, 100.0), NOON)  # closes spend nothing
+    m.apply(intent("open", "buy", 1.5, 100.0), NOON)  # 350 > 300
+    m.apply(intent("open", "buy", 1.0, 100.0), NOON)  # 300: on the budget
+    m.apply(intent("open", "buy", 0.01, 100.0), NOON)
+    m.sweep(DAY0 + DAY_MS)
+    tomorrow = DAY0 + DAY_MS + 1
+    m.apply(intent("open", "buy", 3.0, 100.0, ts=tomorrow), tomorrow)
+    assert gates(m) == [
+        (True, None),
+        (True, None),
+        (False, "daily_notional"),
+        (True, None),
+        (False, "daily_notional"),
+        (True, None),
+    ]
+
+
 # -- the engine against the model ----------------------------------------------------------
 
 DIFF_CONFIG = """
@@ -638,12 +738,22 @@ loss_limit = -40.0
 loss_limit = 3
 window_secs = 1800
 cooldown_secs = 600
+[defaults.orders]
+max_qty = 3.5
+max_notional = 300.0
+max_orders_per_sec = 1
+duplicate_window_ms = 600000
+[defaults.cooldown]
+after_loss_secs = 1800
 [bots.o]
 symbols = ["A", "B", "C"]
 [bots.o.portfolio]
 max_daily_loss = -60.0
 max_concurrent_positions = 2
 max_gross_exposure = 3000.0
+max_daily_notional = 700.0
+[bots.o.overrides.C.cooldown]
+after_loss_secs = 0
 [bots.f]
 symbols = ["A", "B", "C"]
 pnl_source = "fills"
@@ -651,16 +761,42 @@ pnl_source = "fills"
 max_daily_loss = -80.0
 max_concurrent_positions = 2
 max_gross_exposure = 2500.0
+max_daily_notional = 500.0
+[bots.f.orders]
+max_orders_per_sec = 2
+[bots.f.overrides.B.orders]
+max_qty = 2.0
+duplicate_window_ms = 0
+[bots.x]
+symbols = ["X", "Y"]
+pnl_source = "fills"
+[bots.x.portfolio]
+max_concurrent_positions = 1
+[bots.x.orders]
+price_collar_bps = 800.0
+mark_max_age_ms = 300000
 [worker]
 reservation_ttl_ms = 60000
 """
+"""Every order check, the cooldown and the daily notional are on (some overridden per bot
+or symbol). Only bot ``x`` trades the marked symbols X and Y, and it has no limit that
+values positions at the marks (the model holds marks for the price collar only)."""
+SYMBOLS = {"o": "ABC", "f": "ABC", "x": "XY"}
 
 
-def _random_event(rng: random.Random, n: int, now: int, asked: list[OrderIntent]) -> Event:
-    """Any input, stamped now, minutes late, up to 200 s ahead or a day late; some re-sent."""
-    bot, sym = rng.choice("of"), rng.choice("ABC")
+def _random_event(
+    rng: random.Random, n: int, now: int, asked: list[OrderIntent], allowed: list[OrderIntent]
+) -> Event | Mark:
+    """Any input, stamped now, minutes late, up to 200 s ahead or a day late; some re-sent;
+    marks of X and Y up to 50 s old; orders repeating an allowed one under a new id."""
+    bot = rng.choice("ofx")
+    sym = rng.choice(SYMBOLS[bot])
     ts = now + rng.choice([0, 0, 0, -rng.randint(0, 600_000), rng.randint(0, 200_000), -DAY_MS])
     again = n - 3 if rng.random() < 0.1 else n  # a producer retry of an earlier id
+    roll = rng.random()
+    if roll < 0.15:
+        price = float(rng.randint(95, 105))
+        return Mark(rng.choice("XY"), price, now - rng.choice((0, rng.randint(0, 50_000))))
     roll = rng.random()
     if roll < 0.3 and bot == "o":
         gross, fee = round(rng.uniform(-25, 15), 1), round(rng.uniform(0, 1), 1)
@@ -678,10 +814,22 @@ def _random_event(rng: random.Random, n: int, now: int, asked: list[OrderIntent]
             return rng.choice(asked)  # a client retry
         action, side = rng.choice(("open", "close")), rng.choice(("buy", "sell"))
         qty, price = float(rng.randint(1, 4)), float(rng.randint(90, 110))
-        intent = OrderIntent(f"i{n}", bot, sym, action, side, qty, price, min(ts, now))  # type: ignore[arg-type]
+        if allowed and rng.random() < 0.2:  # the same order again under a new id
+            old = rng.choice(allowed)
+            bot, sym, action, side, qty, price = (
+                old.bot,
+                old.symbol,
+                old.action,
+                old.side,
+                old.qty,
+                old.price,
+            )
+        stamp = min(ts, now) if rng.random() < 0.3 else now - rng.randint(0, 2_000)
+        intent = OrderIntent(f"i{n}", bot, sym, action, side, qty, price, stamp)  # type: ignore[arg-type]
         asked.append(intent)
         return intent
-    command = rng.choice(("halt", "resume", "reset_breaker", "reset_session", "kill"))
+    kinds = ("halt", "resume", "resume", "resume", "reset_breaker", "reset_session", "kill")
+    command = rng.choice(kinds)
     target = sym if rng.random() < 0.6 else None
     return ControlCommand(command, bot, target, "r", "ops", ts - rng.randint(0, 5_000))  # type: ignore[arg-type]
 
@@ -697,7 +845,7 @@ def _engine_view(engine: RiskEngine) -> tuple[dict[str, Any], dict[str, Any]]:
     return snapshot_symbols(values), snapshot_portfolios(values)
 
 
-@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("seed", range(20))
 def test_the_engine_agrees_with_the_model_on_random_streams(seed: int) -> None:
     """Every input kind, clock moves across midnight, late and early stamps, retries.
 
@@ -712,17 +860,28 @@ def test_the_engine_agrees_with_the_model_on_random_streams(seed: int) -> None:
     effects = engine.sweep(now)
     model.sweep(now)
     asked: list[OrderIntent] = []
+    allowed: list[OrderIntent] = []
     for n in range(250):
-        now += rng.choice((rng.randint(0, 20_000), rng.randint(0, 20_000), rng.randint(0, 900_000)))
+        step = (rng.randint(0, 20_000), rng.randint(0, 900_000), rng.randint(0, 600))
+        now += rng.choice((*step, step[2], 0))  # sub-second steps try the order rate
         if rng.random() < 0.1:
             engine.sweep(now, effects)
             model.sweep(now)
             event: object = f"sweep at {now}"
         else:
-            event = _random_event(rng, n, now, asked)
-            by_engine = _reason(partial(engine.apply, event, now, None, effects), EngineRejected)
-            by_model = _reason(partial(model.apply, event, now), Rejected)
-            assert by_engine == by_model, (n, event)
+            event = _random_event(rng, n, now, asked, allowed)
+            if isinstance(event, Mark):
+                engine.apply_mark(event, effects)
+                model.apply_mark(event)
+            else:
+                # Records may arrive with record times out of order (the rate's window).
+                at = now - rng.choice((0, 0, rng.randint(0, 1_500)))
+                apply = partial(engine.apply, event, now, None, effects, record_ts=at)
+                by_engine = _reason(apply, EngineRejected)
+                by_model = _reason(partial(model.apply, event, now, at), Rejected)
+                assert by_engine == by_model, (n, event)
+                if isinstance(event, OrderIntent) and model.decisions[-1].allowed:
+                    allowed.append(event)  # decided just now: orders to repeat
         symbols, portfolios = _engine_view(engine)
         assert symbols == model_symbols(model), (n, event)
         assert portfolios == model_portfolios(model), (n, event)
