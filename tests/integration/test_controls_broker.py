@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+from prometheus_client import generate_latest
 
+from tests.integration.test_bypass_shell_broker import produce_undecodable_header
 from tests.support.harness import (
     Raw,
     clock,
@@ -45,17 +47,24 @@ def mark_record(topic: str, price: float, ts: int) -> Raw:
 
 
 async def test_marks_are_restored_before_ready_and_a_mark_move_halts_a_losing_bot(
-    kafka_bootstrap: str,
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = make_config(kafka_bootstrap, BODY)
     await create_topics(config)
     marks = config.topics.marks
     t = clock() - 60_000
+    await produce(config.kafka, [Raw(marks, b"BTCUSDT", b"{not json")])
+    # A record the client cannot decode wedged the history read (never ready) before.
+    good = encode(Mark("BTCUSDT", 100.0, t))
+    await produce_undecodable_header(config, marks, b"BTCUSDT", good, monkeypatch)
     await produce(config.kafka, [mark_record(marks, 100.0, t)])
     buy = Fill("f-1", "alpha", "BTCUSDT", "buy", 2.0, 100.0, 0.0, t + 1)
     async with running_worker(config) as running:
-        # Ready means the mark table holds the topic's history.
+        # Ready means the mark table holds the topic's history; bad marks are counted.
         assert running.worker.engine.marks.latest("BTCUSDT") == (100.0, t)
+        scraped = generate_latest(running.worker.metrics.registry).decode()
+        assert 'riskgate_marks_ignored_total{reason="malformed_json"} 1.0' in scraped
+        assert 'riskgate_marks_ignored_total{reason="undecodable_record"} 1.0' in scraped
         produced = await produce_events(config, [buy])
         await wait_processed(config, produced, alive=running.check_alive)
         await produce(config.kafka, [mark_record(marks, 49.0, t + 2)])
