@@ -224,8 +224,9 @@ async def test_librdkafka_needs_murmur2_random_to_co_partition_with_aiokafka(
         engine = running.worker.engine
         trades = {b: engine.bots[b].symbols["BTC"].session.trades for b in bots}
         assert trades == {b: 1 if b in strays else 2 for b in bots}
-        count = running.worker.metrics.deadletters.labels("bot_partition_mismatch")
-        assert count._value.get() == len(strays)
+        registry = running.worker.metrics.registry
+        mismatches = {"reason": "bot_partition_mismatch"}
+        assert registry.get_sample_value("riskgate_deadletters_total", mismatches) == len(strays)
     letters = dead_letters(await read_topic(config.kafka, config.topics.deadletter))
     assert {d["key"].decode() for d in letters} == strays
     assert {d["riskgate.errors.exception"] for d in letters} == {b"bot_partition_mismatch"}
@@ -318,13 +319,17 @@ async def test_recreated_input_topic_is_said_loudly(
     assert (after[0].partition, after[0].offset) == (before[0].partition, 0)
     capsys.readouterr()
     async with running_worker(config) as running:
-        resets = running.worker.metrics.offset_resets.labels(topic, str(after[0].partition))
+        registry = running.worker.metrics.registry
+        where = {"topic": topic, "partition": str(after[0].partition)}
+
+        def resets() -> float | None:
+            return registry.get_sample_value("riskgate_input_offset_resets_total", where)
 
         async def said() -> bool:
-            return bool(resets._value.get())
+            return bool(resets())
 
         await wait_until(said, within=60, what="offset reset detected", alive=running.check_alive)
-        assert resets._value.get() == 1
+        assert resets() == 1
         assert running.worker.engine.bots["alpha"].symbols["BTC"].session.trades == 5
     lines = [line for line in capsys.readouterr().out.splitlines() if "restarted below" in line]
     assert len(lines) == 1

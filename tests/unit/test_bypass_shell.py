@@ -341,7 +341,9 @@ async def test_a_bot_on_a_second_partition_number_is_dead_lettered() -> None:
         assert worker is not None
         assert set(worker.engine.bots[alpha].symbols) == {"BTC"}
         assert worker.ownership.partition_of[alpha] == 1
-        assert worker.metrics.deadletters.labels("bot_partition_mismatch")._value.get() == 1
+        mismatches = {"reason": "bot_partition_mismatch"}
+        registry = worker.metrics.registry
+        assert registry.get_sample_value("riskgate_deadletters_total", mismatches) == 1
         assert await shell.stop()
     reasons = {d["value"]: d["riskgate.errors.exception"] for d in deadletters(broker, cfg)}
     assert reasons == {b"{}": "invalid_message", stray: "bot_partition_mismatch"}
@@ -543,7 +545,8 @@ async def test_a_stuck_input_partition_withholds_its_bots_gate_heartbeats(
             assert await shell.idle()
         keys = [r.key for r in broker.records(cfg.topics.gates)[gates_before:]]
         assert keys == [f"{alpha}/gate".encode()] * 3
-        assert worker.metrics.stalled_partitions._value.get() == 1
+        stalled = worker.metrics.registry.get_sample_value("riskgate_stalled_input_partitions")
+        assert stalled == 1
         assert await shell.stop()
 
 
@@ -590,7 +593,9 @@ async def test_recreated_input_topic_is_detected_loudly(
         assert await shell.idle()
         shell.now_ms += 1_000
         assert await shell.idle()
-        resets = worker.metrics.offset_resets.labels(tp.topic, "3")._value.get()
+        resets = worker.metrics.registry.get_sample_value(
+            "riskgate_input_offset_resets_total", {"topic": tp.topic, "partition": "3"}
+        )
         assert resets == 1
         assert await shell.stop()
     assert [(e, kw["topic"], kw["partition"]) for e, kw in errors if "restarted below" in e] == [
