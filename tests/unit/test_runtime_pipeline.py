@@ -15,7 +15,7 @@ from collections.abc import Callable
 import msgspec
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import RecordTooLargeError
+from aiokafka.errors import KafkaConnectionError, RecordTooLargeError
 
 from tests.support.transport import FaultyBroker, Shell, broker_for, engine_state
 from worker.config import Config, load_config
@@ -218,3 +218,44 @@ async def test_a_failed_ack_of_batch_n_stops_the_worker_without_committing_n_or_
         with pytest.raises(PublishRefused, match=r"refused a record .*max.bytes is smaller"):
             await shell.idle()
     assert broker.committed == {OUTCOMES: 1}
+
+
+async def test_an_ack_lost_to_an_outage_sends_that_batch_and_every_later_one_again_in_order() -> (
+    None
+):
+    """Batch N's acks fail for a broker outage after N+1 was sent: N and N+1 are sent
+    again, in that order, so each partition ends with N+1's outputs last; then both
+    commit."""
+    broker = broker_for(CFG, timestamp_ms=NOW)
+    with started(Shell(CFG, broker, NOW), broker) as shell:
+        assert await shell.idle()
+        base = {tp: broker.end(tp) for tp in broker.logs}
+        broker.hold_acks()
+        produce(broker, [LOSS])
+        assert shell.worker is not None
+        checkpoint = shell.worker.checkpoint
+        await settle(lambda: len(checkpoint.in_flight) == 1)
+        first = {tp: broker.end(tp) for tp in broker.logs}
+        produce(broker, [TRIP])
+        await settle(lambda: len(checkpoint.in_flight) == 2)
+        sent = {tp: broker.end(tp) for tp in broker.logs}
+
+        def outage_in_batch_n(record: Sent) -> BaseException | None:
+            if record.offset < first[TopicPartition(record.topic, record.partition)]:
+                outage: BaseException = KafkaConnectionError("the broker went away")
+                return outage
+            return None
+
+        broker.release_acks(outage_in_batch_n)
+        assert await shell.idle()
+        assert await shell.stop()
+    assert broker.committed == {OUTCOMES: 3}
+    resent = []
+    for tp, log in broker.logs.items():
+        if tp.topic in (CFG.topics.gates, CFG.topics.halts):
+            values = [r.value for r in log]
+            # N's records then N+1's, once as first sent and once more, in the same order.
+            assert values[sent[tp] :] == values[base[tp] : sent[tp]], tp
+            resent += [tp.topic] * (len(values) - sent[tp])
+    # Each loss: the symbol's and the account's gate records; the trip: its halt.
+    assert sorted(resent) == [CFG.topics.gates] * 4 + [CFG.topics.halts]
