@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 import msgspec
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
 from structlog.testing import capture_logs
 
 from tests.support.transport import Shell, broker_for
@@ -177,3 +178,45 @@ async def test_a_mark_record_the_client_cannot_decode_wedged_the_mark_history(
     assert feed.drain() == [Mark("BTC", 100.0, NOW), Mark("ETH", 10.0, NOW)]
     assert ignored_metric(metrics) == {"undecodable_record": 1.0}
     await feed.close()
+
+
+class _FlakySource:
+    """History, then two failed reads (the broker gone), then a mark, then nothing."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def history(self) -> list[Any]:
+        return []
+
+    async def follow(self) -> list[Any]:
+        self.reads += 1
+        if self.reads <= 2:
+            raise KafkaConnectionError("broker gone")
+        if self.reads == 3:
+            return [good("BTC", 100.0)]
+        await asyncio.sleep(3600)
+        return []
+
+    async def close(self) -> None: ...
+
+
+async def test_the_mark_follower_stopped_for_good_on_a_failed_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Defect: one failed read ended the follower task; every mark after it was lost and
+    the held marks froze. Now it retries, logging once per kind of failure."""
+    monkeypatch.setattr(marks_module, "_RETRY_S", 0)
+    source = _FlakySource()
+    feed = MarkFeed(source)
+    with capture_logs() as logs:
+        await feed.restore()
+        async with asyncio.timeout(5):
+            while not (held := feed.drain()):  # noqa: ASYNC110 - the follower runs on its own
+                await asyncio.sleep(0)
+    await feed.close()
+    assert (held, source.reads) == ([Mark("BTC", 100.0, NOW)], 4)
+    assert [(e["log_level"], e["event"]) for e in logs] == [
+        ("warning", "reading marks failed; retrying"),
+        ("info", "reading marks again"),
+    ]

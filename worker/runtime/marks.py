@@ -41,6 +41,8 @@ from worker.metrics import Metrics
 log = structlog.get_logger("riskgate.marks")
 
 _DECODER = msgspec.json.Decoder(Mark)
+_RETRY_S = 1.0
+"""Wait before reading the marks again after a failed read."""
 _FETCH_RECORDS = 10_000
 """Records per fetch of the mark consumer (aiokafka's ``getmany`` bound)."""
 
@@ -93,8 +95,26 @@ class MarkFeed:
         self._task = asyncio.create_task(self._follow(self._source), name="MarkFeed")
 
     async def _follow(self, source: MarkSource) -> None:
+        """Follow the topic for as long as the worker runs. A read that fails (a broker
+        error) is logged and retried: a follower that ended would leave every mark frozen,
+        with the equity limits judging yesterday's prices and nothing saying so."""
+        failing: str | None = None
         while True:
-            self.take(await source.follow())
+            try:
+                records = await source.follow()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any read failure: retry, never stop
+                kind = type(exc).__name__
+                if kind != failing:
+                    log.warning("reading marks failed; retrying", error=f"{kind}: {exc}"[:200])
+                failing = kind
+                await asyncio.sleep(_RETRY_S)
+                continue
+            if failing is not None:
+                log.info("reading marks again")
+                failing = None
+            self.take(records)
 
     def take(self, records: Iterable[Any]) -> None:
         """Hold each mark unless a later-stamped one of its symbol is pending."""
