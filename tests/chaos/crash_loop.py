@@ -163,6 +163,7 @@ async def run_crash_loop(
     epochs: int = 3,
     expiry_secs: int = 15,
     session_timeout_ms: int = 1_000,
+    sweep_interval_ms: int = 1_000,
     say: Callable[[str], None] = lambda _: None,
 ) -> CrashLoopReport:
     """Run the whole scenario against ``bootstrap``; never leaves the worker running.
@@ -170,7 +171,14 @@ async def run_crash_loop(
     The stream goes out in ``epochs`` (see :mod:`tests.support.epochs`) with the
     breaker window, the cooldown and the reservation TTL all ``expiry_secs``, so
     trips end, losses leave the window and reservations expire by the wall clock
-    during the run, while the kills go on regardless of epochs.
+    during the run, while the kills go on regardless of epochs. Each epoch's gap
+    ends two ``sweep_interval_ms`` after its last boundary, so a shorter sweep
+    interval shortens every gap.
+
+    Raises :class:`ExpiryTooShort` before the first epoch if the expiry cannot hold
+    an epoch's data plus one restart of the worker (measured on its first start):
+    a kill while records are in flight would make that epoch late, and a late
+    epoch is not comparable.
     """
     started = time.monotonic()
     report = CrashLoopReport(seed=seed, epochs=epochs, expiry_secs=expiry_secs)
@@ -181,7 +189,7 @@ async def run_crash_loop(
     config_path.write_text(
         config_text(
             bootstrap,
-            workload.body() + workload.worker_toml(),
+            workload.body() + workload.worker_toml() + f"sweep_interval_ms = {sweep_interval_ms}\n",
             partitions=partitions,
             session_timeout_ms=session_timeout_ms,
         )
@@ -242,7 +250,13 @@ async def run_crash_loop(
             async def started() -> bool:
                 return _restores(worker.log_path) > 0
 
+            began = time.monotonic()
             await wait_until(started, within=120, what="a first worker run to restore")
+            _check_budget(
+                restart_ms=int((time.monotonic() - began) * 1000) + session_timeout_ms,
+                span_ms=int(max(len(c) for c in chunks) / rate * 1000),
+                expiry_ms=expiry_ms,
+            )
             stamped: dict[int, Event] = {}
             for k, chunk in enumerate(chunks):
                 where[0] = (k, DATA)
@@ -400,6 +414,31 @@ async def run_crash_loop(
     return report
 
 
+class ExpiryTooShort(ValueError):
+    """The expiry cannot hold an epoch's data plus a restart: every epoch with a kill
+    in flight would be late, and its comparison meaningless."""
+
+
+def _check_budget(*, restart_ms: int, span_ms: int, expiry_ms: int) -> None:
+    """Refuse an expiry no epoch with a kill among its records can commit within.
+
+    An epoch is exact only if all its records are committed before its first
+    boundary (first record + expiry, :mod:`tests.support.epochs`). A SIGKILL while
+    they are in flight costs a restart: a new process (measured: the first run's
+    start to restore) that the broker lets join only once the killed member's
+    session has expired (Tansu: about one more session timeout). That is a property
+    of the harness's budget, not of the worker, whose commits follow the restore
+    within ``commit_interval_ms``; so a too short ``--expiry-secs`` is refused up
+    front instead of ending in a late epoch and a cascade of mismatches.
+    """
+    if span_ms + restart_ms >= expiry_ms:
+        raise ExpiryTooShort(
+            f"expiry {expiry_ms} ms cannot hold an epoch's data ({span_ms} ms) plus a"
+            f" restart after a kill (~{restart_ms} ms): use a longer --expiry-secs"
+            " (or fewer events per epoch)"
+        )
+
+
 def _restores(log_path: Path) -> int:
     """Restores the worker logged so far (every run appends to one log)."""
     if not log_path.exists():
@@ -421,6 +460,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--expiry-secs", type=int, default=15, help="breaker window, cooldown, reservation TTL"
     )
     parser.add_argument("--session-timeout-ms", type=int, default=1_000)
+    parser.add_argument(
+        "--sweep-interval-ms", type=int, default=1_000, help="the worker's sweep interval"
+    )
     add_place_args(parser)
     return parser.parse_args(argv)
 
@@ -430,20 +472,29 @@ async def _main(args: argparse.Namespace) -> int:
     needed = args.kills * 8 + args.events / 500 + args.epochs * (args.expiry_secs + 5) + 120
     await avoid_utc_midnight(needed, say=say)
     async with script_place(args, "riskgate-chaos-") as place:
-        report = await run_crash_loop(
-            place.bootstrap,
-            place.workdir,
-            kills=args.kills,
-            events=args.events,
-            seed=args.seed,
-            bots=args.bots,
-            partitions=args.partitions,
-            epochs=args.epochs,
-            expiry_secs=args.expiry_secs,
-            session_timeout_ms=args.session_timeout_ms,
-            say=say,
-        )
+        try:
+            report = await _run(args, place.bootstrap, place.workdir)
+        except ExpiryTooShort as short:
+            say(f"refused: {short}")
+            return 2
     return report_exit(report)
+
+
+async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> CrashLoopReport:
+    return await run_crash_loop(
+        bootstrap,
+        workdir,
+        kills=args.kills,
+        events=args.events,
+        seed=args.seed,
+        bots=args.bots,
+        partitions=args.partitions,
+        epochs=args.epochs,
+        expiry_secs=args.expiry_secs,
+        session_timeout_ms=args.session_timeout_ms,
+        sweep_interval_ms=args.sweep_interval_ms,
+        say=say,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
