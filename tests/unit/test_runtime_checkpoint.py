@@ -10,7 +10,7 @@ from aiokafka import TopicPartition
 from worker.config import load_config
 from worker.core import Effects
 from worker.kafka.records import OutRecord
-from worker.runtime.checkpoint import Checkpoint, Offsets
+from worker.runtime.checkpoint import Checkpoint, Offsets, Writes
 from worker.runtime.publish import Sending
 
 CONFIG = "[worker]\ncommit_interval_ms = 1000\nmax_unpersisted_keys = 3\n"
@@ -38,9 +38,13 @@ class Broker:
         self.calls.append(("confirm", [len(s.records) for s in sendings[:count]]))
         return self.acked
 
-    async def write(self, keys: Effects) -> Sending:
+    def snapshot(self, keys: Effects) -> list[OutRecord]:
         self.calls.append(("snapshots", sorted(keys.dirty_symbols)))
-        sending = Sending([snapshot(s) for _, s in sorted(keys.dirty_symbols)], Timer())
+        return [snapshot(s) for _, s in sorted(keys.dirty_symbols)]
+
+    async def send(self, records: list[OutRecord]) -> Sending:
+        self.calls.append(("send", len(records)))
+        sending = Sending(records, Timer())
         sending.sent([])
         return sending
 
@@ -49,7 +53,8 @@ class Broker:
 
     async def persist(self, cp: Checkpoint, now: int) -> bool:
         """A persist and its completion in the background."""
-        return await cp.persist(now, self.confirm, self.write, self.commit) and await cp.persisted()
+        writes = Writes(self.confirm, self.snapshot, self.send, self.commit)
+        return await cp.persist(now, writes) and await cp.persisted(self.confirm)
 
 
 class Timer:
@@ -68,6 +73,7 @@ async def test_offsets_commit_only_after_the_snapshots_are_acknowledged() -> Non
     assert await broker.persist(cp, 0)
     assert broker.calls == [
         ("snapshots", [("alpha", "BTC"), ("alpha", "ETH")]),
+        ("send", 2),
         ("confirm", [2]),
         ("commit", {TP: 9}),
     ]
@@ -78,7 +84,7 @@ async def test_a_persist_whose_snapshots_are_not_acknowledged_commits_nothing() 
     cp, broker = checkpoint(), Broker(acked=False)
     cp.add(dirty("BTC"), {TP: 5})
     assert not await broker.persist(cp, 0)
-    assert broker.calls == [("snapshots", [("alpha", "BTC")]), ("confirm", [1])]
+    assert broker.calls == [("snapshots", [("alpha", "BTC")]), ("send", 1), ("confirm", [1])]
 
 
 async def test_a_persist_is_due_on_the_interval_on_too_many_keys_or_never_when_clean() -> None:

@@ -8,13 +8,15 @@ only at the end of the third:
    at most ``max_in_flight`` batches behind (:meth:`Checkpoint.settle`).
 2. **unpersisted**: its outputs are acknowledged; its changed keys and offsets
    wait for a persist.
-3. **persisting** (:meth:`Checkpoint.persist`): first every batch still in
-   flight is confirmed (the snapshots about to be built reflect them, and an
-   output must never be lost behind a persisted state), then the changed
-   keys' snapshots are built and sent; their acks and the offset commit that
-   follows them complete in the background while the loop goes on. One
-   persist at a time: a key's next snapshot is never sent before the previous
-   one is acknowledged, so a re-sent older version can never land last.
+3. **persisting** (:meth:`Checkpoint.persist`): the changed keys' snapshots
+   are built at once (the state everything applied so far produced; the
+   batches still in flight are claimed by this persist), and the loop goes
+   on. In the background the persist waits until the outputs of those
+   batches are confirmed (an output must never be lost behind a persisted
+   state), sends the snapshots, waits for their acks and only then commits
+   the offsets. One persist at a time: a key's next snapshot is never sent
+   before the previous one is acknowledged, so a re-sent older version can
+   never land last.
 
 A crash anywhere replays from the last commit, and the per-key offset
 watermarks in the snapshots make that replay exact.
@@ -29,11 +31,13 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 from aiokafka import TopicPartition
 
 from worker.config import WorkerConfig
 from worker.core import Effects
+from worker.kafka.records import OutRecord
 from worker.runtime.publish import Sending
 
 Offsets = dict[TopicPartition, int]
@@ -45,6 +49,16 @@ records held for a re-send and how far applied state runs ahead of the broker.""
 
 Confirm = Callable[[Sequence[Sending], int], Awaitable[bool]]
 """Wait for the acks of the first ``count`` of the sets (False: gave up, stopping)."""
+
+
+class Writes(NamedTuple):
+    """How a persist reaches the broker (the publisher's and the link's calls)."""
+
+    confirm: Confirm
+    snapshot: Callable[[Effects], list[OutRecord]]
+    """The records of these keys' snapshots, built before any await."""
+    send: Callable[[list[OutRecord]], Awaitable[Sending]]
+    commit: Callable[[Offsets], Awaitable[None]]
 
 
 class _Batch:
@@ -155,55 +169,56 @@ class Checkpoint:
         """A persist's snapshot acks or commit are still in flight."""
         return self._persisting is not None and not self._persisting.done()
 
-    async def persist(
-        self,
-        now: int,
-        confirm: Confirm,
-        write: Callable[[Effects], Awaitable[Sending]],
-        commit: Callable[[Offsets], Awaitable[None]],
-    ) -> bool:
-        """Persist-then-commit: outputs confirmed, ``write`` the dirty keys, then ``commit``.
+    async def persist(self, now: int, writes: Writes) -> bool:
+        r"""Persist-then-commit everything applied so far, completed in the background.
 
-        Returns once the snapshots are sent; their acks and the commit complete
-        in the background (:meth:`persisted` waits for them). ``write`` must
-        build its records before its first await: the state it snapshots is the
-        state these offsets produced. False if a confirm gave up (stopping):
-        nothing is committed then.
+        ``snapshot`` builds the changed keys' records now (the state these
+        offsets produced; batches still in flight are claimed by this persist).
+        A background task waits until those batches' outputs are confirmed,
+        then ``send``\ s the records, waits for their acks, and only then
+        ``commit``\ s (:meth:`persisted` waits for it). False if waiting for the
+        previous persist gave up (stopping).
         """
-        if not await self.settle(confirm, 0) or not await self.persisted():
+        if self._persisting is not None and not await self.persisted(writes.confirm):
             return False
         dirty, offsets = self.unpersisted, self.uncommitted
-        self.unpersisted = Effects()
-        self.uncommitted = {}
+        outputs = []
+        for batch in self.in_flight:  # oldest first: a newer offset overwrites an older one
+            dirty.dirty_symbols |= batch.effects.dirty_symbols
+            dirty.dirty_bots |= batch.effects.dirty_bots
+            offsets.update(batch.offsets)
+            batch.effects, batch.offsets = Effects(), {}
+            outputs.append(batch.acks)
+        self.unpersisted, self.uncommitted = Effects(), {}
         self._next_persist = now + self._config.commit_interval_ms
-        acks = await write(dirty)
+        records = writes.snapshot(dirty)
         self._persisting_offsets = offsets
-        self._persisting = asyncio.ensure_future(self._complete(acks, offsets, confirm, commit))
+        self._persisting = asyncio.ensure_future(self._complete(outputs, records, offsets, writes))
         return True
 
     async def _complete(
-        self,
-        acks: Sending,
-        offsets: Offsets,
-        confirm: Confirm,
-        commit: Callable[[Offsets], Awaitable[None]],
+        self, outputs: list[Sending], records: list[OutRecord], offsets: Offsets, writes: Writes
     ) -> bool:
-        if not await confirm([acks], 1):
+        for sending in outputs:  # the loop confirms them (re-sending after an outage)
+            await sending.confirmed()
+        snapshots = await writes.send(records)
+        if not await writes.confirm([snapshots], 1):
             return False
         # Committing now: what the commit pays is no longer owed (see owed()).
         self._persisting_offsets = {}
         if offsets:  # forget() may have emptied it meanwhile
-            await commit(offsets)
+            await writes.commit(offsets)
         return True
 
-    async def persisted(self) -> bool:
-        """Wait for the persist in flight (snapshots acknowledged, offsets committed).
-
-        False if it gave up (stopping); raises what stopped it (a refused record).
-        """
+    async def persisted(self, confirm: Confirm) -> bool:
+        """Wait for the persist in flight (outputs and snapshots acknowledged, offsets
+        committed), confirming every batch in flight first: only the loop confirms a
+        failed one. False if it gave up (stopping); raises what stopped it."""
         task = self._persisting
         if task is None:
             return True
+        if not task.done() and not await self.settle(confirm, 0):
+            return False
         try:
             return await task
         finally:

@@ -92,7 +92,16 @@ class Sending:
     counts the records.
     """
 
-    __slots__ = ("_acks", "_confirmed", "_started", "_timer", "_written", "error", "records")
+    __slots__ = (
+        "_acks",
+        "_confirmed",
+        "_confirmed_event",
+        "_started",
+        "_timer",
+        "_written",
+        "error",
+        "records",
+    )
 
     def __init__(self, records: list[OutRecord], timer: Any, written: Any = None) -> None:
         self.records = records
@@ -101,6 +110,7 @@ class Sending:
         self._started = time.perf_counter()
         self._acks: asyncio.Future[list[Any]] | None = None
         self._confirmed = False
+        self._confirmed_event = asyncio.Event()
         self.error: BaseException | None = None
         """A retriable failure of ``send()`` itself: the records after it were not sent."""
 
@@ -150,10 +160,15 @@ class Sending:
         if self._acks is not None:
             await asyncio.wait([self._acks])
 
+    async def confirmed(self) -> None:
+        """Until :meth:`confirm` (by the acks, or by whoever re-sent it after a failure)."""
+        await self._confirmed_event.wait()
+
     def confirm(self) -> None:
         """Acknowledged, by its own acks or by a later re-send of its records."""
         if not self._confirmed:
             self._confirmed = True
+            self._confirmed_event.set()
             self._timer.observe(time.perf_counter() - self._started)
             if self._written is not None:
                 self._written.inc(len(self.records))
@@ -250,18 +265,22 @@ class Publisher:
             m.decisions.labels(decision.gate or "none").inc()
         return await self._send(Sending(outputs, m.output_seconds))
 
-    async def send_snapshots(self, dirty: Effects) -> Sending:
-        """Phase 2: the snapshots of ``dirty`` keys (built before any await), acks in flight.
+    def snapshots(self, dirty: Effects) -> list[OutRecord]:
+        """Phase 2's records: the snapshots of ``dirty`` keys as they are now.
 
-        The caller confirmed every output reflecting this state first, so a
-        crash after these land never loses one.
+        Sent (:meth:`send_snapshots`) only once every output reflecting this
+        state is acknowledged, so a crash after they land never loses one.
         """
-        own, m = self._ownership, self._metrics
+        own = self._ownership
         snapshots = snapshot_records(
             self._engine, dirty, self._topics, own.partition_of, own.epochs
         )
         # Our claim on a partition goes just ahead of our first snapshot there.
-        records = own.with_claims(snapshots)
+        return own.with_claims(snapshots)
+
+    async def send_snapshots(self, records: list[OutRecord]) -> Sending:
+        """Phase 2: the records of :meth:`snapshots`, sent; acks in flight."""
+        m = self._metrics
         return await self._send(Sending(records, m.snapshot_seconds, m.snapshot_writes))
 
     async def _send(self, sending: Sending) -> Sending:

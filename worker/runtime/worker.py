@@ -6,9 +6,10 @@ letters) without waiting for their acks; the next iteration fetches and
 applies the next batch while they are in flight. The
 :class:`~worker.runtime.checkpoint.Checkpoint` carries each batch from send to
 commit: at most ``max_in_flight`` batches unconfirmed, and every
-``commit_interval_ms`` a persist that first confirms every output in flight,
-then sends the changed keys' snapshots and commits the input offsets once
-those are acknowledged, in the background. A crash anywhere replays from the
+``commit_interval_ms`` a persist that builds the changed keys' snapshots at
+once and, in the background, waits for the outputs in flight, sends the
+snapshots and commits the input offsets once those are acknowledged (the next
+fetch does not wait for any of it). A crash anywhere replays from the
 last commit; per-key offset watermarks in the snapshots make the replay exact,
 and outputs are always acknowledged before the state that produced them is
 persisted, so none is lost.
@@ -39,7 +40,7 @@ from worker.kafka.records import OutRecord
 from worker.kafka.watch import InputWatch
 from worker.metrics import Metrics
 from worker.runtime.batch import BatchApplier, log_halts
-from worker.runtime.checkpoint import Checkpoint, Offsets
+from worker.runtime.checkpoint import Checkpoint, Offsets, Writes
 from worker.runtime.gauges import register_state_gauges, update_lag
 from worker.runtime.lifecycle import CLOSE_STEP_MAX_S, until_stopped
 from worker.runtime.link import BrokerLink
@@ -76,9 +77,11 @@ class Worker:
         self.health = Health(clock, config.worker, m)
         self.ownership = Ownership(config.topics, self.transport.read_snapshots)
         self.checkpoint = Checkpoint(config.worker)
-        self._publisher = Publisher(
+        self._publisher = p = Publisher(
             config, self.engine, self.ownership, m, tick=self.health.tick, stopping=self._stopping
         )
+        self._writes = Writes(p.confirm, p.snapshots, p.send_snapshots, self._commit)
+        """What a persist sends and commits (phase 2)."""
         self._link = BrokerLink(
             config,
             transport=self.transport,
@@ -227,30 +230,23 @@ class Worker:
             update_lag(self.metrics, consumer, batch)
             self.health.tick()
         # Shutdown: everything applied is persisted and committed.
-        if await self._persist(self.clock()):
-            await checkpoint.persisted()
+        if await checkpoint.persist(self.clock(), self._writes):
+            await checkpoint.persisted(self._publisher.confirm)
 
     async def _checkpoint(self, now: int) -> bool:
         """At most ``max_in_flight`` batches unconfirmed; persist when due; all on a flush.
 
         False once a confirm or persist gave up (stopping): nothing more commits.
         """
-        checkpoint = self.checkpoint
+        checkpoint, confirm = self.checkpoint, self._publisher.confirm
         if checkpoint.persist_failed():
             return False
-        if not await checkpoint.settle(self._publisher.confirm, checkpoint.max_in_flight):
+        if not await checkpoint.settle(confirm, checkpoint.max_in_flight):
             return False
-        if checkpoint.due(now) and not await self._persist(now):
+        if checkpoint.due(now) and not await checkpoint.persist(now, self._writes):
             return False
         # A revoke waits until the new owner can restore everything we applied.
-        return not checkpoint.flushing or await checkpoint.persisted()
-
-    async def _persist(self, now: int) -> bool:
-        """Phase 2, every ``commit_interval_ms``: snapshots of changed keys, then commit."""
-        publisher = self._publisher
-        return await self.checkpoint.persist(
-            now, publisher.confirm, publisher.send_snapshots, self._commit
-        )
+        return not checkpoint.flushing or await checkpoint.persisted(confirm)
 
     async def _commit(self, offsets: Offsets) -> None:
         await self._link.commit(self.ownership.committable(offsets))
