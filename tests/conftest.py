@@ -57,9 +57,32 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"riskgate broker: {broker_plan()}{ci}"
 
 
+WORKERS_USED = pytest.StashKey[list[str]]()
+"""Under pytest-xdist (``make test``): the broker each worker process started."""
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In an xdist worker: hand the broker it started to the controller's summary."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None and KAFKA_USED in session.config.stash:
+        workeroutput["riskgate_kafka_used"] = session.config.stash[KAFKA_USED]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """xdist only (controller): collect what each worker process used."""
+    used = getattr(node, "workeroutput", {}).get("riskgate_kafka_used")
+    if used:
+        node.config.stash.setdefault(WORKERS_USED, []).append(used)
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    used = terminalreporter.config.stash.get(
-        KAFKA_USED, "none started (no test needed the session broker)"
+    config = terminalreporter.config
+    workers = config.stash.get(WORKERS_USED, [])
+    used = (
+        "; ".join(sorted(workers))
+        if workers
+        else config.stash.get(KAFKA_USED, "none started (no test needed the session broker)")
     )
     terminalreporter.write_line(f"riskgate broker used: {used}")
 
