@@ -265,7 +265,7 @@ class BotRisk(Holder):
     def load_symbol(self, symbol: str, snap: SymbolSnapshot, now_ms: int) -> None:
         """Restore one of many symbols: no tick, no deadline of its own. The sweep the bulk
         restore runs once every record is in (due at ``now_ms``) ticks each symbol once
-        and takes the bot's next deadline from all of them (:func:`worker.core.restore.restore`).
+        and takes the bot's next deadline from all of them (:class:`worker.core.restore.Restore`).
         """
         sym = self.symbol(symbol)
         sym.restore(snap)

@@ -28,7 +28,7 @@ from worker.core.events import apply_fill, apply_mark, apply_outcome
 from worker.core.marks import MarkTable
 from worker.core.names import check_name
 from worker.core.replay import IdChunkOut
-from worker.core.restore import restore
+from worker.core.restore import Restore
 from worker.core.session import utc_day
 from worker.core.snapshot import PortfolioSnapshot, SymbolSnapshot
 from worker.core.views import BotView, bot_view
@@ -218,12 +218,18 @@ class RiskEngine:
         self, records: Mapping[str, bytes | None], now_ms: int, out: Effects | None = None
     ) -> list[tuple[str, str]]:
         """Restore from the last value per snapshot key; returns ``(key, why)`` of ignored ones
-        (:func:`worker.core.restore.restore`)."""
-        return restore(
+        (:class:`worker.core.restore.Restore`, fed at once)."""
+        job = self.restoring(now_ms, out or Effects())
+        job.feed(records.items())
+        return job.finish()
+
+    def restoring(self, now_ms: int, out: Effects) -> Restore:
+        """A restore fed in parts (:class:`worker.core.restore.Restore`): the shell frees
+        each part's values once applied and keeps its event loop running between parts."""
+        return Restore(
             lambda bot_id: self.bot(bot_id, now_ms),
-            records,
             now_ms,
-            out or Effects(),
+            out,
             block_unreadable=self.config.worker.on_unreadable_state == "halt",
         )
 

@@ -10,8 +10,10 @@ take a missing record for "allowed".
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterable
+import ctypes
+from collections.abc import Callable, Iterable, Iterator
 
 import structlog
 
@@ -24,6 +26,33 @@ from worker.metrics import Metrics
 from worker.runtime.ownership import Ownership, home_partition
 
 log = structlog.get_logger("riskgate.worker")
+
+RESTORE_PART = 2_000
+"""Records applied between two yields to the event loop (~20 ms of CPU)."""
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``; None on other C libraries (musl, macOS)."""
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return None
+    return trim
+
+
+_malloc_trim = _find_malloc_trim()
+
+
+def release_heap() -> None:
+    """Hand the pages of the freed snapshot values back to the OS.
+
+    A restore reads every record (~600 bytes a symbol) before it applies them;
+    glibc keeps the freed values' pages when live objects sit above them in the
+    heap, so a worker restored from 100k symbols held ~600 bytes a symbol more
+    than one that built the same state live (docs/performance.md, Memory).
+    """
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 class Recovery:
@@ -50,11 +79,51 @@ class Recovery:
 
         Every configured bot homed on these partitions gets its account record
         even before it sends anything, so a silent bot is not denied forever as
-        unknown.
+        unknown. Empties ``read.records`` (each part's values freed once applied).
         """
+        for _ in self._steps(read, now, effects, republish=republish, rewrite=rewrite):
+            pass
+
+    async def restore_async(
+        self,
+        read: SnapshotRead,
+        now: int,
+        effects: Effects,
+        *,
+        republish: Effects,
+        rewrite: Effects,
+    ) -> None:
+        """:meth:`restore`, yielding to the event loop after every ``RESTORE_PART`` records:
+        100k symbols take ~1 s of CPU, during which health probes, the group's heartbeats
+        and other partitions' work would otherwise wait."""
+        for _ in self._steps(read, now, effects, republish=republish, rewrite=rewrite):
+            await asyncio.sleep(0)
+
+    def _steps(
+        self,
+        read: SnapshotRead,
+        now: int,
+        effects: Effects,
+        *,
+        republish: Effects,
+        rewrite: Effects,
+    ) -> Iterator[None]:
+        """The restore, a part at a time (one ``yield`` after each)."""
         ownership = self._ownership
         ownership.take_over(read)
-        ignored = self._engine.restore(read.records, now, effects)
+        records = read.records
+        # Keys, not records read: a key written many times (or a claim) restores once;
+        # a tombstone restores nothing. "fenced": the zombie records the epoch fence
+        # left out, never among the restored (findings E1-2).
+        keys, values = len(records), sum(value is not None for value in records.values())
+        job = self._engine.restoring(now, effects)
+        order = list(records)
+        for start in range(0, len(order), RESTORE_PART):
+            # Popped: each part's values are freed once applied, before the next is decoded.
+            job.feed([(key, records.pop(key)) for key in order[start : start + RESTORE_PART]])
+            yield
+        ignored = job.finish()
+        release_heap()
         if read.fenced:
             log.warning(
                 "ignored snapshots of a previous owner written after a newer one (zombie writer)",
@@ -72,10 +141,6 @@ class Recovery:
                 republish.dirty_symbols.update((bot_id, s) for s in self._engine.symbols_of(bot_id))
         m = self._metrics
         m.restore_seconds.observe(read.seconds)
-        # Keys, not records read: a key written many times (or a claim) restores once;
-        # a tombstone restores nothing. "fenced": the zombie records the epoch fence
-        # left out, never among the restored (findings E1-2).
-        values = sum(value is not None for value in read.records.values())
         m.restore_records.labels("restored").inc(values - len(ignored))
         m.restore_records.labels("ignored").inc(len(ignored))
         if read.fenced_records:
@@ -84,7 +149,7 @@ class Recovery:
             "restored",
             partitions=sorted(read.partitions),
             records=read.read,
-            keys=len(read.records),
+            keys=keys,
             ignored=len(ignored),
             seconds=round(read.seconds, 3),
         )
