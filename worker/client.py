@@ -21,6 +21,9 @@ are given: Kafka answers a fetch as soon as records arrive, so it only paces
 idle polls; on a broker that does not wake waiting fetches (the embedded
 Tansu) it adds up to that much per hop, so lower it there.
 
+Both reach Kafka through a :class:`ClientTransport` (aiokafka by default); the
+unit tests pass a fake one that feeds the real reader loops from memory.
+
 Who may write the topics these classes trust is an ACL matter: see "Topic ACLs"
 in deploy/README.md.
 """
@@ -31,8 +34,8 @@ import asyncio
 import inspect
 import time
 from collections import Counter
-from collections.abc import Callable
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, NamedTuple, Protocol
 
 import msgspec
 import structlog
@@ -41,7 +44,7 @@ from aiokafka.errors import KafkaError
 
 from worker.clock import wall_clock_ms
 from worker.config import KafkaConfig, TopicsConfig
-from worker.kafka.fetch import fetch
+from worker.kafka.fetch import Fetchable, fetch
 from worker.kafka.options import client_kwargs, reader
 from worker.kafka.topics import TopicLayoutError
 from worker.messages import (
@@ -97,6 +100,77 @@ def _partitions(consumer: AIOKafkaConsumer, *topics: str) -> list[TopicPartition
     return tps
 
 
+class Followed(Fetchable, Protocol):
+    """The consumer calls a follower makes (a subset of ``AIOKafkaConsumer``)."""
+
+    async def stop(self) -> None: ...
+
+
+class Following(NamedTuple):
+    consumer: Followed
+    """Assigned every partition of the followed topics, positioned as asked."""
+    ends: dict[TopicPartition, int]
+    """Each partition's end when following from the beginning began (what "caught up"
+    means); empty when following from the end."""
+
+
+class IntentSender(Protocol):
+    """The producer call GateClient makes (a subset of ``AIOKafkaProducer``)."""
+
+    async def send(self, topic: str, value: bytes, key: bytes) -> Awaitable[Any]: ...
+
+    async def stop(self) -> None: ...
+
+
+class ClientTransport(Protocol):
+    """How GateView and GateClient reach Kafka: :class:`KafkaClientTransport`, or a
+    test's fake that feeds the real reader loops from memory (httpx's mock transport)."""
+
+    async def follow(self, topics: tuple[str, ...], *, from_end: bool) -> Following:
+        """Started, assigned and positioned: at the end (``from_end``) or the beginning."""
+        ...
+
+    async def sender(self) -> IntentSender:
+        """A started producer (``acks=1``: a check is answered by the decision, not the ack)."""
+        ...
+
+
+class KafkaClientTransport:
+    """aiokafka clients configured from ``kafka``."""
+
+    def __init__(self, kafka: KafkaConfig) -> None:
+        self._kafka = kafka
+
+    async def follow(self, topics: tuple[str, ...], *, from_end: bool) -> Following:
+        consumer = reader(
+            client_kwargs(self._kafka), fetch_max_wait_ms=self._kafka.fetch_max_wait_ms
+        )
+        await consumer.start()
+        try:
+            # A metadata round trip: the bootstrap metadata need not list any topic.
+            await consumer.topics()
+            tps = _partitions(consumer, *topics)
+            consumer.assign(tps)
+            ends: dict[TopicPartition, int] = {}
+            if from_end:
+                await consumer.seek_to_end(*tps)
+                for tp in tps:  # resolve the end now, so nothing sent after start is missed
+                    await consumer.position(tp)
+            else:
+                await consumer.seek_to_beginning(*tps)
+                ends = await consumer.end_offsets(tps)
+        except BaseException:
+            await consumer.stop()
+            raise
+        return Following(consumer, ends)
+
+    async def sender(self) -> IntentSender:
+        producer = AIOKafkaProducer(**client_kwargs(self._kafka), linger_ms=0, acks=1)
+        await producer.start()
+        sender: IntentSender = producer
+        return sender
+
+
 class _Follower:
     """A background task reading assigned partitions that no single record can stop.
 
@@ -110,38 +184,19 @@ class _Follower:
 
     _poll_ms = 100
 
-    def __init__(self, kafka: KafkaConfig, topics: TopicsConfig | None) -> None:
-        self._kafka = kafka
+    def __init__(
+        self, kafka: KafkaConfig, topics: TopicsConfig | None, transport: ClientTransport | None
+    ) -> None:
+        self._transport = transport or KafkaClientTransport(kafka)
         self._topics = topics or TopicsConfig()
-        self._consumer: AIOKafkaConsumer | None = None
+        self._consumer: Followed | None = None
         self._task: asyncio.Task[None] | None = None
         self.failure: str | None = None
         """Why this object fails closed for good (None while its reader runs)."""
         self.ignored: Counter[str] = Counter()
         """Records and callbacks skipped, by kind (e.g. ``UnicodeDecodeError``)."""
 
-    async def _open(self, topics: tuple[str, ...], *, from_end: bool) -> AIOKafkaConsumer:
-        consumer = reader(
-            client_kwargs(self._kafka), fetch_max_wait_ms=self._kafka.fetch_max_wait_ms
-        )
-        await consumer.start()
-        try:
-            # A metadata round trip: the bootstrap metadata need not list any topic.
-            await consumer.topics()
-            tps = _partitions(consumer, *topics)
-            consumer.assign(tps)
-            if from_end:
-                await consumer.seek_to_end(*tps)
-                for tp in tps:  # resolve the end now, so nothing sent after start is missed
-                    await consumer.position(tp)
-            else:
-                await consumer.seek_to_beginning(*tps)
-        except BaseException:
-            await consumer.stop()
-            raise
-        return consumer
-
-    def _launch(self, consumer: AIOKafkaConsumer) -> None:
+    def _launch(self, consumer: Followed) -> None:
         self._consumer = consumer
         self._task = asyncio.create_task(self._follow(consumer), name=type(self).__name__)
         self._task.add_done_callback(self._ended)
@@ -182,7 +237,7 @@ class _Follower:
                 **context,
             )
 
-    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
+    async def _follow(self, consumer: Followed) -> None:
         while True:
             batch, unreadable = await fetch(consumer, self._poll_ms, 10_000)
             for bad in unreadable:  # the client itself could not decode it (a header key...)
@@ -210,7 +265,7 @@ class _Follower:
     def _record(self, tp: TopicPartition, record: Any) -> None:
         raise NotImplementedError
 
-    async def _batch_done(self, consumer: AIOKafkaConsumer) -> None:
+    async def _batch_done(self, consumer: Followed) -> None:
         """Hook: called after every fetch (empty or not)."""
 
 
@@ -295,8 +350,9 @@ class GateView(_Follower):
         *,
         staleness_ms: int = 15_000,
         clock: Callable[[], int] = _monotonic_ms,
+        transport: ClientTransport | None = None,
     ) -> None:
-        super().__init__(kafka, topics)
+        super().__init__(kafka, topics, transport)
         self.staleness_ms = staleness_ms
         self._clock = clock
         self.symbols: dict[tuple[str, str], GateState] = {}
@@ -384,8 +440,8 @@ class GateView(_Follower):
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
-        consumer = await self._open((self._topics.gates, self._topics.halts), from_end=False)
-        ends = await consumer.end_offsets(list(consumer.assignment()))
+        topics = (self._topics.gates, self._topics.halts)
+        consumer, ends = await self._transport.follow(topics, from_end=False)
         self._replaying = {tp: end for tp, end in ends.items() if end > 0}
         if not self._replaying:
             self._caught_up.set()
@@ -418,7 +474,7 @@ class GateView(_Follower):
 
     # -- reading -------------------------------------------------------------------
 
-    async def _batch_done(self, consumer: AIOKafkaConsumer) -> None:
+    async def _batch_done(self, consumer: Followed) -> None:
         if not self._replaying:
             return
         for tp, end in list(self._replaying.items()):
@@ -489,19 +545,24 @@ class GateClient(_Follower):
         *,
         timeout_ms: int = 250,
         clock: Callable[[], int] = wall_clock_ms,
+        transport: ClientTransport | None = None,
     ) -> None:
-        super().__init__(kafka, topics)
+        super().__init__(kafka, topics, transport)
         self.timeout_ms = timeout_ms
         self._clock = clock
         """Wall clock (epoch ms) stamped on the client's own denials."""
         self._pending: dict[str, list[tuple[OrderIntent, asyncio.Future[GateDecision]]]] = {}
-        self._producer: AIOKafkaProducer | None = None
+        self._producer: IntentSender | None = None
+
+    @property
+    def waiting(self) -> int:
+        """Checks waiting for their decision now (0 once every check has returned)."""
+        return sum(len(waiters) for waiters in self._pending.values())
 
     async def start(self) -> None:
-        producer = AIOKafkaProducer(**client_kwargs(self._kafka), linger_ms=0, acks=1)
-        await producer.start()
+        producer = await self._transport.sender()
         try:
-            consumer = await self._open((self._topics.decisions,), from_end=True)
+            consumer, _ = await self._transport.follow((self._topics.decisions,), from_end=True)
         except BaseException:
             await producer.stop()
             raise

@@ -13,16 +13,18 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
 import pytest
 import pytest_asyncio
+from aiokafka import TopicPartition
 
 from tests.support.gate_env import GateEnv, eventually, gate_env
 from tests.support.harness import Raw, make_config, now_ms, produce
-from worker.client import GateClient, GateView
+from worker.client import Followed, Following, GateClient, GateView, KafkaClientTransport
+from worker.config import KafkaConfig
 from worker.kafka.topics import TopicLayoutError, ensure_topics
 from worker.messages import (
     AccountGateState,
@@ -62,6 +64,52 @@ async def env(module_env: GateEnv) -> GateEnv:
     return module_env
 
 
+class AskingConsumer:
+    """Calls ``ask`` before each fetch, then fetches as the consumer it wraps."""
+
+    def __init__(self, consumer: Followed, ask: Callable[[], None]) -> None:
+        self.consumer = consumer
+        self.ask = ask
+
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[Any]]:
+        self.ask()
+        return await self.consumer.getmany(
+            *partitions, timeout_ms=timeout_ms, max_records=max_records
+        )
+
+    async def position(self, tp: TopicPartition) -> int:
+        return await self.consumer.position(tp)
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.consumer.assignment()
+
+    def paused(self) -> set[TopicPartition]:
+        return self.consumer.paused()
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self.consumer.seek(partition, offset)
+
+    def highwater(self, partition: TopicPartition) -> int | None:
+        return self.consumer.highwater(partition)
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+
+
+class Asking(KafkaClientTransport):
+    """The Kafka transport, its followers wrapped in :class:`AskingConsumer`."""
+
+    def __init__(self, kafka: KafkaConfig, ask: Callable[[], None]) -> None:
+        super().__init__(kafka)
+        self.ask = ask
+
+    async def follow(self, topics: tuple[str, ...], *, from_end: bool) -> Following:
+        consumer, ends = await super().follow(topics, from_end=from_end)
+        return Following(AskingConsumer(consumer, self.ask), ends)
+
+
 async def test_gate_view_fails_closed_until_caught_up(kafka_bootstrap: str) -> None:
     """While the view replays history it denies, even for a bot whose record it holds.
 
@@ -94,20 +142,17 @@ async def test_gate_view_fails_closed_until_caught_up(kafka_bootstrap: str) -> N
         ],
     )
 
-    view = GateView(kafka, topics, staleness_ms=60_000)
-    assert not view.entries_allowed("cv", "S1")
-    # Ask the view after every record it applies while it replays the history.
+    # Ask the view before every fetch (after every batch applied) while it replays.
     held, allowed_early = 0, 0
-    apply = view._apply
 
-    def apply_and_ask(topic: str, record: Any, *, live: bool) -> None:
+    def ask() -> None:
         nonlocal held, allowed_early
-        apply(topic, record, live=live)
         if not view.caught_up:
             held += "cv" in view.accounts
             allowed_early += view.entries_allowed("cv", "S1")
 
-    view._apply = apply_and_ask  # type: ignore[method-assign]
+    view = GateView(kafka, topics, staleness_ms=60_000, transport=Asking(kafka, ask))
+    assert not view.entries_allowed("cv", "S1")
     async with view:
         async with asyncio.timeout(30):
             await view.wait_caught_up()
@@ -272,7 +317,7 @@ async def test_gate_client_accepted_a_forged_decision_on_the_broker(kafka_bootst
     async with GateClient(kafka, topics, timeout_ms=20_000) as client:
         mine = GateEnv.intent("desk", "BTCUSDT", qty=0.01)
         check = asyncio.create_task(client.check(mine))
-        await eventually(lambda: mine.intent_id in client._pending, what="pending", alive=None)
+        await eventually(lambda: client.waiting == 1, what="pending", alive=None)
         other = GateEnv.intent("desk", "BTCUSDT")
         await produce(
             kafka,
@@ -295,7 +340,7 @@ async def test_gate_client_accepted_a_forged_decision_on_the_broker(kafka_bootst
 
         lone = GateEnv.intent("desk", "BTCUSDT")
         check = asyncio.create_task(client.check(lone, timeout_ms=2_000))
-        await eventually(lambda: lone.intent_id in client._pending, what="pending", alive=None)
+        await eventually(lambda: client.waiting == 1, what="pending", alive=None)
         await produce(kafka, [answer(lone, True, symbol="ETHUSDT")])
         got = await check
         assert (got.intent_id, got.allowed, got.gate) == (lone.intent_id, False, None)
@@ -431,7 +476,7 @@ async def test_gate_reader_killed_by_an_unfetchable_record_on_the_broker(
 
         mine = GateEnv.intent("y", "S1")
         check = asyncio.create_task(client.check(mine))
-        await eventually(lambda: mine.intent_id in client._pending, what="pending", alive=None)
+        await eventually(lambda: client.waiting == 1, what="pending", alive=None)
         await produce_bad_header_key(kafka_bootstrap, topics.decisions, "y")
         genuine = GateDecision(
             intent_id=mine.intent_id,

@@ -20,21 +20,19 @@ from tests.unit.test_client_unit import (
     NOW,
     STALE_MS,
     Clock,
-    Feed,
     LogRecorder,
+    Producer,
     Rec,
     account,
-    caught_up,
     client_with,
     decision,
     encode,
-    follow,
     gate,
     halt,
     halt_event,
     intent,
-    make_view,
     record_logs,
+    started_view,
     symbol,
     worker_answer,
 )
@@ -67,7 +65,7 @@ async def test_gate_client_accepted_a_decision_for_another_intent_with_the_same_
         forged = decision(of, allowed=True, reason="forged", **change)
         return [forged, forged, decision(of, allowed=False)]
 
-    client, _ = client_with(forger_then_worker, timeout_ms=5_000)
+    client, _ = await client_with(forger_then_worker, timeout_ms=5_000)
     got = await client.check(mine)
     assert got == decision(mine, allowed=False)
     assert client.ignored == {"mismatched_decision": 2}
@@ -80,12 +78,12 @@ async def test_gate_client_accepted_a_decision_for_another_intent_with_the_same_
 async def test_gate_client_fails_closed_when_only_mismatched_decisions_arrive(
     change: dict[str, object],
 ) -> None:
-    client, _ = client_with(lambda of: [decision(of, allowed=True, **change)], timeout_ms=50)
+    client, _ = await client_with(lambda of: [decision(of, allowed=True, **change)], timeout_ms=50)
     got = await client.check(intent("i-2"))
     assert (got.intent_id, got.allowed, got.gate) == ("i-2", False, None)
     assert got.reason == "no matching decision within 50 ms (TimeoutError): failing closed"
     assert client.ignored == {"mismatched_decision": 1}
-    assert not client._pending
+    assert client.waiting == 0
 
 
 async def test_gate_client_two_checks_sharing_an_intent_id_get_their_own_decisions() -> None:
@@ -97,7 +95,7 @@ async def test_gate_client_two_checks_sharing_an_intent_id_get_their_own_decisio
             return []  # answered below, after both are pending
         return [decision(reused, allowed=False, gate="duplicate_intent_id"), decision(first)]
 
-    client, producer = client_with(answer, timeout_ms=5_000)
+    client, producer = await client_with(answer, timeout_ms=5_000)
     results = await asyncio.gather(client.check(first), client.check(reused))
     assert list(results) == [
         decision(first),
@@ -105,29 +103,29 @@ async def test_gate_client_two_checks_sharing_an_intent_id_get_their_own_decisio
     ]
     assert len(producer.sent) == 2
     assert client.ignored == {}
-    assert not client._pending
+    assert client.waiting == 0
 
 
 # -- item 3: GateView judged staleness by the worker's clock ------------------------------
 
 
-def test_gate_view_staleness_followed_a_fast_worker_clock() -> None:
+async def test_gate_view_staleness_followed_a_fast_worker_clock() -> None:
     """A worker 10 min fast that dies reads stale staleness_ms after its last record."""
     clock = Clock(5_000)  # monotonic: unrelated to epoch time
-    view = caught_up(make_view(clock))
-    gate(view, "a/gate", account(updated_ts=NOW + 10 * MINUTE_MS))
+    view, feed = await started_view(clock)
+    await gate(feed, "a/gate", account(updated_ts=NOW + 10 * MINUTE_MS))
     clock.now += STALE_MS
     assert view.entries_allowed("a", "S1")
     clock.now += 1
     assert not view.entries_allowed("a", "S1")
 
 
-def test_gate_view_staleness_denied_a_slow_worker_forever() -> None:
+async def test_gate_view_staleness_denied_a_slow_worker_forever() -> None:
     """A worker 20 s slow stays allowed as long as its heartbeats keep arriving."""
     clock = Clock(5_000)
-    view = caught_up(make_view(clock))
+    view, feed = await started_view(clock)
     for beat in range(5):
-        gate(view, "a/gate", account(updated_ts=NOW - 20_000 + beat * STALE_MS))
+        await gate(feed, "a/gate", account(updated_ts=NOW - 20_000 + beat * STALE_MS))
         assert view.entries_allowed("a", "S1")
         clock.now += STALE_MS
         assert view.entries_allowed("a", "S1")
@@ -135,11 +133,11 @@ def test_gate_view_staleness_denied_a_slow_worker_forever() -> None:
 
 async def test_gate_view_history_record_counted_as_a_live_heartbeat() -> None:
     """Records replayed from before start prove nothing about the owner being alive now."""
-    view = make_view(Clock())
-    view._replaying = {GATES_TP: 2}
+    view, feed = await started_view(Clock(), ends={GATES_TP: 2})
     history = [Rec(b"a/gate", encode(account()), 0), Rec(b"b/gate", encode(account("b")), 1)]
     live = [Rec(b"a/gate", encode(account()), 2)]
-    await follow(view, Feed({GATES_TP: history}, {GATES_TP: live}))
+    feed.push({GATES_TP: history}, {GATES_TP: live})
+    await feed.settled()
     assert view.caught_up
     assert set(view.accounts) == {"a", "b"}
     assert view.entries_allowed("a", "S1")  # heard after its history
@@ -169,18 +167,15 @@ async def test_gate_view_reader_killed_by_an_undecodable_record(
     poison: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     logs = record_logs(monkeypatch)
-    view = make_view(Clock())
+    view, feed = await started_view(Clock())
     bad = [Rec(b"a/gate", poison, 0), Rec(b"a/gate/S1", poison, 1), Rec(b"a", poison, 2)]
-    await follow(
-        view,
-        Feed(
-            {GATES_TP: bad[:2], HALTS_TP: bad[2:]},
-            {GATES_TP: [Rec(b"a/gate", encode(account()), 3)]},
-        ),
+    feed.push(
+        {GATES_TP: bad[:2], HALTS_TP: bad[2:]},
+        {GATES_TP: [Rec(b"a/gate", encode(account()), 3)]},
     )
+    await feed.settled()
     assert view.failure is None
     assert view.accounts == {"a": account()}  # kept following past the poison
-    caught_up(view)
     assert view.entries_allowed("a", "S1")
     kind = POISON_KINDS[next(k for k, v in POISON.items() if v == poison)]
     assert view.ignored == {kind: 3}
@@ -189,14 +184,12 @@ async def test_gate_view_reader_killed_by_an_undecodable_record(
 
 @pytest.mark.parametrize("poison", POISON.values(), ids=POISON.keys())
 async def test_gate_client_reader_killed_by_an_undecodable_record(poison: bytes) -> None:
-    client, _ = client_with(None, timeout_ms=5_000)
+    client, producer = await client_with(None, timeout_ms=5_000)
     mine = intent("i-4")
     check = asyncio.create_task(client.check(mine))
     await asyncio.sleep(0)
-    await follow(
-        client,
-        Feed({DECISIONS_TP: [Rec(b"a", poison, 0), Rec(b"a", encode(decision(mine)), 1)]}),
-    )
+    producer.feed.push({DECISIONS_TP: [Rec(b"a", poison, 0), Rec(b"a", encode(decision(mine)), 1)]})
+    await producer.feed.settled()
     async with asyncio.timeout(5):
         assert await check == decision(mine)
     kind = POISON_KINDS[next(k for k, v in POISON.items() if v == poison)]
@@ -209,15 +202,13 @@ async def test_gate_view_kept_allowing_after_its_reader_died(
 ) -> None:
     """A reader that stops anyway (a broker error: the Read ACL revoked) turns into 'deny all'."""
     logs = record_logs(monkeypatch)
-    view = make_view(Clock())
-    await follow(
-        view,
-        Feed(
-            {GATES_TP: [Rec(b"a/gate", encode(account()), 0)]},
-            TopicAuthorizationFailedError("risk.gates"),
-        ),
+    view, feed = await started_view(Clock())
+    feed.push(
+        {GATES_TP: [Rec(b"a/gate", encode(account()), 0)]},
+        TopicAuthorizationFailedError("risk.gates"),
     )
-    caught_up(view)
+    await feed.settled()
+    assert view.caught_up
     assert view.accounts == {"a": account()}
     assert not view.entries_allowed("a", "S1")
     assert view.failure == (
@@ -230,9 +221,9 @@ async def test_gate_view_kept_allowing_after_its_reader_died(
 
 
 async def test_gate_view_wait_caught_up_hung_when_its_reader_died() -> None:
-    view = make_view(Clock())
-    view._replaying = {GATES_TP: 10}
-    await follow(view, Feed(KafkaConnectionError("broker gone")))
+    view, feed = await started_view(Clock(), ends={GATES_TP: 10})
+    feed.push(KafkaConnectionError("broker gone"))
+    await feed.settled()
     async with asyncio.timeout(5):
         with pytest.raises(
             FollowerFailed, match=r"\(KafkaConnectionError: KafkaConnectionError: broker gone\)"
@@ -243,10 +234,11 @@ async def test_gate_view_wait_caught_up_hung_when_its_reader_died() -> None:
 
 async def test_gate_client_waited_for_a_timeout_after_its_reader_died() -> None:
     """Pending checks fail closed at once; later checks fail closed without sending."""
-    client, producer = client_with(None, timeout_ms=60_000)
+    client, producer = await client_with(None, timeout_ms=60_000)
     pending = asyncio.create_task(client.check(intent("i-5")))
     await asyncio.sleep(0)
-    await follow(client, Feed(KafkaConnectionError("broker gone")))
+    producer.feed.push(KafkaConnectionError("broker gone"))
+    await producer.feed.settled()
     reason = (
         "GateClient reader stopped (KafkaConnectionError: KafkaConnectionError: broker gone): "
         "failing closed"
@@ -261,13 +253,14 @@ async def test_gate_client_waited_for_a_timeout_after_its_reader_died() -> None:
 
 
 async def test_gate_view_and_client_fail_closed_after_stop() -> None:
-    view = caught_up(make_view(Clock()))
-    gate(view, "a/gate", account())
+    view, feed = await started_view(Clock())
+    await gate(feed, "a/gate", account())
     assert view.entries_allowed("a", "S1")
     await view.stop()
+    assert feed.stopped
     assert not view.entries_allowed("a", "S1")
     assert view.failure == "GateView stopped: failing closed"
-    client, producer = client_with(worker_answer)
+    client, producer = await client_with(worker_answer)
     await client.stop()
     got = await client.check(intent("i-7"))
     assert (got.allowed, got.reason) == (False, "GateClient stopped: failing closed")
@@ -277,43 +270,43 @@ async def test_gate_view_and_client_fail_closed_after_stop() -> None:
 # -- item 11: halt callbacks before the table reflects them; async callbacks never run ---
 
 
-def test_halt_callback_fired_before_the_gate_table_reflected_it() -> None:
+async def test_halt_callback_fired_before_the_gate_table_reflected_it() -> None:
     """The halt arrives before its gate record: the callback waits for the record."""
-    view = caught_up(make_view(Clock()))
-    gate(view, "a/gate", account())
-    gate(view, "a/gate/S1", symbol())
+    view, feed = await started_view(Clock())
+    await gate(feed, "a/gate", account())
+    await gate(feed, "a/gate/S1", symbol())
     seen: list[tuple[str, str | None, bool]] = []
     view.subscribe(lambda e: seen.append((e.kind, e.symbol, view.entries_allowed("a", "S1"))))
 
-    halt(view, halt_event("halted", n=1))
+    await halt(feed, halt_event("halted", n=1))
     assert seen == []  # the table still allows S1
-    gate(view, "a/gate/S1", symbol(allowed=False))
+    await gate(feed, "a/gate/S1", symbol(allowed=False))
     assert seen == [("halted", "S1", False)]
 
-    halt(view, halt_event("halted", symbol=None, gate="portfolio_daily_loss", n=1))
-    gate(view, "a/gate/S2", symbol(name="S2"))  # another key's record releases nothing
+    await halt(feed, halt_event("halted", symbol=None, gate="portfolio_daily_loss", n=1))
+    await gate(feed, "a/gate/S2", symbol(name="S2"))  # another key's record releases nothing
     assert len(seen) == 1
     loss = Block("portfolio_daily_loss", "loss", None)
-    gate(view, "a/gate", account(blocks=[loss]))
+    await gate(feed, "a/gate", account(blocks=[loss]))
     assert seen[1:] == [("halted", None, False)]
 
     # The gate record first, then the event: delivered as soon as it arrives.
-    gate(view, "a/gate", account())
-    halt(view, halt_event("resumed", symbol=None, gate="portfolio_daily_loss", n=2))
+    await gate(feed, "a/gate", account())
+    await halt(feed, halt_event("resumed", symbol=None, gate="portfolio_daily_loss", n=2))
     assert seen[2:] == [("resumed", None, False)]  # S1 itself is still halted
 
 
-def test_halt_callback_for_a_state_never_shown_was_held_forever() -> None:
+async def test_halt_callback_for_a_state_never_shown_was_held_forever() -> None:
     """Halted and resumed within one worker batch: no record ever shows the halt."""
-    view = caught_up(make_view(Clock()))
-    gate(view, "a/gate/S1", symbol())
+    view, feed = await started_view(Clock())
+    await gate(feed, "a/gate/S1", symbol())
     seen: list[str] = []
     view.subscribe(lambda e: seen.append(e.event_id))
-    halt(view, halt_event("halted", gate="circuit_breaker", n=1))
-    halt(view, halt_event("resumed", gate="circuit_breaker", n=2))
+    await halt(feed, halt_event("halted", gate="circuit_breaker", n=1))
+    await halt(feed, halt_event("resumed", gate="circuit_breaker", n=2))
     assert seen == ["a/S1/circuit_breaker/1", "a/S1/circuit_breaker/2"]
     # Other gates of the same key wait on their own.
-    halt(view, halt_event("halted", gate="session_halt", n=1))
+    await halt(feed, halt_event("halted", gate="session_halt", n=1))
     assert seen[2:] == []
 
 
@@ -331,19 +324,23 @@ async def _on_halt(event: HaltEvent) -> None:
     [_on_halt, functools.partial(_on_halt), AsyncCallable()],
     ids=["async def", "partial", "async __call__"],
 )
-def test_async_halt_callback_was_silently_never_awaited(callback: object) -> None:
-    view = make_view(Clock())
+async def test_async_halt_callback_was_silently_never_awaited(callback: object) -> None:
+    view, feed = await started_view(Clock())
     with pytest.raises(TypeError, match="coroutine function: GateView calls halt callbacks"):
         view.subscribe(callback)  # type: ignore[arg-type]
-    assert view._relay.callbacks == []
+    # Not subscribed either: a delivered halt calls nothing (a call would be counted as
+    # ``callback_returned_coroutine``).
+    await gate(feed, "a/gate/S1", symbol(allowed=False))
+    await halt(feed, halt_event("halted", n=1))
+    assert view.ignored == {}
 
 
-def test_halt_callback_returning_a_coroutine_is_closed_and_counted(
+async def test_halt_callback_returning_a_coroutine_is_closed_and_counted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     logs = record_logs(monkeypatch)
-    view = caught_up(make_view(Clock()))
-    gate(view, "a/gate/S1", symbol(allowed=False))
+    view, feed = await started_view(Clock())
+    await gate(feed, "a/gate/S1", symbol(allowed=False))
     started: list[str] = []
 
     async def on_halt(event: HaltEvent) -> None:
@@ -353,8 +350,8 @@ def test_halt_callback_returning_a_coroutine_is_closed_and_counted(
         return on_halt(event)
 
     view.subscribe(relay)
-    halt(view, halt_event("halted", n=1))
-    halt(view, halt_event("halted", n=2))
+    await halt(feed, halt_event("halted", n=1))
+    await halt(feed, halt_event("halted", n=2))
     assert started == []  # closed, never run half-way
     assert view.ignored == {"callback_returned_coroutine": 2}
     assert _kinds(logs) == [
@@ -363,7 +360,7 @@ def test_halt_callback_returning_a_coroutine_is_closed_and_counted(
 
 
 async def test_raising_halt_callback_killed_the_reader() -> None:
-    view = make_view(Clock())
+    view, feed = await started_view(Clock())
     seen: list[str] = []
 
     def broken(_: HaltEvent) -> None:
@@ -372,14 +369,12 @@ async def test_raising_halt_callback_killed_the_reader() -> None:
     view.subscribe(broken)
     view.subscribe(lambda e: seen.append(e.event_id))
     event = halt_event("halted", symbol=None)
-    await follow(
-        view,
-        Feed(
-            {GATES_TP: [Rec(b"a/gate", encode(account(allowed=False)), 0)]},
-            {HALTS_TP: [Rec(b"a", encode(event), 0)]},
-            {GATES_TP: [Rec(b"a/gate", encode(account()), 1)]},
-        ),
+    feed.push(
+        {GATES_TP: [Rec(b"a/gate", encode(account(allowed=False)), 0)]},
+        {HALTS_TP: [Rec(b"a", encode(event), 0)]},
+        {GATES_TP: [Rec(b"a/gate", encode(account()), 1)]},
     )
+    await feed.settled()
     assert seen == ["a/*/manual_halt/1"]
     assert view.ignored == {"callback_error": 1}
     assert view.failure is None
@@ -393,5 +388,5 @@ def _kinds(logs: LogRecorder) -> list[tuple[str, str, str]]:
     return [(level, event, str(fields.get("kind"))) for level, event, fields in logs.lines]
 
 
-def _sent(producer: object) -> list[OrderIntent]:
-    return [msgspec.json.decode(v, type=OrderIntent) for _, v, _ in producer.sent]  # type: ignore[attr-defined]
+def _sent(producer: Producer) -> list[OrderIntent]:
+    return [msgspec.json.decode(v, type=OrderIntent) for _, v, _ in producer.sent]

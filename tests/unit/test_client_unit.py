@@ -1,7 +1,9 @@
 """GateView and GateClient logic without a broker: fail-closed answers and routing.
 
 The fakes here (records, a consumer feeding batches, a producer that answers
-like the worker) are shared with ``test_bypass_clients.py``.
+like the worker, the transport that hands them to the client library) are
+shared with ``test_bypass_clients.py`` and ``test_console_board.py``: the real
+reader loops run over them, started through the public ``start()``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
 from worker import client as client_module
-from worker.client import GateClient, GateView
+from worker.client import Following, GateClient, GateView, IntentSender
 from worker.config import KafkaConfig, TopicsConfig
 from worker.messages import AccountGateState, Block, GateDecision, GateState, HaltEvent, OrderIntent
 
@@ -82,21 +84,30 @@ class Clock:
         return self.now
 
 
-def make_view(clock: Clock) -> GateView:
-    return GateView(KafkaConfig(), TOPICS, staleness_ms=STALE_MS, clock=clock)
+def make_view(clock: Clock, feed: Feed | None = None) -> GateView:
+    """A GateView whose reader follows ``feed`` (a fresh one by default) once started."""
+    transport = Transport(feed or Feed())
+    return GateView(KafkaConfig(), TOPICS, staleness_ms=STALE_MS, clock=clock, transport=transport)
 
 
-def gate(view: GateView, key: str, value: Any, *, live: bool = True) -> None:
-    view._apply(TOPICS.gates, Rec(key.encode(), encode(value)), live=live)
+async def started_view(clock: Clock, *, ends: Ends | None = None) -> tuple[GateView, Feed]:
+    """A started GateView and its feed; ``ends``: each partition's end at start (the
+    records before it are history); none: caught up at once."""
+    feed = Feed(ends=ends)
+    view = make_view(clock, feed)
+    await view.start()
+    await feed.settled()
+    return view, feed
 
 
-def halt(view: GateView, event: HaltEvent) -> None:
-    view._apply(TOPICS.halts, Rec(event.bot.encode(), encode(event)), live=True)
+async def gate(feed: Feed, key: str, value: Any) -> None:
+    """A gate record on ``risk.gates``, once the view's reader has applied it."""
+    await feed.deliver(GATES_TP, key.encode(), encode(value))
 
 
-def caught_up(view: GateView) -> GateView:
-    view._caught_up.set()
-    return view
+async def halt(feed: Feed, event: HaltEvent) -> None:
+    """A halt event on ``risk.halts``, once the view's reader has applied it."""
+    await feed.deliver(HALTS_TP, event.bot.encode(), encode(event))
 
 
 def halt_event(
@@ -118,25 +129,49 @@ def halt_event(
 
 
 Batch = dict[TopicPartition, list[Rec]]
+Ends = dict[TopicPartition, int]
 
 
 class Feed:
-    """A consumer fake: hands out its batches (raising any exception among them), then idles.
+    """A consumer fake: the reader loop under test fetches what the test pushes.
 
-    ``drained`` is set once every batch before the idle point (or the raise)
-    has been fully processed by the reader.
+    Each ``getmany`` hands out the next pushed batch (raising a pushed exception);
+    with none left it waits for a push. :meth:`settled` returns once the reader has
+    asked for more after everything pushed, i.e. applied it all (and its batch hook
+    ran), or once a pushed exception was raised to it.
     """
 
-    def __init__(self, *batches: Batch | BaseException, highwater: int | None = None) -> None:
+    def __init__(self, *batches: Batch | BaseException, ends: Ends | None = None) -> None:
         self.batches = list(batches)
+        self.ends = ends or {}
         self.drained = asyncio.Event()
+        self.more = asyncio.Event()
         self.positions: dict[TopicPartition, int] = {}
-        self._highwater = highwater
+        self.stopped = False
 
-    async def getmany(self, timeout_ms: int, max_records: int) -> Batch:
-        if not self.batches:
+    def push(self, *batches: Batch | BaseException) -> None:
+        self.batches.extend(batches)
+        self.drained.clear()
+        self.more.set()
+
+    async def settled(self) -> None:
+        async with asyncio.timeout(5):
+            await self.drained.wait()
+        for _ in range(3):  # let a raising reader end and its done-callback run
+            await asyncio.sleep(0)
+
+    async def deliver(self, tp: TopicPartition, key: bytes | None, value: bytes | None) -> None:
+        """One record at the partition's next offset, applied by the reader."""
+        self.push({tp: [Rec(key, value, self.positions.get(tp, 0))]})
+        await self.settled()
+
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> Batch:
+        while not self.batches:
             self.drained.set()
-            await asyncio.Event().wait()
+            self.more.clear()
+            await self.more.wait()
         item = self.batches.pop(0)
         if isinstance(item, BaseException):
             self.drained.set()
@@ -148,20 +183,36 @@ class Feed:
     async def position(self, tp: TopicPartition) -> int:
         return self.positions.get(tp, 0)
 
-    def highwater(self, tp: TopicPartition) -> int | None:
-        return self._highwater
+    def highwater(self, partition: TopicPartition) -> int | None:
+        return None
+
+    def assignment(self) -> set[TopicPartition]:
+        return {GATES_TP, HALTS_TP, DECISIONS_TP}
+
+    def paused(self) -> set[TopicPartition]:
+        return set()
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self.positions[partition] = offset
 
     async def stop(self) -> None:
-        pass
+        self.stopped = True
 
 
-async def follow(reader: GateView | GateClient, feed: Feed) -> None:
-    """Run the real reader loop of ``reader`` over ``feed`` until the feed is drained."""
-    reader._launch(feed)
-    async with asyncio.timeout(5):
-        await feed.drained.wait()
-    for _ in range(3):  # let a raising reader end and its done-callback run
-        await asyncio.sleep(0)
+class Transport:
+    """The client library's transport over a :class:`Feed` (and a producer fake)."""
+
+    def __init__(self, feed: Feed, producer: Producer | None = None) -> None:
+        self.feed = feed
+        self.producer = producer
+
+    async def follow(self, topics: tuple[str, ...], *, from_end: bool) -> Following:
+        ends = {tp: end for tp, end in self.feed.ends.items() if tp.topic in topics}
+        return Following(self.feed, ends)
+
+    async def sender(self) -> IntentSender:
+        assert self.producer is not None, "a GateClient needs a producer"
+        return self.producer
 
 
 class LogRecorder:
@@ -190,22 +241,24 @@ def record_logs(monkeypatch: pytest.MonkeyPatch) -> LogRecorder:
 # -- GateView ------------------------------------------------------------------------
 
 
-def test_denies_until_caught_up_even_with_the_bots_record() -> None:
-    view = make_view(Clock())
-    gate(view, "a/gate", account())
+async def test_denies_until_caught_up_even_with_the_bots_record() -> None:
+    view, feed = await started_view(Clock(), ends={HALTS_TP: 1})  # a halt still to replay
+    await gate(feed, "a/gate", account())
+    assert not view.caught_up
     assert not view.entries_allowed("a", "S1")
-    caught_up(view)
+    await halt(feed, halt_event("resumed"))
+    assert view.caught_up
     assert view.entries_allowed("a", "S1")
 
 
-def test_fails_closed_on_every_doubt() -> None:
+async def test_fails_closed_on_every_doubt() -> None:
     clock = Clock()
-    view = caught_up(make_view(clock))
+    view, feed = await started_view(clock)
     assert not view.entries_allowed("a", "S1")  # no account record for the bot
-    gate(view, "a/gate", account())
-    gate(view, "a/gate/S2", symbol(name="S2", allowed=False))
-    gate(view, "b/gate", account("b", allowed=False))
-    gate(view, "b/gate/S1", symbol("b"))
+    await gate(feed, "a/gate", account())
+    await gate(feed, "a/gate/S2", symbol(name="S2", allowed=False))
+    await gate(feed, "b/gate", account("b", allowed=False))
+    await gate(feed, "b/gate/S1", symbol("b"))
     assert view.entries_allowed("a", "S1")  # no symbol record: the account decides
     assert not view.entries_allowed("a", "S2")  # symbol blocked
     assert not view.entries_allowed("b", "S1")  # account blocked
@@ -213,35 +266,35 @@ def test_fails_closed_on_every_doubt() -> None:
     assert view.entries_allowed("a", "S1")  # at the bound
     clock.now = NOW + STALE_MS + 1
     assert not view.entries_allowed("a", "S1")  # stale owner
-    gate(view, "a/gate", account())  # a heartbeat (its updated_ts does not matter)
+    await gate(feed, "a/gate", account())  # a heartbeat (its updated_ts does not matter)
     assert view.entries_allowed("a", "S1")
 
 
-def test_records_route_by_key_and_bad_ones_raise_to_the_reader() -> None:
-    view = caught_up(make_view(Clock()))
-    gate(view, "a/gate", account())
-    gate(view, "a/gate/S1", symbol())
-    view._apply(TOPICS.gates, Rec(b"a/gate/S1", None), live=True)  # tombstone: ignored
-    with pytest.raises(msgspec.DecodeError):  # the reader loop counts and skips it
-        view._apply(TOPICS.gates, Rec(b"a/gate/S1", b"{not json"), live=True)
-    with pytest.raises(msgspec.ValidationError):
-        view._apply(TOPICS.gates, Rec(b"a/gate/S1", b'{"bot": "a"}'), live=True)
+async def test_records_route_by_key_and_bad_ones_are_counted_and_skipped() -> None:
+    view, feed = await started_view(Clock())
+    await gate(feed, "a/gate", account())
+    await gate(feed, "a/gate/S1", symbol())
+    await feed.deliver(GATES_TP, b"a/gate/S1", None)  # tombstone: ignored
+    await feed.deliver(GATES_TP, b"a/gate/S1", b"{not json")
+    await feed.deliver(GATES_TP, b"a/gate/S1", b'{"bot": "a"}')
+    assert view.ignored == {"DecodeError": 1, "ValidationError": 1}
+    assert view.failure is None
     assert set(view.accounts) == {"a"}
     assert view.symbols == {("a", "S1"): symbol()}
 
 
-def test_halt_events_reach_every_subscriber_in_order() -> None:
-    view = make_view(Clock())
+async def test_halt_events_reach_every_subscriber_in_order() -> None:
+    view, feed = await started_view(Clock())
     first: list[HaltEvent] = []
     second: list[str] = []
     view.subscribe(first.append)
     view.subscribe(lambda e: second.append(e.event_id))
-    gate(view, "a/gate/S1", symbol(allowed=False))
+    await gate(feed, "a/gate/S1", symbol(allowed=False))
     halted = halt_event("halted", n=1)
-    halt(view, halted)
-    gate(view, "a/gate/S1", symbol())
+    await halt(feed, halted)
+    await gate(feed, "a/gate/S1", symbol())
     resumed = halt_event("resumed", n=2)
-    halt(view, resumed)
+    await halt(feed, resumed)
     assert first == [halted, resumed]
     assert second == ["a/S1/manual_halt/1", "a/S1/manual_halt/2"]
     assert not view.accounts  # halts never touch the gate table
@@ -279,22 +332,17 @@ def decision(of: OrderIntent, *, allowed: bool = True, **changes: Any) -> GateDe
     return msgspec.structs.replace(answer, **changes)
 
 
-def deliver(client: GateClient, *answers: GateDecision) -> None:
-    """Hand decisions to the client's reader as if fetched from the decisions topic."""
-    for n, answer in enumerate(answers):
-        client._record(DECISIONS_TP, Rec(b"a", encode(answer), n))
-
-
 class Producer:
-    """Records sends; answers each intent with ``answer(intent)`` as the worker (or a forger)."""
+    """Records sends; answers each intent with ``answer(intent)`` as the worker (or a
+    forger) would: on the decisions topic the client's reader follows."""
 
     def __init__(
         self,
-        client: GateClient,
+        feed: Feed,
         answer: Callable[[OrderIntent], list[GateDecision]] | None,
         error: Exception | None = None,
     ) -> None:
-        self.client = client
+        self.feed = feed
         self.answer = answer
         self.error = error
         self.sent: list[tuple[str, bytes, bytes]] = []
@@ -303,25 +351,34 @@ class Producer:
         if self.error is not None:
             raise self.error
         self.sent.append((topic, value, key))
-        if self.answer is not None:
-            got = msgspec.json.decode(value, type=OrderIntent)
-            loop = asyncio.get_running_loop()
-            loop.call_soon(deliver, self.client, *self.answer(got))
+        answers = (
+            [] if self.answer is None else self.answer(msgspec.json.decode(value, type=OrderIntent))
+        )
+        if answers:  # published on the decisions topic the client's reader follows
+            self.feed.push({DECISIONS_TP: [Rec(b"a", encode(a), n) for n, a in enumerate(answers)]})
         return asyncio.get_running_loop().create_future()
 
     async def stop(self) -> None:
         pass
 
 
-def client_with(
+async def client_with(
     answer: Callable[[OrderIntent], list[GateDecision]] | None,
     error: Exception | None = None,
     *,
     timeout_ms: int = 50,
 ) -> tuple[GateClient, Producer]:
-    client = GateClient(KafkaConfig(), TOPICS, timeout_ms=timeout_ms, clock=lambda: NOW)
-    producer = Producer(client, answer, error)
-    client._producer = producer
+    """A started GateClient over a fake transport; ``producer.feed`` is its decisions topic."""
+    feed = Feed()
+    producer = Producer(feed, answer, error)
+    client = GateClient(
+        KafkaConfig(),
+        TOPICS,
+        timeout_ms=timeout_ms,
+        clock=lambda: NOW,
+        transport=Transport(feed, producer),
+    )
+    await client.start()
     return client, producer
 
 
@@ -330,30 +387,31 @@ def worker_answer(of: OrderIntent) -> list[GateDecision]:
 
 
 async def test_check_publishes_the_intent_keyed_by_bot_and_returns_its_decision() -> None:
-    client, producer = client_with(worker_answer)
+    client, producer = await client_with(worker_answer)
     got = await client.check(intent("i-7"))
     assert got == decision(intent("i-7"))
     assert producer.sent == [(TOPICS.intents, encode(intent("i-7")), b"a")]
-    assert not client._pending
+    assert client.waiting == 0
     assert client.ignored == {}
 
 
 @pytest.mark.parametrize("error", [None, KafkaConnectionError()], ids=["silence", "send error"])
 async def test_check_fails_closed(error: Exception | None) -> None:
-    client, _ = client_with(None, error)
+    client, _ = await client_with(None, error)
     got = await client.check(intent("i-9"))
     assert got == decision(
         intent("i-9"), allowed=False, gate=None, reason=got.reason
     )  # echoes the intent, stamped by the client's clock
     assert "failing closed" in got.reason and "50 ms" in got.reason
-    assert not client._pending
+    assert client.waiting == 0
 
 
 async def test_decisions_resolve_their_own_pending_checks_only() -> None:
-    client, _ = client_with(None, timeout_ms=5_000)
+    client, producer = await client_with(None, timeout_ms=5_000)
     one, two = intent("i-1"), intent("i-2", qty=2.0)
     checks = [asyncio.create_task(client.check(i)) for i in (one, two)]
     await asyncio.sleep(0)  # both checks sent and waiting
+    assert client.waiting == 2
     records = [
         b"{broken",
         None,  # a tombstone someone wrote to the decisions topic
@@ -362,7 +420,8 @@ async def test_decisions_resolve_their_own_pending_checks_only() -> None:
         encode(decision(one)),
         encode(decision(one)),  # a repeated answer changes nothing
     ]
-    await follow(client, Feed({DECISIONS_TP: [Rec(b"a", v, n) for n, v in enumerate(records)]}))
+    producer.feed.push({DECISIONS_TP: [Rec(b"a", v, n) for n, v in enumerate(records)]})
+    await producer.feed.settled()
     async with asyncio.timeout(5):
         results = await asyncio.gather(*checks)
     assert results == [decision(one), decision(two, allowed=False)]

@@ -1,7 +1,8 @@
 """The console board: what each row shows, failing closed like GateView.
 
-Records are fed to a real GateView the way its reader applies them (as the
-GateView unit tests do), with an injected monotonic clock for staleness.
+Records are fed to a real, started GateView through the fake transport of the
+GateView unit tests (its reader loop applies them), with an injected monotonic
+clock for staleness.
 """
 
 from __future__ import annotations
@@ -10,17 +11,17 @@ import asyncio
 from typing import Any
 
 import msgspec
+from aiokafka.errors import KafkaConnectionError
 
 from tests.unit.test_client_unit import (
-    TOPICS,
+    GATES_TP,
+    HALTS_TP,
     Clock,
-    Rec,
+    Feed,
     account,
-    caught_up,
-    make_view,
+    started_view,
     symbol,
 )
-from worker.client import GateView
 from worker.console.live import DAY_MS, SPARK_MIN_GAP_MS, SPARK_POINTS, Board, BoardState
 from worker.messages import AccountGateState, Block, GateState, HaltEvent
 
@@ -29,13 +30,13 @@ SESSION = Block("session_halt", "session net -60.00 <= limit -50.00", NOON + 12 
 LATCH = Block("portfolio_daily_loss", "account net -600 <= -500", NOON + 12 * 3_600_000)
 
 
-def feed(view: GateView, record: AccountGateState | GateState, *, live: bool = True) -> None:
-    """Apply a gate record as GateView's reader does (``live``: read after the history)."""
+async def show(feed: Feed, record: AccountGateState | GateState) -> None:
+    """Publish a gate record; returns once the view's reader has applied it."""
     if isinstance(record, AccountGateState):
         key = f"{record.bot}/gate"
     else:
         key = f"{record.bot}/gate/{record.symbol}"
-    view._apply(TOPICS.gates, Rec(key.encode(), msgspec.json.encode(record)), live=live)
+    await feed.deliver(GATES_TP, key.encode(), msgspec.json.encode(record))
 
 
 def halt_event(
@@ -64,15 +65,16 @@ def rows(state: BoardState) -> dict[str, Any]:
     return out
 
 
-def board(clock: Clock) -> tuple[GateView, Board]:
-    view = make_view(clock)
-    return view, Board(view, timeline_size=3)
+async def board(clock: Clock, *, caught_up: bool = True) -> tuple[Board, Feed]:
+    """The board of a started view (``caught_up=False``: a halt record still to replay)."""
+    view, feed = await started_view(clock, ends=None if caught_up else {HALTS_TP: 1})
+    return Board(view, timeline_size=3), feed
 
 
-def test_board_before_catch_up_shows_every_bot_stale_and_blocked() -> None:
-    view, b = board(Clock())
-    feed(view, account("a"))
-    feed(view, symbol("a", "S1"))
+async def test_board_before_catch_up_shows_every_bot_stale_and_blocked() -> None:
+    b, f = await board(Clock(), caught_up=False)
+    await show(f, account("a"))
+    await show(f, symbol("a", "S1"))
     state = b.state()
     assert rows(state) == {"a": ("halted", False), "a/S1": ("halted", False)}
     assert (state.counts.blocked_bots, state.counts.blocked_symbols, state.counts.stale_bots) == (
@@ -82,12 +84,11 @@ def test_board_before_catch_up_shows_every_bot_stale_and_blocked() -> None:
     )
 
 
-def test_board_symbol_blocked_by_its_own_gate_is_reducing() -> None:
-    view, b = board(Clock())
-    caught_up(view)
-    feed(view, account("a"))
-    feed(view, symbol("a", "S1"))
-    feed(view, symbol("a", "S2", blocks=[SESSION]))
+async def test_board_symbol_blocked_by_its_own_gate_is_reducing() -> None:
+    b, f = await board(Clock())
+    await show(f, account("a"))
+    await show(f, symbol("a", "S1"))
+    await show(f, symbol("a", "S2", blocks=[SESSION]))
     state = b.state()
     assert rows(state) == {
         "a": ("active", True),
@@ -99,23 +100,21 @@ def test_board_symbol_blocked_by_its_own_gate_is_reducing() -> None:
     assert (state.counts.bots, state.counts.symbols, state.counts.blocked_symbols) == (1, 2, 1)
 
 
-def test_board_bot_blocked_blocks_every_symbol() -> None:
-    view, b = board(Clock())
-    caught_up(view)
-    feed(view, account("a", blocks=[LATCH]))
-    feed(view, symbol("a", "S1"))
+async def test_board_bot_blocked_blocks_every_symbol() -> None:
+    b, f = await board(Clock())
+    await show(f, account("a", blocks=[LATCH]))
+    await show(f, symbol("a", "S1"))
     state = b.state()
     assert rows(state) == {"a": ("reducing", False), "a/S1": ("reducing", False)}
     assert state.bots[0].blocks == [LATCH]
 
 
-def test_board_quiet_worker_marks_the_bot_stale_and_blocked() -> None:
+async def test_board_quiet_worker_marks_the_bot_stale_and_blocked() -> None:
     clock = Clock()
-    view, b = board(clock)
-    caught_up(view)
-    feed(view, account("a"))
-    feed(view, symbol("a", "S1"))
-    clock.now += view.staleness_ms
+    b, f = await board(clock)
+    await show(f, account("a"))
+    await show(f, symbol("a", "S1"))
+    clock.now += b.view.staleness_ms
     assert rows(b.state())["a/S1"] == ("active", True)
     clock.now += 1
     state = b.state()
@@ -127,62 +126,64 @@ def test_board_quiet_worker_marks_the_bot_stale_and_blocked() -> None:
     )
 
 
-def test_board_replayed_history_is_no_heartbeat() -> None:
-    view, b = board(Clock())
-    caught_up(view)
-    feed(view, account("a"), live=False)
+async def test_board_replayed_history_is_no_heartbeat() -> None:
+    view, feed = await started_view(Clock(), ends={GATES_TP: 1})
+    b = Board(view, timeline_size=3)
+    await show(feed, account("a"))  # offset 0: history, read before catching up
+    assert view.caught_up
     assert rows(b.state())["a"] == ("halted", False)
 
 
-def test_board_stopped_reader_fails_closed() -> None:
-    view, b = board(Clock())
-    caught_up(view)
-    feed(view, account("a"))
-    view.failure = "GateView reader stopped: failing closed"
+async def test_board_stopped_reader_fails_closed() -> None:
+    b, f = await board(Clock())
+    await show(f, account("a"))
+    f.push(KafkaConnectionError("broker gone"))  # the reader stops
+    await f.settled()
     state = b.state()
     assert rows(state)["a"] == ("halted", False)
-    assert state.failure == "GateView reader stopped: failing closed"
+    assert state.failure == (
+        "GateView reader stopped (KafkaConnectionError: KafkaConnectionError: broker gone): "
+        "failing closed"
+    )
 
 
-def test_board_timeline_is_latest_first_and_bounded() -> None:
-    view, b = board(Clock())
-    caught_up(view)
-    feed(view, account("a"))
-    feed(view, symbol("a", "S1", blocks=[SESSION]))
+async def test_board_timeline_is_latest_first_and_bounded() -> None:
+    b, f = await board(Clock())
+    await show(f, account("a"))
+    await show(f, symbol("a", "S1", blocks=[SESSION]))
     for n, ts in enumerate((NOON + 3, NOON + 1, NOON + 4, NOON + 2)):
-        view._apply(
-            TOPICS.halts, Rec(b"a", msgspec.json.encode(halt_event(f"e{n}", ts))), live=True
-        )
+        await f.deliver(HALTS_TP, b"a", msgspec.json.encode(halt_event(f"e{n}", ts)))
     assert [e.event_id for e in b.state().timeline] == ["e2", "e3", "e1"]
 
 
-def test_board_refresh_reports_change_only_when_the_document_changes() -> None:
-    view, b = board(Clock())
-    caught_up(view)
+async def test_board_refresh_reports_change_only_when_the_document_changes() -> None:
+    b, f = await board(Clock(), caught_up=False)
     first = b.version
+    # The last record to replay (held by the view: no gate record shows it yet).
+    await f.deliver(HALTS_TP, b"a", msgspec.json.encode(halt_event("e0", NOON, "resumed")))
+    assert b.view.caught_up
     assert b.refresh() is True  # caught up since construction
     assert b.refresh() is False
     assert b.version == first + 1
-    feed(view, account("a"))
+    await show(f, account("a"))
     assert b.refresh() is True
     assert b.version == first + 2
 
 
-def spark_of(view: GateView, b: Board, *samples: tuple[int, float]) -> list[tuple[int, float]]:
+async def spark_of(f: Feed, b: Board, *samples: tuple[int, float]) -> list[tuple[int, float]]:
     for seq, (ts, value) in enumerate(samples, start=1):
         record = msgspec.structs.replace(
             account("a"), updated_ts=ts, account_net_pnl=value, seq=seq
         )
-        feed(view, record)
+        await show(f, record)
         b.refresh()
     return b.state().bots[0].pnl
 
 
-def test_board_sparkline_keeps_points_about_the_gap_apart() -> None:
-    view, b = board(Clock())
-    caught_up(view)
-    points = spark_of(
-        view,
+async def test_board_sparkline_keeps_points_about_the_gap_apart() -> None:
+    b, f = await board(Clock())
+    points = await spark_of(
+        f,
         b,
         (NOON, 0.0),
         (NOON + SPARK_MIN_GAP_MS, -5.0),
@@ -197,44 +198,40 @@ def test_board_sparkline_keeps_points_about_the_gap_apart() -> None:
     ]
 
 
-def test_board_sparkline_starts_over_on_the_workers_next_day() -> None:
-    view, b = board(Clock())
-    caught_up(view)
-    points = spark_of(
-        view, b, (NOON, -3.0), (NOON + DAY_MS // 2 - 1, -4.0), (NOON + DAY_MS // 2, 4.0)
+async def test_board_sparkline_starts_over_on_the_workers_next_day() -> None:
+    b, f = await board(Clock())
+    points = await spark_of(
+        f, b, (NOON, -3.0), (NOON + DAY_MS // 2 - 1, -4.0), (NOON + DAY_MS // 2, 4.0)
     )
     assert points == [(NOON + DAY_MS // 2, 4.0)]
 
 
-def test_board_sparkline_full_keeps_every_other_point_and_the_newest() -> None:
-    view, b = board(Clock())
-    caught_up(view)
+async def test_board_sparkline_full_keeps_every_other_point_and_the_newest() -> None:
+    b, f = await board(Clock())
     samples = [(NOON + k * SPARK_MIN_GAP_MS, float(k)) for k in range(SPARK_POINTS + 1)]
-    points = spark_of(view, b, *samples)
+    points = await spark_of(f, b, *samples)
     assert points == samples[::2]
     assert points[-1] == samples[-1]
 
 
-def test_board_timeline_document_changes_only_when_an_event_arrives() -> None:
+async def test_board_timeline_document_changes_only_when_an_event_arrives() -> None:
     clock = Clock()
-    view, b = board(clock)
-    caught_up(view)
-    feed(view, account("a"))
-    feed(view, symbol("a", "S1", blocks=[SESSION]))
+    b, f = await board(clock)
+    await show(f, account("a"))
+    await show(f, symbol("a", "S1", blocks=[SESSION]))
     b.refresh()
     before = dict(b.versions)
-    clock.now += view.staleness_ms + 1  # the bot goes stale: the rows change
+    clock.now += b.view.staleness_ms + 1  # the bot goes stale: the rows change
     b.refresh()
     assert b.versions == {"rows": before["rows"] + 1, "timeline": before["timeline"]}
-    view._apply(TOPICS.halts, Rec(b"a", msgspec.json.encode(halt_event("e1", NOON))), live=True)
+    await f.deliver(HALTS_TP, b"a", msgspec.json.encode(halt_event("e1", NOON)))
     b.refresh()
     assert b.versions == {"rows": before["rows"] + 1, "timeline": before["timeline"] + 1}
     assert b.documents["timeline"] == msgspec.json.encode([halt_event("e1", NOON)])
 
 
 async def test_board_refresh_that_raises_is_logged_and_retried() -> None:
-    view, b = board(Clock())
-    caught_up(view)
+    b, _ = await board(Clock())
     b.tick_s = 0
     real, calls, retried = b.rows, [], asyncio.Event()
 
@@ -256,12 +253,11 @@ async def test_board_refresh_that_raises_is_logged_and_retried() -> None:
     assert msgspec.json.decode(b.documents["rows"])["caught_up"] is True
 
 
-def test_board_kill_switch_shows_killed_and_unrealised_pnl_passes_through() -> None:
-    view, b = board(Clock())
-    caught_up(view)
+async def test_board_kill_switch_shows_killed_and_unrealised_pnl_passes_through() -> None:
+    b, f = await board(Clock())
     kill = Block("kill_switch", "killed by ops: runaway orders", None)
-    feed(view, msgspec.structs.replace(account("a"), unrealised_pnl=-3.5, equity=-3.5))
-    feed(view, msgspec.structs.replace(symbol("a", "S1", blocks=[kill]), unrealised_pnl=-3.5))
+    await show(f, msgspec.structs.replace(account("a"), unrealised_pnl=-3.5, equity=-3.5))
+    await show(f, msgspec.structs.replace(symbol("a", "S1", blocks=[kill]), unrealised_pnl=-3.5))
     state = b.state()
     assert rows(state) == {"a": ("active", True), "a/S1": ("killed", False)}
     [bot] = state.bots

@@ -17,15 +17,31 @@ record, so its dead letter names where it is; it stays on the input topic.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 Batch = dict[TopicPartition, list[Any]]
 
-if TYPE_CHECKING:  # the narrow client interface the worker uses
-    from worker.runtime.transport import Consumer
+
+class Fetchable(Protocol):
+    """The consumer calls :func:`fetch` makes: the worker's ``Consumer`` (aiokafka or
+    in memory) and the client library's followers both are one."""
+
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: int = ..., max_records: int | None = ...
+    ) -> dict[TopicPartition, list[Any]]: ...
+
+    async def position(self, tp: TopicPartition) -> int: ...
+
+    def assignment(self) -> set[TopicPartition]: ...
+
+    def paused(self) -> set[TopicPartition]: ...
+
+    def seek(self, partition: TopicPartition, offset: int) -> None: ...
+
+    def highwater(self, partition: TopicPartition) -> int | None: ...
 
 
 class Unreadable(NamedTuple):
@@ -45,7 +61,7 @@ _ISOLATE_WAIT_MS = 200
 """How long the one-record reads wait for a partition's refetch while isolating."""
 
 
-async def fetch(consumer: Consumer, timeout_ms: int, max_records: int) -> Fetched:
+async def fetch(consumer: Fetchable, timeout_ms: int, max_records: int) -> Fetched:
     """``getmany`` that never raises for a record's content (KafkaError still propagates)."""
     try:
         return Fetched(await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records), [])
@@ -55,7 +71,7 @@ async def fetch(consumer: Consumer, timeout_ms: int, max_records: int) -> Fetche
         return await _isolate(consumer, max_records)
 
 
-async def _isolate(consumer: Consumer, max_records: int) -> Fetched:
+async def _isolate(consumer: Fetchable, max_records: int) -> Fetched:
     batch: Batch = {}
     unreadable: list[Unreadable] = []
     try:
@@ -76,7 +92,7 @@ async def _isolate(consumer: Consumer, max_records: int) -> Fetched:
 
 
 async def _read_one_by_one(
-    consumer: Consumer, max_records: int, batch: Batch, unreadable: list[Unreadable]
+    consumer: Fetchable, max_records: int, batch: Batch, unreadable: list[Unreadable]
 ) -> None:
     budget = max_records
     for tp in sorted(consumer.assignment() - consumer.paused()):
@@ -100,7 +116,7 @@ async def _read_one_by_one(
             budget -= len(records)
 
 
-async def _behind(consumer: Consumer, tp: TopicPartition) -> bool:
+async def _behind(consumer: Fetchable, tp: TopicPartition) -> bool:
     """Records left to read on ``tp`` (an unknown log end counts as some)."""
     highwater = consumer.highwater(tp)
     return highwater is None or await consumer.position(tp) < highwater
