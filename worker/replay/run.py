@@ -22,7 +22,7 @@ import heapq
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import msgspec
 
@@ -218,16 +218,17 @@ class Replay:
         self.result.bad_records.append(rec._replace(error=error))
 
 
+class RunOptions(TypedDict, total=False):
+    """The keywords of :meth:`Replay.run`, named once for :func:`replay` to pass on."""
+
+    with_origin: bool
+    end_ms: int | None
+    stop: Callable[[], bool] | None
+    progress: Callable[[int], None] | None
+
+
 def replay(
-    config: Config,
-    records: Sequence[InputRecord],
-    *,
-    with_origin: bool = False,
-    end_ms: int | None = None,
-    stop: Callable[[], bool] | None = None,
-    progress: Callable[[int], None] | None = None,
+    config: Config, records: Sequence[InputRecord], **options: Unpack[RunOptions]
 ) -> ReplayResult:
-    """Replay ``records`` under ``config`` (see :class:`Replay`)."""
-    return Replay(config).run(
-        records, with_origin=with_origin, end_ms=end_ms, stop=stop, progress=progress
-    )
+    """Replay ``records`` under ``config`` (see :meth:`Replay.run` for ``options``)."""
+    return Replay(config).run(records, **options)
