@@ -96,12 +96,12 @@ class SessionPnl:
         Returns False, changing nothing, when the event belongs to an earlier
         UTC day than the session: yesterday's loss does not halt today.
         """
-        if not self._enter_day(ts_ms):
+        if ts_ms // MS_PER_DAY < self.last_reset_day:  # ``_enter_day``, inlined (hot path)
             return False
         self.realised += gross
         self.fees += fee
-        if not self.halted and self.net_pnl <= self.config.loss_limit:
-            self.halted = True
+        if not self.halted and self.realised - self.fees <= self.config.loss_limit:
+            self.halted = True  # ``net_pnl`` reached the limit (inlined, as above)
         return True
 
     def count_trade(self, net: float, ts_ms: int) -> Classification | None:

@@ -24,6 +24,9 @@ from worker.runtime.deadletter import DeadLetters
 from worker.runtime.ownership import Ownership
 
 log = structlog.get_logger("riskgate.worker")
+_new_tuple = tuple.__new__
+MAX_HOME_KEYS = 65_536
+"""Bot ids remembered as at home per partition (``BatchApplier._at_home``)."""
 
 
 def log_halts(halts: Iterable[HaltEvent], **context: object) -> None:
@@ -57,6 +60,23 @@ class BatchApplier:
         self._metrics = metrics
         self._kinds = kinds
         self._letters = DeadLetters(config.topics, metrics)
+        self._homes: dict[int, set[bytes]] = {}
+        """Per input partition, the keys (bot ids) found at home there by ``check_home``."""
+        self._homes_over = 0
+        """The partition count ``_homes`` was found with (a home depends on it)."""
+
+    def _at_home(self, partition: int) -> set[bytes]:
+        """The keys already found at home on ``partition``: a bot's home is a function of
+        its key and the partition count only, so it is checked once per bot, not per
+        record. Bounded: a flood of distinct keys starts the set afresh."""
+        count = self._ownership.input_partitions
+        if count != self._homes_over:
+            self._homes.clear()
+            self._homes_over = count
+        keys = self._homes.get(partition)
+        if keys is None or len(keys) >= MAX_HOME_KEYS:
+            keys = self._homes[partition] = set()
+        return keys
 
     def apply(
         self,
@@ -71,41 +91,45 @@ class BatchApplier:
         foresaw, or a bug) is contained the same way under ``unprocessable`` and
         logged with its traceback.
         """
-        engine = self._engine
+        apply = self._engine.apply
         max_bytes = self._config.worker.max_message_bytes
         ownership = self._ownership
         partition_of = ownership.partition_of
         counter = self._metrics.events
+        halts = effects.halts
         offsets: dict[TopicPartition, int] = {}
+        # Per partition, not per record: its kind, its source, which bots are at home there.
         for tp, records in batch.items():
-            kind = self._kinds[tp.topic]
-            source = f"{tp.topic}/{tp.partition}"
+            topic, partition = tp
+            kind = self._kinds[topic]
+            source = f"{topic}/{partition}"
+            at_home = self._at_home(partition)
             applied = 0
             skipped_before = effects.skipped
+            seen = len(halts)
             for record in records:
                 event: Event | None = None
                 try:
                     event = decode_input(kind, record.key, record.value, max_bytes)
-                    ownership.check_home(event, tp)
-                    halts_before = len(effects.halts)
-                    engine.apply(
-                        event,
-                        now,
-                        Origin(source, record.offset),
-                        effects,
-                        record_ts=record.timestamp,
-                    )
+                    if record.key not in at_home:  # the key is the bot's id (decode_input)
+                        ownership.check_home(event, tp)
+                        at_home.add(record.key)
+                    # ``Origin(source, offset)`` without the NamedTuple's Python-level __new__.
+                    origin = _new_tuple(Origin, (source, record.offset))
+                    apply(event, now, origin, effects, record_ts=record.timestamp)
                 except Rejected as exc:
+                    seen = len(halts)
                     letter = self._letters.of(
                         tp, record, reason=exc.reason, message=str(exc), event=event
                     )
                     deadletters.append(letter)
                     continue
                 except Exception as exc:  # contained to this record, see above
+                    seen = len(halts)
                     log.exception(
                         "input record could not be processed",
-                        topic=tp.topic,
-                        partition=tp.partition,
+                        topic=topic,
+                        partition=partition,
                         offset=record.offset,
                     )
                     message = f"{type(exc).__name__}: {exc}"
@@ -114,21 +138,17 @@ class BatchApplier:
                     )
                     deadletters.append(letter)
                     continue
-                if len(effects.halts) > halts_before:
-                    log_halts(
-                        effects.halts[halts_before:],
-                        topic=tp.topic,
-                        partition=tp.partition,
-                        offset=record.offset,
-                    )
-                partition_of[event.bot] = tp.partition
+                if len(halts) != seen:
+                    log_halts(halts[seen:], topic=topic, partition=partition, offset=record.offset)
+                    seen = len(halts)
+                partition_of[event.bot] = partition
                 applied += 1
             skipped = effects.skipped - skipped_before
-            counter.labels(tp.topic, "applied").inc(applied - skipped)
+            counter.labels(topic, "applied").inc(applied - skipped)
             if skipped:
-                counter.labels(tp.topic, "skipped").inc(skipped)
+                counter.labels(topic, "skipped").inc(skipped)
             if len(records) > applied:
-                counter.labels(tp.topic, "deadletter").inc(len(records) - applied)
+                counter.labels(topic, "deadletter").inc(len(records) - applied)
             offsets[tp] = records[-1].offset + 1
         return offsets
 
