@@ -11,6 +11,8 @@ public API and divides what tracemalloc says the heap grew by N (after a
 - per symbol: one loss booked (session PnL, one loss time in the breaker
   window, the symbol's watermark), event-id windows off so only the symbol's
   own state counts; "with a position" adds one fill.
+- per restored symbol: the same one-loss symbol, restored from its snapshot record
+  (restore frees every record it read; compare with the live row).
 - per bot: an empty bot (portfolio, windows allocated empty).
 - per dedupe id: one bot's outcome-id window filled with N ids.
 - per reservation: the 1,000 outstanding open reservations one bot may hold
@@ -33,6 +35,7 @@ from collections.abc import Callable
 
 from worker.config import load_config
 from worker.core import Origin, RiskEngine
+from worker.core.snapshot import encode, portfolio_key, symbol_key
 from worker.messages import Fill, OrderIntent, TradeOutcome
 
 T0 = 1_750_000_000_000
@@ -69,6 +72,25 @@ def symbols(n: int, *, position: bool) -> Callable[[], object]:
             if position:
                 fill = Fill(f"f{i}", "bot", f"S{i:07d}", "buy", 1.0, 100.0, 0.0, T0)
                 e.apply(fill, T0, Origin("f/0", i))
+        return e
+
+    return build
+
+
+def restored_symbols(n: int) -> Callable[[], object]:
+    """The state of ``symbols(n, position=False)``, restored from its snapshot records."""
+    live = engine(dedupe=0)
+    out = live.apply(TradeOutcome("o", "bot", "S", -1.0, 0.1, T0), T0, Origin("o/0", 0))
+    (persisted,) = live.snapshots(out)
+    ((_, snap),) = persisted.symbols
+    value = encode(snap)
+
+    def build() -> object:
+        e = engine(dedupe=0)
+        records: dict[str, bytes | None] = {portfolio_key("bot"): encode(persisted.portfolio)}
+        for i in range(n):
+            records[symbol_key("bot", f"S{i:07d}")] = bytes(bytearray(value))  # one each
+        e.restore(records, T0)
         return e
 
     return build
@@ -124,6 +146,7 @@ def main() -> int:
     rows = [
         ("symbol (one loss booked)", symbols(n, position=False), base_symbol),
         ("symbol with a position", symbols(n, position=True), base_symbol),
+        ("symbol (one loss) restored from its snapshot", restored_symbols(n), base_symbol),
         ("bot (empty)", bots(n), base_bot),
         ("dedupe id (one bot's outcome window)", dedupe_ids(n), base_ids),
         ("intent id of a denied intent (window only)", intents(cap, n), base_denied),
@@ -131,10 +154,10 @@ def main() -> int:
     print(f"tracemalloc heap growth, {n:,} of each, minus the same build with 1:")
     for name, build, base in rows:
         grown = heap_growth(build) - base
-        print(f"  {name:<44} {grown / (n - 1):>8,.0f} bytes each")
+        print(f"  {name:<46} {grown / (n - 1):>8,.0f} bytes each")
     grown = heap_growth(intents(cap)) - base_reservations
     name = f"reservation + its intent id ({cap:,}: the cap)"
-    print(f"  {name:<44} {grown / (cap - 1):>8,.0f} bytes each")
+    print(f"  {name:<46} {grown / (cap - 1):>8,.0f} bytes each")
     return 0
 
 

@@ -9,12 +9,15 @@ exactly as in one go, whichever part they fall in.
 from __future__ import annotations
 
 import asyncio
+import gc
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
 
 from tests.support.builders import T0, apply_all, engine, outcome
 from worker.core import Effects, RiskEngine
+from worker.core.restore import Restore
 from worker.core.snapshot import encode, portfolio_key, symbol_key
 from worker.kafka.restore import SnapshotRead
 from worker.metrics import Metrics
@@ -101,12 +104,39 @@ def test_restore_empties_the_read_so_its_values_are_freed() -> None:
     assert records == {}
 
 
-def test_restore_hands_the_freed_heap_back_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    trims: list[int] = []
-    monkeypatch.setattr(recovery_module, "_malloc_trim", trims.append)
-    recovery, _ = _recovery(engine(HALT))
+def test_restore_runs_without_collections_then_trims_and_freezes_the_heap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[str] = []
+    eng = engine(HALT)
+    feed = Restore.feed
+
+    def watched(job: Restore, records: Iterable[tuple[str, bytes | None]]) -> None:
+        calls.append(f"feed, collections {'on' if gc.isenabled() else 'off'}")
+        feed(job, records)
+
+    monkeypatch.setattr(Restore, "feed", watched)
+    monkeypatch.setattr(recovery_module, "RESTORE_PART", 5)
+    monkeypatch.setattr(recovery_module, "_malloc_trim", lambda pad: calls.append(f"trim {pad}"))
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    recovery, _ = _recovery(eng)
+    assert gc.isenabled()
     recovery.restore(_read(_records()), T0, Effects(), republish=Effects(), rewrite=Effects())
-    assert trims == [0]
+    assert gc.isenabled()
+    assert calls == ["feed, collections off", "feed, collections off", "trim 0", "freeze"]
+
+
+def test_forgotten_bots_hold_no_reference_cycles() -> None:
+    """Frozen restored state is freed by reference counts alone: no cycles in a bot."""
+    eng = engine(HALT)
+    eng.restore(_records(), T0)
+    gc.collect()
+    gc.disable()
+    try:
+        eng.forget(["alpha"])
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
 
 
 def test_restore_async_lets_the_event_loop_run_between_parts(
