@@ -19,6 +19,7 @@ two counts (interpreter, clients and buffers cancel out).
 
     .venv/bin/python -m bench.e2e_restore --symbols 10000,100000 --source both
     .venv/bin/python -m bench.e2e_restore [--symbols 100000] [--recent-ids 16]
+    .venv/bin/python -m bench.e2e_restore --loop-lag   # in-process: event-loop lag
 """
 
 from __future__ import annotations
@@ -48,12 +49,16 @@ from bench.e2e_common import (
     workdir,
     worker_process,
 )
-from worker.config import Config
+from worker.config import Config, load_config
 from worker.core import Effects, RiskEngine
 from worker.core.snapshot import encode, portfolio_key, symbol_key
 from worker.kafka.broker import EmbeddedBroker
+from worker.kafka.restore import SnapshotRead
 from worker.messages import TradeOutcome
+from worker.metrics import Metrics
 from worker.runtime import home_partition
+from worker.runtime.ownership import Ownership
+from worker.runtime.recovery import Recovery
 
 TARGET_BYTES_PER_SYMBOL = 2048
 BOTS = [f"bot{i}" for i in range(8)]
@@ -246,6 +251,54 @@ async def from_live(args: argparse.Namespace, n: int) -> tuple[Measured, Measure
             return live, await bring_up(second, n, args.timeout)
 
 
+async def loop_lag(args: argparse.Namespace, n: int) -> None:
+    """In-process, no broker: N template records restored by ``Recovery.restore`` (one
+    synchronous call, as the worker's loop calls it) and by ``Recovery.restore_async``
+    (a yield every ``RESTORE_PART`` records), while a task asks for a 1 ms sleep
+    over and over: the longest wait past its 1 ms is the loop lag the restore caused."""
+    config = load_config(text=BODY, env={})
+    symbol_values, portfolio_values = templates(config, args.recent_ids)
+    for mode in ("restore", "restore_async"):
+        records: dict[str, bytes | None] = {portfolio_key(b): portfolio_values[b] for b in BOTS}
+        for i in range(n):
+            bot = BOTS[i % len(BOTS)]
+            records[symbol_key(bot, f"S{i:06d}")] = bytes(bytearray(symbol_values[bot]))
+        read = SnapshotRead(frozenset(range(args.partitions)), records, {}, n, 0.0, {})
+        engine = RiskEngine(config)
+
+        async def no_read(*_: object) -> SnapshotRead:
+            raise AssertionError("no read here")
+
+        recovery = Recovery(config, engine, Ownership(config.topics, no_read), Metrics())
+        lags: list[tuple[float, float]] = []
+        task = asyncio.create_task(_ticker(lags))
+        await asyncio.sleep(0.01)
+        started, cpu = time.perf_counter(), time.process_time()
+        kwargs = {"republish": Effects(), "rewrite": Effects()}
+        if mode == "restore":
+            recovery.restore(read, now_ms(), Effects(), **kwargs)
+        else:
+            await recovery.restore_async(read, now_ms(), Effects(), **kwargs)
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+        await asyncio.sleep(0.01)
+        task.cancel()
+        print(
+            f"[{n:,} in-process {mode}] {wall:.2f}s wall, {cpu:.2f}s CPU; loop lag max "
+            f"{max(lag for lag, _ in lags) * 1000:,.1f} ms wall, "
+            f"{max(busy for _, busy in lags) * 1000:,.1f} ms CPU, over {len(lags)} ticks; "
+            f"{len(engine.symbols_of(BOTS[0])) * len(BOTS):,} symbols"
+        )
+
+
+async def _ticker(lags: list[tuple[float, float]]) -> None:
+    """Sleep 1 ms again and again; record each wait past it, in wall time and in this
+    process's CPU time (what the lag would be on an idle machine)."""
+    while True:
+        asked, cpu = time.perf_counter(), time.process_time()
+        await asyncio.sleep(0.001)
+        lags.append((time.perf_counter() - asked - 0.001, time.process_time() - cpu))
+
+
 def report(kind: str, n: int, m: Measured) -> None:
     print(
         f"[{n:,} {kind}] symbols in state {m.symbols:,.0f}; join {m.join:.2f}s; "
@@ -269,6 +322,11 @@ def marginal(kind: str, runs: list[tuple[int, Measured]]) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     counts = [int(c) for c in args.symbols.split(",")]
+    if args.loop_lag:
+        for n in counts:
+            await loop_lag(args, n)
+        print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+        return
     results: dict[str, list[tuple[int, Measured]]] = {}
     for n in counts:
         if args.source in ("template", "both"):
@@ -309,6 +367,11 @@ if __name__ == "__main__":
     )
     parser.add_argument("--recent-ids", type=int, default=16, help="event ids per snapshot (1..64)")
     parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument(
+        "--loop-lag",
+        action="store_true",
+        help="in-process only: restore time and event-loop lag, sync vs restore_async",
+    )
     parser.add_argument("--timeout", type=float, default=300.0)
     arguments = parser.parse_args()
     if not 1 <= arguments.recent_ids <= 64:

@@ -162,6 +162,6 @@ def test_restore_async_lets_the_event_loop_run_between_parts(
         ticker.cancel()
 
     asyncio.run(main())
-    # 10 records in parts of 3 (portfolio + S0 S1 | S2..S4 | S5 S6 BAD | NEW): the probe
-    # ran before the restore and once after each part.
-    assert seen == [0, 2, 5, 7, 7]
+    # 10 records in parts of 3 (portfolio + S0 S1 | S2..S4 | S5 S6 BAD | NEW), then the
+    # one bot's sweep: the probe ran before the restore and after each of those five.
+    assert seen == [0, 2, 5, 7, 7, 7]

@@ -7,7 +7,7 @@ be used is reported and ignored, never fatal and never misread.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from worker.core.effects import Effects
@@ -102,6 +102,13 @@ class Restore:
     def finish(self) -> list[tuple[str, str]]:
         """Id windows from their chunks, unreadable bots blocked, then every restored bot
         swept once; returns ``(key, why)`` of the records ignored."""
+        for _ in self.finishing():
+            pass
+        return self.ignored
+
+    def finishing(self) -> Iterator[None]:
+        """:meth:`finish` a bot at a time (a ``yield`` after each bot's sweep), then
+        :attr:`ignored` holds the ``(key, why)`` of the records ignored."""
         restored, now_ms, out = self._restored, self._now_ms, self._out
         for bot_id, bot_refs in self._refs.items():
             missing = restored[bot_id].ids.restore(bot_id, bot_refs, self._chunks.get(bot_id, {}))
@@ -116,7 +123,7 @@ class Restore:
         for bot in restored.values():
             bot.account.resum()  # sessions changed outside the event paths
             bot.sweep(now_ms, out)  # due at once: ticks every restored symbol once
-        return self.ignored
+            yield
 
 
 def _block_unreadable(bot: BotRisk, now_ms: int, out: Effects) -> BotRisk:

@@ -135,7 +135,7 @@ class Recovery:
                 # Popped: each part's values are freed once applied, before the next is decoded.
                 job.feed([(key, records.pop(key)) for key in order[start : start + RESTORE_PART]])
                 yield
-            ignored = job.finish()
+            yield from job.finishing()  # a bot's sweep at a time
             settle_heap()
         finally:
             if collecting:
@@ -147,6 +147,7 @@ class Recovery:
                 keys=len(read.fenced),
             )
             self._rewrite(read.fenced, rewrite)
+        ignored = job.ignored
         for key, why in ignored:
             log.warning("ignoring snapshot", key=key, reason=why)
         self._adopt_configured_bots(read.partitions, now)
