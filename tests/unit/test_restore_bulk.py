@@ -22,7 +22,7 @@ from worker.core.snapshot import (
     portfolio_key,
     symbol_key,
 )
-from worker.core.symbol import SymbolRisk
+from worker.core.symbol import UNBORN, SymbolRisk
 
 BREAKER_2 = """
 [defaults]
@@ -136,3 +136,24 @@ def test_bulk_restore_ticks_each_symbol_once_and_the_bot_day_once(
     engine(BREAKER_2).restore(_records(), T0 + DAY_MS, Effects())
     assert sorted(ticks) == list(SYMBOLS)
     assert rolls == [T0 + DAY_MS]
+
+
+def test_restored_symbols_without_birth_watermarks_share_one_empty_mapping() -> None:
+    """64 bytes a restored symbol: ``born`` was copied into a new empty dict each."""
+    eng = engine(BREAKER_2)
+    eng.restore(_records(), T0 + 9_000, Effects())
+    syms = eng.bots["alpha"].symbols
+    assert [syms[s].born is UNBORN for s in SYMBOLS] == [True, True, True]
+    assert [syms[s].snapshot().born for s in SYMBOLS] == [{}, {}, {}]
+
+
+def test_restored_birth_watermarks_are_kept() -> None:
+    records = _records()
+    value = records[symbol_key("alpha", "AAA")]
+    assert value is not None
+    records[symbol_key("alpha", "AAA")] = value.replace(
+        b'"born":{}', b'"born":{"trading.outcomes/0":41}'
+    )
+    eng = engine(BREAKER_2)
+    eng.restore(records, T0 + 9_000, Effects())
+    assert eng.bots["alpha"].symbols["AAA"].snapshot().born == {"trading.outcomes/0": 41}

@@ -6,6 +6,9 @@ Its blocks are the symbol-level gates in SPEC order; its wall-clock changes
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 from worker.config import BotSettings
 from worker.core.breaker import CircuitBreaker
 from worker.core.controls import SymbolControls, kill_block, kill_from
@@ -16,6 +19,10 @@ from worker.core.replay import Holder
 from worker.core.session import MS_PER_DAY, SessionPnl
 from worker.core.snapshot import ManualHalt, SymbolSnapshot
 from worker.messages import Block, ControlCommand, Gate, GateState
+
+UNBORN: Mapping[str, int] = MappingProxyType({})
+"""``SymbolRisk.born`` of a symbol restored or built without watermarks (64 bytes a
+symbol less than an empty dict each)."""
 
 SYMBOL_GATES: tuple[Gate, ...] = (
     "kill_switch",
@@ -80,8 +87,9 @@ class SymbolRisk(Holder):
         self, symbol: str, settings: BotSettings, day: int, marks: MarkTable | None = None
     ) -> None:
         super().__init__()
-        self.born: dict[str, int] = {}
-        """The bot's watermarks when this symbol was created live (see ``events._created``)."""
+        self.born: Mapping[str, int] = UNBORN
+        """The bot's watermarks when this symbol was created live (see ``events._created``);
+        replaced, never changed in place, so symbols without any share one empty mapping."""
         session_cfg, breaker_cfg = settings.risk_for(symbol)
         self.symbol = symbol
         self.key = (settings.bot, symbol)
@@ -242,6 +250,6 @@ class SymbolRisk(Holder):
         if snap.position is not None:
             self.position.restore(snap.position)
         self.manual_halt = snap.manual_halt
-        self.born = dict(snap.born)
+        self.born = snap.born or UNBORN  # the decoded dict: a restore owns it
         self.controls.restore(snap.controls)
         self.restore_numbering(snap)
