@@ -166,17 +166,17 @@ class Checkpoint:
 
     @property
     def persisting(self) -> bool:
-        """A persist's snapshot acks or commit are still in flight."""
+        """A persist still waits for its outputs, its snapshots' acks or its commit."""
         return self._persisting is not None and not self._persisting.done()
 
     async def persist(self, now: int, writes: Writes) -> bool:
-        r"""Persist-then-commit everything applied so far, completed in the background.
+        """Persist-then-commit everything applied so far, completed in the background.
 
-        ``snapshot`` builds the changed keys' records now (the state these
-        offsets produced; batches still in flight are claimed by this persist).
-        A background task waits until those batches' outputs are confirmed,
-        then ``send``\ s the records, waits for their acks, and only then
-        ``commit``\ s (:meth:`persisted` waits for it). False if waiting for the
+        ``writes.snapshot`` builds the changed keys' records now (the state
+        these offsets produced; batches still in flight are claimed by this
+        persist). A background task waits until those batches' outputs are
+        confirmed, then sends the records, waits for their acks, and only then
+        commits (:meth:`persisted` waits for it). False if waiting for the
         previous persist gave up (stopping).
         """
         if self._persisting is not None and not await self.persisted(writes.confirm):
