@@ -41,11 +41,15 @@ from worker.messages import OrderIntent
 
 pytestmark = pytest.mark.broker
 
-SESSION_TIMEOUT_MS = 6_000
-STALL_SECONDS = 10.0
+SESSION_TIMEOUT_MS = 3_000
+"""Tansu holds a join about half the session timeout (twice: the first join and the
+rejoin after the stall), so a short one keeps the test short; 3 s is what the soak
+uses too. A spurious expiry under load costs a rebalance, never a wrong state."""
+STALL_SECONDS = 6.0
 """Longer than the session timeout: the coordinator expires the worker's membership."""
-READY_COMMIT_MAX_AGE_MS = 3_000
-REQUEST_TIMEOUT_MS = 7_000
+READY_COMMIT_MAX_AGE_MS = 2_000
+"""Well inside the stall: the worker must be seen unready for seconds of it."""
+REQUEST_TIMEOUT_MS = 4_000
 """Over the session timeout (the worker refuses less: JoinGroup would never complete)."""
 
 WORKER_TOML = f"""
