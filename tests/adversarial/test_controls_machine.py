@@ -14,7 +14,11 @@ contract says and checks after every step:
   gate is checked live and latched: a carried position can block a new day);
 - the drawdown latches exactly when equity fell ``max_drawdown`` below the day's
   running peak after some event, and holds for the day;
-- the wall clock's rollover releases both latches and nothing else does.
+- the wall clock's rollover releases both latches and nothing else does;
+- the last ``portfolio_daily_loss`` halt event published says ``halted`` exactly when
+  the account record lists that block (decision H10-1: the gate is "latched or
+  breached live"), after every step, wall-clock rollovers included: a losing
+  position carried past midnight gets no ``resumed`` while it keeps the bot blocked.
 """
 
 from __future__ import annotations
@@ -105,10 +109,18 @@ class ControlsMachine(RuleBasedStateMachine):
         self.expected = Expected()
         self.ids = 0
         self.last_command_ts = START
+        self.loss_shown = False
+        """Whether the last ``portfolio_daily_loss`` event published said ``halted``."""
+
+    def _published(self, out: Effects) -> None:
+        for h in out.halts:
+            if h.gate == "portfolio_daily_loss":
+                assert h.kind == ("resumed" if self.loss_shown else "halted"), h
+                self.loss_shown = h.kind == "halted"
 
     @initialize()
     def start(self) -> None:
-        self.engine.sweep(self.now)
+        self._published(self.engine.sweep(self.now))
 
     def _id(self, prefix: str) -> str:
         self.ids += 1
@@ -121,7 +133,9 @@ class ControlsMachine(RuleBasedStateMachine):
     @rule(symbol=symbols, qty=qtys, price=prices)
     def fill(self, symbol: str, qty: float, price: float) -> None:
         ts = self._tick()
-        self.engine.apply(Fill(self._id("f"), BOT, symbol, "buy", qty, price, 0.0, ts), ts)
+        self._published(
+            self.engine.apply(Fill(self._id("f"), BOT, symbol, "buy", qty, price, 0.0, ts), ts)
+        )
         held = self.expected.held[symbol]
         held.qty += qty
         held.cost += qty * price
@@ -130,7 +144,7 @@ class ControlsMachine(RuleBasedStateMachine):
     @rule(symbol=symbols, price=prices, back=st.sampled_from([0, 0, 5_000]))
     def mark(self, symbol: str, price: float, back: int) -> None:
         ts = self._tick() - back
-        self.engine.apply_mark(Mark(symbol, price, ts))
+        self._published(self.engine.apply_mark(Mark(symbol, price, ts)))
         held = self.expected.held[symbol]
         if ts < held.mark_ts:
             return  # an older mark changes nothing
@@ -145,7 +159,7 @@ class ControlsMachine(RuleBasedStateMachine):
         ts = self._tick()
         self.last_command_ts = ts
         cmd = ControlCommand(command, BOT, where, "fuzz", "ops", ts)  # type: ignore[arg-type]
-        self.engine.apply(cmd, ts)
+        self._published(self.engine.apply(cmd, ts))
         if command == "kill":
             self.expected.killed.add(where)
         elif command == "resume":
@@ -156,7 +170,9 @@ class ControlsMachine(RuleBasedStateMachine):
         ts = self._tick()
         side = "buy" if action == "open" else "sell"
         i = OrderIntent(self._id("i"), BOT, symbol, action, side, qty, 100.0, ts)  # type: ignore[arg-type]
-        (decision,) = self.engine.apply(i, ts).decisions
+        out = self.engine.apply(i, ts)
+        self._published(out)
+        (decision,) = out.decisions
         killed = self.expected.killed & {None, symbol}
         event(f"intent: {'killed' if killed else decision.gate or 'allowed'}")
         if killed:
@@ -169,7 +185,7 @@ class ControlsMachine(RuleBasedStateMachine):
     @rule(hours=st.sampled_from([1, 6, 20]))
     def wall_clock(self, hours: int) -> None:
         self.now += hours * 3_600_000
-        self.engine.sweep(self.now, Effects())
+        self._published(self.engine.sweep(self.now, Effects()))
         if self.now // DAY_MS > self.expected.day:
             e = self.expected
             e.day = self.now // DAY_MS
@@ -191,6 +207,11 @@ class ControlsMachine(RuleBasedStateMachine):
             blocks,
         )
         assert ("kill_switch" in blocks) == (None in self.expected.killed)
+
+    @invariant()
+    def halts_topic_matches_the_account_record(self) -> None:
+        blocked = "portfolio_daily_loss" in {b.gate for b in self._account().blocks}
+        assert self.loss_shown == blocked, (self.expected.equity(), self.expected.loss_latched)
 
     @invariant()
     def equity_matches(self) -> None:

@@ -896,9 +896,10 @@ def test_a_fill_that_books_nothing_still_latches_an_account_past_the_daily_loss(
     restored = _restored_at_minus_60("-45")
     out = restored.apply(fill("buy", 1.0, 100.0, ts=T0 + 20), T0 + 20, origin(5, "trading.fills/0"))
     assert restored.bots["alpha"].portfolio.halted is True
-    assert [(h.kind, h.gate, h.ts) for h in out.halts] == [
-        ("halted", "portfolio_daily_loss", T0 + 20)
-    ]
+    # The restore found the account past the lowered limit: the gate blocked live from
+    # then on, taken as already shown (H10-1: derived from the restored state), so
+    # latching it changes nothing published.
+    assert out.halts == []
 
 
 def test_a_losing_round_trip_while_the_breaker_is_tripped_publishes_nothing() -> None:

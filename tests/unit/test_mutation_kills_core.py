@@ -203,7 +203,9 @@ def test_an_account_at_exactly_the_daily_loss_limit_on_equity_is_blocked_live() 
     )
     _round_trip(e, "ETHUSDT", 100.0, 80.0)
     e.apply(fill("buy", 1.0, 100.0), T0)
-    assert _mark(e, 70.0, MIDNIGHT - 1).halts == []
+    late = _mark(e, 70.0, MIDNIGHT - 1).halts  # latches nothing, but blocks live (H10-1)
+    assert [(h.kind, h.event_id) for h in late] == [("halted", "alpha/*/portfolio_daily_loss/1")]
+    assert e.bots["alpha"].portfolio.halted is False
     d = _decide(e, T0 + 1, symbol="SOLUSDT")
     assert (d.gate, d.reason) == ("portfolio_daily_loss", "account reached max daily loss -50")
     acc = account_record(e, T0 + 1)
@@ -310,7 +312,9 @@ def test_an_open_is_judged_on_the_exact_net_when_float_drift_hides_the_limit() -
     for gross, fee, symbol in DRIFT_OUTCOMES:
         assert e.apply(outcome(gross, fee, symbol=symbol), T0).halts == []
     e.apply(fill("buy", 1.0, 100.0, symbol="XRPUSDT"), T0)
-    assert _mark(e, 0.0, MIDNIGHT - 1, symbol="XRPUSDT").halts == []  # unrealised -100
+    late = _mark(e, 0.0, MIDNIGHT - 1, symbol="XRPUSDT").halts  # unrealised -100
+    assert [h.kind for h in late] == ["halted"]  # blocks live, latches nothing (H10-1)
+    assert e.bots["alpha"].portfolio.halted is False
     d = _decide(e, T0 + 1, symbol="ADAUSDT")
     assert (d.gate, d.reason) == (
         "portfolio_daily_loss",

@@ -12,6 +12,8 @@ event in :func:`worker.core.halt_events.emit`, and only there.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from worker.config import BotSettings
 from worker.core import bot_snapshot, halt_events
 from worker.core.account import Account
@@ -19,6 +21,7 @@ from worker.core.answers import recall, settle
 from worker.core.controls import UNREADABLE_BLOCK, BotControls, kill_block
 from worker.core.effects import Effects, Origin
 from worker.core.gates import decision, evaluate, kill_verdict
+from worker.core.halt_events import LOSS
 from worker.core.idlog import IdLogRef
 from worker.core.marks import MarkTable
 from worker.core.portfolio import PortfolioRisk
@@ -45,6 +48,7 @@ class BotRisk(Holder):
         "manual_halt",
         "marks",
         "settings",
+        "shown_loss",
         "symbols",
     )
 
@@ -79,6 +83,10 @@ class BotRisk(Holder):
         self.controls = BotControls(settings, day)
         self.deadline = (day + 1) * MS_PER_DAY
         """Earliest wall time at which a sweep can change anything (rollover, expiry)."""
+        self.shown_loss: bool | None = False
+        """What the halts topic last said of ``portfolio_daily_loss`` (True: halted), so
+        its events diff against what was published (:meth:`shown`); None after a restore
+        until the restore's sweep re-derives it from the restored state (not persisted)."""
 
     @property
     def portfolio(self) -> PortfolioRisk:
@@ -107,9 +115,35 @@ class BotRisk(Holder):
             controls.kill is not None,
             self.manual_halt is not None,
             controls.unreadable,
-            self.account.portfolio.halted,
+            self.loss_blocking(),
             controls.drawdown.halted,
         )
+
+    def loss_blocking(self) -> bool:
+        """``portfolio_daily_loss`` blocks: latched, or breached live (decision H10-1).
+
+        Exactly what the account record lists (``Account.blocks``): a losing position
+        carried past the rollover that released the latch still blocks opens, so the
+        halts topic must not say ``resumed`` until the figure is back above the limit.
+        Judged on the bot's day, O(1) (``Account.decision_net``)."""
+        account = self.account
+        portfolio = account.portfolio
+        if portfolio.halted or portfolio.config.max_daily_loss is None:
+            return portfolio.halted
+        return portfolio.daily_loss_breached(account.decision_net(self.day * MS_PER_DAY))
+
+    def shown(self, before: Sequence[bool], after: Sequence[bool]) -> Sequence[bool]:
+        """``before`` with the daily-loss gate as last published; ``after`` becomes that.
+
+        Its live half moves with every fill, outcome and mark, and only the bot's
+        own events and the clock diff it (a replay below the portfolio's watermark
+        after a crash between the records of a persist, or a bot-wide reset, moves
+        it unseen): diffing against what was published makes the next transition
+        correct the halts topic instead of missing the change."""
+        shown, self.shown_loss = self.shown_loss, after[LOSS]
+        if shown is None:
+            return before
+        return (*before[:LOSS], shown, *before[LOSS + 1 :])
 
     def bot_blocks(self) -> list[Block]:
         """The bot's own blocks (kill switch, manual halt, unreadable state), in gate order."""
@@ -275,3 +309,4 @@ class BotRisk(Holder):
     def restore_portfolio(self, snap: PortfolioSnapshot, now_ms: int, out: Effects) -> None:
         """Take the portfolio record back (:func:`worker.core.bot_snapshot.restore_portfolio`)."""
         bot_snapshot.restore_portfolio(self, snap, now_ms)
+        self.shown_loss = None  # what was published: derived at the restore's sweep

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from worker.core.dedupe import IdWindow
 from worker.core.effects import Effects, Origin
+from worker.core.session import MS_PER_DAY
 from worker.core.symbol import SymbolRisk
 from worker.messages import Fill, TradeOutcome
 
@@ -175,6 +176,13 @@ def judge_equity(bot: BotRisk, ts_ms: int, out: Effects) -> None:
     if loss or fell:
         bot.gate_seq += 1
         bot.touch(out)
+    # The daily-loss gate blocks when latched *or* breached live (H10-1). An event of
+    # the bot's day was just judged: it blocks live only if latched. A late one judged
+    # nothing: the live figure decides. Either may end a breach carried past the
+    # rollover, a late one start one: diffed against what was published.
+    late = ts_ms // MS_PER_DAY < bot.day
+    blocking = account.portfolio.halted or (late and bot.loss_blocking())
+    if loss or fell or bot.shown_loss is not blocking:
         before = bot.signature()
         if loss:
             before = _without(before, _LOSS)

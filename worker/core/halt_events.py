@@ -29,6 +29,7 @@ BOT_GATES: tuple[Gate, ...] = (
     "drawdown",
 )
 """The bot-level gates, in the order ``BotRisk.signature`` reports them."""
+LOSS = BOT_GATES.index("portfolio_daily_loss")
 
 
 def emit(
@@ -48,6 +49,7 @@ def emit(
         after: Sequence[bool] = holder.signature()
     else:
         gates, symbol, after = BOT_GATES, None, bot.signature()
+        before = bot.shown(before, after)  # the daily-loss gate: as last published
     if tuple(after) == tuple(before):
         return
     blocks = holder.blocks() if isinstance(holder, SymbolRisk) else bot.account_blocks()
