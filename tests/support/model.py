@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -393,18 +394,26 @@ class BotState:
     """Notional of the opens allowed in the bot's UTC day (``max_daily_notional``)."""
 
     def account_net(self) -> float:
-        return sum(s.session.net for s in self.symbols.values() if s.session.day == self.day)
+        """Today's sessions' nets, summed exactly and rounded once (``fsum``)."""
+        nets = [s.session.net for s in self.symbols.values() if s.session.day == self.day]
+        return math.fsum(nets)
 
     def daily_loss_breached(self) -> bool:
         limit = self.limits.max_daily_loss
         return limit is not None and self.account_net() <= limit
 
     def gross_exposure(self) -> float:
-        held = sum(
+        """The positions at entry price, summed exactly and rounded once (``fsum``)."""
+        return math.fsum(
             abs(s.position.qty) * s.position.avg_price * s.position.contract_value
             for s in self.symbols.values()
         )
-        return held + sum(r.notional for r in self.reservations.values() if r.action == "open")
+
+    def exceeds_exposure(self, notional: float, cap: float) -> bool:
+        """The gross exposure, the opens' remaining notional and ``notional``, summed
+        exactly, exceed ``cap`` (the sign of an ``fsum`` is exact)."""
+        reserved = [r.notional for r in self.reservations.values() if r.action == "open"]
+        return math.fsum([self.gross_exposure(), *reserved, notional, -cap]) > 0.0
 
 
 def exceeds(value: float, cap: float) -> bool:
@@ -488,7 +497,7 @@ def evaluate(
     if cap and intent.symbol not in taken and len(taken) >= cap:
         return "max_concurrent_positions"  # no free position slot
     exposure_cap = lim.max_gross_exposure
-    if exposure_cap is not None and bot.gross_exposure() + notional > exposure_cap:
+    if exposure_cap is not None and bot.exceeds_exposure(notional, exposure_cap):
         return "gross_exposure"  # gross exposure cap
     if len(bot.reservations) >= max_reservations:
         return "max_concurrent_positions"  # too many outstanding reservations

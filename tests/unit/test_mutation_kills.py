@@ -391,11 +391,15 @@ reservation_ttl_ms = {TTL}
 
 
 def test_an_intent_a_hair_over_the_exposure_cap_is_denied() -> None:
-    """Within the float edge of the cap the exact sum decides: 1000.0000001 > 1000."""
+    """Within the float edge of the cap the exact sum decides: 1000.0000001 > 1000, and
+    999.9999999 + 1e-7 (as floats: 3.4e-14 over, though their float sum is 1000.0) is over
+    too, while 999.9999999 + 9.9e-8 fits."""
     eng = engine(EDGE)
     eng.apply(intent(qty=9.999999999, price=100.0, intent_id="a"), T0)  # 999.9999999 reserved
     over = eng.apply(intent(qty=2e-9, price=100.0, intent_id="b", symbol="ETHUSDT"), T0)
-    fits = eng.apply(intent(qty=1e-9, price=100.0, intent_id="c", symbol="ETHUSDT"), T0)
+    hair = eng.apply(intent(qty=1e-9, price=100.0, intent_id="d", symbol="ETHUSDT"), T0)
+    assert hair.decisions[0].gate == "gross_exposure"
+    fits = eng.apply(intent(qty=1e-9, price=99.0, intent_id="c", symbol="ETHUSDT"), T0)
     assert (over.decisions[0].gate, fits.decisions[0].allowed) == ("gross_exposure", True)
 
 

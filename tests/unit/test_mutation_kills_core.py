@@ -8,6 +8,8 @@ equivalent are listed with why in ``docs/mutation.md``.
 
 from __future__ import annotations
 
+import pytest
+
 from tests.support.builders import (
     DAY0,
     DAY_MS,
@@ -260,12 +262,13 @@ def test_the_operator_predicts_the_event_id_of_a_reset_state() -> None:
     assert command_event_id(reset) == event.event_id
 
 
-# -- account.py: the exact re-sum near the daily-loss limit ------------------------------------
+# -- account.py: the account net is the exact sum, correctly rounded -----------------------------
 
-DRIFT_LIMIT = -18230934512.616386
-"""The exact account net of ``DRIFT_OUTCOMES``: the sum of the three sessions' nets."""
-DRIFT_RUNNING = -18230934512.616383
-"""The same net summed event by event (the O(1) running sum): 2 ulps above the limit."""
+DRIFT_EXACT = -18230934512.616383
+"""The account net of ``DRIFT_OUTCOMES``: ``math.fsum`` of the three sessions' nets."""
+DRIFT_SUMMED = -18230934512.616386
+"""The same nets added with floats in symbol order (what the account net was before it
+was kept exactly): 2 ulps below the exact sum."""
 DRIFT_OUTCOMES = [
     (-3646208630.6968784, 2352.839555302262, "ETHUSDT"),
     (-3177847862.4318943, 2722.9608628539627, "BTCUSDT"),
@@ -276,32 +279,29 @@ DRIFT_OUTCOMES = [
 ]
 
 
-def test_the_latch_decides_on_the_exact_net_when_float_drift_hides_the_limit() -> None:
-    """The running sum drifted 3.8e-6 above a limit the exact net reaches: it latches.
-
-    Large amounts make the drift larger than a tolerance that ignores them; the
-    edge scales with the amounts, so the exact sum is taken.
-    """
+@pytest.mark.parametrize(("limit", "latched"), [(DRIFT_EXACT, True), (DRIFT_SUMMED, False)])
+def test_the_latch_decides_on_the_correctly_rounded_exact_net(limit: float, latched: bool) -> None:
+    """The exact net reaches a limit equal to it and latches; a float sum in symbol order
+    lands 2 ulps lower, at a limit the account never reached: no latch."""
     e = engine(
         "[defaults]\naccept_unknown_bots = true\n"
         "[defaults.session]\nloss_limit = -1e12\n"
         "[defaults.breaker]\nloss_limit = 0\n"
-        f"[defaults.portfolio]\nmax_daily_loss = {DRIFT_LIMIT!r}\n"
+        f"[defaults.portfolio]\nmax_daily_loss = {limit!r}\n"
     )
     halts = []
     for gross, fee, symbol in DRIFT_OUTCOMES:
         halts = e.apply(outcome(gross, fee, symbol=symbol), T0).halts
-    account = e.bots["alpha"].account
-    assert (account.running_net(DAY0), account.account_net(DAY0)) == (DRIFT_RUNNING, DRIFT_LIMIT)
+    assert e.bots["alpha"].account.account_net(DAY0) == DRIFT_EXACT
     assert [(h.kind, h.gate, h.event_id) for h in halts] == [
         ("halted", "portfolio_daily_loss", "alpha/*/portfolio_daily_loss/1")
-    ]
+    ] * latched
 
 
-def test_an_open_is_judged_on_the_exact_net_when_float_drift_hides_the_limit() -> None:
-    """The same drift, reaching the limit through a late mark (which latches nothing):
-    the decision itself must take the exact sum near the limit and deny."""
-    limit = DRIFT_LIMIT - 100.0
+def test_an_open_is_judged_on_the_exact_net_at_the_limit() -> None:
+    """The same net, reaching the limit through a late mark (which latches nothing):
+    the decision itself judges the exact net (+ the unrealised -100) and denies."""
+    limit = DRIFT_EXACT - 100.0
     e = engine(
         "[defaults]\naccept_unknown_bots = true\n"
         "[defaults.session]\nloss_limit = -1e12\n"

@@ -1,10 +1,14 @@
-"""One bot's account: the running account net, open positions, the latch, reservations.
+"""One bot's account: the account net, open positions, the latch, reservations.
 
-The daily-loss latch is judged on the sum of today's symbol net PnLs. Summing
-every symbol per event would cost O(symbols), so the sum is kept by deltas
-(O(1) per event), re-summed when the day changes, after ``NET_RESYNC`` deltas
-(bounding float drift), after any change outside the event paths (rollover,
-operator reset, restore), and exactly whenever it is near the limit.
+The daily-loss latch, every decision and every account record read today's
+account net: the sum of the bot's symbols' session nets of its current UTC
+day. Summing every symbol per read cost O(symbols) per decision and per
+account record (docs/performance.md, lever 1), so the sum is kept exactly
+(:class:`~worker.core.exact.ExactSum`): when a session changes, its old net
+leaves the sum and its new one enters, and the figure read is ``math.fsum``
+of the symbols' nets — the same whatever order events, rollovers and restores
+came in. The sum is rebuilt once (O(symbols)) when the bot's day moves or after
+an operator command changed sessions outside the event paths.
 
 Fills release what they filled of their intent's reservation here (R2); intents
 are answered in :mod:`worker.core.answers`; open positions are valued at the
@@ -13,6 +17,10 @@ marks in :mod:`worker.core.valuation`.
 
 from __future__ import annotations
 
+import math
+from collections.abc import KeysView
+
+from worker.core.exact import ExactSum
 from worker.core.marks import MarkTable
 from worker.core.portfolio import PortfolioRisk
 from worker.core.session import MS_PER_DAY, utc_day
@@ -20,25 +28,14 @@ from worker.core.symbol import SymbolRisk
 from worker.core.valuation import Valuation
 from worker.messages import AccountGateState, Block, Fill
 
-NET_RESYNC = 256
-"""Deltas folded into a bot's running account net before it is summed afresh."""
-
-
-def edge(limit: float, net: float) -> float:
-    """How close to the limit the running account net must be to recompute it exactly.
-
-    Far above the float drift of ``NET_RESYNC`` deltas, far below any real money.
-    """
-    return 1e-6 * (1.0 + abs(limit) + abs(net))
-
 
 class Account:
     """Account-wide state of one bot over its symbols (shared with the bot, read only)."""
 
     __slots__ = (
+        "_net",
         "_net_day",
-        "_net_sum",
-        "_net_updates",
+        "_nets",
         "max_reservations",
         "portfolio",
         "reservation_ttl_ms",
@@ -62,49 +59,65 @@ class Account:
         """The bot's symbols (the bot adds them; the account only reads)."""
         self.reservation_ttl_ms = reservation_ttl_ms
         self.max_reservations = max_reservations
+        self._net = ExactSum()
+        self._nets: dict[str, float] = {}
+        """Per symbol whose session is of ``_net_day``, its net in ``_net`` (zeros left out)."""
         self._net_day = -1
-        """UTC day of the running account net in ``_net_sum``; -1 when it must be recomputed."""
-        self._net_sum = 0.0
-        self._net_updates = 0
+        """UTC day whose account net ``_net`` holds; -1 when it must be rebuilt."""
+        self._rebuild_net(portfolio.last_reset_day)
 
     # -- account net -------------------------------------------------------------
 
     def account_net(self, day: int) -> float:
-        """Sum of today's symbol net PnLs (sessions of another day do not count)."""
-        return sum(
-            s.session.net_pnl for s in self.symbols.values() if s.session.last_reset_day == day
-        )
+        """Sum of the symbols' session nets of ``day`` (sessions of another day do not
+        count), correctly rounded (``fsum``). O(1) for the bot's current day; another
+        day (a decision after midnight before the sweep rolled the bot) is summed."""
+        today = self.portfolio.last_reset_day
+        if day != today:
+            sessions = (s.session for s in self.symbols.values())
+            return math.fsum(s.net_pnl for s in sessions if s.last_reset_day == day) + 0.0
+        if self._net_day != today:
+            self._rebuild_net(today)
+        return self._net.value
 
-    def running_net(self, day: int) -> float:
-        """``account_net(day)`` kept up to date by deltas (see the module's docstring)."""
-        if self._net_day != day or self._net_updates >= NET_RESYNC:
-            self._net_sum = self.account_net(day)
-            self._net_day = day
-            self._net_updates = 0
-        return self._net_sum
+    def book(self, sym: SymbolRisk) -> None:
+        """``sym``'s session changed (an event booked on it, it rolled over, a restore):
+        its old net leaves today's account net, its new one enters (exactly)."""
+        day = self._net_day
+        if day != self.portfolio.last_reset_day:
+            return  # rebuilt at the next read
+        session = sym.session
+        new = session.net_pnl if session.last_reset_day == day else 0.0
+        name = sym.symbol
+        old = self._nets.pop(name, 0.0)
+        if new:
+            self._nets[name] = new
+        self._net.replace(old, new)
 
     def resum(self) -> None:
-        """A session changed outside the event paths: sum afresh next time."""
+        """Sessions changed outside the event paths (an operator reset): rebuild the
+        account net at the next read."""
         self._net_day = -1
 
-    def fold(self, day_before: int, day_after: int, delta: float) -> None:
-        """Keep the running account net in step with one session change."""
-        if day_after != day_before:
-            self._net_day = -1  # the session rolled to a new day: re-sum
-        elif day_before == self._net_day:
-            self._net_sum += delta
-            self._net_updates += 1
+    def rebuild(self) -> None:
+        """Every account figure afresh from the symbols, once (O(symbols)): the one entry
+        point after the bot's symbols were restored in bulk."""
+        self._rebuild_net(self.portfolio.last_reset_day)
+        self.valuation.rebuild(self.symbols)
+
+    def _rebuild_net(self, day: int) -> None:
+        self._nets = {
+            name: net
+            for name, s in self.symbols.items()
+            if s.session.last_reset_day == day and (net := s.session.net_pnl)
+        }
+        self._net = ExactSum(self._nets.values())
+        self._net_day = day
 
     def decision_net(self, now_ms: int) -> float:
-        """Today's account net for a decision: O(1) running sum, exact near the limit;
-        with ``include_unrealised``, the equity (open positions at their marks)."""
-        day = utc_day(now_ms)
-        unrealised = self.loss_unrealised()
-        net = self.running_net(day) + unrealised
-        limit = self.portfolio.config.max_daily_loss
-        if limit is not None and abs(net - limit) <= edge(limit, net):
-            net = self.account_net(day) + unrealised
-        return net
+        """Today's account net for a decision (O(1)); with ``include_unrealised``, the
+        equity (open positions at their marks)."""
+        return self.account_net(utc_day(now_ms)) + self.loss_unrealised()
 
     # -- marks -------------------------------------------------------------------
 
@@ -123,94 +136,75 @@ class Account:
 
     def latch(self, ts_ms: int) -> bool:
         """Latch the daily loss if the account reached it after an event at ``ts_ms`` (hot
-        path); True when this latched it.
+        path: O(1)); True when this latched it.
 
         An event only ever latches: the day, and with it the latch's release, move
         with the wall clock in ``sweep``. One of an earlier day than the bot's is
         late and counts toward nothing today; one stamped on a later day counts
         toward the current day (its session clamped it there).
         """
-        portfolio = self.portfolio
-        limit = portfolio.config.max_daily_loss
-        if limit is None or portfolio.halted:
+        if ts_ms // MS_PER_DAY < self.portfolio.last_reset_day:
             return False
-        day = portfolio.last_reset_day
-        if ts_ms // MS_PER_DAY < day:
-            return False
-        if self._net_day == day and self._net_updates < NET_RESYNC:
-            net = self._net_sum  # ``running_net``, inlined
-        else:
-            net = self.running_net(day)
-        unrealised = self.loss_unrealised() if self.valuation.open else 0.0
-        net += unrealised
-        if net - limit > 1e-6 * (1.0 + abs(limit) + abs(net)):  # ``edge``, inlined
-            return False  # clearly above the limit: nothing to latch
-        if abs(net - limit) <= edge(limit, net):
-            net = self.account_net(day) + unrealised  # on the edge: decide on the exact sum
-        if portfolio.daily_loss_breached(net):
-            portfolio.halted = True
-            return True
-        return False
+        return self.latch_exact()
 
     def latch_exact(self) -> bool:
-        """Latch if the exact account net of the current day is past the limit (after an
-        operator reset lowered it); True when this latched it."""
+        """Latch if today's account net (with ``include_unrealised``, the equity) is at or
+        past the limit, whatever the event's day (an operator reset lowered it); True
+        when this latched it. Judged on the figures the account record publishes."""
         portfolio = self.portfolio
-        if portfolio.halted or not portfolio.daily_loss_breached(
-            self.account_net(portfolio.last_reset_day) + self.loss_unrealised()
+        if (
+            portfolio.halted
+            or portfolio.config.max_daily_loss is None
+            or not portfolio.daily_loss_breached(self.loss_equity())
         ):
             return False
         portfolio.halted = True
         return True
 
-    def blocks(self, net: float | None = None) -> list[Block]:
-        """The daily-loss block, checked live *and* latched.
+    def loss_equity(self) -> float:
+        """What the daily-loss limit is judged on: today's account net, plus the unrealised
+        PnL with ``include_unrealised`` (the default)."""
+        return self.account_net(self.portfolio.last_reset_day) + self.loss_unrealised()
 
-        ``net``: today's ``account_net`` when the caller summed it already. The sum
-        is O(symbols) and the account record needs it too, so the record sums it
-        once (every batch builds that record for every bot it touched); nothing
-        is summed at all without a daily-loss limit.
-        """
+    def blocks(self) -> list[Block]:
+        """The daily-loss block, checked live *and* latched."""
         portfolio = self.portfolio
-        day = portfolio.last_reset_day
-        unrealised = self.loss_unrealised()
-        if not portfolio.halted:
-            if portfolio.config.max_daily_loss is None:
-                return []
-            if net is None:
-                net = self.account_net(day)
-            if not portfolio.daily_loss_breached(net + unrealised):
-                return []
         limit = portfolio.config.max_daily_loss
+        if limit is None and not portfolio.halted:
+            return []
+        unrealised = self.loss_unrealised()
+        if not portfolio.halted and not portfolio.daily_loss_breached(self.loss_equity()):
+            return []
         basis = "account net PnL" if unrealised == 0.0 else "equity (with unrealised PnL)"
         reason = f"{basis} reached max daily loss {limit:g}"
+        day = portfolio.last_reset_day
         return [Block("portfolio_daily_loss", reason, (day + 1) * MS_PER_DAY)]
 
     # -- positions ----------------------------------------------------------------
 
     def track(self, sym: SymbolRisk) -> None:
-        """``sym``'s position changed (fill, restore): :meth:`Valuation.track`."""
+        """``sym``'s position or mark changed (fill, mark, restore): :meth:`Valuation.track`."""
         self.valuation.track(sym)
 
-    def open_symbols(self) -> set[str]:
-        return set(self.valuation.open)
+    def open_symbols(self) -> KeysView[str]:
+        """The symbols holding a position (a live view: O(1), nothing copied)."""
+        return self.valuation.open.keys()
 
     def gross_exposure(self) -> float:
         """Open positions at their marks, else at entry price (:mod:`worker.core.valuation`)."""
         return self.valuation.gross_exposure()
 
-    def gate_state(
-        self, bot: str, blocks: list[Block], net: float, seq: int, now_ms: int
-    ) -> AccountGateState:
-        """The account record of the bot (its bot-wide ``blocks``, today's account
-        ``net``); a pure read. Equity is today's realised net + unrealised PnL."""
+    def gate_state(self, bot: str, blocks: list[Block], seq: int, now_ms: int) -> AccountGateState:
+        """The account record of the bot (its bot-wide ``blocks``); a pure read, O(1).
+        Equity is today's realised net + unrealised PnL."""
+        net = self.account_net(self.portfolio.last_reset_day)
         unrealised = self.unrealised()
         return AccountGateState(
             bot=bot,
             entries_allowed=not blocks,
             blocks=blocks,
             account_net_pnl=net,
-            open_positions=len(self.open_symbols()),
+            open_positions=len(self.valuation.open),
             gross_exposure=self.gross_exposure(),
             updated_ts=now_ms,
             seq=seq,

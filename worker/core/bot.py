@@ -246,7 +246,7 @@ class BotRisk(Holder):
         before = sym.signature()
         rolled, changed = sym.tick(now_ms)
         if rolled:
-            self.account.resum()
+            self.account.book(sym)
         if changed:
             sym.gate_seq += 1
             sym.touch(out)
@@ -260,20 +260,16 @@ class BotRisk(Holder):
 
     # -- reads -----------------------------------------------------------------------
 
-    def account_blocks(self, net: float | None = None) -> list[Block]:
-        """``net``: today's account net when already summed (see ``Account.blocks``)."""
+    def account_blocks(self) -> list[Block]:
         drawdown = self.controls.drawdown_block()
         tail = [drawdown] if drawdown is not None else []
-        return [*self.bot_blocks(), *self.account.blocks(net), *tail]
+        return [*self.bot_blocks(), *self.account.blocks(), *tail]
 
     def account_gate_state(self, now_ms: int) -> AccountGateState:
-        """The bot-wide gates and account figures; a pure read.
-
-        Today's account net is an O(symbols) sum: summed once, for the blocks,
-        the figure and the equity alike (docs/performance.md)."""
-        net = self.account.account_net(self.day)
-        blocks = self.account_blocks(net)
-        return self.account.gate_state(self.bot, blocks, net, self.gate_seq, now_ms)
+        """The bot-wide gates and account figures; a pure read, O(1) in the symbols (the
+        account keeps its figures exactly as they change, docs/performance.md)."""
+        blocks = self.account_blocks()
+        return self.account.gate_state(self.bot, blocks, self.gate_seq, now_ms)
 
     # -- snapshots ---------------------------------------------------------------------
 
@@ -292,7 +288,7 @@ class BotRisk(Holder):
         sym = self.symbol(symbol)
         sym.restore(snap)
         self.account.track(sym)
-        self.account.resum()
+        self.account.book(sym)
         self.tick_symbol(sym, now_ms, out)
         self.deadline = sym.wake(self.deadline)
 

@@ -128,9 +128,9 @@ def _settle(
     this symbol) must not re-judge it against a partly caught-up account (D2).
     ``cooled``: the event started the symbol's after-loss cooldown.
     """
-    was_halted, tripped_before, day_before = before
+    was_halted, tripped_before, _ = before
     if booked is not None:
-        bot.account.fold(day_before, sym.session.last_reset_day, booked)
+        bot.account.book(sym)
         if fresh:  # counted above the bot's own watermark, as all its state (D2)
             bot.gate_seq += 1  # the account net moved
     if not was_halted:
@@ -172,7 +172,7 @@ def judge_equity(bot: BotRisk, ts_ms: int, out: Effects) -> None:
     drawdown = bot.controls.drawdown
     fell = False
     if drawdown.limit and not drawdown.halted:
-        fell = drawdown.observe(account.running_net(bot.day) + account.unrealised(), ts_ms)
+        fell = drawdown.observe(account.account_net(bot.day) + account.unrealised(), ts_ms)
     if loss or fell:
         bot.gate_seq += 1
         bot.touch(out)
@@ -195,6 +195,7 @@ def apply_mark(bot: BotRisk, sym: SymbolRisk, ts_ms: int, out: Effects) -> None:
     """A new mark of ``sym``, which holds a position: its unrealised PnL moved, and with
     it the gate records, the session's loss with ``include_unrealised`` and the bot's
     equity limits. Marks have no offset in the bot's partitions: always judged."""
+    bot.account.track(sym)  # re-value this position alone (the account's sums are exact)
     sym.gate_seq += 1
     sym.touch(out)
     if not sym.session.halted and sym.judge_unrealised(ts_ms):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Collection
 from typing import Any, Protocol
 
 import msgspec
 
 from worker.config import PortfolioConfig
+from worker.core.exact import ExactSum
 from worker.core.intents import IntentWindow
 from worker.core.session import utc_day
 
@@ -92,8 +95,8 @@ class PortfolioRisk:
         self.reservations: dict[str, Reservation] = {}
         self.intents = IntentWindow()
         self._held: dict[str, _Held] = {}
-        self._open_notional = 0.0
-        """Running sum of the opens' remaining notional (re-summed whenever it matters)."""
+        self._open_notional = ExactSum()
+        """The opens' remaining notional, summed exactly as they come and go."""
         self._name_bytes = 0
         """``_name_bytes`` of every outstanding reservation, summed."""
 
@@ -161,8 +164,6 @@ class PortfolioRisk:
         if held is None or held - qty <= QTY_TOLERANCE * held:
             del self.reservations[intent_id]
             self._name_bytes -= _name_bytes(intent_id, symbol)
-            if not self.reservations:
-                self._open_notional = 0.0  # no float residue survives an empty book
         else:
             left = held - qty
             kept = msgspec.structs.replace(r, qty=left, notional=r.notional * (left / held))
@@ -173,8 +174,9 @@ class PortfolioRisk:
     def expire_reservations(self, now_ms: int) -> list[str]:
         expired = [i for i, r in self.reservations.items() if r.expires_ts <= now_ms]
         for intent_id in expired:
-            del self.reservations[intent_id]
-        self._resum()
+            r = self.reservations.pop(intent_id)
+            self._count(r, -1)
+            self._name_bytes -= _name_bytes(intent_id, r.symbol)
         return expired
 
     def _count(self, r: Reservation, sign: int) -> None:
@@ -186,14 +188,14 @@ class PortfolioRisk:
             held.close_qty += sign * (r.qty or 0.0)
         else:
             held.opens += sign
-            self._open_notional += sign * r.notional
+            self._open_notional.add(sign * r.notional)
         if not (held.opens or held.closes):
             del self._held[r.symbol]
 
     def _resum(self) -> None:
-        """Recompute the running sums exactly (restore, expiry)."""
+        """Recompute the running sums (restore)."""
         self._held = {}
-        self._open_notional = 0.0
+        self._open_notional = ExactSum()
         self._name_bytes = 0
         for intent_id, r in self.reservations.items():
             self._count(r, 1)
@@ -201,8 +203,8 @@ class PortfolioRisk:
 
     @property
     def reserved_notional(self) -> float:
-        """Exact remaining notional of the outstanding opens."""
-        return sum(r.notional for r in self.reservations.values() if not r.close)
+        """Remaining notional of the outstanding opens, correctly rounded (``fsum``)."""
+        return self._open_notional.value
 
     def reserved_close_qty(self, symbol: str) -> float:
         """Quantity of ``symbol`` that outstanding closes may still fill."""
@@ -213,22 +215,30 @@ class PortfolioRisk:
         """Symbols an outstanding open holds a concurrency slot on."""
         return {s for s, held in self._held.items() if held.opens}
 
-    def concurrency_blocks(self, open_symbols: set[str], symbol: str) -> bool:
-        """An entry on a symbol that is neither open nor reserved needs a free slot."""
+    def concurrency_blocks(self, open_symbols: Collection[str], symbol: str) -> bool:
+        """An entry on a symbol that is neither open nor reserved needs a free slot.
+
+        Counts the union of open and reserved symbols without building it: a decision pays for the
+        symbols an open reservation holds, never for every open position."""
         cap = self.config.max_concurrent_positions
-        if cap == 0:
+        if cap == 0 or symbol in open_symbols:
             return False
-        taken = open_symbols | self.reserved_symbols()
-        return symbol not in taken and len(taken) >= cap
+        held = self._held.get(symbol)
+        if held is not None and held.opens:
+            return False
+        taken = len(open_symbols)
+        if taken < cap:
+            taken += sum(1 for s, h in self._held.items() if h.opens and s not in open_symbols)
+        return taken >= cap
 
     def exposure_blocks(self, gross_exposure: float, notional: float) -> bool:
+        """The gross exposure (as the account record shows it), the opens' remaining
+        notional and ``notional`` exceed the cap: judged on their exact sum (the sign of
+        an ``fsum`` is exact), so the verdict depends on no order of summation."""
         cap = self.config.max_gross_exposure
         if cap is None:
             return False
-        total = gross_exposure + self._open_notional + notional
-        if abs(total - cap) <= 1e-9 * (1.0 + abs(cap) + abs(total)):
-            total = gross_exposure + self.reserved_notional + notional  # on the edge: exact
-        return total > cap
+        return math.fsum([gross_exposure, *self._open_notional.partials, notional, -cap]) > 0.0
 
     def persisted(self, *, whole: bool) -> dict[str, Any]:
         """The fields of :class:`PersistedPortfolio`, the intent window whole or (``whole``
