@@ -68,6 +68,7 @@ window_secs = 1800
 cooldown_secs = 900
 [worker]
 sweep_interval_ms = 1
+poll_timeout_ms = 10  # each of ~140 clock steps waits for a loop turn (default 100 ms)
 [bots.alpha]
 symbols = ["X", "Y"]
 [bots.alpha.portfolio]
