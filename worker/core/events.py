@@ -29,7 +29,7 @@ def apply_outcome(bot: BotRisk, o: TradeOutcome, origin: Origin | None, out: Eff
         return
     sym, fresh = admitted
     session = sym.session
-    before = (session.halted, sym.breaker.tripped_at, session.last_reset_day)
+    before = (session.halted, sym.breaker.tripped_at)
     gross, fee = o.gross_pnl, o.fee
     booked = session.record_close(gross, fee, o.ts) is not None  # None: a late event
     cooled = gross - fee < 0.0 and _record_loss(bot, sym, o.ts, before[1])
@@ -70,7 +70,7 @@ def apply_fill(bot: BotRisk, f: Fill, origin: Origin | None, out: Effects) -> No
             judge_equity(bot, f.ts, out)
         return
     session = sym.session
-    before = (session.halted, sym.breaker.tripped_at, session.last_reset_day)
+    before = (session.halted, sym.breaker.tripped_at)
     moved = booked and session.book(trip.gross, trip.fees, f.ts)
     # A round trip ends even when its last leg realises nothing by itself.
     cooled = False
@@ -100,11 +100,25 @@ def _admit(
     window is part of the portfolio record, which must therefore be persisted again.
     """
     sym = bot.symbols.get(symbol) or _created(bot, symbol, origin)
-    fresh = bot.fresh(origin)
-    first = window.first(event_id, origin, fresh)
     out.dirty_bots.add(bot.bot)  # ``touch``, inlined (hot path)
-    if first and sym.fresh(origin):
-        return sym, fresh
+    if origin is None:
+        if window.first(event_id, None):
+            return sym, True
+        out.skipped += 1
+        return None
+    # ``Holder.fresh`` of the bot, then of the symbol, inlined (hot path: twice per event).
+    source, offset = origin
+    applied = bot.applied
+    last = applied.get(source)
+    fresh = last is None or offset > last
+    if fresh:
+        applied[source] = offset
+    if window.first(event_id, origin, fresh):
+        applied = sym.applied
+        last = applied.get(source)
+        if last is None or offset > last:
+            applied[source] = offset
+            return sym, fresh
     out.skipped += 1
     return None
 
@@ -112,7 +126,7 @@ def _admit(
 def _settle(
     bot: BotRisk,
     sym: SymbolRisk,
-    before: tuple[bool, int | None, int],
+    before: tuple[bool, int | None],
     booked: float | None,
     *,
     ts_ms: int,
@@ -128,13 +142,13 @@ def _settle(
     this symbol) must not re-judge it against a partly caught-up account (D2).
     ``cooled``: the event started the symbol's after-loss cooldown.
     """
-    was_halted, tripped_before, _ = before
+    was_halted, tripped_before = before
     if booked is not None:
         bot.account.book(sym)
         if fresh:  # counted above the bot's own watermark, as all its state (D2)
             bot.gate_seq += 1  # the account net moved
-    if not was_halted:
-        sym.judge_unrealised(ts_ms)  # ``[session] include_unrealised``
+    if not was_halted and sym.session.config.include_unrealised:  # (hot path: test it here)
+        sym.judge_unrealised(ts_ms)
     if cooled or sym.session.halted is not was_halted or sym.breaker.tripped_at != tripped_before:
         flags = (
             sym.controls.kill is not None,
