@@ -363,3 +363,20 @@ def test_events_and_a_decision_value_only_the_symbols_they_moved(
     out = world.eng.apply(OrderIntent("i-x", "alpha", "S01", "open", "buy", 1.0, 5.0, T0), T0)
     assert out.decisions[0].allowed
     assert (CountingSymbols.passes, len(reads), valued) == (0, 1, [4.0, 1.0])
+
+
+def test_concurrency_counts_a_symbol_both_open_and_reserved_once() -> None:
+    """Open and reserved symbols are counted without building their union: AAA, open and
+    reserved, takes one slot of two, so CCC fits until BBB is reserved too."""
+    eng = RiskEngine(config(CONFIG.replace("[worker]", "max_concurrent_positions = 2\n[worker]")))
+    eng.apply(Fill(next_id("f"), "alpha", "AAA", "buy", 1.0, 10.0, 0.0, T0), T0)
+    eng.apply(OrderIntent("i-a", "alpha", "AAA", "open", "buy", 1.0, 10.0, T0), T0)
+    first = eng.apply(OrderIntent("i-c", "alpha", "CCC", "open", "buy", 1.0, 10.0, T0), T0)
+    eng.apply(Fill(next_id("f"), "alpha", "CCC", "buy", 1.0, 10.0, 0.0, T0, intent_id="i-c"), T0)
+    eng.apply(Fill(next_id("f"), "alpha", "CCC", "sell", 1.0, 10.0, 0.0, T0), T0)  # flat again
+    eng.apply(OrderIntent("i-b", "alpha", "BBB", "open", "buy", 1.0, 10.0, T0), T0)
+    second = eng.apply(OrderIntent("i-d", "alpha", "CCC", "open", "buy", 1.0, 10.0, T0), T0)
+    assert (first.decisions[0].allowed, second.decisions[0].gate) == (
+        True,
+        "max_concurrent_positions",
+    )

@@ -36,8 +36,7 @@ class ExactSum:
     def add(self, x: float) -> None:
         """Add the term ``x`` (exactly)."""
         if x:
-            self._grow(x)
-            self.value = math.fsum(self.partials)
+            self.value = math.fsum(self._grow(x))
 
     def replace(self, old: float, new: float) -> None:
         """One term changed from ``old`` to ``new``: remove the one, add the other (exactly)."""
@@ -48,20 +47,24 @@ class ExactSum:
                 self._grow(-old)
             self.value = math.fsum(self.partials)
 
-    def _grow(self, x: float) -> None:
+    def _grow(self, x: float) -> list[float]:
         """Shewchuk's grow-expansion (``math.fsum``'s inner loop): fold ``x`` into the
-        partials with error-free two-sums, dropping the zeros."""
+        partials with error-free two-sums, dropping the zeros; returns the partials."""
         partials = self.partials
         i = 0
-        for p in partials:
-            x, y = (p, x) if abs(x) < abs(p) else (x, p)
-            hi = x + y
-            lo = y - (hi - x)
+        for y in partials:
+            if abs(x) < abs(y):
+                hi = y + x
+                lo = x - (hi - y)
+            else:
+                hi = x + y
+                lo = y - (hi - x)
             if lo:
                 partials[i] = lo
                 i += 1
             x = hi
         partials[i:] = [x] if x else []
+        return partials
 
 
 def _partials(terms: list[float]) -> list[float]:

@@ -227,8 +227,11 @@ class PortfolioRisk:
         if held is not None and held.opens:
             return False
         taken = len(open_symbols)
-        if taken < cap:
-            taken += sum(1 for s, h in self._held.items() if h.opens and s not in open_symbols)
+        if taken >= cap:
+            return True
+        if taken + len(self._held) < cap:
+            return False  # not even every reserved symbol besides the open ones fills it
+        taken += sum(1 for s, h in self._held.items() if h.opens and s not in open_symbols)
         return taken >= cap
 
     def exposure_blocks(self, gross_exposure: float, notional: float) -> bool:
