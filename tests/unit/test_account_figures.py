@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from tests.support.builders import DAY_MS, MIN_MS, T0, account_record, config, control, next_id
 from worker.core import Effects, RiskEngine, valuation
 from worker.core.bot import BotRisk
+from worker.core.exact import COMPACT_AT, ExactSum
 from worker.core.marks import exposure
 from worker.core.session import SessionPnl
 from worker.core.snapshot import encode, portfolio_key, symbol_key
@@ -379,4 +380,28 @@ def test_concurrency_counts_a_symbol_both_open_and_reserved_once() -> None:
     assert (first.decisions[0].allowed, second.decisions[0].gate) == (
         True,
         "max_concurrent_positions",
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 7), st.one_of(money, st.floats(-1e300, 1e300), st.just(-0.0))),
+        max_size=120,
+    )
+)
+def test_an_exact_sum_reads_as_fsum_of_its_terms_after_any_changes(
+    changes: list[tuple[int, float]],
+) -> None:
+    """Terms replaced in any order, of any magnitude (folded every ``COMPACT_AT``)."""
+    terms: dict[int, float] = {}
+    total = ExactSum()
+    for slot, value in changes:
+        total.replace(terms.get(slot, 0.0), value)
+        terms[slot] = value
+        assert total.value == math.fsum(terms.values())
+        assert len(total.partials) <= COMPACT_AT + 1
+    assert (ExactSum(terms.values()).value, math.copysign(1.0, ExactSum([-0.0]).value)) == (
+        total.value,
+        1.0,
     )

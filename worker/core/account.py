@@ -164,7 +164,11 @@ class Account:
     def loss_equity(self) -> float:
         """What the daily-loss limit is judged on: today's account net, plus the unrealised
         PnL with ``include_unrealised`` (the default)."""
-        return self.account_net(self.portfolio.last_reset_day) + self.loss_unrealised()
+        day = self.portfolio.last_reset_day
+        net = self._net.value if self._net_day == day else self.account_net(day)
+        if self.portfolio.config.include_unrealised:
+            net += self.valuation.unrealised()
+        return net
 
     def blocks(self) -> list[Block]:
         """The daily-loss block, checked live *and* latched."""

@@ -6,9 +6,10 @@ symbols, read on every decision and every account record. Summing every
 symbol per read is O(symbols); a plain running float is O(1) but drifts, and
 its last bits depend on the order the changes came in (a restore, a replay and
 the live run would disagree near a limit). This keeps the sum *exactly*, the
-way ``math.fsum`` does (Shewchuk's algorithm): a short list of partials whose
-exact sum is the exact sum of the terms. Adding a term is exact, and removing
-one is adding its negation, also exact; reading rounds the partials once,
+way ``math.fsum`` does: a short list of floats whose exact sum is the exact
+sum of the terms. Adding a term appends it and removing one appends its
+negation, both exact; every few changes the list is folded back into a few
+partials by ``fsum`` itself (exact too); reading rounds the list once,
 correctly. So the figure equals ``math.fsum`` of the current terms, whatever
 order they were added and removed in (a zero sum reads ``0.0``, never ``-0.0``).
 
@@ -21,6 +22,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+COMPACT_AT = 16
+"""Terms held before they are folded into a few partials: ``fsum`` is C, a Python
+two-sum loop per change cost more than appending and re-reading a short list."""
+
 
 class ExactSum:
     """The exact sum of a changing multiset of floats; ``value`` is its ``fsum``."""
@@ -28,52 +33,36 @@ class ExactSum:
     __slots__ = ("partials", "value")
 
     def __init__(self, terms: Iterable[float] = ()) -> None:
-        self.partials: list[float] = _partials(list(terms))
-        """Non-zero floats whose exact sum is the exact sum of the terms (smallest first)."""
+        self.partials: list[float] = _partials([t for t in terms if t])
+        """Non-zero floats whose exact sum is the exact sum of the terms (a few partials,
+        then the terms added or removed since, up to ``COMPACT_AT``)."""
         self.value = math.fsum(self.partials)
         """The terms' sum, correctly rounded (``math.fsum``): O(1) to read."""
 
     def add(self, x: float) -> None:
         """Add the term ``x`` (exactly)."""
-        if x:
-            self.value = math.fsum(self._grow(x))
+        self.replace(0.0, x)
 
     def replace(self, old: float, new: float) -> None:
         """One term changed from ``old`` to ``new``: remove the one, add the other (exactly)."""
         if old != new:
+            partials = self.partials
             if new:
-                self._grow(new)
+                partials.append(new)
             if old:
-                self._grow(-old)
-            self.value = math.fsum(self.partials)
-
-    def _grow(self, x: float) -> list[float]:
-        """Shewchuk's grow-expansion (``math.fsum``'s inner loop): fold ``x`` into the
-        partials with error-free two-sums, dropping the zeros; returns the partials."""
-        partials = self.partials
-        i = 0
-        for y in partials:
-            if abs(x) < abs(y):
-                hi = y + x
-                lo = x - (hi - y)
-            else:
-                hi = x + y
-                lo = y - (hi - x)
-            if lo:
-                partials[i] = lo
-                i += 1
-            x = hi
-        partials[i:] = [x] if x else []
-        return partials
+                partials.append(-old)
+            if len(partials) > COMPACT_AT:
+                self.partials = partials = _partials(partials)
+            self.value = math.fsum(partials)
 
 
 def _partials(terms: list[float]) -> list[float]:
-    """Partials of many terms at once (a rebuild): ``fsum`` runs at C speed, so take the
-    rounded sum, then the rounded remainder, until nothing remains.
+    """A few floats with the exact sum of ``terms`` (which it extends): the rounded sum,
+    then the rounded remainder, until nothing remains (``fsum`` runs at C speed).
 
     Each ``fsum`` is the correctly rounded exact sum of the terms less the partials
     found so far; the remainder shrinks by ~2**-53 each round and, being a multiple
-    of the smallest float, reaches exactly 0 (two or three rounds in practice).
+    of the smallest float, reaches exactly 0 (one to three rounds in practice).
     """
     found: list[float] = []
     total = math.fsum(terms)
