@@ -1,7 +1,7 @@
 """CPU per input record of the worker's own loop, without a broker.
 
-Feeds pre-encoded outcomes (8 bots x 50 symbols, the workload of
-``bench.e2e_throughput``) to :class:`~worker.runtime.batch.BatchApplier` in
+Feeds pre-encoded outcomes (``bench.core``'s configuration: the 4 of its
+8 bots that book from outcomes, 50 symbols each) to :class:`~worker.runtime.batch.BatchApplier` in
 batches shaped like a fetch (records grouped per partition, each bot on its
 murmur2 home partition), with the engine's ``sweep`` after each batch as the
 worker does. What it measures is everything riskgate adds per record on top
@@ -22,7 +22,7 @@ from typing import NamedTuple
 import msgspec
 from aiokafka import TopicPartition
 
-from bench.core import BOTS, START_MS, STEP_MS, SYMBOLS
+from bench.core import BOTS, CONFIG, START_MS, STEP_MS, SYMBOLS
 from worker.config import load_config
 from worker.core import Effects, RiskEngine
 from worker.inbound import input_kinds
@@ -34,17 +34,8 @@ from worker.runtime.ownership import Ownership, home_partition
 
 PARTITIONS = 8
 TOPIC = "trading.outcomes"
-CONFIG = "\n".join(
-    [
-        "[defaults.session]",
-        "loss_limit = -500.0",
-        "[defaults.breaker]",
-        "loss_limit = 4",
-        "window_secs = 14400",
-        "cooldown_secs = 3600",
-        *(f"[bots.{bot}.portfolio]\nmax_daily_loss = -20000.0" for bot in BOTS),
-    ]
-)
+OUTCOME_BOTS = BOTS[0::2]
+"""The bots that book PnL from outcomes in ``bench.core``'s configuration."""
 
 
 class Record(NamedTuple):
@@ -66,7 +57,7 @@ def batches(n: int, size: int, seed: int) -> list[tuple[dict[TopicPartition, lis
     fetch: dict[TopicPartition, list[Record]] = {}
     for i in range(n):
         ts += rng.randint(0, 2 * STEP_MS)
-        bot = rng.choice(BOTS)
+        bot = rng.choice(OUTCOME_BOTS)
         key = bot.encode()
         partition = home_partition(key, PARTITIONS)
         win = rng.random() < 0.52
