@@ -23,6 +23,7 @@ from worker.core.snapshot import (
     symbol_key,
 )
 from worker.core.symbol import UNBORN, SymbolRisk
+from worker.messages import Mark
 
 BREAKER_2 = """
 [defaults]
@@ -157,3 +158,36 @@ def test_restored_birth_watermarks_are_kept() -> None:
     eng = engine(BREAKER_2)
     eng.restore(records, T0 + 9_000, Effects())
     assert eng.bots["alpha"].symbols["AAA"].snapshot().born == {"trading.outcomes/0": 41}
+
+
+DRAWDOWN = """
+[defaults]
+accept_unknown_bots = true
+[defaults.portfolio]
+max_drawdown = 1000.0
+"""
+
+
+def test_drawdown_day_restored_past_midnight_opens_at_every_restored_position() -> None:
+    """Regression: the first symbol restored rolled the bot's day, so the drawdown's new
+    day opened at the equity of the symbols restored so far (the portfolio record comes
+    first, D3): here AAA's +10 alone, not AAA's +10 and BBB's +30."""
+    live = engine(DRAWDOWN)
+    dirty = apply_all(
+        live,
+        [
+            fill("buy", 1.0, 100.0, symbol="AAA", ts=T0),
+            fill("buy", 1.0, 100.0, symbol="BBB", ts=T0 + 1),
+        ],
+    )
+    records: dict[str, bytes | None] = {}
+    for persisted in live.snapshots(dirty):
+        records[portfolio_key(persisted.bot)] = encode(persisted.portfolio)
+        for symbol, snap in persisted.symbols:
+            records[symbol_key(persisted.bot, symbol)] = encode(snap)
+    eng = engine(DRAWDOWN)
+    eng.apply_mark(Mark("AAA", 110.0, T0 + DAY_MS))
+    eng.apply_mark(Mark("BBB", 130.0, T0 + DAY_MS))
+    eng.restore(records, T0 + DAY_MS, Effects())
+    drawdown = eng.bots["alpha"].controls.drawdown
+    assert (drawdown.day, drawdown.peak) == ((T0 + DAY_MS) // DAY_MS, 40.0)
