@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+_fsum = math.fsum
+
 COMPACT_AT = 16
 """Terms held before they are folded into a few partials: ``fsum`` is C, a Python
 two-sum loop per change cost more than appending and re-reading a short list."""
@@ -53,7 +55,7 @@ class ExactSum:
                 partials.append(-old)
             if len(partials) > COMPACT_AT:
                 self.partials = partials = _partials(partials)
-            self.value = math.fsum(partials)
+            self.value = _fsum(partials)
 
 
 def _partials(terms: list[float]) -> list[float]:

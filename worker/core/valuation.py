@@ -53,7 +53,8 @@ class Valuation:
         else:
             self.open[name] = sym
             new = self._terms[name] = self._value(sym)
-        self._unrealised.replace(old[0], new[0])
+        if old[0] != new[0]:  # without a mark both are 0: no call (hot path, every fill)
+            self._unrealised.replace(old[0], new[0])
         self._exposure.replace(old[1], new[1])
 
     def rebuild(self, symbols: dict[str, SymbolRisk]) -> None:
