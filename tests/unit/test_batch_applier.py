@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import msgspec
+import pytest
 from aiokafka import TopicPartition
 from structlog.testing import capture_logs
 
@@ -21,6 +22,7 @@ from worker.inbound import input_kinds
 from worker.kafka.records import OutRecord
 from worker.messages import TradeOutcome
 from worker.metrics import Metrics
+from worker.runtime import ownership as ownership_module
 from worker.runtime.batch import BatchApplier
 from worker.runtime.ownership import Ownership, home_partition
 
@@ -63,8 +65,8 @@ class Applier(NamedTuple):
     applier: BatchApplier
 
 
-def applier(partitions: int = 4) -> Applier:
-    config = load_config(text=CONFIG, env={})
+def applier(partitions: int = 4, text: str = CONFIG) -> Applier:
+    config = load_config(text=text, env={})
     engine = RiskEngine(config)
 
     async def no_read(partitions: frozenset[int]) -> Any:
@@ -167,3 +169,30 @@ def test_halt_log_lines_name_the_record_that_caused_them_once_each() -> None:
         a.applier.apply(batch, NOW, Effects(), [])
     halts = [(e["symbol"], e["offset"]) for e in logs if e["event"] == "gate halted"]
     assert halts == [("BTC", 0), ("ETH", 2)]
+
+
+def test_home_is_computed_once_per_held_bot_and_every_time_for_a_refused_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only bots whose records were applied are remembered at home: records the engine
+    refuses (here an unknown bot) are home-checked every time, so a flood of distinct
+    refused keys grows nothing."""
+    a = applier(
+        text=CONFIG.replace("accept_unknown_bots = true", "accept_unknown_bots = false")
+        + "[bots.alpha]\n"
+    )
+    calls: list[bytes] = []
+    real = ownership_module.home_partition
+
+    def counting(key: bytes, partitions: int) -> int:
+        calls.append(key)
+        return real(key, partitions)
+
+    monkeypatch.setattr(ownership_module, "home_partition", counting)
+    alpha, stranger = "alpha", bot_on(real(b"alpha", 4))
+    tp = TopicPartition(TOPIC, real(b"alpha", 4))
+    batch = {tp: [record(alpha, 0), record(stranger, 1), record(alpha, 2), record(stranger, 3)]}
+    letters: list[OutRecord] = []
+    a.applier.apply(batch, NOW, Effects(), letters)
+    assert reasons(letters) == [(1, "unknown_bot"), (3, "unknown_bot")]
+    assert calls == [b"alpha", stranger.encode(), stranger.encode()]

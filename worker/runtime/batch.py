@@ -68,7 +68,8 @@ class BatchApplier:
     def _at_home(self, partition: int) -> set[bytes]:
         """The keys already found at home on ``partition``: a bot's home is a function of
         its key and the partition count only, so it is checked once per bot, not per
-        record. Bounded: a flood of distinct keys starts the set afresh."""
+        record. Only keys of applied records enter (bots the engine holds: refused ones,
+        an unknown-bot flood, are checked every time) and a set is bounded anyway."""
         count = self._ownership.input_partitions
         if count != self._homes_over:
             self._homes.clear()
@@ -109,20 +110,22 @@ class BatchApplier:
             seen = len(halts)
             for record in records:
                 event: Event | None = None
+                key = record.key
                 try:
-                    event = decode_input(kind, record.key, record.value, max_bytes)
-                    if record.key not in at_home:  # the key is the bot's id (decode_input)
+                    event = decode_input(kind, key, record.value, max_bytes)
+                    home = key in at_home  # the key is the bot's id (decode_input)
+                    if not home:
                         ownership.check_home(event, tp)
-                        at_home.add(record.key)
                     # ``Origin(source, offset)`` without the NamedTuple's Python-level __new__.
                     origin = _new_tuple(Origin, (source, record.offset))
                     apply(event, now, origin, effects, record_ts=record.timestamp)
                 except Rejected as exc:
                     seen = len(halts)
-                    letter = self._letters.of(
-                        tp, record, reason=exc.reason, message=str(exc), event=event
+                    deadletters.append(
+                        self._letters.of(
+                            tp, record, reason=exc.reason, message=str(exc), event=event
+                        )
                     )
-                    deadletters.append(letter)
                     continue
                 except Exception as exc:  # contained to this record, see above
                     seen = len(halts)
@@ -133,14 +136,17 @@ class BatchApplier:
                         offset=record.offset,
                     )
                     message = f"{type(exc).__name__}: {exc}"
-                    letter = self._letters.of(
-                        tp, record, reason="unprocessable", message=message, event=event
+                    deadletters.append(
+                        self._letters.of(
+                            tp, record, reason="unprocessable", message=message, event=event
+                        )
                     )
-                    deadletters.append(letter)
                     continue
                 if len(halts) != seen:
                     log_halts(halts[seen:], topic=topic, partition=partition, offset=record.offset)
                     seen = len(halts)
+                if not home:  # remembered once applied: only bots the engine holds
+                    at_home.add(key)
                 partition_of[event.bot] = partition
                 applied += 1
             skipped = effects.skipped - skipped_before
