@@ -10,7 +10,7 @@ way ``math.fsum`` does: a short list of floats whose exact sum is the exact
 sum of the terms. Adding a term appends it and removing one appends its
 negation, both exact; every few changes the list is folded back into a few
 partials by ``fsum`` itself (exact too); reading rounds the list once,
-correctly. So the figure equals ``math.fsum`` of the current terms, whatever
+correctly (and only when read). So the figure equals ``math.fsum`` of the current terms, whatever
 order they were added and removed in (a zero sum reads ``0.0``, never ``-0.0``).
 
 Terms must be finite. Validated messages bound every price, quantity and
@@ -32,14 +32,23 @@ two-sum loop per change cost more than appending and re-reading a short list."""
 class ExactSum:
     """The exact sum of a changing multiset of floats; ``value`` is its ``fsum``."""
 
-    __slots__ = ("partials", "value")
+    __slots__ = ("_value", "partials")
 
     def __init__(self, terms: Iterable[float] = ()) -> None:
         self.partials: list[float] = _partials([t for t in terms if t])
         """Non-zero floats whose exact sum is the exact sum of the terms (a few partials,
         then the terms added or removed since, up to ``COMPACT_AT``)."""
-        self.value = math.fsum(self.partials)
-        """The terms' sum, correctly rounded (``math.fsum``): O(1) to read."""
+        self._value: float | None = None
+        """``fsum`` of the partials once read, None until then after a change: a sum
+        changed far more often than read (the exposure, per fill) rounds only when read."""
+
+    @property
+    def value(self) -> float:
+        """The terms' sum, correctly rounded (``math.fsum``)."""
+        value = self._value
+        if value is None:
+            value = self._value = _fsum(self.partials)
+        return value
 
     def add(self, x: float) -> None:
         """Add the term ``x`` (exactly)."""
@@ -54,8 +63,8 @@ class ExactSum:
             if old:
                 partials.append(-old)
             if len(partials) > COMPACT_AT:
-                self.partials = partials = _partials(partials)
-            self.value = _fsum(partials)
+                self.partials = _partials(partials)
+            self._value = None
 
 
 def _partials(terms: list[float]) -> list[float]:
