@@ -18,6 +18,7 @@ from collections.abc import Generator, Iterator
 from typing import Any
 
 import pytest
+import structlog
 from hypothesis import settings
 
 from tests.support.system import in_ci
@@ -31,6 +32,33 @@ from worker.testing.plugin import KAFKA_USED
 settings.register_profile("ci", derandomize=True, database=None)
 if in_ci() and "RISKGATE_FUZZ_EXAMPLES" not in os.environ:
     settings.load_profile("ci")
+
+_configure_structlog = structlog.configure
+
+
+def _configure_uncached(*args: Any, **kwargs: Any) -> None:
+    """``structlog.configure`` without logger caching, for the test process only.
+
+    ``worker.logs.configure_logging`` (every in-process ``serve()``) caches each
+    module's logger on first use, with that call's processors and level: a later
+    test's ``structlog.testing.capture_logs`` then missed those loggers' lines, so
+    a test reading log lines passed or failed by which files ran before it in the
+    same process (serially as under xdist). Uncached, every line goes through the
+    configuration in force when it is logged.
+    """
+    kwargs["cache_logger_on_first_use"] = False
+    _configure_structlog(*args, **kwargs)
+
+
+structlog.configure = _configure_uncached
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> None:
+    """Each test starts with structlog's defaults (no level filter, lines to stdout),
+    not whatever an earlier test's in-process worker configured."""
+    structlog.reset_defaults()
+
 
 DAY_MS = 86_400_000
 GUARD_BEFORE_MS = 3 * 60_000
