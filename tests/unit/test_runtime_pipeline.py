@@ -259,3 +259,30 @@ async def test_an_ack_lost_to_an_outage_sends_that_batch_and_every_later_one_aga
             resent += [tp.topic] * (len(values) - sent[tp])
     # Each loss: the symbol's and the account's gate records; the trip: its halt.
     assert sorted(resent) == [CFG.topics.gates] * 4 + [CFG.topics.halts]
+
+
+async def test_a_persist_due_while_the_last_one_is_in_flight_waits_so_keys_cannot_pile_up() -> None:
+    """Regression: a persist was never due while the previous one was in flight, so the
+    loop ran on, every persist covered everything applied meanwhile and grew, and so did
+    the worker's RSS (100k symbols built live: 311 MiB, 240 MiB with this wait)."""
+    broker = broker_for(CFG, timestamp_ms=NOW)
+    with started(Shell(CFG, broker, NOW), broker) as shell:
+        assert await shell.idle()
+        assert shell.worker is not None
+        checkpoint = shell.worker.checkpoint
+        broker.hold_acks()
+        shell.now_ms += MIN  # the next persist is due: it claims LOSS, whose acks are held
+        produce(broker, [LOSS])
+        await settle(lambda: checkpoint.persisting)
+        produce(broker, [TRIP])  # applied while that persist is in flight
+        await settle(lambda: position(shell, OUTCOMES) == 3)
+        shell.now_ms += MIN  # another interval: this persist waits for the one in flight
+        produce(broker, [DENIED])
+        await turns()
+        assert position(shell, INTENTS) == 0, "the loop ran on past a persist it owed"
+        assert broker.committed == {OUTCOMES: 1}
+        broker.release_acks()
+        assert await shell.idle()
+        assert position(shell, INTENTS) == 1
+        assert await shell.stop()
+    assert broker.committed == {OUTCOMES: 3, INTENTS: 1}

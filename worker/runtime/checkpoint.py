@@ -148,9 +148,13 @@ class Checkpoint:
             return False
         if self._flush_requested.is_set():
             return True
-        if len(pending.dirty_symbols) >= self._config.max_unpersisted_keys:
-            return True  # waits for the persist in flight, if any: bounds what piles up
-        return now >= self._next_persist and not self.persisting
+        # Due even while the last persist is in flight: persist() then waits for it, so
+        # the loop runs at most one interval (or max_unpersisted_keys) ahead of the
+        # persist in flight. Without that wait, keys piled up behind slow persists, each
+        # persist grew, and so did the worker's RSS (100k live symbols: 311 MiB vs 240).
+        return now >= self._next_persist or (
+            len(pending.dirty_symbols) >= self._config.max_unpersisted_keys
+        )
 
     # -- stage 3: persist, then commit ---------------------------------------------------
 
