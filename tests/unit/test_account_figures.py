@@ -406,3 +406,18 @@ def test_an_exact_sum_reads_as_fsum_of_its_terms_after_any_changes(
         total.value,
         1.0,
     )
+
+
+def test_the_latch_is_not_skipped_when_a_float_estimate_is_above_the_limit() -> None:
+    """+1e16, -1 and -1e16 added as floats give 0.0, above a -1 limit; the exact net is -1,
+    at it: the estimate is trusted only far above the limit (its error is bounded)."""
+    eng = RiskEngine(config(CONFIG.replace("max_daily_loss = -1e15", "max_daily_loss = -1.0")))
+    halts = []
+    for symbol, gross in (("AAA", 1e16), ("BBB", -1.0), ("CCC", -1e16)):
+        halts = eng.apply(TradeOutcome(next_id("o"), "alpha", symbol, gross, 0.0, T0), T0).halts
+    assert 1e16 + -1.0 + -1e16 == 0.0
+    assert [(h.kind, h.gate) for h in halts] == [
+        ("halted", "session_halt"),  # CCC's own loss limit (-1e15)
+        ("halted", "portfolio_daily_loss"),
+    ]
+    assert account_record(eng).account_net_pnl == -1.0

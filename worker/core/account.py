@@ -33,9 +33,11 @@ class Account:
     """Account-wide state of one bot over its symbols (shared with the bot, read only)."""
 
     __slots__ = (
+        "_estimate",
         "_net",
         "_net_day",
         "_nets",
+        "_slack",
         "max_reservations",
         "portfolio",
         "reservation_ttl_ms",
@@ -64,6 +66,10 @@ class Account:
         """Per symbol whose session is of ``_net_day``, its net in ``_net`` (zeros left out)."""
         self._net_day = -1
         """UTC day whose account net ``_net`` holds; -1 when it must be rebuilt."""
+        self._estimate = 0.0
+        """``_net`` as a float running sum since it was last read exactly (see ``latch``)."""
+        self._slack = 0.0
+        """What bounds the estimate's error: the magnitudes summed into it since."""
         self._rebuild_net(portfolio.last_reset_day)
 
     # -- account net -------------------------------------------------------------
@@ -78,7 +84,13 @@ class Account:
             return math.fsum(s.net_pnl for s in sessions if s.last_reset_day == day) + 0.0
         if self._net_day != today:
             self._rebuild_net(today)
-        return self._net.value
+        return self._exact()
+
+    def _exact(self) -> float:
+        """Today's exact account net (``_net`` current); the estimate restarts from it."""
+        net = self._estimate = self._net.value
+        self._slack = abs(net)
+        return net
 
     def book(self, sym: SymbolRisk) -> None:
         """``sym``'s session changed (an event booked on it, it rolled over, a restore):
@@ -93,10 +105,11 @@ class Account:
         if new:
             self._nets[name] = new
         self._net.replace(old, new)
+        self._estimate += new - old
+        self._slack += abs(new) + abs(old)
 
     def resum(self) -> None:
-        """Sessions changed outside the event paths (an operator reset): rebuild the
-        account net at the next read."""
+        """Sessions changed outside the event paths (operator resets): rebuilt when read."""
         self._net_day = -1
 
     def rebuild(self) -> None:
@@ -113,10 +126,10 @@ class Account:
         }
         self._net = ExactSum(self._nets.values())
         self._net_day = day
+        self._exact()
 
     def decision_net(self, now_ms: int) -> float:
-        """Today's account net for a decision (O(1)); with ``include_unrealised``, the
-        equity (open positions at their marks)."""
+        """Today's account net for a decision; with ``include_unrealised``, the equity."""
         return self.account_net(utc_day(now_ms)) + self.loss_unrealised()
 
     # -- marks -------------------------------------------------------------------
@@ -142,9 +155,22 @@ class Account:
         with the wall clock in ``sweep``. One of an earlier day than the bot's is
         late and counts toward nothing today; one stamped on a later day counts
         toward the current day (its session clamped it there).
+
+        The verdict is the exact figures' (``latch_exact``). Far above the limit a
+        float estimate says so first: each change folded into it errs by at most
+        2**-52 of ``_slack``, so the margin (1e-6 of it) covers 10**9 changes, and
+        every exact read (each decision, each account record) restarts it.
         """
-        if ts_ms // MS_PER_DAY < self.portfolio.last_reset_day:
+        portfolio = self.portfolio
+        limit = portfolio.config.max_daily_loss
+        day = portfolio.last_reset_day
+        if limit is None or portfolio.halted or ts_ms // MS_PER_DAY < day:
             return False
+        if self._net_day == day:  # clearly above the limit: no exact rounding per event
+            unrealised = self.valuation.unrealised() if portfolio.config.include_unrealised else 0.0
+            margin = 1e-6 * (1.0 + abs(limit) + abs(unrealised) + self._slack)
+            if self._estimate + unrealised - limit > margin:
+                return False
         return self.latch_exact()
 
     def latch_exact(self) -> bool:
@@ -165,7 +191,7 @@ class Account:
         """What the daily-loss limit is judged on: today's account net, plus the unrealised
         PnL with ``include_unrealised`` (the default)."""
         day = self.portfolio.last_reset_day
-        net = self._net.value if self._net_day == day else self.account_net(day)
+        net = self._exact() if self._net_day == day else self.account_net(day)
         if self.portfolio.config.include_unrealised:
             net += self.valuation.unrealised()
         return net
