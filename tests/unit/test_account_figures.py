@@ -347,8 +347,8 @@ def test_events_and_a_decision_value_only_the_symbols_they_moved(
     counted: tuple[World, list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A fill and a mark re-value their own symbol; the decision after them, with its
-    daily-loss, exposure and concurrency gates, values nothing else (it re-valued all 21
-    open positions, and summed 60 session nets when the running sum was due)."""
+    daily-loss, exposure and concurrency gates, values none (it re-valued all 21 open
+    positions, and summed 60 session nets when the running sum was due)."""
     world, reads = counted
     valued: list[float] = []
     value = exposure
@@ -363,8 +363,7 @@ def test_events_and_a_decision_value_only_the_symbols_they_moved(
     world.eng.apply_mark(Mark("S03", 80.0, T0 + 1), Effects())
     out = world.eng.apply(OrderIntent("i-x", "alpha", "S01", "open", "buy", 1.0, 5.0, T0), T0)
     assert out.decisions[0].allowed
-    # The mark re-values S03 at once; S04 (never marked) at the decision's exposure read.
-    assert (CountingSymbols.passes, len(reads), valued) == (0, 1, [1.0, 4.0])
+    assert (CountingSymbols.passes, len(reads), valued) == (0, 1, [4.0, 1.0])
 
 
 def test_concurrency_counts_a_symbol_both_open_and_reserved_once() -> None:

@@ -94,13 +94,12 @@ def test_account_record_past_the_daily_loss_still_shows_the_block_and_the_exact_
 def test_fill_without_any_mark_values_no_open_position(monkeypatch: pytest.MonkeyPatch) -> None:
     """A fill's daily-loss latch check read the unrealised PnL, which re-valued every
     open position after each fill (the fill moved one): O(open positions) per fill
-    even with no mark held, where every position counts 0. Now only the position the
-    fill moved is valued, once (at the next exposure read: here, the record)."""
+    even with no mark held, where every position counts 0. Now the fill values its
+    own position once, and the record none."""
     eng = engine("max_daily_loss = -1000.0")
     for n in range(20):
         fill = Fill(f"f{n}", "bot", f"S{n}", "buy", 1.0, 100.0, 0.0, T0)
         eng.apply(fill, T0, Origin("trading.fills/0", n))
-    account_record(eng)
     valued: list[float] = []
     value = exposure
 

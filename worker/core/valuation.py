@@ -28,15 +28,7 @@ _NOTHING = (0.0, 0.0)
 class Valuation:
     """The bot's open positions at the market-wide marks (shared, read only)."""
 
-    __slots__ = (
-        "_exposure",
-        "_pending",
-        "_stale_after",
-        "_terms",
-        "_unrealised",
-        "marks",
-        "open",
-    )
+    __slots__ = ("_exposure", "_stale_after", "_terms", "_unrealised", "marks", "open")
 
     def __init__(self, marks: MarkTable) -> None:
         self.marks = marks
@@ -44,10 +36,6 @@ class Valuation:
         """Symbols holding a position, by name (kept in step by :meth:`track`)."""
         self._terms: dict[str, tuple[float, float]] = {}
         """Per open symbol, the (unrealised PnL, exposure) it adds to the sums below."""
-        self._pending: dict[str, SymbolRisk] = {}
-        """Symbols without a mark whose position moved since the exposure was read: their
-        unrealised PnL stays 0, so only the exposure waits, re-valued once at the next
-        read however many fills moved them (a fill is far more frequent than a read)."""
         self._unrealised = ExactSum()
         self._exposure = ExactSum()
         self._stale_after = math.inf
@@ -56,34 +44,22 @@ class Valuation:
 
     def track(self, sym: SymbolRisk) -> None:
         """``sym``'s position or mark changed (fill, mark, restore): re-value it alone and
-        adjust the sums by its old and new value (its exposure at the next read when it
-        has no mark: see ``_pending``)."""
-        name = sym.symbol
-        if sym.position.qty == 0.0:
-            self.open.pop(name, None)
-        else:
-            self.open[name] = sym
-        if self.marks.latest(name) is None:  # never marked: nothing unrealised, before or now
-            self._pending[name] = sym
-            return
-        self._pending.pop(name, None)
-        self._revalue(sym)
-
-    def _revalue(self, sym: SymbolRisk) -> None:
-        """Replace ``sym``'s terms in the sums by its value now."""
+        adjust the sums by its old and new value."""
         name = sym.symbol
         old = self._terms.pop(name, _NOTHING)
-        new = _NOTHING if sym.position.qty == 0.0 else self._value(sym)
-        if new is not _NOTHING:
-            self._terms[name] = new
-        if old[0] != new[0]:
+        if sym.position.qty == 0.0:
+            self.open.pop(name, None)
+            new = _NOTHING
+        else:
+            self.open[name] = sym
+            new = self._terms[name] = self._value(sym)
+        if old[0] != new[0]:  # without a mark both are 0: no call (hot path, every fill)
             self._unrealised.replace(old[0], new[0])
         self._exposure.replace(old[1], new[1])
 
     def rebuild(self, symbols: dict[str, SymbolRisk]) -> None:
         """Value every open position afresh (after a bulk restore): O(symbols), once."""
         self._stale_after = math.inf
-        self._pending = {}
         self.open = {name: sym for name, sym in symbols.items() if sym.position.qty != 0.0}
         self._terms = {name: self._value(sym) for name, sym in self.open.items()}
         self._unrealised = ExactSum(u for u, _ in self._terms.values())
@@ -110,12 +86,7 @@ class Valuation:
 
     def gross_exposure(self) -> float:
         """Open positions at their marks (else at entry price), correctly rounded: the
-        same whatever order positions were opened, marked or restored. O(1), plus the
-        symbols without a mark that fills moved since the last read, once each."""
-        if self._pending:
-            pending, self._pending = self._pending, {}
-            for sym in pending.values():
-                self._revalue(sym)
+        same whatever order positions were opened, marked or restored."""
         return self._exposure.value
 
     def stale_mark(self, now_ms: int) -> str | None:
