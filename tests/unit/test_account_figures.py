@@ -102,8 +102,9 @@ class World:
         with contextlib.suppress(Rejected):  # bad input changes nothing (an outcome of a
             self.eng.apply(event, self.now, out=Effects())  # bot booking from fills)
 
-    def restart(self, marks_first: bool) -> None:
-        """Persist everything, then a new engine restores it (marks read before or after)."""
+    def restart(self, marks_first: bool, rebuild: bool) -> None:
+        """Persist everything, then a new engine restores it (marks read before or after),
+        with or without ``Account.rebuild`` once each bot is in (a bulk restore's call)."""
         records: dict[str, bytes | None] = {}
         for bot_id, bot in self.eng.bots.items():
             records[portfolio_key(bot_id)] = encode(bot.portfolio_snapshot())
@@ -113,6 +114,9 @@ class World:
         if marks_first:
             self.replay_marks()
         self.eng.restore(records, self.now, Effects())
+        if rebuild:
+            for bot in self.eng.bots.values():
+                bot.account.rebuild()
         if not marks_first:
             self.replay_marks()
 
@@ -187,8 +191,8 @@ def reset(bot: str, symbol: str | None, world: World) -> None:
     world.apply(control("reset_session", bot=bot, symbol=symbol, ts=world.now))
 
 
-def restart(marks_first: bool, world: World) -> None:
-    world.restart(marks_first)
+def restart(marks_first: bool, rebuild: bool, world: World) -> None:
+    world.restart(marks_first, rebuild)
 
 
 Step = Callable[[World], None]
@@ -204,7 +208,7 @@ steps: st.SearchStrategy[Step] = st.one_of(
     st.builds(partial, st.just(mark), symbols, positive, st.integers(0, 2 * DAY_MS)),
     st.builds(partial, st.just(sweep), st.sampled_from(SWEEPS)),
     st.builds(partial, st.just(reset), bots, st.sampled_from((None, *SYMBOLS))),
-    st.builds(partial, st.just(restart), st.booleans()),
+    st.builds(partial, st.just(restart), st.booleans(), st.booleans()),
 )
 
 
