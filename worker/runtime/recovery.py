@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import ctypes
 import gc
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
+from typing import Any, ParamSpec
 
 import structlog
 
@@ -63,6 +64,29 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+_P = ParamSpec("_P")
+
+
+def _drained(steps: Callable[_P, Iterator[None]]) -> Callable[_P, None]:
+    """Run a stepped restore to its end without yielding (one signature for both drivers)."""
+
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> None:
+        for _ in steps(*args, **kwargs):
+            pass
+
+    return run
+
+
+def _yielding(steps: Callable[_P, Iterator[None]]) -> Callable[_P, Coroutine[Any, Any, None]]:
+    """Run a stepped restore to its end, letting the event loop run at every step."""
+
+    async def run(*args: _P.args, **kwargs: _P.kwargs) -> None:
+        for _ in steps(*args, **kwargs):
+            await asyncio.sleep(0)
+
+    return run
+
+
 class Recovery:
     """Restores finished reads into the engine; says what must be republished and rewritten."""
 
@@ -73,39 +97,10 @@ class Recovery:
         self._engine = engine
         self._ownership = ownership
         self._metrics = metrics
-
-    def restore(
-        self,
-        read: SnapshotRead,
-        now: int,
-        effects: Effects,
-        *,
-        republish: Effects,
-        rewrite: Effects,
-    ) -> None:
-        """Restore ``read``; add the gate records owed to ``republish``, zombie keys to ``rewrite``.
-
-        Every configured bot homed on these partitions gets its account record
-        even before it sends anything, so a silent bot is not denied forever as
-        unknown. Empties ``read.records`` (each part's values freed once applied).
-        """
-        for _ in self._steps(read, now, effects, republish=republish, rewrite=rewrite):
-            pass
-
-    async def restore_async(
-        self,
-        read: SnapshotRead,
-        now: int,
-        effects: Effects,
-        *,
-        republish: Effects,
-        rewrite: Effects,
-    ) -> None:
-        """:meth:`restore`, yielding to the event loop after every ``RESTORE_PART`` records:
-        100k symbols take ~1 s of CPU, during which health probes, the group's heartbeats
-        and other partitions' work would otherwise wait."""
-        for _ in self._steps(read, now, effects, republish=republish, rewrite=rewrite):
-            await asyncio.sleep(0)
+        self.applying = asyncio.Lock()
+        """Held while the loop applies restores (:meth:`restore_async` suspends between
+        parts). A revoke takes it before forgetting bots, so no later part can re-create
+        a bot the revoke forgot, nor mark a revoked partition restored."""
 
     def _steps(
         self,
@@ -116,7 +111,13 @@ class Recovery:
         republish: Effects,
         rewrite: Effects,
     ) -> Iterator[None]:
-        """The restore, a part at a time (one ``yield`` after each)."""
+        """Restore ``read``; add the gate records owed to ``republish``, zombie keys to ``rewrite``.
+
+        A part at a time (one ``yield`` after each part and after each bot's sweep).
+        Every configured bot homed on these partitions gets its account record
+        even before it sends anything, so a silent bot is not denied forever as
+        unknown. Empties ``read.records`` (each part's values freed once applied).
+        """
         ownership = self._ownership
         ownership.take_over(read)
         records = read.records
@@ -170,6 +171,16 @@ class Recovery:
             ignored=len(ignored),
             seconds=round(read.seconds, 3),
         )
+
+    restore = _drained(_steps)
+    """:meth:`_steps` in one go, the event loop held throughout: for tools and tests
+    (``bench.e2e_restore`` compares the loop lag of both)."""
+
+    restore_async = _yielding(_steps)
+    """:meth:`_steps`, yielding to the event loop after every ``RESTORE_PART`` records and
+    every bot's sweep: 100k symbols take ~1 s of CPU, during which health probes, the
+    group's heartbeats and other partitions' work would otherwise wait. The worker's
+    loop applies restores with this one, under :attr:`applying`."""
 
     def _rewrite(self, keys: Iterable[str], rewrite: Effects) -> None:
         """Persist these keys again under our epoch, so compaction drops the zombie's records."""

@@ -190,7 +190,7 @@ class Worker:
             now = self.clock()
             for mark in self._marks.drain():
                 self.engine.apply_mark(mark, effects)
-            self._apply_restores(consumer, now, effects)
+            await self._apply_restores(consumer, now, effects)
             log_halts(effects.halts, cause="restore")
             fetched = await self._link.fetch()
             batch = fetched.batch
@@ -262,35 +262,51 @@ class Worker:
             consumer.pause(*new)
 
     async def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        """The group takes partitions away: persist first (bounded), then forget their bots."""
+        """The group takes partitions away: persist first (bounded), then forget their bots.
+
+        The forgetting waits for a restore the loop is applying (``Recovery.applying``):
+        ``restore_async`` suspends between parts, and a part applied after the forget
+        would re-create forgotten bots, and its end would mark the revoked partitions
+        restored (their offsets committable, P3). Waiting is the simplest correct
+        order: the restore ends whole, then its bots are forgotten like any others,
+        with no half-built state to undo. It costs this callback at most one restore
+        (~1 s of CPU for 100k symbols), which the synchronous restore made every revoke
+        wait anyway; and after a flush that succeeded it costs nothing, as the flush
+        already waits for the end of the loop's iteration, restore included.
+        """
         revoked = set(revoked)
         if revoked and self.started.is_set():
             # Our last snapshots must be on the topic before a new owner reads it.
             timeout_s = self.config.kafka.max_poll_interval_ms / 2000
             if not await self.checkpoint.flush(timeout_s):
                 log.warning("revoke: persist still pending; the new owner will replay")
-        # If the persist above timed out, the state behind these offsets is about to
-        # be forgotten unpersisted: never commit them, even if the partition comes
-        # back to us in the next assignment.
-        self.checkpoint.forget(revoked)
-        for tp in revoked:
-            # Its new owner reports this lag now: a series left here would be stale,
-            # counted twice in a sum, and could keep a lag alert firing forever.
-            with contextlib.suppress(KeyError):
-                self.metrics.lag.remove(tp.topic, str(tp.partition))
-        self.engine.forget(self.ownership.revoke(revoked))
+        async with self._recovery.applying:
+            # If the persist above timed out, the state behind these offsets is about to
+            # be forgotten unpersisted: never commit them, even if the partition comes
+            # back to us in the next assignment.
+            self.checkpoint.forget(revoked)
+            for tp in revoked:
+                # Its new owner reports this lag now: a series left here would be stale,
+                # counted twice in a sum, and could keep a lag alert firing forever.
+                with contextlib.suppress(KeyError):
+                    self.metrics.lag.remove(tp.topic, str(tp.partition))
+            self.engine.forget(self.ownership.revoke(revoked))
 
-    def _apply_restores(self, consumer: Consumer, now: int, effects: Effects) -> None:
-        for read, owned in self.ownership.finished_restores():
-            self._recovery.restore(
-                read,
-                now,
-                effects,
-                republish=self._publisher.republish,
-                rewrite=self.checkpoint.unpersisted,
-            )
-            # Applied before a revoke and reassignment (the partition was paused
-            # since): their state was forgotten, never commit them (P3).
-            self.checkpoint.forget(owned)
-            self.ownership.mark_restored(owned)
-            consumer.resume(*owned)
+    async def _apply_restores(self, consumer: Consumer, now: int, effects: Effects) -> None:
+        """Apply every finished read, letting the event loop run between parts (health,
+        marks, heartbeats and rebalance callbacks go on during a large restore); a revoke
+        waits for ``Recovery.applying`` before it forgets anything (see :meth:`on_revoked`)."""
+        async with self._recovery.applying:
+            for read, owned in self.ownership.finished_restores():
+                await self._recovery.restore_async(
+                    read,
+                    now,
+                    effects,
+                    republish=self._publisher.republish,
+                    rewrite=self.checkpoint.unpersisted,
+                )
+                # Applied before a revoke and reassignment (the partition was paused
+                # since): their state was forgotten, never commit them (P3).
+                self.checkpoint.forget(owned)
+                self.ownership.mark_restored(owned)
+                consumer.resume(*owned)
