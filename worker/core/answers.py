@@ -10,21 +10,22 @@ fill until its TTL (R1, R2).
 from __future__ import annotations
 
 from worker.core.gates import ALLOWED, REUSED_ID, Verdict, decision
-from worker.core.intents import Seen, content_digest, id_digest
+from worker.core.intents import Seen, content_digest
 from worker.core.portfolio import PortfolioRisk
 from worker.messages import GateDecision, OrderIntent
 
 
 def recall(
-    portfolio: PortfolioRisk, i: OrderIntent, now_ms: int, ttl_ms: int
+    portfolio: PortfolioRisk, i: OrderIntent, now_ms: int, ttl_ms: int, key: int
 ) -> GateDecision | None:
     """The answer to an intent that needs no gate: too old, a repeat, or a reused id;
-    None when the gates must judge it."""
+    None when the gates must judge it. ``key``: ``id_digest(i.intent_id)``, hashed once
+    per decision for this and :func:`settle`."""
     age = now_ms - i.ts
     if age > ttl_ms:
         reason = f"intent is {age} ms old; reservations last {ttl_ms} ms"
         return decision(i, "expired", reason, now_ms)
-    seen = portfolio.intents.get(id_digest(i.intent_id))
+    seen = portfolio.intents.get(key)
     if seen is not None:
         if seen.content == content_digest(i):
             return _repeat(i, seen, ttl_ms)
@@ -47,9 +48,16 @@ def _repeat(i: OrderIntent, seen: Seen, ttl_ms: int) -> GateDecision:
 
 
 def settle(
-    portfolio: PortfolioRisk, i: OrderIntent, verdict: Verdict, now_ms: int, ttl_ms: int
+    portfolio: PortfolioRisk,
+    i: OrderIntent,
+    verdict: Verdict,
+    now_ms: int,
+    ttl_ms: int,
+    *,
+    key: int,
 ) -> GateDecision:
-    """Remember a judged intent; an allowed one reserves until ``now + ttl``."""
+    """Remember a judged intent under ``key`` (its id digest, as :func:`recall` was
+    given); an allowed one reserves until ``now + ttl``."""
     gate, reason = verdict
     expires = None
     if gate is None:
@@ -57,5 +65,5 @@ def settle(
         close = i.action == "close"
         notional = 0.0 if close else i.notional
         portfolio.reserve(i.intent_id, i.symbol, notional, expires, qty=i.qty, close=close)
-    portfolio.intents.remember(id_digest(i.intent_id), content_digest(i), now_ms - i.ts, gate)
+    portfolio.intents.remember(key, content_digest(i), now_ms - i.ts, gate)
     return decision(i, gate, reason, now_ms, expires)

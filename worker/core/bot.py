@@ -23,6 +23,7 @@ from worker.core.effects import Effects, Origin
 from worker.core.gates import decision, evaluate, kill_verdict
 from worker.core.halt_events import LOSS
 from worker.core.idlog import IdLogRef
+from worker.core.intents import id_digest
 from worker.core.marks import MarkTable
 from worker.core.portfolio import PortfolioRisk
 from worker.core.replay import Holder, IdChunkOut, IdWindows
@@ -82,7 +83,8 @@ class BotRisk(Holder):
         self.manual_halt: ManualHalt | None = None
         self.controls = BotControls(settings, day)
         self.deadline = (day + 1) * MS_PER_DAY
-        """Earliest wall time at which a sweep can change anything (rollover, expiry)."""
+        """Earliest wall time at which a sweep, or a decision's symbol tick, can change
+        anything (rollover, expiry): before it, ``decide`` skips the tick."""
         self.shown_loss: bool | None = False
         """What the halts topic last said of ``portfolio_daily_loss`` (True: halted), so
         its events diff against what was published (:meth:`shown`); None after a restore
@@ -175,18 +177,22 @@ class BotRisk(Holder):
         self.touch(out)  # its watermark moved, even for a repeat or a denial (D2)
         account = self.account
         ttl = account.reservation_ttl_ms
-        answer = recall(account.portfolio, i, now_ms, ttl)
+        key = id_digest(i.intent_id)
+        answer = recall(account.portfolio, i, now_ms, ttl, key)
         if answer is not None and answer.allowed:
             killed = kill_verdict(self, self.symbols.get(i.symbol))
             if killed is not None:  # remembered as first answered: a resume allows it again
                 answer = decision(i, killed.gate, killed.reason, now_ms)
         if answer is None:
             sym = self.symbols.get(i.symbol)
-            if sym is not None:
+            if sym is not None and now_ms >= self.deadline:
+                # Before the deadline the tick is a no-op: the deadline is never later
+                # than the bot's and every symbol's next rollover, trip end, window
+                # eviction and cooldown end (restores lower it to their clock).
                 self.tick_symbol(sym, now_ms, out)
             at = now_ms if record_ts is None else record_ts
             verdict = evaluate(i, self, sym, now_ms, at)
-            answer = settle(account.portfolio, i, verdict, now_ms, ttl)
+            answer = settle(account.portfolio, i, verdict, now_ms, ttl, key=key)
             if answer.allowed:
                 self.controls.allowed(i, self.settings.orders_for(i.symbol), at)
             if answer.reservation_expires_ts is not None:
