@@ -45,7 +45,15 @@ from worker import signing
 from worker.config import load_config
 from worker.core import Effects, Origin, RiskEngine
 from worker.errors import Rejected
-from worker.messages import ControlCommand, Fill, HaltEvent, OrderIntent, TradeOutcome
+from worker.messages import (
+    Action,
+    ControlCommand,
+    Fill,
+    HaltEvent,
+    OrderIntent,
+    Side,
+    TradeOutcome,
+)
 
 BOT = "alpha"
 SYMBOLS = ("BTC", "ETH", "SOL")
@@ -377,7 +385,7 @@ class EngineHarness(RuleBasedStateMachine):
         self.event_ids: dict[str, tuple[str | None, str, str]] = {}
         self.serial = 0
         self.sent_outcomes: list[TradeOutcome] = []
-        self.intent_sides: dict[str, str] = {}
+        self.intent_sides: dict[str, Side] = {}
 
     @initialize(start=starts)
     def start_clock(self, start: int) -> None:
@@ -597,8 +605,10 @@ class EngineMachine(EngineHarness):
     # -- fills ----------------------------------------------------------------------
 
     @rule(target=fills, symbol=symbols, side=sides, qty=qtys, price=prices, fee=fees, skew=skews)
-    def fill(self, symbol: str, side: str, qty: float, price: float, fee: float, skew: int) -> Fill:
-        f = Fill(self._uid("f"), BOT, symbol, side, qty, price, fee, self.model.now + skew)  # type: ignore[arg-type]
+    def fill(
+        self, symbol: str, side: Side, qty: float, price: float, fee: float, skew: int
+    ) -> Fill:
+        f = Fill(self._uid("f"), BOT, symbol, side, qty, price, fee, self.model.now + skew)
         self._send_fill(f)
         return f
 
@@ -620,7 +630,7 @@ class EngineMachine(EngineHarness):
             0.1,
             self.model.now,
             intent_id=rid,
-        )  # type: ignore[arg-type]
+        )
         self._send_fill(f)
         return f
 
@@ -662,11 +672,11 @@ class EngineMachine(EngineHarness):
         skew=skews,
     )
     def intent(
-        self, symbol: str, action: str, side: str, qty: float, price: float, skew: int
+        self, symbol: str, action: Action, side: Side, qty: float, price: float, skew: int
     ) -> OrderIntent:
         i = OrderIntent(
             self._uid("i"), BOT, symbol, action, side, qty, price, self.model.now + skew
-        )  # type: ignore[arg-type]
+        )
         self._decide(i)
         return i
 
@@ -677,10 +687,10 @@ class EngineMachine(EngineHarness):
         held = [(n, s.qty) for n, s in self.model.symbols.items() if s.qty != 0.0]
         symbol, qty = data.draw(st.sampled_from(held))
         extra = data.draw(st.sampled_from([0.0, 0.0, 0.0005, 1.0, -abs(qty) / 2]))
-        side = "sell" if qty > 0 else "buy"
+        side: Side = "sell" if qty > 0 else "buy"
         i = OrderIntent(
             self._uid("i"), BOT, symbol, "close", side, abs(qty) + extra, 100.0, self.model.now
-        )  # type: ignore[arg-type]
+        )
         self._decide(i)
         return i
 
