@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from tests.support.builders import DAY_MS, MIDNIGHT, T0, engine, intent, outcome
 from worker.core import Effects, RiskEngine
+from worker.core.orders import Denial, RecentOrders
 
 COOLDOWN = """
 [defaults]
@@ -87,4 +88,17 @@ def test_guard_does_not_skip_a_rollover_due_at_a_decision() -> None:
     assert decide(e, MIDNIGHT + DAY_MS) == (
         None,
         [("resumed", "BTCUSDT", "session_halt", "alpha/BTCUSDT/session_halt/2")],
+    )
+
+
+def test_recent_orders_digest_cache_records_the_intent_given_not_the_one_last_checked() -> None:
+    """The duplicate window hashes a decision's intent once (check, then record); another
+    intent recorded after a check must be recorded under its own digest."""
+    recent = RecentOrders()
+    checked, other = intent(qty=2.0), intent(qty=3.0)
+    assert recent.check(checked, T0, 1_000) is None
+    recent.record(other, T0, 1_000)
+    assert recent.check(checked, T0 + 1, 1_000) is None
+    assert recent.check(other, T0 + 1, 1_000) == Denial(
+        "duplicate_order", "same BTCUSDT buy 3 @ 100 allowed 1 ms earlier (window 1000 ms)"
     )

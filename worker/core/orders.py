@@ -137,11 +137,22 @@ class RecentOrders:
     window itself is the caller's (it resolves per symbol).
     """
 
-    __slots__ = ("_seen",)
+    __slots__ = ("_last", "_seen")
 
     def __init__(self) -> None:
         self._seen: dict[int, int] = {}
         """order digest -> record time it was last allowed, in the order allowed."""
+        self._last: tuple[OrderIntent, int] | None = None
+        """The intent last digested and its digest: a decision checks, then records, the
+        same (frozen) intent, which is hashed once (issue 10's decision cost)."""
+
+    def _digest(self, intent: OrderIntent) -> int:
+        last = self._last
+        if last is not None and last[0] is intent:
+            return last[1]
+        digest = order_digest(intent)
+        self._last = (intent, digest)
+        return digest
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -149,7 +160,7 @@ class RecentOrders:
     def check(self, intent: OrderIntent, record_ts: int, window_ms: int) -> Denial | None:
         if not window_ms:
             return None
-        seen = self._seen.get(order_digest(intent))
+        seen = self._seen.get(self._digest(intent))
         if seen is not None and record_ts - seen < window_ms:
             return Denial(
                 "duplicate_order",
@@ -163,7 +174,7 @@ class RecentOrders:
         if not window_ms:
             return
         seen = self._seen
-        digest = order_digest(intent)
+        digest = self._digest(intent)
         seen.pop(digest, None)
         seen[digest] = record_ts
         cutoff = record_ts - MAX_DUPLICATE_WINDOW_MS
