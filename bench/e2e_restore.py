@@ -253,8 +253,8 @@ async def from_live(args: argparse.Namespace, n: int) -> tuple[Measured, Measure
 
 async def loop_lag(args: argparse.Namespace, n: int) -> None:
     """In-process, no broker: N template records restored by ``Recovery.restore`` (one
-    synchronous call, as the worker's loop calls it) and by ``Recovery.restore_async``
-    (a yield every ``RESTORE_PART`` records), while a task asks for a 1 ms sleep
+    synchronous call) and by ``Recovery.restore_async`` (a yield every
+    ``RESTORE_PART`` records, as the worker's loop calls it), while a task asks for a 1 ms sleep
     over and over: the longest wait past its 1 ms is the loop lag the restore caused."""
     config = load_config(text=BODY, env={})
     symbol_values, portfolio_values = templates(config, args.recent_ids)

@@ -106,6 +106,31 @@ async def test_the_loop_keeps_serving_while_a_large_restore_is_in_progress() -> 
         await watching
         assert sorted(set(seen)) == list(range(len(BOTS) + 1))
         assert engine_state(worker.engine) == expected
+        assert worker.ready
+
+
+@pytest.mark.usefixtures("one_record_a_part")
+async def test_ready_was_reported_while_a_read_restore_was_still_being_applied() -> None:
+    """Regression: ``ready`` asked only whether a restore was still being *read*; once
+    read, the suspended apply let ``/readyz`` answer 200 with part of the state in."""
+    broker = broker_for(CFG, timestamp_ms=NOW)
+    await persisted(broker)
+    with Shell(CFG, broker, NOW) as shell:
+        worker = shell.start(range(CFG.topics.partitions))
+        ready_while_applying: list[bool] = []
+
+        async def watch(worker: Worker) -> None:
+            await worker.started.wait()
+            while worker.ownership.restored != tps(REVOKED) | tps(KEPT):
+                if worker.engine.bots:
+                    ready_while_applying.append(worker.ready)
+                await asyncio.sleep(0)
+
+        watching = asyncio.create_task(watch(worker))
+        assert await shell.idle()
+        await watching
+        assert ready_while_applying and not any(ready_while_applying)
+        assert worker.ready
 
 
 @pytest.mark.usefixtures("one_record_a_part")

@@ -129,6 +129,8 @@ class Worker:
             bool(own.assigned)
             and self._marks.restored
             and not own.restoring
+            # Read is not applied: restore_async suspends between parts.
+            and not self._recovery.applying.locked()
             and not self._stopping.is_set()
             and self.health.talking
         )
