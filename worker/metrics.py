@@ -49,7 +49,8 @@ class Metrics:
         )
         self.batch_seconds = Histogram(
             "riskgate_batch_seconds",
-            "Time to apply a batch, publish its outputs and commit.",
+            "The loop's own time per batch: apply it and send its outputs"
+            " (acks and commits overlap the next batch).",
             buckets=_FAST,
             registry=r,
         )
