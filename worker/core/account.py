@@ -36,7 +36,6 @@ class Account:
         "_estimate",
         "_net",
         "_net_day",
-        "_nets",
         "_slack",
         "max_reservations",
         "portfolio",
@@ -58,12 +57,13 @@ class Account:
         self.valuation = Valuation(marks if marks is not None else MarkTable())
         """The open positions and their value at the marks."""
         self.symbols = symbols
-        """The bot's symbols (the bot adds them; the account only reads)."""
+        """The bot's symbols (the bot adds them; the account reads them and writes only
+        each one's ``booked_net``)."""
         self.reservation_ttl_ms = reservation_ttl_ms
         self.max_reservations = max_reservations
         self._net = ExactSum()
-        self._nets: dict[str, float] = {}
-        """Per symbol whose session is of ``_net_day``, its net in ``_net`` (zeros left out)."""
+        """Today's account net: each symbol's ``booked_net`` (its session's net of
+        ``_net_day``, else 0.0) is one of its terms."""
         self._net_day = -1
         """UTC day whose account net ``_net`` holds; -1 when it must be rebuilt."""
         self._estimate = 0.0
@@ -100,13 +100,12 @@ class Account:
             return  # rebuilt at the next read
         session = sym.session
         new = session.net_pnl if session.last_reset_day == day else 0.0
-        name = sym.symbol
-        old = self._nets.pop(name, 0.0)
-        if new:
-            self._nets[name] = new
-        self._net.replace(old, new)
-        self._estimate += new - old
-        self._slack += abs(new) + abs(old)
+        old = sym.booked_net
+        if new != old:  # unchanged (a rollover of a flat day): nothing to do
+            sym.booked_net = new
+            self._net.replace(old, new)
+            self._estimate += new - old
+            self._slack += abs(new) + abs(old)
 
     def resum(self) -> None:
         """Sessions changed outside the event paths (operator resets): rebuilt when read."""
@@ -119,12 +118,9 @@ class Account:
         self.valuation.rebuild(self.symbols)
 
     def _rebuild_net(self, day: int) -> None:
-        self._nets = {
-            name: net
-            for name, s in self.symbols.items()
-            if s.session.last_reset_day == day and (net := s.session.net_pnl)
-        }
-        self._net = ExactSum(self._nets.values())
+        for s in self.symbols.values():  # ``or 0.0``: flat sessions share one float
+            s.booked_net = (s.session.net_pnl or 0.0) if s.session.last_reset_day == day else 0.0
+        self._net = ExactSum(s.booked_net for s in self.symbols.values())
         self._net_day = day
         self._exact()
 
@@ -167,7 +163,12 @@ class Account:
         if limit is None or portfolio.halted or ts_ms // MS_PER_DAY < day:
             return False
         if self._net_day == day:  # clearly above the limit: no exact rounding per event
-            unrealised = self.valuation.unrealised() if portfolio.config.include_unrealised else 0.0
+            valuation = self.valuation  # no open position: nothing unrealised (exactly 0)
+            unrealised = (
+                valuation.unrealised()
+                if valuation.open and portfolio.config.include_unrealised
+                else 0.0
+            )
             margin = 1e-6 * (1.0 + abs(limit) + abs(unrealised) + self._slack)
             if self._estimate + unrealised - limit > margin:
                 return False

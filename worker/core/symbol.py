@@ -71,6 +71,7 @@ class SymbolRisk(Holder):
     """Session PnL, breaker, position and manual halt of one (bot, symbol)."""
 
     __slots__ = (
+        "booked_net",
         "born",
         "breaker",
         "controls",
@@ -103,6 +104,9 @@ class SymbolRisk(Holder):
         self.marks = marks if marks is not None else MarkTable()
         """The engine's mark table (shared by every bot)."""
         self.mark_max_age_ms = _mark_max_age(settings, symbol)
+        self.booked_net = 0.0
+        """The session net the bot's account last summed for this symbol (0.0: none);
+        kept here, not in a dict of the account's, so booking an event costs no lookup."""
 
     def unrealised(self) -> float:
         """The position at the symbol's latest mark (0 when flat or without a mark)."""
