@@ -124,6 +124,17 @@ class Account:
         self._net_day = day
         self._exact()
 
+    def loss_blocking(self, day: int) -> bool:
+        """``portfolio_daily_loss`` blocks on ``day``: latched, or breached live.
+
+        Exactly what :meth:`blocks` lists: a losing position carried past the
+        rollover that released the latch still blocks opens, so the halts topic
+        must not say ``resumed`` until the figure is back above the limit. O(1)."""
+        portfolio = self.portfolio
+        if portfolio.halted or portfolio.config.max_daily_loss is None:
+            return portfolio.halted
+        return portfolio.daily_loss_breached(self.decision_net(day * MS_PER_DAY))
+
     def decision_net(self, now_ms: int) -> float:
         """Today's account net for a decision; with ``include_unrealised``, the equity."""
         return self.account_net(utc_day(now_ms)) + self.loss_unrealised()

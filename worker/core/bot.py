@@ -12,8 +12,6 @@ event in :func:`worker.core.halt_events.emit`, and only there.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from worker.config import BotSettings
 from worker.core import bot_snapshot, halt_events
 from worker.core.account import Account
@@ -21,7 +19,6 @@ from worker.core.answers import recall, settle
 from worker.core.controls import UNREADABLE_BLOCK, BotControls, kill_block
 from worker.core.effects import Effects, Origin
 from worker.core.gates import decision, evaluate, kill_verdict
-from worker.core.halt_events import LOSS
 from worker.core.idlog import IdLogRef
 from worker.core.intents import id_digest
 from worker.core.marks import MarkTable
@@ -87,8 +84,8 @@ class BotRisk(Holder):
         anything (rollover, expiry): before it, ``decide`` skips the tick."""
         self.shown_loss: bool | None = False
         """What the halts topic last said of ``portfolio_daily_loss`` (True: halted), so
-        its events diff against what was published (:meth:`shown`); None after a restore
-        until the restore's sweep re-derives it from the restored state (not persisted)."""
+        its events diff against what was published (``halt_events.as_published``);
+        None after a restore until the restore's sweep re-derives it (not persisted)."""
 
     @property
     def portfolio(self) -> PortfolioRisk:
@@ -122,30 +119,9 @@ class BotRisk(Holder):
         )
 
     def loss_blocking(self) -> bool:
-        """``portfolio_daily_loss`` blocks: latched, or breached live (decision H10-1).
-
-        Exactly what the account record lists (``Account.blocks``): a losing position
-        carried past the rollover that released the latch still blocks opens, so the
-        halts topic must not say ``resumed`` until the figure is back above the limit.
-        Judged on the bot's day, O(1) (``Account.decision_net``)."""
-        account = self.account
-        portfolio = account.portfolio
-        if portfolio.halted or portfolio.config.max_daily_loss is None:
-            return portfolio.halted
-        return portfolio.daily_loss_breached(account.decision_net(self.day * MS_PER_DAY))
-
-    def shown(self, before: Sequence[bool], after: Sequence[bool]) -> Sequence[bool]:
-        """``before`` with the daily-loss gate as last published; ``after`` becomes that.
-
-        Its live half moves with every fill, outcome and mark, and only the bot's
-        own events and the clock diff it (a replay below the portfolio's watermark
-        after a crash between the records of a persist, or a bot-wide reset, moves
-        it unseen): diffing against what was published makes the next transition
-        correct the halts topic instead of missing the change."""
-        shown, self.shown_loss = self.shown_loss, after[LOSS]
-        if shown is None:
-            return before
-        return (*before[:LOSS], shown, *before[LOSS + 1 :])
+        """``portfolio_daily_loss`` blocks: latched, or breached live on the bot's day
+        (decision H10-1; :meth:`Account.loss_blocking`)."""
+        return self.account.loss_blocking(self.day)
 
     def bot_blocks(self) -> list[Block]:
         """The bot's own blocks (kill switch, manual halt, unreadable state), in gate order."""

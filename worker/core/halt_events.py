@@ -49,7 +49,7 @@ def emit(
         after: Sequence[bool] = holder.signature()
     else:
         gates, symbol, after = BOT_GATES, None, bot.signature()
-        before = bot.shown(before, after)  # the daily-loss gate: as last published
+        before = as_published(bot, before, after)
     if tuple(after) == tuple(before):
         return
     blocks = holder.blocks() if isinstance(holder, SymbolRisk) else bot.account_blocks()
@@ -58,3 +58,17 @@ def emit(
         for t in transitions(gates, before, after, blocks)
     )
     holder.touch(out)
+
+
+def as_published(bot: BotRisk, before: Sequence[bool], after: Sequence[bool]) -> Sequence[bool]:
+    """``before`` with the daily-loss gate as last published; ``after`` becomes that.
+
+    Its live half moves with every fill, outcome and mark, and only the bot's
+    own events and the clock diff it (a replay below the portfolio's watermark
+    after a crash between the records of a persist, or a bot-wide reset, moves
+    it unseen): diffing against what was published makes the next transition
+    correct the halts topic instead of missing the change."""
+    shown, bot.shown_loss = bot.shown_loss, after[LOSS]
+    if shown is None:
+        return before
+    return (*before[:LOSS], shown, *before[LOSS + 1 :])
